@@ -1,0 +1,1 @@
+"""The runtime of kantata-sync: clients, state store, engine, CLI, scheduler and sandbox."""

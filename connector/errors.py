@@ -1,0 +1,79 @@
+"""The connector's error tree: one root, transient and permanent branches.
+
+    ConnectorError
+    ├── ConfigError                  bad settings; the CLI exits 2 with one line
+    ├── LockHeldError                another live process holds the state database
+    └── ApiError                     anything an API answered (or failed to answer)
+        ├── TransientApiError        429, 5xx, timeouts, dropped connections: try again later
+        │   └── AmbiguousWriteError  a create whose outcome is unknown (sent, no answer):
+        │                            look the object up by its natural key before retrying
+        └── PermanentApiError        other 4xx, undecodable bodies: retrying will not help
+            └── NotFoundError        404
+
+The engine catches `TransientApiError` or `PermanentApiError` with one isinstance; retries of
+single requests live only in `connector.http`. Messages never carry tokens.
+"""
+
+from __future__ import annotations
+
+
+class ConnectorError(Exception):
+    """Root of every error the connector raises on purpose."""
+
+
+class ConfigError(ConnectorError):
+    """Settings that cannot work: named key, what is wrong, how to fix it."""
+
+
+class LockHeldError(ConnectorError):
+    """Another running process holds the state database's writer lock."""
+
+
+class ApiError(ConnectorError):
+    """An API call that did not succeed."""
+
+    def __init__(
+        self,
+        service: str,
+        message: str,
+        *,
+        status: int | None = None,
+        method: str = "",
+        path: str = "",
+        request_id: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.service = service
+        self.message = message
+        self.status = status
+        self.method = method
+        self.path = path
+        self.request_id = request_id
+        self.code = code
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.method} {self.path}".strip()
+        status = f" HTTP {self.status}" if self.status is not None else ""
+        rid = f" (request id {self.request_id})" if self.request_id else ""
+        return f"{self.service}{status} {where}: {self.message}{rid}".replace("  ", " ")
+
+
+class TransientApiError(ApiError):
+    """Worth retrying later: rate limits, server errors, timeouts, connection failures."""
+
+    def __init__(self, *args: object, retry_after: float | None = None, **kwargs: object) -> None:
+        self.retry_after = retry_after
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class AmbiguousWriteError(TransientApiError):
+    """A non-idempotent request was sent but no answer came back: it may have been applied."""
+
+
+class PermanentApiError(ApiError):
+    """The API refused the request; sending it again unchanged will be refused again."""
+
+
+class NotFoundError(PermanentApiError):
+    """The object does not exist (HTTP 404)."""

@@ -1,0 +1,1 @@
+"""Pure translation from Kantata invoices to ledger documents and Noko payloads."""

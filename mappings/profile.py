@@ -1,0 +1,136 @@
+"""The operator's mapping settings (a TOML profile) and their validation.
+
+`parse_profile(text, source)` is pure; `default_profile()` reads the profile shipped inside the
+package. An invalid profile raises `ProfileError` naming the file, line and key at fault.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import resources
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mappings.money import MoneyError, exponent_for_code
+
+
+class ProfileError(ValueError):
+    """A mapping profile that cannot be used."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LinesSettings(_Section):
+    detail: Literal["itemized", "per_kind", "per_task"] = "itemized"
+    include_zero_amount: bool = False
+
+
+class CustomerSettings(_Section):
+    source: Literal["recipient", "workspace"] = "recipient"
+    fallback: str = Field(default="Unknown customer", min_length=1)
+
+
+class TaxSettings(_Section):
+    name: str = Field(default="Tax {rate}%", min_length=1)
+
+
+class NokoSettings(_Section):
+    project_name: str = Field(default="{workspace}", min_length=1)
+    reference: str = Field(default="KS-{id}", min_length=1)
+
+    @field_validator("reference")
+    @classmethod
+    def _reference_has_id(cls, value: str) -> str:
+        if "{id}" not in value:
+            raise ValueError("must contain {id} so that every Kantata invoice gets its own")
+        _check_placeholders(value, {"id", "number"})
+        return value
+
+    @field_validator("project_name")
+    @classmethod
+    def _project_placeholders(cls, value: str) -> str:
+        _check_placeholders(value, {"workspace", "workspace_id"})
+        return value
+
+
+class CurrencySettings(_Section):
+    allowed: tuple[str, ...] = ()
+
+    @field_validator("allowed")
+    @classmethod
+    def _known_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for code in value:
+            try:
+                exponent_for_code(code)
+            except MoneyError:
+                raise ValueError(f"unknown ISO 4217 currency {code!r}") from None
+        return value
+
+
+class Profile(_Section):
+    lines: LinesSettings = LinesSettings()
+    customer: CustomerSettings = CustomerSettings()
+    tax: TaxSettings = TaxSettings()
+    noko: NokoSettings = NokoSettings()
+    currencies: CurrencySettings = CurrencySettings()
+
+
+def _check_placeholders(template: str, allowed: set[str]) -> None:
+    for name in re.findall(r"{([^{}]*)}", template):
+        if name not in allowed:
+            raise ValueError(
+                f"unknown placeholder {{{name}}}; allowed: "
+                + ", ".join(f"{{{a}}}" for a in sorted(allowed))
+            )
+
+
+def _line_of(text: str, section: str | None, key: str) -> int | None:
+    """Line number of `key` inside `[section]` (or the top level), for error messages."""
+    current: str | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.match(r"^\[([^\]]+)\]", stripped)
+        if header:
+            current = header.group(1).strip()
+            if section is not None and current == section and key == section:
+                return number
+            continue
+        if current == section and re.match(rf"^{re.escape(key)}\s*=", stripped):
+            return number
+    return None
+
+
+def parse_profile(text: str, source: str = "<profile>") -> Profile:
+    """Validate a TOML profile; `ProfileError` names source, line and key on any problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = [str(part) for part in error["loc"]]
+            section = loc[0] if len(loc) > 1 else None
+            key = loc[1] if len(loc) > 1 else loc[0] if loc else "?"
+            line = _line_of(text, section, key)
+            where = f"line {line}, " if line else ""
+            dotted = ".".join(loc[:2])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append(f"{source}: {where}key {dotted}: {message}")
+        raise ProfileError("; ".join(problems)) from None
+
+
+def default_profile_text() -> str:
+    return resources.files("mappings").joinpath("profiles/default.toml").read_text("utf-8")
+
+
+def default_profile() -> Profile:
+    return parse_profile(default_profile_text(), "mappings/profiles/default.toml")

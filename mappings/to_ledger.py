@@ -1,0 +1,185 @@
+"""Kantata invoice -> ledger document (or a `MappingError` naming the field at fault)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from datetime import date, timedelta
+
+from mappings.errors import MappingError
+from mappings.kantata import KantataInvoice, KantataLine
+from mappings.ledger import LedgerDocument, LedgerLine, LedgerTax
+from mappings.money import MAX_ABS_MINOR, format_money, tax_amount, to_major
+from mappings.profile import Profile
+
+KIND_LABEL = {
+    "time_entry": "Time",
+    "expense": "Expense",
+    "additional_item": "Additional item",
+    "fixed_fee_item": "Fixed fee",
+    "billing_milestone": "Milestone",
+}
+
+
+def reference_for(invoice: KantataInvoice, profile: Profile) -> str:
+    """The deterministic Noko reference of a Kantata invoice."""
+    return profile.noko.reference.format(id=invoice.id, number=invoice.user_invoice_number)
+
+
+def reference_for_id(invoice_id: str, profile: Profile, number: str = "") -> str:
+    return profile.noko.reference.format(id=invoice_id, number=number)
+
+
+def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
+    """Map one decoded Kantata invoice; totals per money.md, lines per the profile."""
+    allowed = profile.currencies.allowed
+    if allowed and invoice.currency not in allowed:
+        raise MappingError(
+            invoice.id,
+            "currency",
+            f"{invoice.currency} is not in the profile's allowed currencies ({', '.join(allowed)})",
+        )
+    if invoice.invoice_date is None:
+        raise MappingError(invoice.id, "invoice_date", "is missing")
+
+    workspace_titles = {ws.id: ws.title for ws in invoice.workspaces}
+    default_workspace = invoice.workspaces[0] if invoice.workspaces else None
+
+    def project_of(line: KantataLine) -> str:
+        ws_id = line.workspace_id if line.workspace_id in workspace_titles else None
+        if ws_id is None and default_workspace is not None:
+            ws_id = default_workspace.id
+        title = workspace_titles.get(ws_id or "", "") or f"Kantata invoice {invoice.id}"
+        return profile.noko.project_name.format(workspace=title, workspace_id=ws_id or "")
+
+    subtotal = sum(line.amount_minor for line in invoice.lines)
+    taxable_subtotal = sum(line.amount_minor for line in invoice.lines if line.taxable)
+    tax_minor = tax_amount(taxable_subtotal, invoice.tax_rate) if invoice.tax_rate else 0
+    total = subtotal + tax_minor
+    for label, value in (("subtotal", subtotal), ("total", total)):
+        if abs(value) > MAX_ABS_MINOR:
+            raise MappingError(invoice.id, label, f"{value} exceeds ±10^13 minor units")
+
+    def describe(line: KantataLine) -> str:
+        return _describe(line, invoice.exponent)
+
+    lines = _lines(invoice.lines, profile, project_of, describe, invoice.invoice_date)
+    if not profile.lines.include_zero_amount:
+        lines = [line for line in lines if line.amount_minor != 0]
+
+    tax = None
+    if invoice.tax_rate and taxable_subtotal:
+        rate_text = format(invoice.tax_rate.normalize(), "f")
+        tax = LedgerTax(profile.tax.name.format(rate=rate_text), invoice.tax_rate, tax_minor)
+
+    customer = _customer(invoice, profile)
+    due = _due_date(invoice)
+    projects = tuple(dict.fromkeys(project_of(line) for line in invoice.lines)) or tuple(
+        dict.fromkeys(
+            profile.noko.project_name.format(workspace=ws.title, workspace_id=ws.id)
+            for ws in invoice.workspaces
+        )
+    )
+    return LedgerDocument(
+        kantata_id=invoice.id,
+        reference=reference_for(invoice, profile),
+        number=invoice.user_invoice_number,
+        title=invoice.user_invoice_title or invoice.title,
+        invoice_date=invoice.invoice_date,
+        due_date=due,
+        payment_schedule=invoice.payment_schedule,
+        currency=invoice.currency,
+        exponent=invoice.exponent,
+        currency_symbol=invoice.currency_symbol,
+        customer_name=customer,
+        customer_details=invoice.recipient.email_address if invoice.recipient else "",
+        purchase_order=invoice.purchase_order,
+        project_code=invoice.project_code,
+        message=invoice.message,
+        projects=projects,
+        lines=tuple(lines),
+        tax=tax,
+        subtotal_minor=subtotal,
+        taxable_subtotal_minor=taxable_subtotal,
+        tax_minor=tax_minor,
+        total_minor=total,
+        balance_in_cents=invoice.balance_in_cents,
+    )
+
+
+def _due_date(invoice: KantataInvoice) -> date | None:
+    if invoice.invoice_date is not None and invoice.payment_schedule is not None:
+        return invoice.invoice_date + timedelta(days=invoice.payment_schedule)
+    return invoice.due_date
+
+
+def _customer(invoice: KantataInvoice, profile: Profile) -> str:
+    titles = ", ".join(ws.title for ws in invoice.workspaces if ws.title)
+    if profile.customer.source == "recipient" and invoice.recipient is not None:
+        name = invoice.recipient.full_name.strip()
+        if name:
+            return name
+    return titles or profile.customer.fallback
+
+
+def _describe(line: KantataLine, exponent: int) -> str:
+    label = KIND_LABEL[line.kind]
+    text = line.description.strip()
+    if line.kind == "time_entry" and line.minutes is not None and line.rate_minor is not None:
+        hours, minutes = divmod(line.minutes, 60)
+        detail = f"{hours}:{minutes:02d} h at {to_major(line.rate_minor, exponent)}/h"
+        label = f"{label} {detail}"
+    elif line.kind == "expense" and line.category:
+        label = f"{label} ({line.category})"
+    return f"{label}: {text}" if text else label
+
+
+def _lines(
+    source: Iterable[KantataLine],
+    profile: Profile,
+    project_of: Callable[[KantataLine], str],
+    describe: Callable[[KantataLine], str],
+    invoice_date: date,
+) -> list[LedgerLine]:
+    items = list(source)
+    detail = profile.lines.detail
+    if detail == "itemized":
+        return [
+            LedgerLine(
+                line.key,
+                line.kind,
+                describe(line),
+                line.date,
+                line.amount_minor,
+                line.taxable,
+                project_of(line),
+            )
+            for line in items
+        ]
+    groups: dict[tuple[str, str, bool, str], list[KantataLine]] = {}
+    for line in items:
+        task = line.story_id or "" if detail == "per_task" else ""
+        groups.setdefault((line.kind, task, line.taxable, project_of(line)), []).append(line)
+    out: list[LedgerLine] = []
+    for (kind, task, taxable, project), members in groups.items():
+        project_tag = hashlib.sha256(project.encode()).hexdigest()[:8]
+        key = f"{kind}{'-s' + task if task else ''}{'-tax' if taxable else ''}-{project_tag}"
+        label = KIND_LABEL[kind] + (f" (task {task})" if task else "")
+        count = len(members)
+        dates = [m.date for m in members if m.date is not None]
+        out.append(
+            LedgerLine(
+                key,
+                kind,
+                f"{label}: {count} item{'s' if count != 1 else ''}",
+                max(dates) if dates else invoice_date,
+                sum(m.amount_minor for m in members),
+                taxable,
+                project,
+            )
+        )
+    return out
+
+
+def describe_total(doc: LedgerDocument) -> str:
+    return format_money(doc.total_minor, doc.exponent, doc.currency)

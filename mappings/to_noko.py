@@ -1,0 +1,195 @@
+"""Ledger document -> the Noko requests that realise it, and the check of Noko's answer.
+
+Every line becomes a Noko expense at its exact amount, so Noko's `total_amount` equals the
+Kantata total to the minor unit. The tax becomes a Noko tax when Noko can hold its rate (two
+decimals) and reproduces the amount; otherwise it is an exact, tax-free line of its own.
+
+Each expense description ends with a marker `[<reference>/<line key>]`: the natural key that lets
+a restarted sync find expenses it created before a crash instead of creating them again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from mappings.ledger import LedgerDocument
+from mappings.money import tax_amount, to_major, to_minor
+
+DESCRIPTION_LIMIT = 240
+TAX_LINE_KEY = "tax"
+_MARKER = re.compile(r"\[(?P<reference>[^\[\]/]+)/(?P<key>[^\[\]/]+)\]\s*$")
+
+
+@dataclass(frozen=True)
+class NokoExpensePlan:
+    line_key: str
+    project: str
+    date: str
+    price: Decimal
+    taxable: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class NokoInvoicePlan:
+    kantata_id: str
+    reference: str
+    fields: dict[str, Any]
+    """The `POST /invoices` body without `expense_ids` (added once the expenses exist)."""
+    expenses: tuple[NokoExpensePlan, ...]
+    taxes: tuple[tuple[str, Decimal], ...]
+    expected_total: Decimal
+    expected_tax_total: Decimal
+    exponent: int
+    currency: str
+
+    def create_body(self, expense_ids: list[int]) -> dict[str, Any]:
+        body = dict(self.fields)
+        body["expense_ids"] = list(expense_ids)
+        body["taxes"] = [{"name": name, "percentage": pct} for name, pct in self.taxes]
+        return body
+
+
+def marker(reference: str, line_key: str) -> str:
+    return f"[{reference}/{line_key}]"
+
+
+def parse_marker(description: str) -> tuple[str, str] | None:
+    """(reference, line key) of a description written by `plan_invoice`, else None."""
+    match = _MARKER.search(description or "")
+    if match is None:
+        return None
+    return match.group("reference"), match.group("key")
+
+
+def marker_prefix(reference: str) -> str:
+    """Text every marked description of one invoice contains (for Noko's `description` filter)."""
+    return f"[{reference}/"
+
+
+def _noko_can_hold(rate: Decimal) -> bool:
+    try:
+        return rate == rate.quantize(Decimal("0.01"))
+    except InvalidOperation:
+        return False
+
+
+def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
+    """The expenses and invoice body that make Noko show exactly this document."""
+    exp = doc.exponent
+    expenses: list[NokoExpensePlan] = []
+    for line in doc.lines:
+        text = line.description.replace("[", "(").replace("]", ")")
+        suffix = " " + marker(doc.reference, line.key)
+        text = text[: DESCRIPTION_LIMIT - len(suffix)]
+        expenses.append(
+            NokoExpensePlan(
+                line_key=line.key,
+                project=line.project,
+                date=(line.date or doc.invoice_date).isoformat(),
+                price=to_major(line.amount_minor, exp),
+                taxable=line.taxable,
+                description=text + suffix,
+            )
+        )
+
+    taxes: list[tuple[str, Decimal]] = []
+    if doc.tax is not None and doc.tax.amount_minor:
+        rate = doc.tax.rate
+        reproduced = tax_amount(doc.taxable_subtotal_minor, rate)
+        if _noko_can_hold(rate) and reproduced == doc.tax.amount_minor:
+            taxes.append((doc.tax.name, rate.quantize(Decimal("0.01"))))
+        else:
+            base = to_major(doc.taxable_subtotal_minor, exp)
+            rate_text = format(rate.normalize(), "f")
+            text = f"{doc.tax.name} ({rate_text}% of {base} {doc.currency})"
+            project = doc.projects[0] if doc.projects else doc.lines[0].project
+            expenses.append(
+                NokoExpensePlan(
+                    line_key=TAX_LINE_KEY,
+                    project=project,
+                    date=doc.invoice_date.isoformat(),
+                    price=to_major(doc.tax.amount_minor, exp),
+                    taxable=False,
+                    description=f"{text} {marker(doc.reference, TAX_LINE_KEY)}",
+                )
+            )
+
+    fields: dict[str, Any] = {
+        "invoice_date": doc.invoice_date.isoformat(),
+        "reference": doc.reference,
+        "project_name": ", ".join(doc.projects),
+        "company_name": doc.customer_name,
+        "recipient_details": doc.customer_details,
+        "description": _description(doc),
+        "footer": _footer(doc),
+        "show_hours_worked": False,
+        "customization": {"currency_code": doc.currency, "currency_symbol": doc.currency_symbol}
+        if doc.currency_symbol
+        else {"currency_code": doc.currency},
+    }
+    return NokoInvoicePlan(
+        kantata_id=doc.kantata_id,
+        reference=doc.reference,
+        fields=fields,
+        expenses=tuple(expenses),
+        taxes=tuple(taxes),
+        expected_total=to_major(doc.total_minor, exp),
+        expected_tax_total=to_major(doc.tax_minor if taxes else 0, exp),
+        exponent=exp,
+        currency=doc.currency,
+    )
+
+
+def _description(doc: LedgerDocument) -> str:
+    parts = [doc.title or f"Kantata invoice {doc.number or doc.kantata_id}"]
+    if doc.purchase_order:
+        parts.append(f"Purchase order: {doc.purchase_order}")
+    if doc.project_code:
+        parts.append(f"Project code: {doc.project_code}")
+    if doc.message:
+        parts.append(doc.message)
+    return "\n\n".join(parts)
+
+
+def _footer(doc: LedgerDocument) -> str:
+    parts = []
+    if doc.due_date is not None:
+        net = f" (net {doc.payment_schedule})" if doc.payment_schedule is not None else ""
+        parts.append(f"Due {doc.due_date.isoformat()}{net}.")
+    number = f" #{doc.number}" if doc.number else ""
+    parts.append(f"Kantata invoice{number} (id {doc.kantata_id}).")
+    return " ".join(parts)
+
+
+def _amount(value: Any, exponent: int) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return to_minor(Decimal(str(value)), exponent)
+    except (ValueError, InvalidOperation):
+        return None
+
+
+def check_totals(plan: NokoInvoicePlan, invoice: Mapping[str, Any]) -> list[str]:
+    """Differences between Noko's invoice totals and the plan's; empty when they agree."""
+    problems: list[str] = []
+    exp = plan.exponent
+    expected = to_minor(plan.expected_total, exp)
+    got = _amount(invoice.get("total_amount"), exp)
+    if got != expected:
+        problems.append(
+            f"total_amount is {invoice.get('total_amount')!r}, expected {plan.expected_total}"
+        )
+    tax_expected = to_minor(plan.expected_tax_total, exp)
+    tax_got = _amount(invoice.get("tax_total_amount"), exp)
+    if "tax_total_amount" in invoice and tax_got != tax_expected:
+        problems.append(
+            f"tax_total_amount is {invoice.get('tax_total_amount')!r}, "
+            f"expected {plan.expected_tax_total}"
+        )
+    return problems
