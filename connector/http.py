@@ -1,0 +1,663 @@
+"""The HTTP boundary: pacing, retries and error translation for every API call.
+
+Everything above this module sees decoded JSON (floats as `Decimal`) or one of the typed errors
+of `connector.errors`; nothing above it retries a single request. The rules, in one place:
+
+- Every attempt (and every redirect hop) first takes a token from the `TokenBucket`.
+- Idempotent requests (GET, PUT, DELETE, HEAD by default) are retried on 429, 408, 5xx, timeouts,
+  dropped connections and 2xx bodies that are not JSON.
+- Non-idempotent requests (POST) are retried only when the request cannot have been applied
+  (429, 408, connect errors, pool timeouts). Any other failure after sending raises
+  `AmbiguousWriteError` at once: the caller looks the object up by its natural key instead.
+- Other 4xx raise `PermanentApiError` (404: `NotFoundError`) with the API's own message.
+- Tokens live only in the client's headers and in a redaction list; they never reach a log line,
+  an exception message or a repr.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import Any, NoReturn
+
+import httpx
+import simplejson
+import structlog
+from pydantic import SecretStr
+
+from connector.errors import (
+    AmbiguousWriteError,
+    ApiError,
+    NotFoundError,
+    PermanentApiError,
+    TransientApiError,
+)
+
+__all__ = [
+    "ApiStats",
+    "ApiTransport",
+    "RetryPolicy",
+    "TokenBucket",
+    "decode_json",
+    "encode_json",
+    "endpoint_template",
+    "parse_retry_after",
+]
+
+IDEMPOTENT_METHODS = frozenset({"GET", "PUT", "DELETE", "HEAD", "OPTIONS"})
+MAX_REDIRECTS = 5
+BODY_SNIPPET = 200
+
+# Header names whose values are credentials; matched case-insensitively.
+_SECRET_HEADER_HINTS = ("authorization", "token", "api-key", "apikey", "secret", "cookie")
+_NUMERIC_SEGMENT = re.compile(r"(?<=/)\d+(?=/|\.|$)")
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON
+
+
+def _reject_constant(name: str) -> NoReturn:
+    # NaN and Infinity are not JSON and never a valid amount.
+    raise ValueError(f"non-finite number {name} in JSON")
+
+
+def decode_json(text: str | bytes) -> Any:
+    """Decode a JSON body; every non-integer number becomes an exact `Decimal`."""
+    return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+
+
+def encode_json(body: Any) -> bytes:
+    """Encode a request body; `Decimal` values go out as exact JSON numbers, never via float."""
+    if isinstance(body, float) or _contains_float(body):
+        raise TypeError("request bodies carry money: use Decimal or int, never float")
+    text: str = simplejson.dumps(body, use_decimal=True, allow_nan=False, separators=(",", ":"))
+    return text.encode("utf-8")
+
+
+def _contains_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, Mapping):
+        return any(_contains_float(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_contains_float(v) for v in value)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Pacing
+
+
+class TokenBucket:
+    """A thread-safe token bucket: `rate` tokens per second, at most `burst` saved up.
+
+    `acquire` reserves the next free slot under a lock and sleeps outside it, so many threads
+    sharing one bucket are served in arrival order without busy-waiting. `rate` None or <= 0
+    means unlimited.
+    """
+
+    def __init__(
+        self,
+        rate: float | None,
+        burst: int = 1,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate if rate is not None and rate > 0 else None
+        self.burst = max(1, int(burst))
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._tokens = float(self.burst)
+        self._updated = clock()
+
+    def __repr__(self) -> str:
+        return f"TokenBucket(rate={self.rate!r}, burst={self.burst})"
+
+    def acquire(self) -> float:
+        """Take one token, waiting until one is free; return the seconds waited."""
+        if self.rate is None:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            elapsed = max(0.0, now - self._updated)
+            self._updated = now
+            self._tokens = min(float(self.burst), self._tokens + elapsed * self.rate)
+            self._tokens -= 1.0
+            # A negative balance is a queue of reservations: each later caller waits longer.
+            wait = 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+
+# ---------------------------------------------------------------------------------------------
+# Retry policy
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry one request.
+
+    `max_attempts` counts the first try. Backoff is exponential with full jitter, capped by
+    `max_delay`; a server's Retry-After is honoured as given, even above `max_delay`, up to
+    `max_total`, which caps the sum of all retry delays of one request.
+    """
+
+    max_attempts: int = 6
+    initial_delay: float = 0.5
+    max_delay: float = 30.0
+    max_total: float = 300.0
+    jitter: bool = True
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1 = the first try)."""
+        if retry_after is not None:
+            return min(max(0.0, retry_after), self.max_total)
+        ceiling = min(self.max_delay, self.initial_delay * 2.0 ** max(0, attempt - 1))
+        if self.jitter:
+            return random.uniform(0.0, ceiling)
+        return ceiling
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None when absent or bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if seconds == seconds else None  # NaN compares unequal
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    reference = time.time() if now is None else now
+    return max(0.0, when.timestamp() - reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stats
+
+
+def endpoint_template(method: str, path: str) -> str:
+    """`"GET /invoices/{id}.json"` for `("get", "/invoices/12.json?x=1")`: numeric ids folded."""
+    bare = path.split("?", 1)[0].split("#", 1)[0] or "/"
+    if not bare.startswith("/"):
+        bare = "/" + bare
+    return f"{method.upper()} {_NUMERIC_SEGMENT.sub('{id}', bare)}"
+
+
+@dataclass
+class ApiStats:
+    """Counters of one transport, safe to update from many threads.
+
+    `requests` counts HTTP attempts sent (retries and redirect hops included); `errors` attempts
+    that did not succeed; `retries` the re-sends; `wait_seconds` the time spent waiting for the
+    rate limiter; `by_endpoint` attempts per `"METHOD /path/{id}"`.
+    """
+
+    requests: int = 0
+    errors: int = 0
+    status_429: int = 0
+    retries: int = 0
+    wait_seconds: float = 0.0
+    by_endpoint: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, repr=False, compare=False, init=False
+    )
+
+    def record_request(self, endpoint: str, waited: float) -> None:
+        with self._lock:
+            self.requests += 1
+            self.wait_seconds += waited
+            self.by_endpoint[endpoint] = self.by_endpoint.get(endpoint, 0) + 1
+
+    def record_error(self, *, status: int | None = None) -> None:
+        with self._lock:
+            self.errors += 1
+            if status == 429:
+                self.status_429 += 1
+
+    def record_retry(self) -> None:
+        with self._lock:
+            self.retries += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """A consistent copy of every counter, for metrics and benchmarks."""
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "errors": self.errors,
+                "status_429": self.status_429,
+                "retries": self.retries,
+                "wait_seconds": self.wait_seconds,
+                "by_endpoint": dict(self.by_endpoint),
+            }
+
+
+# ---------------------------------------------------------------------------------------------
+# Error bodies
+
+
+def describe_error_body(body: Any) -> tuple[str | None, str | None]:
+    """The API's own words from an error body, and the first machine code when there is one.
+
+    Kantata: `{"errors": [{"type", "message", "field"?}]}`.
+    Noko: `{"message": "...", "errors": [{"resource", "field", "code"}]}`.
+    """
+    if not isinstance(body, Mapping):
+        return None, None
+    parts: list[str] = []
+    code: str | None = None
+    top = body.get("message")
+    if isinstance(top, str) and top.strip():
+        parts.append(top.strip())
+    errors = body.get("errors")
+    if isinstance(errors, list):
+        for item in errors:
+            if not isinstance(item, Mapping):
+                continue
+            text = item.get("message")
+            item_code = item.get("code")
+            where = item.get("field")
+            resource = item.get("resource")
+            if isinstance(text, str) and text.strip():
+                kind = item.get("type")
+                prefix = f"{kind}: " if isinstance(kind, str) and kind else ""
+                suffix = f" (field {where})" if where else ""
+                parts.append(f"{prefix}{text.strip()}{suffix}")
+            elif item_code:
+                subject = " ".join(str(x) for x in (resource, where) if x)
+                parts.append(f"{subject}: {item_code}" if subject else str(item_code))
+            if code is None and isinstance(item_code, str) and item_code:
+                code = item_code
+    elif isinstance(errors, str) and errors.strip():
+        parts.append(errors.strip())
+    return ("; ".join(parts) or None), code
+
+
+def _snippet(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= BODY_SNIPPET else flat[: BODY_SNIPPET - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# Transport
+
+
+@dataclass
+class _Failure:
+    """One failed attempt, before the retry decision."""
+
+    message: str
+    status: int | None = None
+    request_id: str | None = None
+    code: str | None = None
+    retry_after: float | None = None
+    retryable: bool = True  # False: a permanent refusal
+    applied_maybe: bool = False  # the server may have acted on the request
+    not_found: bool = False
+
+
+class _RedirectRefused(Exception):
+    def __init__(self, host: str) -> None:
+        super().__init__(host)
+        self.host = host
+
+
+class ApiTransport:
+    """One API's HTTP client: base URL, headers, pacing, retries and error translation."""
+
+    def __init__(
+        self,
+        service: str,
+        base_url: str,
+        headers: Mapping[str, str],
+        *,
+        rate: float | None,
+        burst: int,
+        retry: RetryPolicy,
+        timeout: float,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        logger: Any = None,
+    ) -> None:
+        self.service = service
+        self.base_url = httpx.URL(base_url.rstrip("/") + "/")
+        if self.base_url.scheme not in ("http", "https") or not self.base_url.host:
+            raise ValueError(f"{service}: base URL must be an absolute http(s) URL")
+        self._base_path = self.base_url.path.rstrip("/")
+        self.retry = retry
+        self.stats = ApiStats()
+        self._sleep = sleep
+        self._bucket = TokenBucket(rate, burst, clock=clock, sleep=sleep)
+        self._log = logger if logger is not None else structlog.get_logger("kantata_sync.http")
+        self._secrets = tuple(
+            SecretStr(value)
+            for name, value in headers.items()
+            if value and any(hint in name.lower() for hint in _SECRET_HEADER_HINTS)
+        )
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            headers=dict(headers),
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,  # followed by hand: same host only, each hop paced
+        )
+
+    def __repr__(self) -> str:
+        return f"ApiTransport(service={self.service!r}, base_url={str(self.base_url)!r})"
+
+    # -- public -------------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotent: bool | None = None,
+    ) -> httpx.Response:
+        """Send one request with pacing and retries; return the successful response."""
+        response, _ = self._call(method, path, params, body, idempotent, expect_json=False)
+        return response
+
+    def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """Like `request`, decoded with `Decimal` floats; 204 gives None."""
+        _, decoded = self._call(method, path, params, body, idempotent, expect_json=True)
+        return decoded
+
+    def request_json_response(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotent: bool | None = None,
+    ) -> tuple[httpx.Response, Any]:
+        """Like `request_json`, also returning the response (for Link headers)."""
+        return self._call(method, path, params, body, idempotent, expect_json=True)
+
+    def get_url(self, absolute_url: str) -> httpx.Response:
+        """GET a URL the API handed out (a Link next page); only on the base URL's host."""
+        response, _ = self._call("GET", self._own_url(absolute_url), None, None, True, False)
+        return response
+
+    def get_url_json(self, absolute_url: str) -> tuple[httpx.Response, Any]:
+        """`get_url`, decoded like `request_json` (a proxy page is retried, not returned)."""
+        return self._call("GET", self._own_url(absolute_url), None, None, True, True)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _own_url(self, absolute_url: str) -> httpx.URL:
+        url = httpx.URL(absolute_url)
+        if not self._same_origin(url):
+            raise PermanentApiError(
+                self.service,
+                f"refusing to follow a link to another host ({url.host or 'no host'})",
+                method="GET",
+            )
+        return url
+
+    def _same_origin(self, url: httpx.URL) -> bool:
+        return (url.scheme, url.host, url.port) == (
+            self.base_url.scheme,
+            self.base_url.host,
+            self.base_url.port,
+        )
+
+    def _template(self, method: str, url: httpx.URL | str) -> str:
+        if isinstance(url, httpx.URL):
+            path = url.path
+            if self._base_path and path.startswith(self._base_path + "/"):
+                path = path[len(self._base_path) :]
+        else:
+            path = url
+        return endpoint_template(method, path)
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            value = secret.get_secret_value()
+            if value:
+                text = text.replace(value, "***")
+        return text
+
+    def _call(
+        self,
+        method: str,
+        target: str | httpx.URL,
+        params: Mapping[str, Any] | None,
+        body: Any,
+        idempotent: bool | None,
+        expect_json: bool,
+    ) -> tuple[httpx.Response, Any]:
+        method = method.upper()
+        safe_to_repeat = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        template = self._template(method, target)
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        content = encode_json(body) if body is not None else None
+        request = self._client.build_request(
+            method,
+            target,
+            params=dict(params) if params else None,
+            content=content,
+            headers=headers,
+        )
+        attempt = 0
+        slept = 0.0
+        while True:
+            attempt += 1
+            response, failure, decoded = self._attempt(request, template, expect_json)
+            if failure is None:
+                assert response is not None
+                return response, decoded
+            self.stats.record_error(status=failure.status)
+            if not failure.retryable:
+                raise self._error(failure, method, template)
+            if failure.applied_maybe and not safe_to_repeat:
+                self._log.warning(
+                    "http_ambiguous_write",
+                    service=self.service,
+                    method=method,
+                    path=template,
+                    status=failure.status,
+                    attempt=attempt,
+                    error=failure.message,
+                    request_id=failure.request_id,
+                )
+                raise self._error(failure, method, template, ambiguous=True)
+            delay = self.retry.delay(attempt, failure.retry_after)
+            if attempt >= self.retry.max_attempts or slept + delay > self.retry.max_total:
+                self._log.warning(
+                    "http_gave_up",
+                    service=self.service,
+                    method=method,
+                    path=template,
+                    status=failure.status,
+                    attempts=attempt,
+                    error=failure.message,
+                    request_id=failure.request_id,
+                )
+                failure.message += f" (gave up after {attempt} attempts)"
+                raise self._error(failure, method, template, retry_after=delay)
+            log = self._log.info if failure.status == 429 else self._log.warning
+            log(
+                "http_retry",
+                service=self.service,
+                method=method,
+                path=template,
+                status=failure.status,
+                attempt=attempt,
+                delay=round(delay, 3),
+                error=failure.message,
+                request_id=failure.request_id,
+            )
+            self.stats.record_retry()
+            if delay > 0:
+                self._sleep(delay)
+            slept += delay
+
+    def _attempt(
+        self, request: httpx.Request, template: str, expect_json: bool
+    ) -> tuple[httpx.Response | None, _Failure | None, Any]:
+        try:
+            response = self._send_following_redirects(request, template)
+        except _RedirectRefused as exc:
+            return (
+                None,
+                _Failure(f"redirect to another host refused ({exc.host})", retryable=False),
+                None,
+            )
+        except (
+            httpx.ConnectError,
+            httpx.ConnectTimeout,
+            httpx.PoolTimeout,
+            httpx.ProxyError,
+        ) as exc:
+            # Nothing reached the server: safe to repeat even a POST.
+            return None, _Failure(self._transport_message(exc)), None
+        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+            return None, _Failure(self._transport_message(exc), retryable=False), None
+        except httpx.TransportError as exc:
+            # Read timeouts, dropped connections: the server may have acted on it.
+            return None, _Failure(self._transport_message(exc), applied_maybe=True), None
+        failure = self._status_failure(response)
+        if failure is not None:
+            return response, failure, None
+        if not expect_json or response.status_code in (204, 205):
+            return response, None, None
+        try:
+            decoded = decode_json(response.content)
+        except (ValueError, UnicodeDecodeError):
+            content_type = response.headers.get("content-type", "no content type")
+            return (
+                response,
+                _Failure(
+                    f"response is not JSON ({content_type}, {len(response.content)} bytes)",
+                    status=response.status_code,
+                    request_id=response.headers.get("x-request-id"),
+                    applied_maybe=True,
+                ),
+                None,
+            )
+        return response, None, decoded
+
+    def _send_following_redirects(self, request: httpx.Request, template: str) -> httpx.Response:
+        current = request
+        hop_template = template
+        for _ in range(MAX_REDIRECTS + 1):
+            waited = self._bucket.acquire()
+            self.stats.record_request(hop_template, waited)
+            response = self._client.send(current, follow_redirects=False)
+            following = response.next_request
+            if following is None:
+                return response
+            if not self._same_origin(following.url):
+                raise _RedirectRefused(following.url.host or "no host")
+            current = following
+            hop_template = self._template(current.method, current.url)
+        return response  # the last redirect itself: reported as an unexpected status
+
+    def _transport_message(self, exc: httpx.TransportError) -> str:
+        detail = str(exc).strip()
+        name = type(exc).__name__
+        return self._redact(_snippet(f"{name}: {detail}" if detail else name))
+
+    def _status_failure(self, response: httpx.Response) -> _Failure | None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return None
+        request_id = response.headers.get("x-request-id")
+        message, code = self._error_text(response)
+        failure = _Failure(message, status=status, request_id=request_id, code=code)
+        if status in (408, 429):
+            # The server refused before acting: repeating is safe for any method.
+            failure.retry_after = parse_retry_after(response.headers.get("retry-after"))
+        elif status >= 500:
+            failure.retry_after = parse_retry_after(response.headers.get("retry-after"))
+            failure.applied_maybe = True
+        else:
+            failure.retryable = False
+            failure.not_found = status == 404
+        return failure
+
+    def _error_text(self, response: httpx.Response) -> tuple[str, str | None]:
+        reason = response.reason_phrase or "error"
+        if not response.content.strip():
+            return reason if response.status_code != 429 else "rate limited", None
+        try:
+            body = decode_json(response.content)
+        except (ValueError, UnicodeDecodeError):
+            content_type = response.headers.get("content-type", "no content type")
+            text = response.content.decode("utf-8", errors="replace")
+            return self._redact(f"{reason} ({content_type}): {_snippet(text)}"), None
+        message, code = describe_error_body(body)
+        if message is None:
+            return self._redact(f"{reason}: {_snippet(response.text)}"), code
+        return self._redact(_snippet(message)), code
+
+    def _error(
+        self,
+        failure: _Failure,
+        method: str,
+        template: str,
+        *,
+        ambiguous: bool = False,
+        retry_after: float | None = None,
+    ) -> ApiError:
+        path = template.split(" ", 1)[1]
+        common: dict[str, Any] = {
+            "status": failure.status,
+            "method": method,
+            "path": path,
+            "request_id": failure.request_id,
+            "code": failure.code,
+        }
+        if not failure.retryable:
+            kind = NotFoundError if failure.not_found else PermanentApiError
+            return kind(self.service, failure.message, **common)
+        if ambiguous:
+            return AmbiguousWriteError(
+                self.service,
+                f"{failure.message}; the request may have been applied",
+                retry_after=failure.retry_after,
+                **common,
+            )
+        return TransientApiError(
+            self.service,
+            failure.message,
+            retry_after=failure.retry_after if failure.retry_after is not None else retry_after,
+            **common,
+        )

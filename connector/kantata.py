@@ -1,0 +1,290 @@
+"""The Kantata OX client: invoice pages in, external-reference write-backs out.
+
+It returns Kantata's raw bodies (results order plus id-keyed maps, floats as `Decimal`); turning
+them into typed records is `mappings.kantata`'s job. Paging is `order=id:asc` over a lower bound
+fixed for the whole scan, so rows updated mid-scan keep their place and new rows come at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from connector.errors import TransientApiError
+from connector.http import ApiStats, ApiTransport, RetryPolicy
+
+__all__ = [
+    "INVOICE_INCLUDES",
+    "ExternalReferenceWrite",
+    "KantataClient",
+    "KantataPage",
+    "format_timestamp",
+]
+
+SERVICE = "kantata"
+DEFAULT_BASE_URL = "https://api.mavenlink.com/api/v1"
+MAX_PER_PAGE = 200
+INVOICE_INCLUDES = (
+    "time_entries",
+    "expenses",
+    "additional_items",
+    "fixed_fee_items",
+    "billing_milestones",
+    "workspaces",
+    "recipient",
+    "external_references",
+)
+REFERENCE_STATUSES = frozenset({"pending", "successful", "failed"})
+
+
+@dataclass(frozen=True)
+class KantataPage:
+    """One page of `GET /invoices`: the raw body, its 1-based number, the query's total count
+    (Kantata's top-level `count`) and `meta.page_count` when given."""
+
+    body: dict[str, Any]
+    page: int
+    count: int
+    page_count: int | None
+
+
+@dataclass(frozen=True)
+class ExternalReferenceWrite:
+    """The external reference the connector writes onto a Kantata invoice."""
+
+    service_name: str
+    service_model: str
+    service_model_ref: str
+    status: str  # pending | successful | failed
+    external_link: str | None = None
+    external_message: str | None = None
+    external_status: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in REFERENCE_STATUSES:
+            raise ValueError(
+                f"external reference status must be one of {sorted(REFERENCE_STATUSES)}"
+            )
+        for name in ("service_name", "service_model", "service_model_ref"):
+            if not getattr(self, name):
+                raise ValueError(f"external reference {name} must not be empty")
+
+    def to_body(self) -> dict[str, str]:
+        """The fields to send: every field that is set, nothing else."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+def format_timestamp(moment: datetime, *, round_up: bool = False) -> str:
+    """UTC ISO 8601 to the second with a `Z`, e.g. `2024-03-01T10:00:00Z`.
+
+    Kantata filters take whole seconds; a fraction is dropped for lower bounds (the window
+    widens, never narrows) and rounded up for upper bounds (`round_up=True`) for the same reason.
+    """
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("timestamps sent to Kantata must be timezone-aware")
+    utc = moment.astimezone(UTC)
+    if round_up and utc.microsecond:
+        utc = utc.replace(microsecond=0) + timedelta(seconds=1)
+    return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _invoice_path(invoice_id: str) -> str:
+    text = str(invoice_id).strip()
+    if not text.isdigit():
+        raise ValueError(f"Kantata invoice id must be numeric, got {invoice_id!r}")
+    return f"/invoices/{text}.json"
+
+
+def _malformed(what: str, page: int | None = None) -> TransientApiError:
+    where = f" {page}" if page is not None else ""
+    return TransientApiError(
+        SERVICE, f"malformed page{where}: {what}", method="GET", path="/invoices.json"
+    )
+
+
+class KantataClient:
+    """Kantata OX API v1 over one paced, retrying transport. Safe to share between threads."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        rate: float | None,
+        retry: RetryPolicy,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+        user_agent: str = "kantata-sync/0.1",
+        burst: int = 1,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not token:
+            raise ValueError("Kantata token is empty")
+        self._http = ApiTransport(
+            SERVICE,
+            base_url,
+            {
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "User-Agent": user_agent,
+            },
+            rate=rate,
+            burst=burst,
+            retry=retry,
+            timeout=timeout,
+            transport=transport,
+            sleep=sleep,
+            clock=clock,
+        )
+
+    def __repr__(self) -> str:
+        return f"KantataClient(base_url={str(self._http.base_url)!r})"
+
+    @property
+    def stats(self) -> ApiStats:
+        return self._http.stats
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- invoices -----------------------------------------------------------------------------
+
+    def iter_invoice_pages(
+        self,
+        *,
+        updated_after: datetime | None,
+        per_page: int = MAX_PER_PAGE,
+        updated_before: datetime | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> Iterator[KantataPage]:
+        """Every page of `GET /invoices.json` in `id:asc` order, with all line associations.
+
+        Stops at the first page shorter than `per_page` or at `meta.page_count`. `extra` adds
+        filters (e.g. `without_drafts`); it cannot change order, includes or paging.
+        """
+        if not 1 <= per_page <= MAX_PER_PAGE:
+            raise ValueError(f"per_page must be between 1 and {MAX_PER_PAGE}")
+        params: dict[str, Any] = dict(extra or {})
+        if updated_after is not None:
+            params["updated_after"] = format_timestamp(updated_after)
+        if updated_before is not None:
+            params["updated_before"] = format_timestamp(updated_before, round_up=True)
+        params.update(
+            order="id:asc",
+            include=",".join(INVOICE_INCLUDES),
+            per_page=per_page,
+        )
+        page = 1
+        while True:
+            params["page"] = page
+            body = self._http.request_json("GET", "/invoices.json", params=params)
+            results = self._results(body, page)
+            page_count = _page_count(body)
+            count = body.get("count")
+            yield KantataPage(
+                body=body,
+                page=page,
+                count=count if isinstance(count, int) else len(results),
+                page_count=page_count,
+            )
+            if len(results) < per_page or (page_count is not None and page >= page_count):
+                return
+            page += 1
+
+    def get_invoices(self, ids: Sequence[str]) -> dict[str, Any]:
+        """The invoices with these ids (missing ones are simply absent), as one merged body.
+
+        Asked for in chunks of 200 with `only=`; results keep the order of the chunks, the
+        id-keyed maps are merged, `count` is the number of results.
+        """
+        wanted = list(dict.fromkeys(str(i).strip() for i in ids))
+        for invoice_id in wanted:
+            _invoice_path(invoice_id)  # validates
+        merged: dict[str, Any] = {"count": 0, "results": []}
+        for start in range(0, len(wanted), MAX_PER_PAGE):
+            chunk = wanted[start : start + MAX_PER_PAGE]
+            body = self._http.request_json(
+                "GET",
+                "/invoices.json",
+                params={
+                    "only": ",".join(chunk),
+                    "include": ",".join(INVOICE_INCLUDES),
+                    "per_page": MAX_PER_PAGE,
+                },
+            )
+            merged["results"].extend(self._results(body, None))
+            for key, value in body.items():
+                if isinstance(value, dict) and key != "meta":
+                    merged.setdefault(key, {}).update(value)
+        merged["count"] = len(merged["results"])
+        return merged
+
+    def write_external_reference(
+        self, invoice_id: str, ref: ExternalReferenceWrite
+    ) -> dict[str, Any]:
+        """Set our external reference on an invoice; the body holds that and nothing else.
+
+        `PUT /invoices/{id}` overwrites any line-item id list it is given, so none is sent.
+        """
+        body = {"invoice": {"external_reference": ref.to_body()}}
+        decoded = self._http.request_json("PUT", _invoice_path(invoice_id), body=body)
+        if not isinstance(decoded, dict):
+            raise TransientApiError(
+                SERVICE,
+                "unexpected response to an external reference write",
+                method="PUT",
+                path="/invoices/{id}.json",
+            )
+        return decoded
+
+    def current_user(self) -> dict[str, Any]:
+        """The token's user (`GET /users/me.json`), to check credentials."""
+        body = self._http.request_json("GET", "/users/me.json")
+        if not isinstance(body, dict):
+            raise TransientApiError(
+                SERVICE, "unexpected response", method="GET", path="/users/me.json"
+            )
+        return body
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _results(body: Any, page: int | None) -> list[Any]:
+        if not isinstance(body, dict):
+            raise _malformed(f"body is {type(body).__name__}, not an object", page)
+        results = body.get("results")
+        if not isinstance(results, list):
+            raise _malformed("no results list", page)
+        return results
+
+
+def _page_count(body: Mapping[str, Any]) -> int | None:
+    meta = body.get("meta")
+    if not isinstance(meta, Mapping):
+        return None
+    value = meta.get("page_count")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
