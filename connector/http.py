@@ -499,7 +499,10 @@ class ApiTransport:
                 )
                 raise self._error(failure, method, template, ambiguous=True)
             delay = self.retry.delay(attempt, failure.retry_after)
-            if attempt >= self.retry.max_attempts or slept + delay > self.retry.max_total:
+            # A server asking for more than the rest of the budget is not slept through: the
+            # caller gets the error now, with the server's own retry_after, and comes back later.
+            wanted = max(delay, failure.retry_after or 0.0)
+            if attempt >= self.retry.max_attempts or slept + wanted > self.retry.max_total:
                 self._log.warning(
                     "http_gave_up",
                     service=self.service,
