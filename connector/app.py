@@ -1,0 +1,89 @@
+"""Wiring: settings in, a ready engine (clients, store, profile) out. No module-level state."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+from connector import __version__
+from connector.config import Settings
+from connector.engine import EngineSettings, SyncEngine
+from connector.http import RetryPolicy
+from connector.kantata import KantataClient
+from connector.logs import register_secret
+from connector.noko import NokoClient
+from connector.store import Store
+
+USER_AGENT = f"kantata-sync/{__version__} (+https://github.com/kantata-sync/kantata-sync)"
+
+
+@dataclass
+class Connector:
+    settings: Settings
+    store: Store
+    kantata: KantataClient
+    noko: NokoClient
+    engine: SyncEngine
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.kantata_sync_http_max_attempts,
+        initial_delay=settings.kantata_sync_retry_initial_delay,
+    )
+
+
+@contextmanager
+def open_connector(
+    settings: Settings, *, stop: threading.Event | None = None
+) -> Iterator[Connector]:
+    """Everything a sync needs, closed again on exit. Raises ConfigError on missing secrets."""
+    profile = settings.profile()
+    kantata_token = settings.kantata_secret()
+    noko_token = settings.noko_secret()
+    register_secret(kantata_token)
+    register_secret(noko_token)
+    store = Store(settings.kantata_sync_database_url)
+    retry = retry_policy(settings)
+    kantata = KantataClient(
+        settings.kantata_base_url,
+        kantata_token,
+        rate=settings.kantata_max_requests_per_second,
+        retry=retry,
+        timeout=settings.kantata_timeout,
+        user_agent=USER_AGENT,
+    )
+    noko = NokoClient(
+        settings.noko_base_url,
+        noko_token,
+        rate=settings.noko_max_requests_per_second,
+        burst=settings.noko_burst,
+        retry=retry,
+        timeout=settings.noko_timeout,
+        user_agent=USER_AGENT,
+    )
+    engine = SyncEngine(
+        kantata=kantata,
+        noko=noko,
+        store=store,
+        profile=profile,
+        settings=EngineSettings(
+            service_name=settings.kantata_sync_service_name,
+            workers=settings.kantata_sync_workers,
+            lookback=timedelta(seconds=settings.kantata_sync_lookback_seconds),
+            clock_skew=timedelta(seconds=settings.kantata_sync_clock_skew_seconds),
+            retry_initial_delay=settings.kantata_sync_retry_initial_delay,
+            retry_max_delay=settings.kantata_sync_retry_max_delay,
+            noko_base_url=settings.noko_base_url,
+        ),
+        stop=stop,
+    )
+    try:
+        yield Connector(settings, store, kantata, noko, engine)
+    finally:
+        kantata.close()
+        noko.close()
+        store.close()

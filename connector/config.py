@@ -1,0 +1,196 @@
+"""Settings: environment variables over an optional TOML file over defaults, validated at start.
+
+The TOML file has sections `[kantata]`, `[noko]` and `[sync]`; `[kantata] token = ...` is the same
+setting as `KANTATA_TOKEN`, `[sync] database_url` the same as `KANTATA_SYNC_DATABASE_URL`. Secrets
+can also come from files (`KANTATA_TOKEN_FILE`, `NOKO_TOKEN_FILE`), for container secrets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from connector.errors import ConfigError
+from mappings.profile import Profile, ProfileError, default_profile, parse_profile
+
+SECTION_PREFIX = {"kantata": "kantata_", "noko": "noko_", "sync": "kantata_sync_"}
+CONFIG_ENV = "KANTATA_SYNC_CONFIG"
+
+
+class Settings(BaseSettings):
+    """Every setting of the connector; field names are the environment variables, lowercased."""
+
+    model_config = SettingsConfigDict(extra="forbid", case_sensitive=False, frozen=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `load_settings` merges file and environment itself, so that precedence is explicit
+        # and tests can pass an environment without the process's own leaking in.
+        return (init_settings,)
+
+    kantata_base_url: str = "https://api.mavenlink.com/api/v1"
+    kantata_token: SecretStr | None = None
+    kantata_token_file: Path | None = None
+    kantata_max_requests_per_second: float = Field(default=10.0, gt=0)
+    kantata_timeout: float = Field(default=60.0, gt=0)
+
+    noko_base_url: str = "https://api.nokotime.com/v2"
+    noko_token: SecretStr | None = None
+    noko_token_file: Path | None = None
+    noko_max_requests_per_second: float = Field(default=2.0, gt=0)
+    noko_burst: int = Field(default=3, ge=1)
+    noko_timeout: float = Field(default=60.0, gt=0)
+
+    kantata_sync_database_url: str = "sqlite:///kantata-sync.db"
+    kantata_sync_service_name: str = Field(default="noko", min_length=1)
+    kantata_sync_retry_initial_delay: float = Field(default=2.0, ge=0)
+    kantata_sync_retry_max_delay: float = Field(default=6 * 3600.0, gt=0)
+    kantata_sync_http_max_attempts: int = Field(default=6, ge=1)
+    kantata_sync_interval: float = Field(default=300.0, gt=0)
+    kantata_sync_workers: int = Field(default=8, ge=1, le=64)
+    kantata_sync_lookback_seconds: float = Field(default=300.0, ge=0)
+    kantata_sync_clock_skew_seconds: float = Field(default=60.0, ge=0)
+    kantata_sync_mapping_profile: Path | None = None
+    kantata_sync_allow_insecure_http: bool = False
+    kantata_sync_log_format: Literal["auto", "json", "console"] = "auto"
+    kantata_sync_log_level: Literal["debug", "info", "warning", "error"] = "info"
+    kantata_sync_lock_wait: float = Field(default=30.0, ge=0)
+    kantata_sync_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    kantata_sync_metrics_host: str = "127.0.0.1"
+
+    @field_validator("kantata_base_url", "noko_base_url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _https_only(self) -> Settings:
+        if self.kantata_sync_allow_insecure_http:
+            return self
+        for name in ("kantata_base_url", "noko_base_url"):
+            url = getattr(self, name)
+            parts = urlsplit(url)
+            if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+                raise ValueError(
+                    f"{name.upper()} uses plain http to a non-loopback host; use https "
+                    "(or set KANTATA_SYNC_ALLOW_INSECURE_HTTP=true if you really mean it)"
+                )
+        return self
+
+    # ------------------------------------------------------------------ secrets
+
+    def _secret(self, value: SecretStr | None, path: Path | None, name: str) -> str:
+        if value is not None and value.get_secret_value().strip():
+            return value.get_secret_value().strip()
+        if path is not None:
+            try:
+                text = path.read_text("utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+            if text:
+                return text
+            raise ConfigError(f"{name}_FILE: {path} is empty")
+        raise ConfigError(f"{name} is not set (environment, {name}_FILE, or the config file)")
+
+    def kantata_secret(self) -> str:
+        return self._secret(self.kantata_token, self.kantata_token_file, "KANTATA_TOKEN")
+
+    def noko_secret(self) -> str:
+        return self._secret(self.noko_token, self.noko_token_file, "NOKO_TOKEN")
+
+    def profile(self) -> Profile:
+        if self.kantata_sync_mapping_profile is None:
+            return default_profile()
+        path = self.kantata_sync_mapping_profile
+        try:
+            text = path.read_text("utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"KANTATA_SYNC_MAPPING_PROFILE: cannot read {path}: {exc.strerror}"
+            ) from None
+        try:
+            return parse_profile(text, str(path))
+        except ProfileError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _flatten_toml(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            prefix = SECTION_PREFIX.get(key)
+            if prefix is None:
+                raise ConfigError(f"{source}: unknown section [{key}] (known: kantata, noko, sync)")
+            for inner, inner_value in value.items():
+                out[f"{prefix}{inner}".lower()] = inner_value
+        else:
+            out[key.lower()] = value
+    return out
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    fields = Settings.model_fields
+    return {
+        key.lower(): value
+        for key, value in environ.items()
+        if key.lower() in fields and value != ""
+    }
+
+
+def load_settings(
+    config_file: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults < TOML file (`--config` or KANTATA_SYNC_CONFIG) < environment; `ConfigError`
+    with one readable line on anything invalid."""
+    env = os.environ if environ is None else environ
+    path = config_file or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+    values: dict[str, Any] = {}
+    source = "environment"
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text("utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+        values.update(_flatten_toml(data, str(path)))
+        source = str(path)
+    values.update(_from_environment(env))
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = ".".join(str(part) for part in error["loc"])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown setting"
+            problems.append(f"{loc.upper()}: {message}" if loc else message)
+        raise ConfigError(f"invalid configuration ({source}): " + "; ".join(problems)) from None

@@ -1,0 +1,174 @@
+"""The status report: what is synced, what failed and why, and what to do about it.
+
+`build_report` reads the state store into one plain dict (the `status --json` document);
+`render_table` draws it for people on a terminal.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from connector.store import InvoiceRecord, Store
+from mappings.money import format_money
+
+STATES = ("synced", "failed", "conflict", "pending", "skipped")
+
+ACTIONS = {
+    "mapping": "Fix the field named in the error in Kantata; the invoice is retried as soon as "
+    "it changes (or run `kantata-sync retry {id}`).",
+    "permanent": "Noko refused it: fix the cause named in the error, then run "
+    "`kantata-sync retry {id}`.",
+    "transient": "Retried automatically{when}; if it keeps failing, run `kantata-sync doctor`.",
+    "writeback": "It is in Noko; writing the reference to Kantata is retried automatically{when}.",
+    "verify": "Noko's totals differ from Kantata's: compare the two invoices, correct the Noko "
+    "invoice, then run `kantata-sync retry {id} --force`.",
+    "duplicate": "Delete the extra Noko invoices named in the error, then run "
+    "`kantata-sync retry {id}`.",
+    "changed": "Review the Noko invoice against Kantata and correct it by hand; then run "
+    "`kantata-sync retry {id} --force` to accept the Kantata version as synced.",
+    "lifecycle": "Review the Noko invoice (void or delete it in Noko if it should go); then "
+    "run `kantata-sync retry {id} --force`.",
+}
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+def action_for(record: InvoiceRecord) -> str:
+    template = ACTIONS.get(record.error_kind or "", "Run `kantata-sync show {id}` for details.")
+    when = f" at {_iso(record.next_attempt_at)}" if record.next_attempt_at else ""
+    return template.format(id=record.kantata_id, when=when)
+
+
+def _amount(record: InvoiceRecord) -> str | None:
+    if record.total_minor is None or record.exponent is None or not record.currency:
+        return None
+    return format_money(record.total_minor, record.exponent, record.currency)
+
+
+def build_report(store: Store, *, now: datetime | None = None, limit: int = 200) -> dict[str, Any]:
+    """Everything `status` shows, as plain JSON-ready data."""
+    now = now or datetime.now(UTC)
+    counts = dict.fromkeys(STATES, 0)
+    counts.update(store.counts())
+    cursor = store.get_cursor()
+    failures = []
+    for record in store.invoices_with_status("failed", "pending", limit=limit):
+        if record.status == "pending" and not record.last_error:
+            continue
+        failures.append(
+            {
+                "kantata_invoice_id": record.kantata_id,
+                "error": record.last_error or "interrupted before it finished",
+                "error_kind": record.error_kind,
+                "attempts": record.attempts,
+                "next_attempt_at": _iso(record.next_attempt_at),
+                "noko_invoice_id": record.noko_invoice_id,
+                "amount": _amount(record),
+                "action": action_for(record),
+            }
+        )
+    conflicts = [
+        {
+            "kantata_invoice_id": record.kantata_id,
+            "reason": record.last_error or "",
+            "noko_invoice_id": record.noko_invoice_id,
+            "noko_link": record.noko_url,
+            "action": action_for(record),
+        }
+        for record in store.invoices_with_status("conflict", limit=limit)
+    ]
+    warnings = [
+        {
+            "kantata_invoice_id": record.kantata_id,
+            "message": (
+                f"Kantata balance_in_cents {record.balance_in_cents} differs from the total "
+                f"computed from its lines ({record.total_minor}); the computed total was used"
+            ),
+        }
+        for record in store.balance_warnings(limit=limit)
+    ]
+    runs = [
+        {
+            "run_id": run.run_id,
+            "kind": run.kind,
+            "started_at": _iso(run.started_at),
+            "finished_at": _iso(run.finished_at),
+            "duration_seconds": round((run.finished_at - run.started_at).total_seconds(), 3)
+            if run.finished_at
+            else None,
+            "outcome": run.outcome,
+            "seen": run.seen,
+            "pushed": run.pushed,
+            "unchanged": run.unchanged,
+            "skipped": run.skipped,
+            "failed": run.failed,
+            "error": run.error,
+        }
+        for run in store.runs(limit=20)
+    ]
+    return {
+        "generated_at": _iso(now),
+        "counts": counts,
+        "cursor": _iso(cursor),
+        "cursor_lag_seconds": round((now - cursor).total_seconds(), 1) if cursor else None,
+        "failures": failures,
+        "conflicts": conflicts,
+        "warnings": warnings,
+        "runs": runs,
+    }
+
+
+def render_table(report: dict[str, Any], console: Console) -> None:
+    """The report for people: counts, cursor, last cycles, then every problem with its fix."""
+    counts = report["counts"]
+    summary = Table(title="kantata-sync status", show_header=True, header_style="bold")
+    for state in counts:
+        summary.add_column(state, justify="right")
+    summary.add_row(*(str(counts[state]) for state in counts))
+    console.print(summary)
+    lag = report["cursor_lag_seconds"]
+    console.print(
+        f"Cursor: {report['cursor'] or 'none yet (the next sync reads everything)'}"
+        + (f"  (lag {lag:.0f} s)" if lag is not None else "")
+    )
+    if report["runs"]:
+        runs = Table(title="Last cycles", header_style="bold")
+        for column in ("started", "kind", "outcome", "seconds", "seen", "pushed", "failed"):
+            runs.add_column(column)
+        for run in report["runs"][:10]:
+            runs.add_row(
+                run["started_at"] or "",
+                run["kind"],
+                run["outcome"],
+                "" if run["duration_seconds"] is None else f"{run['duration_seconds']:.1f}",
+                str(run["seen"]),
+                str(run["pushed"]),
+                str(run["failed"]),
+            )
+        console.print(runs)
+    for title, rows, key in (
+        ("Failed invoices", report["failures"], "error"),
+        ("Conflicts", report["conflicts"], "reason"),
+    ):
+        if not rows:
+            continue
+        table = Table(title=title, header_style="bold", show_lines=True)
+        table.add_column("Kantata id", no_wrap=True)
+        table.add_column("why")
+        table.add_column("what to do")
+        for row in rows:
+            table.add_row(row["kantata_invoice_id"], row[key], row["action"])
+        console.print(table)
+    for warning in report["warnings"]:
+        console.print(
+            f"[yellow]warning[/yellow] invoice {warning['kantata_invoice_id']}: "
+            f"{warning['message']}"
+        )
+    if not report["failures"] and not report["conflicts"]:
+        console.print("No failed or conflicting invoices.")

@@ -1,0 +1,58 @@
+"""The daemon's clock: an APScheduler interval job running one cycle at a time.
+
+This is the only module that knows APScheduler. Overlapping cycles are impossible
+(`max_instances=1`), missed runs collapse into one (`coalesce=True`), and a stop request lets the
+cycle in flight finish its current invoice before the process exits.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+
+def run_forever(
+    cycle: Callable[[], object],
+    *,
+    interval: float,
+    stop: threading.Event,
+) -> None:
+    """Run `cycle` now and then every `interval` seconds until `stop` is set."""
+    log = structlog.get_logger("kantata_sync.scheduler")
+    scheduler = BlockingScheduler(timezone=UTC)
+
+    def job() -> None:
+        if stop.is_set():
+            return
+        try:
+            cycle()
+        except Exception:  # the daemon outlives one bad cycle
+            log.exception("cycle crashed; the next one runs on schedule")
+        if stop.is_set():
+            scheduler.shutdown(wait=False)
+
+    scheduler.add_job(
+        job,
+        "interval",
+        seconds=interval,
+        next_run_time=datetime.now(UTC),
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=None,
+        id="sync-cycle",
+    )
+
+    def watch() -> None:
+        stop.wait()
+        log.info("stop requested; finishing the invoice in flight")
+        if scheduler.running:
+            scheduler.shutdown(wait=True)
+
+    threading.Thread(target=watch, name="stop-watch", daemon=True).start()
+    log.info("daemon started", interval_seconds=interval)
+    scheduler.start()
+    log.info("daemon stopped")

@@ -1,0 +1,329 @@
+"""The state store: one SQLite file (WAL) holding invoices, their history, cursors and runs.
+
+Every write is its own short transaction, committed before the remote call it protects (the
+intent log), so a killed process leaves a record of what it may have created. The schema is
+migrated with Alembic at every open; the file is created readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, event, func
+from sqlalchemy.engine.url import make_url
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session, col, create_engine, select
+
+from connector.errors import ConfigError, LockHeldError
+from connector.store.models import CursorRecord, InvoiceEvent, InvoiceRecord, RunRecord
+
+__all__ = ["CursorRecord", "InvoiceEvent", "InvoiceRecord", "RunRecord", "Store"]
+
+MAIN_CURSOR = "invoices"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """File path of a `sqlite:///` URL, None for an in-memory database."""
+    try:
+        url = make_url(database_url)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises several types for bad URLs
+        raise ConfigError(f"KANTATA_SYNC_DATABASE_URL: not a database URL: {exc}") from None
+    if not url.drivername.startswith("sqlite"):
+        raise ConfigError(
+            "KANTATA_SYNC_DATABASE_URL: only sqlite:/// URLs are supported, "
+            f"got {url.drivername}://"
+        )
+    if not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+class Store:
+    """Typed access to the state database; safe to share between worker threads."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.path = sqlite_path(database_url)
+        self._write_lock = threading.RLock()
+        self._lock_fd: int | None = None
+        if self.path is not None:
+            self._prepare_file(self.path)
+            self.engine: Engine = create_engine(
+                database_url, connect_args={"check_same_thread": False, "timeout": 30}
+            )
+        else:
+            self.engine = create_engine(
+                "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
+            )
+        event.listen(self.engine, "connect", _configure_connection)
+        self._migrate()
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _prepare_file(path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            for suffix in ("", "-wal", "-shm"):
+                target = Path(f"{path}{suffix}")
+                if target.exists():
+                    target.chmod(0o600)
+        except OSError as exc:
+            raise ConfigError(
+                f"KANTATA_SYNC_DATABASE_URL: cannot create the state file {path}: {exc.strerror}"
+            ) from None
+
+    def _migrate(self) -> None:
+        script_location = str(resources.files("connector.store").joinpath("migrations"))
+        config = Config()
+        config.set_main_option("script_location", script_location)
+        with self._write_lock, self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def schema_revision(self) -> str | None:
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def close(self) -> None:
+        self.release_writer_lock()
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ one writer
+
+    @property
+    def lock_path(self) -> Path | None:
+        return None if self.path is None else Path(f"{self.path}.lock")
+
+    def acquire_writer_lock(self, wait: float = 0.0) -> None:
+        """Take the database's writer lock; the OS drops it when the holder dies, even by
+        SIGKILL, so a crashed process never blocks the next one."""
+        if self.lock_path is None or self._lock_fd is not None:
+            return
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    os.close(fd)
+                    raise LockHeldError(
+                        f"another kantata-sync process (pid {holder}) is working on "
+                        f"{self.path}; try again when it has finished"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def release_writer_lock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @contextlib.contextmanager
+    def writer(self, wait: float = 0.0) -> Iterator[None]:
+        self.acquire_writer_lock(wait)
+        try:
+            yield
+        finally:
+            self.release_writer_lock()
+
+    # ------------------------------------------------------------------ sessions
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._write_lock, self._session() as session:
+            yield session
+            session.commit()
+
+    # ------------------------------------------------------------------ cursor
+
+    def get_cursor(self, name: str = MAIN_CURSOR) -> datetime | None:
+        with self._session() as session:
+            row = session.get(CursorRecord, name)
+            return row.value if row else None
+
+    def set_cursor(self, value: datetime | None, name: str = MAIN_CURSOR) -> None:
+        with self._tx() as session:
+            row = session.get(CursorRecord, name)
+            if row is None:
+                row = CursorRecord(name=name, value=value, updated_at=utcnow())
+            else:
+                row.value = value
+                row.updated_at = utcnow()
+            session.add(row)
+
+    # ------------------------------------------------------------------ invoices
+
+    def get_invoice(self, kantata_id: str) -> InvoiceRecord | None:
+        with self._session() as session:
+            return session.get(InvoiceRecord, kantata_id)
+
+    def get_invoices(self, kantata_ids: Sequence[str]) -> dict[str, InvoiceRecord]:
+        out: dict[str, InvoiceRecord] = {}
+        ids = list(kantata_ids)
+        with self._session() as session:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = session.exec(
+                    select(InvoiceRecord).where(col(InvoiceRecord.kantata_id).in_(chunk))
+                )
+                out.update({row.kantata_id: row for row in rows})
+        return out
+
+    def save_invoice(
+        self, record: InvoiceRecord, *, run_id: str = "", event: str = "", detail: str = ""
+    ) -> InvoiceRecord:
+        """Insert or replace the record (and log an event) in one committed transaction."""
+        now = utcnow()
+        record.updated_at = now
+        with self._tx() as session:
+            merged = session.merge(record)
+            if event:
+                session.add(
+                    InvoiceEvent(
+                        kantata_id=record.kantata_id,
+                        run_id=run_id,
+                        at=now,
+                        event=event,
+                        detail=detail[:2000],
+                    )
+                )
+        return merged
+
+    def new_invoice(self, kantata_id: str, status: str = "pending") -> InvoiceRecord:
+        now = utcnow()
+        return InvoiceRecord(
+            kantata_id=kantata_id, status=status, first_seen_at=now, updated_at=now
+        )
+
+    def retry_candidates(self, now: datetime) -> list[InvoiceRecord]:
+        """Invoices a cycle must look at even if Kantata did not list them as changed: failures
+        whose retry time has come, and any work left half-done by an earlier process."""
+        with self._session() as session:
+            due = select(InvoiceRecord).where(
+                (col(InvoiceRecord.stage) != "")
+                | (
+                    (col(InvoiceRecord.status) == "failed")
+                    & (col(InvoiceRecord.next_attempt_at).is_not(None))
+                    & (col(InvoiceRecord.next_attempt_at) <= now.replace(tzinfo=None))
+                )
+                | (col(InvoiceRecord.status) == "pending")
+            )
+            return list(session.exec(due))
+
+    def failed_ids(self) -> list[str]:
+        with self._session() as session:
+            rows = session.exec(
+                select(InvoiceRecord.kantata_id).where(col(InvoiceRecord.status) == "failed")
+            )
+            return list(rows)
+
+    def counts(self) -> dict[str, int]:
+        with self._session() as session:
+            rows = session.exec(
+                select(InvoiceRecord.status, func.count()).group_by(col(InvoiceRecord.status))
+            )
+            return {status: int(count) for status, count in rows}
+
+    def invoices_with_status(self, *statuses: str, limit: int = 500) -> list[InvoiceRecord]:
+        with self._session() as session:
+            rows = session.exec(
+                select(InvoiceRecord)
+                .where(col(InvoiceRecord.status).in_(statuses))
+                .order_by(col(InvoiceRecord.updated_at).desc())
+                .limit(limit)
+            )
+            return list(rows)
+
+    def balance_warnings(self, limit: int = 200) -> list[InvoiceRecord]:
+        with self._session() as session:
+            rows = session.exec(
+                select(InvoiceRecord)
+                .where(
+                    col(InvoiceRecord.balance_in_cents).is_not(None)
+                    & col(InvoiceRecord.total_minor).is_not(None)
+                    & (col(InvoiceRecord.balance_in_cents) != col(InvoiceRecord.total_minor))
+                )
+                .limit(limit)
+            )
+            return list(rows)
+
+    def events(self, kantata_id: str, limit: int = 200) -> list[InvoiceEvent]:
+        with self._session() as session:
+            rows = session.exec(
+                select(InvoiceEvent)
+                .where(col(InvoiceEvent.kantata_id) == kantata_id)
+                .order_by(col(InvoiceEvent.id))
+                .limit(limit)
+            )
+            return list(rows)
+
+    def all_invoices(self) -> Iterator[InvoiceRecord]:
+        with self._session() as session:
+            yield from session.exec(select(InvoiceRecord).order_by(col(InvoiceRecord.kantata_id)))
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, run_id: str, kind: str, cursor: datetime | None) -> RunRecord:
+        run = RunRecord(run_id=run_id, kind=kind, started_at=utcnow(), cursor_before=cursor)
+        with self._tx() as session:
+            session.add(run)
+        return run
+
+    def finish_run(self, run: RunRecord) -> None:
+        run.finished_at = run.finished_at or utcnow()
+        with self._tx() as session:
+            session.merge(run)
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        with self._session() as session:
+            rows = session.exec(select(RunRecord).order_by(col(RunRecord.id).desc()).limit(limit))
+            return list(rows)
+
+    def close_stale_runs(self) -> None:
+        """Runs still marked running belong to a process that died: mark them interrupted."""
+        with self._tx() as session:
+            for run in session.exec(select(RunRecord).where(col(RunRecord.outcome) == "running")):
+                run.outcome = "interrupted"
+                run.finished_at = run.finished_at or utcnow()
+                session.add(run)
+
+
+def _configure_connection(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

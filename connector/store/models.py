@@ -1,0 +1,118 @@
+"""Tables of the state database. Changing one means adding a migration in `migrations/versions`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out; stored as naive UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the state store")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+def _when(**kwargs: Any) -> Any:
+    return Field(sa_type=UTCDateTime, **kwargs)
+
+
+class InvoiceRecord(SQLModel, table=True):
+    """What the connector knows about one Kantata invoice."""
+
+    __tablename__ = "invoices"
+
+    kantata_id: str = Field(primary_key=True)
+    status: str = Field(index=True)
+    """pending | synced | failed | skipped | conflict"""
+    stage: str = ""
+    """'' (at rest) | 'pushing' (intent recorded, Noko objects may exist) |
+    'pushed' (Noko invoice exists, Kantata write-back outstanding)"""
+    reference: str | None = None
+    fingerprint: str | None = None
+    """Ledger fingerprint of the document in Noko (or being pushed)."""
+    source_fingerprint: str | None = None
+    """Fingerprint of the Kantata invoice as last seen (also for unmappable ones)."""
+    noko_invoice_id: int | None = None
+    noko_url: str | None = None
+    noko_state: str | None = None
+    noko_lines: str | None = None
+    """JSON object: line key -> Noko expense id of the pushed document."""
+    currency: str | None = None
+    exponent: int | None = None
+    total_minor: int | None = None
+    balance_in_cents: int | None = None
+    kantata_updated_at: datetime | None = _when(default=None)
+    attempts: int = 0
+    last_error: str | None = None
+    error_kind: str | None = None
+    """mapping | permanent | transient | verify | writeback"""
+    next_attempt_at: datetime | None = _when(default=None)
+    skip_reason: str | None = None
+    writeback_hash: str | None = None
+    """Hash of the external reference last written to Kantata (to write only on change)."""
+    first_seen_at: datetime = _when()
+    updated_at: datetime = _when()
+    synced_at: datetime | None = _when(default=None)
+
+
+class InvoiceEvent(SQLModel, table=True):
+    """History of one invoice: every push, failure, skip and write-back."""
+
+    __tablename__ = "invoice_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kantata_id: str = Field(index=True)
+    run_id: str
+    at: datetime = _when()
+    event: str
+    detail: str = ""
+
+
+class CursorRecord(SQLModel, table=True):
+    __tablename__ = "cursors"
+
+    name: str = Field(primary_key=True)
+    value: datetime | None = _when(default=None)
+    updated_at: datetime = _when()
+
+
+class RunRecord(SQLModel, table=True):
+    """One cycle of `sync`, `backfill` or `run`."""
+
+    __tablename__ = "runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, unique=True)
+    kind: str
+    started_at: datetime = _when()
+    finished_at: datetime | None = _when(default=None)
+    outcome: str = "running"
+    """running | ok | failed | aborted | interrupted"""
+    seen: int = 0
+    pushed: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    failed: int = 0
+    pages: int = 0
+    cursor_before: datetime | None = _when(default=None)
+    cursor_after: datetime | None = _when(default=None)
+    error: str | None = None
