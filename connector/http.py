@@ -160,6 +160,12 @@ class RetryPolicy:
     max_total: float = 300.0
     jitter: bool = True
 
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if min(self.initial_delay, self.max_delay, self.max_total) < 0:
+            raise ValueError("retry delays must not be negative")
+
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1 = the first try)."""
         if retry_after is not None:
@@ -317,6 +323,20 @@ class _Failure:
     not_found: bool = False
 
 
+def _secrets_of(headers: Mapping[str, str]) -> tuple[SecretStr, ...]:
+    """Credential values to redact: whole header values, and the credential of `Bearer x`."""
+    found: list[SecretStr] = []
+    for name, value in headers.items():
+        if not value or not any(hint in name.lower() for hint in _SECRET_HEADER_HINTS):
+            continue
+        found.append(SecretStr(value))
+        scheme, _, credential = value.partition(" ")
+        if credential.strip() and scheme.isalpha():
+            found.append(SecretStr(credential.strip()))
+    # Longest first, so a whole "Bearer x" is replaced before its credential alone.
+    return tuple(sorted(found, key=lambda s: -len(s.get_secret_value())))
+
+
 class _RedirectRefused(Exception):
     def __init__(self, host: str) -> None:
         super().__init__(host)
@@ -351,11 +371,7 @@ class ApiTransport:
         self._sleep = sleep
         self._bucket = TokenBucket(rate, burst, clock=clock, sleep=sleep)
         self._log = logger if logger is not None else structlog.get_logger("kantata_sync.http")
-        self._secrets = tuple(
-            SecretStr(value)
-            for name, value in headers.items()
-            if value and any(hint in name.lower() for hint in _SECRET_HEADER_HINTS)
-        )
+        self._secrets = _secrets_of(headers)
         self._client = httpx.Client(
             base_url=self.base_url,
             headers=dict(headers),
@@ -468,10 +484,11 @@ class ApiTransport:
         template = self._template(method, target)
         headers = {"Content-Type": "application/json"} if body is not None else None
         content = encode_json(body) if body is not None else None
+        query = {k: v for k, v in params.items() if v is not None} if params else None
         request = self._client.build_request(
             method,
             target,
-            params=dict(params) if params else None,
+            params=query or None,
             content=content,
             headers=headers,
         )

@@ -627,6 +627,22 @@ def test_stats_count_everything(router: respx.MockRouter, clock: FakeClock) -> N
     assert snap["by_endpoint"] == {"GET /invoices/{id}": 3}
 
 
+def test_none_params_dropped(router: respx.MockRouter, clock: FakeClock) -> None:
+    """Query parameters whose value is None are left out, not sent empty."""
+    route = router.get("/invoices").respond(200, json=[])
+    make_transport(clock).request_json("GET", "/invoices", params={"a": None, "b": 1})
+    assert str(route.calls.last.request.url.query, "ascii") == "b=1"
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_attempts": 0}, {"initial_delay": -1.0}, {"max_total": -5.0}]
+)
+def test_retry_policy_validated(kwargs: dict[str, Any]) -> None:
+    """A retry policy that cannot work is refused when built."""
+    with pytest.raises(ValueError, match=r"max_attempts|negative"):
+        RetryPolicy(**kwargs)
+
+
 def test_base_url_must_be_absolute() -> None:
     """A base URL without scheme and host is refused at construction."""
     with pytest.raises(ValueError, match="absolute"):

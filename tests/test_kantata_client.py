@@ -278,7 +278,7 @@ def test_auth_and_user_agent_headers(router: respx.MockRouter, client: KantataCl
 def test_token_absent_from_repr_and_errors(router: respx.MockRouter, client: KantataClient) -> None:
     """Neither repr(client) nor an error message shows the token."""
     router.get("/users/me.json").respond(
-        401, json={"errors": [{"type": "oauth", "message": f"Invalid token Bearer {TOKEN}"}]}
+        401, json={"errors": [{"type": "oauth", "message": f"Invalid token {TOKEN}"}]}
     )
     assert TOKEN not in repr(client)
     with pytest.raises(PermanentApiError) as info:
