@@ -180,27 +180,57 @@ def run(
     ] = None,
 ) -> None:
     """Run as a daemon: one cycle every interval until SIGTERM or SIGINT."""
+    from connector.observe import DaemonHealth, serve
     from connector.scheduler import run_forever
 
     settings = _settings(kantata_sync_interval=interval)
     stop = threading.Event()
     _install_stop_handlers(stop)
+    health = DaemonHealth(interval=settings.kantata_sync_interval)
     try:
         with open_connector(settings, stop=stop) as connector:
             log = structlog.get_logger("kantata_sync")
+            server = None
+            if settings.kantata_sync_metrics_port is not None:
+                server = serve(
+                    settings.kantata_sync_metrics_host,
+                    settings.kantata_sync_metrics_port,
+                    store=connector.store,
+                    stats={"kantata": connector.kantata.stats, "noko": connector.noko.stats},
+                    health=health,
+                    render_html=_html_renderer(),
+                )
+                log.info(
+                    "health and metrics endpoint listening",
+                    url=f"http://{settings.kantata_sync_metrics_host}:"
+                    f"{server.server_address[1]}/healthz",
+                )
 
             def cycle() -> None:
                 try:
                     with connector.store.writer(wait=0):
                         connector.store.close_stale_runs()
-                        connector.engine.run_cycle(kind="sync")
+                        result = connector.engine.run_cycle(kind="sync")
+                        health.record(result.outcome, result.duration, result.error)
                 except LockHeldError as exc:
                     log.warning("cycle skipped", reason=str(exc))
 
-            run_forever(cycle, interval=settings.kantata_sync_interval, stop=stop)
+            try:
+                run_forever(cycle, interval=settings.kantata_sync_interval, stop=stop)
+            finally:
+                if server is not None:
+                    server.shutdown()
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     raise typer.Exit(0)
+
+
+def _html_renderer() -> Any:
+    try:
+        from connector.report_html import render_html
+    except ImportError:  # the HTML page is optional for the daemon's endpoint
+        return None
+    return render_html
 
 
 @app.command()
@@ -225,6 +255,100 @@ def status(
 
 
 @app.command()
+def retry(
+    ids: Annotated[list[str] | None, typer.Argument(help="Kantata invoice ids.")] = None,
+    all_failed: Annotated[
+        bool, typer.Option("--all-failed", help="Retry every failed invoice.")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Push even if nothing changed and accept the Kantata version over a conflict.",
+        ),
+    ] = False,
+) -> None:
+    """Retry invoices now, without waiting for their next retry time."""
+    settings = _settings()
+    chosen = list(ids or [])
+    if all_failed:
+        store = Store(settings.kantata_sync_database_url)
+        try:
+            chosen += store.failed_ids()
+        finally:
+            store.close()
+    chosen = list(dict.fromkeys(i.strip() for i in chosen if i.strip()))
+    bad = [i for i in chosen if not i.isdigit()]
+    if bad:
+        raise _fail(f"not a Kantata invoice id: {', '.join(bad)}")
+    if not chosen:
+        if all_failed:
+            typer.echo("No failed invoices to retry.")
+            raise typer.Exit(0)
+        raise _fail("name at least one Kantata invoice id, or use --all-failed")
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    result = _run_once(settings, stop, kind="sync", only_ids=chosen, force=True)
+    for kantata_id in chosen:
+        verdict = result.failed.get(kantata_id)
+        typer.echo(f"{kantata_id}: {'failed: ' + verdict if verdict else 'ok'}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def show(kantata_invoice_id: Annotated[str, typer.Argument(help="Kantata invoice id.")]) -> None:
+    """One invoice: its state, both sides' ids and links, and its history."""
+    settings = _settings()
+    store = Store(settings.kantata_sync_database_url)
+    try:
+        record = store.get_invoice(kantata_invoice_id)
+        if record is None:
+            raise _fail(f"invoice {kantata_invoice_id} is not in the state database", code=1)
+        events = store.events(kantata_invoice_id)
+    finally:
+        store.close()
+    console = Console()
+    from connector.report import action_for
+
+    kantata_link = f"{settings.kantata_base_url}/invoices/{record.kantata_id}"
+    lines = [
+        f"Kantata invoice {record.kantata_id}: {record.status}"
+        + (f" ({record.skip_reason})" if record.skip_reason else ""),
+        f"  Kantata:   {kantata_link}",
+        f"  Noko:      {record.noko_invoice_id or '-'}  {record.noko_url or ''}".rstrip(),
+        f"  reference: {record.reference or '-'}   Noko state: {record.noko_state or '-'}",
+    ]
+    if record.total_minor is not None and record.exponent is not None and record.currency:
+        from mappings.money import format_money
+
+        lines.append(
+            f"  total:     {format_money(record.total_minor, record.exponent, record.currency)}"
+        )
+    if record.last_error:
+        lines.append(f"  error:     {record.last_error}")
+        lines.append(f"  attempts:  {record.attempts}, next retry {record.next_attempt_at or '-'}")
+        lines.append(f"  to do:     {action_for(record)}")
+    for line in lines:
+        console.print(line, highlight=False, markup=False)
+    console.print("History:", highlight=False)
+    for ev in events:
+        console.print(
+            f"  {ev.at:%Y-%m-%d %H:%M:%S} {ev.event:<16} {ev.detail}", highlight=False, markup=False
+        )
+    raise typer.Exit(0)
+
+
+@app.command()
+def doctor() -> None:
+    """Check config, tokens, permissions, database and clock; one line and a fix for each."""
+    from connector.doctor import run_checks
+
+    settings = _settings()
+    ok = run_checks(settings, Console())
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
 def sandbox(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     kantata_port: Annotated[int, typer.Option(help="Port of the fake Kantata.")] = 8701,
@@ -233,14 +357,15 @@ def sandbox(
     seed: Annotated[int, typer.Option(help="Seed of the generated data.")] = 7,
 ) -> None:
     """Serve a fake Kantata OX and a fake Noko on this machine, with generated data."""
+    from connector.demo import SANDBOX_KANTATA_TOKEN, SANDBOX_NOKO_TOKEN
     from connector.sandbox import Sandbox, generate
 
     configure_logging("auto", "info")
     box = Sandbox(host=host, kantata_port=kantata_port, noko_port=noko_port)
     generate(box.kantata, seed=seed, invoices=invoices)
     box.start()
-    typer.echo(f"Kantata: {box.kantata_url}  token: {box.kantata_token}")
-    typer.echo(f"Noko:    {box.noko_url}  token: {box.noko_token}")
+    typer.echo(f"Kantata: {box.kantata_url}  token: {SANDBOX_KANTATA_TOKEN}")
+    typer.echo(f"Noko:    {box.noko_url}  token: {SANDBOX_NOKO_TOKEN}")
     typer.echo("Ctrl-C stops it.")
     box.serve_forever()
 

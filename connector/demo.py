@@ -14,11 +14,14 @@ from connector.config import Settings
 from connector.report import build_report, render_table
 from connector.sandbox import Sandbox, generate
 
+SANDBOX_KANTATA_TOKEN = "sandbox-kantata-token"  # noqa: S105 - the sandbox's fixed token
+SANDBOX_NOKO_TOKEN = "sandbox-noko-token"  # noqa: S105 - the sandbox's fixed token
+
 
 def _noko_check(box: Sandbox, service_name: str) -> tuple[int, int, int]:
     """(eligible Kantata invoices, Noko invoices with the right total, references written)."""
-    kantata = box.kantata.snapshot()
-    noko = box.noko.snapshot()
+    kantata = box.kantata.state()
+    noko = box.noko.state()
     by_reference: dict[str, list[dict[str, Any]]] = {}
     for invoice in noko["invoices"]:
         by_reference.setdefault(str(invoice["reference"]), []).append(invoice)
@@ -52,9 +55,9 @@ def run_demo(*, invoices: int, seed: int, workdir: Path) -> int:
             generate(box.kantata, seed=seed, invoices=invoices)
             settings = Settings(
                 kantata_base_url=box.kantata_url,
-                kantata_token=box.kantata_token,
+                kantata_token=SANDBOX_KANTATA_TOKEN,
                 noko_base_url=box.noko_url,
-                noko_token=box.noko_token,
+                noko_token=SANDBOX_NOKO_TOKEN,
                 kantata_sync_database_url=f"sqlite:///{workdir / 'demo.db'}",
                 kantata_max_requests_per_second=500,
                 noko_max_requests_per_second=500,

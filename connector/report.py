@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from connector.store import InvoiceRecord, Store
 from mappings.money import format_money
@@ -134,8 +135,10 @@ def render_table(report: dict[str, Any], console: Console) -> None:
     console.print(summary)
     lag = report["cursor_lag_seconds"]
     console.print(
-        f"Cursor: {report['cursor'] or 'none yet (the next sync reads everything)'}"
-        + (f"  (lag {lag:.0f} s)" if lag is not None else "")
+        Text(
+            f"Cursor: {report['cursor'] or 'none yet (the next sync reads everything)'}"
+            + (f"  (lag {lag:.0f} s)" if lag is not None else "")
+        )
     )
     if report["runs"]:
         runs = Table(title="Last cycles", header_style="bold")
@@ -163,12 +166,12 @@ def render_table(report: dict[str, Any], console: Console) -> None:
         table.add_column("why")
         table.add_column("what to do")
         for row in rows:
-            table.add_row(row["kantata_invoice_id"], row[key], row["action"])
+            table.add_row(Text(row["kantata_invoice_id"]), Text(row[key]), Text(row["action"]))
         console.print(table)
     for warning in report["warnings"]:
         console.print(
-            f"[yellow]warning[/yellow] invoice {warning['kantata_invoice_id']}: "
-            f"{warning['message']}"
+            Text("warning ", style="yellow")
+            + Text(f"invoice {warning['kantata_invoice_id']}: {warning['message']}")
         )
     if not report["failures"] and not report["conflicts"]:
         console.print("No failed or conflicting invoices.")

@@ -236,7 +236,7 @@ class Store:
                 | (
                     (col(InvoiceRecord.status) == "failed")
                     & (col(InvoiceRecord.next_attempt_at).is_not(None))
-                    & (col(InvoiceRecord.next_attempt_at) <= now.replace(tzinfo=None))
+                    & (col(InvoiceRecord.next_attempt_at) <= now)
                 )
                 | (col(InvoiceRecord.status) == "pending")
             )
