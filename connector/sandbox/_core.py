@@ -38,9 +38,12 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_WRITES_KEPT = 100_000
 
 
+_ENCODER = simplejson.JSONEncoder(use_decimal=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: object) -> bytes:
     """JSON bytes with Decimal written as exact numbers (never through float)."""
-    return simplejson.dumps(value, use_decimal=True, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def loads(body: bytes) -> Any:
@@ -62,9 +65,9 @@ class Request:
 
     def header(self, name: str) -> str | None:
         """A header value, case-insensitively; None when absent."""
-        value = self.headers.get(name)
+        lowered = name.lower()
+        value = self.headers.get(lowered)
         if value is None:
-            lowered = name.lower()
             for key, candidate in self.headers.items():
                 if key.lower() == lowered:
                     return candidate

@@ -116,6 +116,34 @@ def totals(lines: Iterable[tuple[str, Mapping[str, Any]]], tax_rate: Decimal) ->
     }
 
 
+class _SortedIndex:
+    """(key, id) pairs kept sorted, with a parallel id list for fast slicing."""
+
+    __slots__ = ("ids", "keys")
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[Any, int]] = []
+        self.ids: list[int] = []
+
+    def add(self, key: Any, item: int) -> None:
+        position = bisect.bisect_left(self.keys, (key, item))
+        self.keys.insert(position, (key, item))
+        self.ids.insert(position, item)
+
+    def remove(self, key: Any, item: int) -> None:
+        position = bisect.bisect_left(self.keys, (key, item))
+        if position < len(self.keys) and self.keys[position] == (key, item):
+            del self.keys[position]
+            del self.ids[position]
+
+    def between(self, after: float | None, before: float | None) -> list[int]:
+        """Ids whose integer key is strictly after `after` and strictly before `before`."""
+        keys = self.keys
+        start = 0 if after is None else bisect.bisect_left(keys, (math.floor(after) + 1, -1))
+        end = len(keys) if before is None else bisect.bisect_left(keys, (math.ceil(before), -1))
+        return self.ids[start:end] if end > start else []
+
+
 @dataclass
 class _Line:
     id: int
@@ -126,6 +154,7 @@ class _Line:
     updated_at: datetime
     fields: dict[str, Any]
     invoice_id: int | None = None
+    rendered: dict[str, Any] | None = None
 
 
 @dataclass
@@ -150,6 +179,8 @@ class _Invoice:
     workspace_ids: list[int]
     lines: dict[str, list[int]] = field(default_factory=lambda: {k: [] for k in LINE_KINDS})
     balance_override: int | None = None
+    version: int = 0
+    rendered: tuple[int, int, dict[str, Any]] | None = None
 
 
 def _fail(
@@ -234,9 +265,11 @@ class FakeKantata(Service):
         self._payments: dict[int, dict[str, Any]] = {}
         # Sorted indices: (key, id) tuples, kept sorted on every change.
         self._by_id: list[int] = []
-        self._by_updated: list[tuple[int, int]] = []
-        self._by_created: list[tuple[int, int]] = []
-        self._by_date: list[tuple[str, int]] = []
+        self._by_updated = _SortedIndex()
+        self._by_created = _SortedIndex()
+        self._by_date = _SortedIndex()
+        self._totals_cache: dict[int, tuple[int, int, dict[str, int]]] = {}
+        self._lines_version = 0
         self._next_invoice_id = 4001
         self._next_line_id = 8_500_001
         self._next_user_id = 2545
@@ -403,9 +436,9 @@ class FakeKantata(Service):
             for line in new_lines:
                 self._attach(invoice, line)
             self._by_id.append(invoice.id)
-            bisect.insort(self._by_updated, (_ts(invoice.updated_at), invoice.id))
-            bisect.insort(self._by_created, (_ts(invoice.created_at), invoice.id))
-            bisect.insort(self._by_date, (invoice.invoice_date, invoice.id))
+            self._by_updated.add(_ts(invoice.updated_at), invoice.id)
+            self._by_created.add(_ts(invoice.created_at), invoice.id)
+            self._by_date.add(invoice.invoice_date, invoice.id)
             return invoice.id
 
     def update_invoice(self, invoice_id: int, **changes: Any) -> None:
@@ -418,6 +451,7 @@ class FakeKantata(Service):
         """
         with self.mutex:
             invoice = self._invoice_or_404(invoice_id)
+            invoice.version += 1
             when = changes.pop("updated_at", None)
             simple_str = ("message", "user_invoice_title", "purchase_order", "project_code")
             for key in simple_str:
@@ -481,7 +515,9 @@ class FakeKantata(Service):
                 assert line is not None
                 merged = {**line.fields, **dict(line_changes)}
                 line.fields = self._line_fields(line.kind, merged, invoice)
+                line.rendered = None
                 line.updated_at = moment
+                self._lines_version += 1
             if changes:
                 raise ValueError(f"unknown invoice fields: {', '.join(sorted(changes))}")
             self._touch(invoice, moment)
@@ -664,6 +700,7 @@ class FakeKantata(Service):
         if line.id not in ids:
             ids.append(line.id)
         line.invoice_id = invoice.id
+        line.rendered = None
 
     def _detach(self, invoice: _Invoice, line: _Line) -> None:
         ids = invoice.lines[line.kind]
@@ -672,24 +709,20 @@ class FakeKantata(Service):
         if line.kind in STANDALONE_KINDS:
             if line.invoice_id == invoice.id:
                 line.invoice_id = None
+                line.rendered = None
         else:
             self._lines.pop(line.id, None)
 
     def _touch(self, invoice: _Invoice, when: datetime) -> None:
-        old = (_ts(invoice.updated_at), invoice.id)
-        position = bisect.bisect_left(self._by_updated, old)
-        if position < len(self._by_updated) and self._by_updated[position] == old:
-            del self._by_updated[position]
+        self._by_updated.remove(_ts(invoice.updated_at), invoice.id)
         invoice.updated_at = when
-        bisect.insort(self._by_updated, (_ts(when), invoice.id))
+        invoice.version += 1
+        self._by_updated.add(_ts(when), invoice.id)
 
     def _reindex_date(self, invoice: _Invoice, new_date: str) -> None:
-        old = (invoice.invoice_date, invoice.id)
-        position = bisect.bisect_left(self._by_date, old)
-        if position < len(self._by_date) and self._by_date[position] == old:
-            del self._by_date[position]
+        self._by_date.remove(invoice.invoice_date, invoice.id)
         invoice.invoice_date = new_date
-        bisect.insort(self._by_date, (new_date, invoice.id))
+        self._by_date.add(new_date, invoice.id)
 
     def _cancel(self, invoice: _Invoice) -> None:
         if invoice.draft:
@@ -702,6 +735,7 @@ class FakeKantata(Service):
                 line = self._lines[line_id]
                 if line.invoice_id == invoice.id:
                     line.invoice_id = None
+                    line.rendered = None
         self._touch(invoice, self.now())
 
     def _delete(self, invoice: _Invoice) -> None:
@@ -714,17 +748,10 @@ class FakeKantata(Service):
             self._refs.pop(ref_id, None)
         del self._invoices[invoice.id]
         self._by_id.remove(invoice.id)
-        for index, key in (
-            (self._by_updated, (_ts(invoice.updated_at), invoice.id)),
-            (self._by_created, (_ts(invoice.created_at), invoice.id)),
-        ):
-            position = bisect.bisect_left(index, key)
-            if position < len(index) and index[position] == key:
-                del index[position]
-        date_key = (invoice.invoice_date, invoice.id)
-        position = bisect.bisect_left(self._by_date, date_key)
-        if position < len(self._by_date) and self._by_date[position] == date_key:
-            del self._by_date[position]
+        self._by_updated.remove(_ts(invoice.updated_at), invoice.id)
+        self._by_created.remove(_ts(invoice.created_at), invoice.id)
+        self._by_date.remove(invoice.invoice_date, invoice.id)
+        self._totals_cache.pop(invoice.id, None)
 
     def _invoice_lines(self, invoice: _Invoice) -> Iterable[_Line]:
         for kind in LINE_KINDS:
@@ -732,9 +759,14 @@ class FakeKantata(Service):
                 yield self._lines[line_id]
 
     def _totals(self, invoice: _Invoice) -> dict[str, int]:
-        return totals(
+        cached = self._totals_cache.get(invoice.id)
+        if cached is not None and cached[0] == invoice.version and cached[1] == self._lines_version:
+            return cached[2]
+        result = totals(
             ((ln.kind, ln.fields) for ln in self._invoice_lines(invoice)), invoice.tax_rate
         )
+        self._totals_cache[invoice.id] = (invoice.version, self._lines_version, result)
+        return result
 
     def _balance(self, invoice: _Invoice) -> int:
         if invoice.balance_override is not None:
@@ -832,6 +864,24 @@ class FakeKantata(Service):
 
     # ===== rendering ===========================================================================
     def _render_invoice(self, invoice: _Invoice, includes: frozenset[str]) -> dict[str, Any]:
+        cached = invoice.rendered
+        if cached is not None and cached[0] == invoice.version and cached[1] == self._lines_version:
+            base = cached[2]
+        else:
+            base = self._render_invoice_base(invoice)
+            invoice.rendered = (invoice.version, self._lines_version, base)
+        if not includes:
+            return base
+        data = dict(base)
+        for kind in LINE_KINDS:
+            if COLLECTION[kind] in includes:
+                data[IDS_FIELD[kind]] = [str(i) for i in invoice.lines[kind]]
+        if "external_references" in includes:
+            refs = self._refs_by_subject.get(("Invoice", str(invoice.id)), {})
+            data["external_reference_ids"] = [str(r) for r in refs.values()]
+        return data
+
+    def _render_invoice_base(self, invoice: _Invoice) -> dict[str, Any]:
         base_unit = base_unit_for(invoice.currency)
         number = invoice.user_invoice_number
         data: dict[str, Any] = {
@@ -858,15 +908,14 @@ class FakeKantata(Service):
             "workspace_ids": [str(w) for w in invoice.workspace_ids],
             "id": str(invoice.id),
         }
-        for kind in LINE_KINDS:
-            if COLLECTION[kind] in includes:
-                data[IDS_FIELD[kind]] = [str(i) for i in invoice.lines[kind]]
-        if "external_references" in includes:
-            refs = self._refs_by_subject.get(("Invoice", str(invoice.id)), {})
-            data["external_reference_ids"] = [str(r) for r in refs.values()]
         return data
 
     def _render_line(self, line: _Line) -> dict[str, Any]:
+        if line.rendered is None:
+            line.rendered = self._render_line_uncached(line)
+        return line.rendered
+
+    def _render_line_uncached(self, line: _Line) -> dict[str, Any]:
         base_unit = base_unit_for(line.currency)
         fields = line.fields
         data: dict[str, Any] = {"created_at": _fmt(line.created_at)}
@@ -1108,18 +1157,18 @@ class FakeKantata(Service):
         ids: list[int]
         if updated_after is not None or updated_before is not None:
             source = "updated_at"
-            ids = self._range(self._by_updated, updated_after, updated_before)
+            ids = self._by_updated.between(updated_after, updated_before)
             updated_after = updated_before = None
         elif created_after is not None or created_before is not None:
             source = "created_at"
-            ids = self._range(self._by_created, created_after, created_before)
+            ids = self._by_created.between(created_after, created_before)
             created_after = created_before = None
         elif order_key == "updated_at":
-            ids = [i for _, i in self._by_updated]
+            ids = list(self._by_updated.ids)
         elif order_key == "created_at":
-            ids = [i for _, i in self._by_created]
+            ids = list(self._by_created.ids)
         elif order_key == "invoice_date":
-            ids = [i for _, i in self._by_date]
+            ids = list(self._by_date.ids)
         else:
             ids = list(self._by_id)
 
@@ -1159,8 +1208,15 @@ class FakeKantata(Service):
         ref_status = query.get("external_reference_status")
         if with_service or ref_status:
             predicates.append(lambda inv: self._ref_matches(inv, with_service, ref_status))
-        if predicates:
-            ids = [i for i in ids if all(p(invoices[i]) for p in predicates)]
+        if len(predicates) == 1:
+            single = predicates[0]
+            ids = [i for i in ids if single(invoices[i])]
+        elif predicates:
+
+            def matches(inv: _Invoice) -> bool:
+                return all(p(inv) for p in predicates)
+
+            ids = [i for i in ids if matches(invoices[i])]
 
         # 3. The requested order.
         if source != order_key:
@@ -1175,20 +1231,6 @@ class FakeKantata(Service):
         if direction == "desc":
             ids.reverse()
         return ids
-
-    @staticmethod
-    def _range(
-        index: list[tuple[int, int]], after: float | None, before: float | None
-    ) -> list[int]:
-        start = 0 if after is None else bisect.bisect_right(index, (math.floor(after), _MAX_ID))
-        if after is not None:
-            while start < len(index) and index[start][0] <= after:
-                start += 1
-        end = len(index) if before is None else bisect.bisect_left(index, (math.ceil(before), -1))
-        if before is not None:
-            while end > start and index[end - 1][0] >= before:
-                end -= 1
-        return [i for _, i in index[start:end]]
 
     def _ref_matches(self, invoice: _Invoice, service: str | None, status: str | None) -> bool:
         refs = self._refs_by_subject.get(("Invoice", str(invoice.id)), {})

@@ -244,6 +244,8 @@ class FakeNoko(Service):
         self._invoices: dict[int, _Invoice] = {}
         self._users: dict[int, dict[str, Any]] = {}
         self._totals_cache: dict[int, tuple[int, NokoTotals]] = {}
+        self._project_entries: dict[int, set[int]] = {}
+        self._project_expenses: dict[int, set[int]] = {}
         self._next = {"project": 37_001, "entry": 1_711_001, "expense": 2_201, "invoice": 26_601}
         self._next_tax = 88_201
         self._reference_seq = 0
@@ -392,7 +394,7 @@ class FakeNoko(Service):
             expense = self._expenses.get(expense_id) or _not_found("Expense")
             if expense.invoice_id is not None and expense.invoice_id in self._invoices:
                 self._detach_expenses(self._invoices[expense.invoice_id], {expense.id})
-            del self._expenses[expense.id]
+            self._drop_expense(expense)
 
     def delete_entry(self, entry_id: int) -> None:
         """Delete an entry behind the connector's back (leaving its invoice if on one)."""
@@ -400,15 +402,15 @@ class FakeNoko(Service):
             entry = self._entries.get(entry_id) or _not_found("Entry")
             if entry.invoice_id is not None and entry.invoice_id in self._invoices:
                 self._detach_entries(self._invoices[entry.invoice_id], {entry.id})
-            del self._entries[entry.id]
+            self._drop_entry(entry)
 
     def delete_project(self, project_id: int) -> None:
         """Delete a project with its entries and expenses, behind the connector's back."""
         with self.mutex:
             project = self._projects.get(project_id) or _not_found("Project")
-            for entry in [e for e in self._entries.values() if e.project_id == project.id]:
+            for entry in [self._entries[i] for i in self._project_entries.get(project.id, ())]:
                 self.delete_entry(entry.id)
-            for expense in [e for e in self._expenses.values() if e.project_id == project.id]:
+            for expense in [self._expenses[i] for i in self._project_expenses.get(project.id, ())]:
                 self.delete_expense(expense.id)
             del self._projects[project.id]
 
@@ -543,8 +545,55 @@ class FakeNoko(Service):
             created_at=replacing.created_at if replacing else now,
             updated_at=self._stamp(replacing.updated_at) if replacing else now,
         )
-        self._expenses[expense.id] = expense
+        self._store_expense(expense)
         return expense
+
+    def _store_entry(self, entry: _Entry) -> None:
+        self._entries[entry.id] = entry
+        if entry.project_id is not None:
+            self._project_entries.setdefault(entry.project_id, set()).add(entry.id)
+
+    def _drop_entry(self, entry: _Entry) -> None:
+        self._entries.pop(entry.id, None)
+        if entry.project_id is not None:
+            self._project_entries.get(entry.project_id, set()).discard(entry.id)
+
+    def _store_expense(self, expense: _Expense) -> None:
+        previous = self._expenses.get(expense.id)
+        if previous is not None:
+            self._project_expenses.get(previous.project_id, set()).discard(previous.id)
+        self._expenses[expense.id] = expense
+        self._project_expenses.setdefault(expense.project_id, set()).add(expense.id)
+
+    def _drop_expense(self, expense: _Expense) -> None:
+        self._expenses.pop(expense.id, None)
+        self._project_expenses.get(expense.project_id, set()).discard(expense.id)
+
+    def _entry_pool(self, query: Mapping[str, str]) -> Iterable[_Entry]:
+        """The entries a list filter has to look at: narrowed by project or invoice ids."""
+        project_ids = self._id_set(query, "project_ids")
+        if project_ids is not None:
+            ids = set().union(*(self._project_entries.get(p, set()) for p in project_ids))
+            return [self._entries[i] for i in ids]
+        invoice_ids = self._id_set(query, "invoice_ids")
+        if invoice_ids is not None:
+            found = [self._invoices[i] for i in invoice_ids if i in self._invoices]
+            return [self._entries[e] for inv in found for e in inv.entry_ids if e in self._entries]
+        return self._entries.values()
+
+    def _expense_pool(self, query: Mapping[str, str]) -> Iterable[_Expense]:
+        """The expenses a list filter has to look at: narrowed by project or invoice ids."""
+        project_ids = self._id_set(query, "project_ids")
+        if project_ids is not None:
+            ids = set().union(*(self._project_expenses.get(p, set()) for p in project_ids))
+            return [self._expenses[i] for i in ids]
+        invoice_ids = self._id_set(query, "invoice_ids")
+        if invoice_ids is not None:
+            found = [self._invoices[i] for i in invoice_ids if i in self._invoices]
+            return [
+                self._expenses[e] for inv in found for e in inv.expense_ids if e in self._expenses
+            ]
+        return self._expenses.values()
 
     def _default_project_for(self, invoice: _Invoice) -> int:
         for expense_id in invoice.expense_ids:
@@ -877,8 +926,8 @@ class FakeNoko(Service):
         }
         if not full:
             return data
-        entries = [e for e in self._entries.values() if e.project_id == project.id]
-        expenses = [e for e in self._expenses.values() if e.project_id == project.id]
+        entries = [self._entries[i] for i in self._project_entries.get(project.id, ())]
+        expenses = [self._expenses[i] for i in self._project_expenses.get(project.id, ())]
         minutes = sum(e.minutes for e in entries)
         billable = sum(e.minutes for e in entries if e.billable)
         invoiced = sum(e.minutes for e in entries if e.invoice_id is not None)
@@ -1251,7 +1300,7 @@ class FakeNoko(Service):
         return result
 
     def _http_list_expenses(self, request: Request, params: dict[str, str]) -> Response:
-        expenses = self._filter_expenses(request.query, self._expenses.values())
+        expenses = self._filter_expenses(request.query, self._expense_pool(request.query))
         return self._paged(request, "/expenses", expenses, self._render_expense)
 
     def _http_create_expense(self, request: Request, params: dict[str, str]) -> Response:
@@ -1289,7 +1338,7 @@ class FakeNoko(Service):
     def _http_delete_expense(self, request: Request, params: dict[str, str]) -> Response:
         expense = self._expense_or_404(params["id"])
         self._refuse_invoiced("Expense", expense.invoice_id)
-        del self._expenses[expense.id]
+        self._drop_expense(expense)
         return Response.empty(204)
 
     # ----- entries -----------------------------------------------------------------------
@@ -1322,7 +1371,7 @@ class FakeNoko(Service):
         return result
 
     def _http_list_entries(self, request: Request, params: dict[str, str]) -> Response:
-        entries = self._filter_entries(request.query, self._entries.values())
+        entries = self._filter_entries(request.query, self._entry_pool(request.query))
         return self._paged(request, "/entries", entries, self._render_entry)
 
     def _http_create_entry(self, request: Request, params: dict[str, str]) -> Response:
@@ -1370,7 +1419,7 @@ class FakeNoko(Service):
             updated_at=now,
             source_url=body.get("source_url"),
         )
-        self._entries[entry.id] = entry
+        self._store_entry(entry)
         return Response.json(
             201, self._render_entry(entry), [("Location", self._url(f"/entries/{entry.id}"))]
         )
@@ -1381,7 +1430,7 @@ class FakeNoko(Service):
     def _http_delete_entry(self, request: Request, params: dict[str, str]) -> Response:
         entry = self._entry_or_404(params["id"])
         self._refuse_invoiced("Entry", entry.invoice_id)
-        del self._entries[entry.id]
+        self._drop_entry(entry)
         return Response.empty(204)
 
     # ----- invoices ----------------------------------------------------------------------

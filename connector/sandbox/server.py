@@ -17,7 +17,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from connector.sandbox._core import Request, Response, Service
 from connector.sandbox.faults import FaultConfig
@@ -28,6 +28,7 @@ __all__ = ["Sandbox", "ServiceServer"]
 
 _REQUEST_IDS = itertools.count(1)
 _MAX_BODY = 64 * 1024 * 1024
+_MAX_LINE = 65536
 
 
 class _DateCache:
@@ -68,19 +69,62 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request logging."""
 
-    def _read_body(self) -> bytes | None:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+    def handle_one_request(self) -> None:
+        """Read one request with a lean parser (no email.parser), answer it, keep alive."""
+        try:
+            line = self.rfile.readline(_MAX_LINE + 1)
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True
+            return
+        if not line:
+            self.close_connection = True
+            return
+        if line in (b"\r\n", b"\n"):  # tolerate a stray blank line between requests
+            return
+        self.raw_requestline = line
+        parts = line.decode("latin-1").split()
+        if len(line) > _MAX_LINE or len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            self.close_connection = True
+            self.request_version = "HTTP/1.1"
+            self._write(Response.json(400, {"message": "bad request line"}), head=False)
+            return
+        self.command, self.path, self.request_version = parts
+        headers: dict[str, str] = {}
+        count = 0
+        while True:
+            raw = self.rfile.readline(_MAX_LINE + 1)
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            count += 1
+            if count > 200 or len(raw) > _MAX_LINE:
+                self.close_connection = True
+                self._write(Response.json(431, {"message": "headers too large"}), head=False)
+                return
+            name, _, value = raw.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        connection = headers.get("connection", "").lower()
+        if self.request_version == "HTTP/1.0":
+            self.close_connection = connection != "keep-alive"
+        else:
+            self.close_connection = connection == "close"
+        self._dispatch(headers)
+
+    def _read_body(self, headers: dict[str, str]) -> bytes | None:
+        if "chunked" in headers.get("transfer-encoding", "").lower():
             chunks: list[bytes] = []
             while True:
-                size_line = self.rfile.readline(65537)
-                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+                size_line = self.rfile.readline(_MAX_LINE + 1)
+                try:
+                    size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+                except ValueError:
+                    return None
                 if size == 0:
-                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    while self.rfile.readline(_MAX_LINE + 1) not in (b"\r\n", b"\n", b""):
                         pass
                     return b"".join(chunks)
                 chunks.append(self.rfile.read(size))
-                self.rfile.readline(65537)
-        length_header = self.headers.get("Content-Length")
+                self.rfile.readline(_MAX_LINE + 1)
+        length_header = headers.get("content-length")
         if not length_header:
             return b""
         try:
@@ -91,24 +135,28 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(length) if length else b""
 
-    def _dispatch(self) -> None:
-        body = self._read_body()
+    def _dispatch(self, headers: dict[str, str]) -> None:
+        body = self._read_body(headers)
         if body is None:
-            self._write(Response.json(400, {"message": "bad Content-Length"}), head=False)
             self.close_connection = True
+            self._write(Response.json(400, {"message": "bad request body framing"}), head=False)
             return
-        parts = urlsplit(self.path)
+        target = self.path
+        path, _, raw_query = target.partition("?")
+        if path.startswith(("http://", "https://")):
+            path = urlsplit(path).path
         query: dict[str, str] = {}
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            query.setdefault(key, value)
+        if raw_query:
+            for key, value in parse_qsl(raw_query, keep_blank_values=True):
+                query.setdefault(key, value)
         request = Request(
             method=self.command,
-            path=parts.path or "/",
+            path=unquote(path) or "/",
             query=query,
-            headers=dict(self.headers.items()),
+            headers=headers,
             body=body,
             client=self.client_address[0],
-            raw_query=parts.query,
+            raw_query=raw_query,
         )
         try:
             response = self.server.service.handle(request)
@@ -146,13 +194,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         except OSError:
             self.close_connection = True
-
-    do_GET = _dispatch
-    do_POST = _dispatch
-    do_PUT = _dispatch
-    do_PATCH = _dispatch
-    do_DELETE = _dispatch
-    do_HEAD = _dispatch
 
 
 class ServiceServer(ThreadingHTTPServer):
