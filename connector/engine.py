@@ -712,6 +712,11 @@ class _Runner:
 
     def _work(self, inv: DecodedInvoice) -> None:
         try:
+            if self.engine.stop.is_set():
+                # Stopping: invoices not yet started are left for the next run, untouched.
+                with self.lock:
+                    self.result.counts["stopped"] += 1
+                return
             try:
                 outcome, error = self.engine.handle(
                     inv, self.run_id, dry_run=self.dry_run, force=self.force

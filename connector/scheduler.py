@@ -7,11 +7,13 @@ cycle in flight finish its current invoice before the process exits.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 
@@ -32,8 +34,6 @@ def run_forever(
             cycle()
         except Exception:  # the daemon outlives one bad cycle
             log.exception("cycle crashed; the next one runs on schedule")
-        if stop.is_set():
-            scheduler.shutdown(wait=False)
 
     scheduler.add_job(
         job,
@@ -49,7 +49,7 @@ def run_forever(
     def watch() -> None:
         stop.wait()
         log.info("stop requested; finishing the invoice in flight")
-        if scheduler.running:
+        with contextlib.suppress(SchedulerNotRunningError):
             scheduler.shutdown(wait=True)
 
     threading.Thread(target=watch, name="stop-watch", daemon=True).start()

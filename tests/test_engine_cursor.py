@@ -1,0 +1,134 @@
+"""The incremental read: no invoice skipped while Kantata changes under the scan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.app import Connector, open_connector
+from connector.config import Settings
+from connector.kantata import KantataPage
+from connector.sandbox import Sandbox, generate
+from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books
+
+
+@pytest.fixture
+def box() -> Iterator[Sandbox]:
+    with Sandbox() as sandbox:
+        yield sandbox
+
+
+def settings_for(box: Sandbox, tmp_path: Path, **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "kantata_base_url": box.kantata_url,
+        "kantata_token": KANTATA_TOKEN,
+        "noko_base_url": box.noko_url,
+        "noko_token": NOKO_TOKEN,
+        "kantata_sync_database_url": f"sqlite:///{tmp_path / 'state.db'}",
+        "kantata_max_requests_per_second": 5000,
+        "noko_max_requests_per_second": 5000,
+        "noko_burst": 100,
+        "kantata_sync_retry_initial_delay": 0.01,
+        "kantata_sync_log_level": "warning",
+    }
+    values.update(extra)
+    return Settings(**values)
+
+
+def _eligible(box: Sandbox) -> set[str]:
+    return {
+        str(inv["id"])
+        for inv in box.kantata.state()["invoices"]
+        if not inv["draft"] and inv["status"] != "cancelled"
+    }
+
+
+def _synced(connector: Connector) -> set[str]:
+    return {r.kantata_id for r in connector.store.all_invoices() if r.status == "synced"}
+
+
+def test_hundreds_sharing_one_updated_at_all_sync_in_one_cycle(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """450 invoices with one identical updated_at (three pages) all sync in one cycle."""
+    generate(box.kantata, seed=21, invoices=480, same_updated_at=450)
+    with open_connector(settings_for(box, tmp_path)) as connector:
+        result = connector.engine.run_cycle()
+        assert result.exit_code == 0, result.failed
+        assert result.pages >= 3
+        assert _synced(connector) == _eligible(box)
+    assert check_books(box).problems == []
+
+
+def test_updates_during_the_scan_skip_nothing(box: Sandbox, tmp_path: Path) -> None:
+    """Invoices updated, created and deleted between pages: the cycle still handles every
+    invoice that existed when it started, and the next cycle the ones created meanwhile."""
+    generate(box.kantata, seed=22, invoices=520, same_updated_at=300, draft_rate=0.05)
+    state = box.kantata.state()["invoices"]
+    ids = [int(inv["id"]) for inv in state]
+    drafts = [int(inv["id"]) for inv in state if inv["draft"]]
+    before = _eligible(box)
+    with open_connector(settings_for(box, tmp_path)) as connector:
+        original = connector.kantata.iter_invoice_pages
+        pages_seen = 0
+
+        def moving_pages(**kwargs: Any) -> Iterator[KantataPage]:
+            nonlocal pages_seen
+            for page in original(**kwargs):
+                pages_seen += 1
+                yield page
+                if pages_seen == 1:
+                    # rows of page 1 and of later pages are updated; a draft vanishes
+                    box.kantata.touch(ids[10:30] + ids[300:330])
+                    box.kantata.delete(drafts[0])  # on page 1: later rows shift back
+                    box.kantata.advance_clock(5)
+                if pages_seen == 2:
+                    generate_more(box)
+
+        connector.kantata.iter_invoice_pages = moving_pages  # type: ignore[method-assign]
+        result = connector.engine.run_cycle()
+        assert result.exit_code == 0, result.failed
+        missing = before - _synced(connector)
+        assert missing == set()
+        connector.kantata.iter_invoice_pages = original  # type: ignore[method-assign]
+        second = connector.engine.run_cycle()
+        assert second.exit_code == 0
+        assert _synced(connector) == _eligible(box)
+    assert check_books(box).problems == []
+
+
+def generate_more(box: Sandbox) -> None:
+    workspace = box.kantata.state()["workspaces"][0]
+    for n in range(3):
+        box.kantata.add_invoice(
+            workspace_ids=[int(workspace["id"])],
+            currency="USD",
+            lines=[{"kind": "additional_item", "amount_in_cents": 1000 + n, "notes": "late"}],
+        )
+
+
+def test_cursor_never_passes_scan_start_minus_skew(box: Sandbox, tmp_path: Path) -> None:
+    """The stored cursor is at most the scan's start minus the clock-skew margin."""
+    generate(box.kantata, seed=23, invoices=30)
+    with open_connector(settings_for(box, tmp_path, kantata_sync_clock_skew_seconds=120)) as c:
+        started = c.engine.clock()
+        result = c.engine.run_cycle()
+        assert result.cursor_after is not None
+        assert result.cursor_after <= started - timedelta(seconds=120)
+
+
+def test_write_back_does_not_cause_a_push(box: Sandbox, tmp_path: Path) -> None:
+    """The connector's own write-back bumps updated_at, and the next cycle pushes nothing."""
+    generate(box.kantata, seed=24, invoices=25)
+    with open_connector(settings_for(box, tmp_path, kantata_sync_lookback_seconds=86400)) as c:
+        first = c.engine.run_cycle()
+        assert first.counts["pushed"] > 0
+        noko_requests = c.noko.stats.requests
+        second = c.engine.run_cycle()
+        assert second.counts["pushed"] == 0
+        assert second.counts["unchanged"] == first.counts["pushed"]
+        assert c.noko.stats.requests == noko_requests
