@@ -88,7 +88,8 @@ def test_bad_invoice_fails_alone_with_a_named_field(box: Sandbox, tmp_path: Path
     books = check_books(box)
     assert [p for p in books.problems if not p.startswith(f"{victim}:")] == []
     refs = box.kantata.external_references(victim)
-    assert refs and refs[0]["status"] == "failed"
+    assert refs
+    assert refs[0]["status"] == "failed"
     assert "amount_in_cents" in refs[0]["external_message"]
 
 
@@ -160,7 +161,7 @@ def test_sigterm_during_run_exits_zero_and_next_start_continues(
     """SIGTERM stops the daemon with exit 0; a later sync completes without duplicates."""
     generate(box.kantata, seed=16, invoices=40)
     env = cli_env(box, tmp_path, NOKO_MAX_REQUESTS_PER_SECOND="40", NOKO_BURST="2")
-    proc = subprocess.Popen(  # noqa: S603 - our own CLI
+    proc = subprocess.Popen(
         [sys.executable, "-m", "connector.cli", "run", "--interval", "60"],
         env=env,
         cwd=tmp_path,
