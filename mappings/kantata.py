@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -267,6 +268,9 @@ class _Reader:
         return out
 
 
+_INTEGER_TEXT = re.compile(r"-?[0-9]+")
+
+
 def _as_integer(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
@@ -276,8 +280,11 @@ def _as_integer(value: Any) -> int | None:
         return int(value) if value.is_finite() and value == value.to_integral_value() else None
     if isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").isdigit():
-            return int(text)
+        if _INTEGER_TEXT.fullmatch(text):
+            try:
+                return int(text)
+            except ValueError:  # beyond the interpreter's digit limit
+                return None
     return None
 
 
@@ -486,14 +493,19 @@ def _decode_lines(
             record = side.get(line_id)
             if not isinstance(record, Mapping):
                 raise r.fail(ids_field, f"{kind} {line_id} is absent from the included map")
-            lines.append(_decode_line(invoice_id, kind, line_id, record, currency))
+            lines.append(_decode_line(invoice_id, kind, map_key, line_id, record, currency))
     return lines
 
 
 def _decode_line(
-    invoice_id: str, kind: LineKind, line_id: str, record: Mapping[str, Any], currency: str
+    invoice_id: str,
+    kind: LineKind,
+    map_key: str,
+    line_id: str,
+    record: Mapping[str, Any],
+    currency: str,
 ) -> KantataLine:
-    lr = _Reader(invoice_id, record, f"{kind}s[{line_id}].")
+    lr = _Reader(invoice_id, record, f"{map_key}[{line_id}].")
     line_currency = lr.text("currency").strip().upper()
     if line_currency and line_currency != currency:
         raise lr.fail("currency", f"{line_currency} differs from the invoice currency {currency}")
