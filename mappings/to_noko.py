@@ -21,7 +21,9 @@ from mappings.money import tax_amount, to_major, to_minor
 
 DESCRIPTION_LIMIT = 240
 TAX_LINE_KEY = "tax"
-_MARKER = re.compile(r"\[(?P<reference>[^\[\]/]+)/(?P<key>[^\[\]/]+)\]\s*$")
+# The reference may itself contain "/" (e.g. "INV/{id}"); line keys never do, so the last "/"
+# of the marker separates the two.
+_MARKER = re.compile(r"\[(?P<reference>[^\[\]]+)/(?P<key>[^\[\]/]+)\]\s*$")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,13 @@ def marker_prefix(reference: str) -> str:
     return f"[{reference}/"
 
 
+def _marked(text: str, reference: str, line_key: str) -> str:
+    """`text` (brackets made parentheses, cut to fit) followed by the line's marker."""
+    suffix = " " + marker(reference, line_key)
+    plain = text.replace("[", "(").replace("]", ")")
+    return plain[: max(DESCRIPTION_LIMIT - len(suffix), 0)] + suffix
+
+
 def _noko_can_hold(rate: Decimal) -> bool:
     try:
         return rate == rate.quantize(Decimal("0.01"))
@@ -83,9 +92,6 @@ def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
     exp = doc.exponent
     expenses: list[NokoExpensePlan] = []
     for line in doc.lines:
-        text = line.description.replace("[", "(").replace("]", ")")
-        suffix = " " + marker(doc.reference, line.key)
-        text = text[: DESCRIPTION_LIMIT - len(suffix)]
         expenses.append(
             NokoExpensePlan(
                 line_key=line.key,
@@ -93,7 +99,7 @@ def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
                 date=(line.date or doc.invoice_date).isoformat(),
                 price=to_major(line.amount_minor, exp),
                 taxable=line.taxable,
-                description=text + suffix,
+                description=_marked(line.description, doc.reference, line.key),
             )
         )
 
@@ -115,7 +121,7 @@ def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
                     date=doc.invoice_date.isoformat(),
                     price=to_major(doc.tax.amount_minor, exp),
                     taxable=False,
-                    description=f"{text} {marker(doc.reference, TAX_LINE_KEY)}",
+                    description=_marked(text, doc.reference, TAX_LINE_KEY),
                 )
             )
 
