@@ -7,6 +7,7 @@ package. An invalid profile raises `ProfileError` naming the file, line and key 
 from __future__ import annotations
 
 import re
+import string
 import tomllib
 from importlib import resources
 from typing import Literal
@@ -37,6 +38,12 @@ class CustomerSettings(_Section):
 class TaxSettings(_Section):
     name: str = Field(default="Tax {rate}%", min_length=1)
 
+    @field_validator("name")
+    @classmethod
+    def _name_placeholders(cls, value: str) -> str:
+        _check_placeholders(value, {"rate"})
+        return value
+
 
 class NokoSettings(_Section):
     project_name: str = Field(default="{workspace}", min_length=1)
@@ -45,9 +52,10 @@ class NokoSettings(_Section):
     @field_validator("reference")
     @classmethod
     def _reference_has_id(cls, value: str) -> str:
-        if "{id}" not in value:
+        if "id" not in _check_placeholders(value, {"id", "number"}):
             raise ValueError("must contain {id} so that every Kantata invoice gets its own")
-        _check_placeholders(value, {"id", "number"})
+        if "[" in value or "]" in value:
+            raise ValueError("must not contain [ or ]: they delimit the expense markers")
         return value
 
     @field_validator("project_name")
@@ -79,13 +87,27 @@ class Profile(_Section):
     currencies: CurrencySettings = CurrencySettings()
 
 
-def _check_placeholders(template: str, allowed: set[str]) -> None:
-    for name in re.findall(r"{([^{}]*)}", template):
-        if name not in allowed:
+def _check_placeholders(template: str, allowed: set[str]) -> set[str]:
+    """The placeholders `str.format` will fill in `template` (`{{` and `}}` are literal braces);
+    `ValueError` for a malformed template, an unknown name, or a conversion or format spec."""
+    try:
+        fields = [
+            (name, conversion, spec)
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError as exc:
+        raise ValueError(f"not a valid template ({exc}); write {{{{ and }}}} for braces") from None
+    names: set[str] = set()
+    for name, conversion, spec in fields:
+        if name not in allowed or conversion or spec:
+            shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
             raise ValueError(
-                f"unknown placeholder {{{name}}}; allowed: "
+                f"unknown placeholder {{{shown}}}; allowed: "
                 + ", ".join(f"{{{a}}}" for a in sorted(allowed))
             )
+        names.add(name)
+    return names
 
 
 def _line_of(text: str, section: str | None, key: str) -> int | None:
@@ -96,7 +118,7 @@ def _line_of(text: str, section: str | None, key: str) -> int | None:
         header = re.match(r"^\[([^\]]+)\]", stripped)
         if header:
             current = header.group(1).strip()
-            if section is not None and current == section and key == section:
+            if current == (section if section is not None else key) and key == current:
                 return number
             continue
         if current == section and re.match(rf"^{re.escape(key)}\s*=", stripped):
@@ -104,12 +126,36 @@ def _line_of(text: str, section: str | None, key: str) -> int | None:
     return None
 
 
+def _toml_error_place(text: str, message: str) -> str:
+    """`line N, key section.key: ` for a TOML syntax error, as far as the line shows it."""
+    found = re.search(r"\(at line (\d+), column \d+\)", message)
+    if found is None:
+        return ""
+    line_no = int(found.group(1))
+    lines = text.splitlines()
+    section: str | None = None
+    for line in lines[: line_no - 1]:
+        header = re.match(r"^\s*\[+([^\]]+)\]", line)
+        if header:
+            section = header.group(1).strip()
+    key = None
+    if line_no <= len(lines):
+        assignment = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*=", lines[line_no - 1])
+        if assignment:
+            key = assignment.group(1)
+    if key is None:
+        return f"line {line_no}: "
+    return f"line {line_no}, key {section + '.' if section else ''}{key}: "
+
+
 def parse_profile(text: str, source: str = "<profile>") -> Profile:
     """Validate a TOML profile; `ProfileError` names source, line and key on any problem."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{source}: not valid TOML: {exc}") from None
+        raise ProfileError(
+            f"{source}: {_toml_error_place(text, str(exc))}not valid TOML: {exc}"
+        ) from None
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
