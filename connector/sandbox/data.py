@@ -8,6 +8,8 @@ unit before rounding, so the money rules are exercised on every run.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -219,10 +221,18 @@ _KIND_WEIGHTS = (
 )
 
 
+_CUMULATIVE: dict[tuple[tuple[Any, int], ...], tuple[list[Any], list[int], int]] = {}
+
+
 def _weighted(rng: random.Random, options: tuple[tuple[Any, int], ...]) -> Any:
-    values = [o[0] for o in options]
-    weights = [o[1] for o in options]
-    return rng.choices(values, weights=weights, k=1)[0]
+    table = _CUMULATIVE.get(options)
+    if table is None:
+        values = [o[0] for o in options]
+        cumulative = list(itertools.accumulate(o[1] for o in options))
+        table = (values, cumulative, cumulative[-1])
+        _CUMULATIVE[options] = table
+    values, cumulative, total = table
+    return values[bisect.bisect_right(cumulative, rng.random() * total)]
 
 
 def _amount(

@@ -72,7 +72,12 @@ REF_STATUSES = ("pending", "successful", "failed")
 # Line items that exist on their own in Kantata and are only attached to invoices; the others
 # (additional and fixed fee items) are created with their invoice and die with it.
 STANDALONE_KINDS = frozenset({"time_entry", "expense", "billing_milestone"})
-_MAX_ID = 1 << 62
+_KIND_FIELDS = (
+    ("additional_item", ("amount_in_cents", "notes", "taxable")),
+    ("time_entry", ("time_in_minutes", "rate_in_cents", "date_performed", "billable", "story_id")),
+    ("expense", ("date", "category", "is_billable", "reimbursable", "vendor_id")),
+    ("billing_milestone", ("title", "date_to_invoice", "billing_type")),
+)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -96,6 +101,13 @@ def line_amount(kind: str, fields: Mapping[str, Any]) -> int:
         rate = int(fields["rate_in_cents"])
         return round_minor(Decimal(minutes) * Decimal(rate) / Decimal(60))
     return int(fields["amount_in_cents"])
+
+
+def _safe_amount(line: _Line) -> int | None:
+    try:
+        return line_amount(line.kind, line.fields)
+    except (ValueError, TypeError, ArithmeticError):
+        return None
 
 
 def totals(lines: Iterable[tuple[str, Mapping[str, Any]]], tax_rate: Decimal) -> dict[str, int]:
@@ -180,6 +192,7 @@ class _Invoice:
     lines: dict[str, list[int]] = field(default_factory=lambda: {k: [] for k in LINE_KINDS})
     balance_override: int | None = None
     version: int = 0
+    raw_overrides: dict[str, Any] = field(default_factory=dict)
     rendered: tuple[int, int, dict[str, Any]] | None = None
 
 
@@ -539,6 +552,39 @@ class FakeKantata(Service):
         with self.mutex:
             self._delete(self._invoice_or_404(invoice_id))
 
+    def corrupt_line(self, invoice_id: int, field_name: str, value: Any) -> int:
+        """Give one of the invoice's lines a malformed raw value (e.g. `"12.5"` cents).
+
+        Uses the first line that has the field, else adds a line of a kind that has it.
+        `balance_in_cents` keeps the total from before. Bumps `updated_at`; returns the line id.
+        """
+        with self.mutex:
+            invoice = self._invoice_or_404(invoice_id)
+            if invoice.balance_override is None:
+                invoice.balance_override = self._totals(invoice)["total"]
+            line = next(
+                (ln for ln in self._invoice_lines(invoice) if field_name in ln.fields), None
+            )
+            if line is None:
+                kind = next(
+                    (k for k, names in _KIND_FIELDS if field_name in names), "additional_item"
+                )
+                spec: dict[str, Any] = {"kind": kind, "amount_in_cents": 0, "time_in_minutes": 0}
+                line = self._make_line(invoice, spec, self.now())
+                self._attach(invoice, line)
+            line.fields = {**line.fields, field_name: value}
+            line.rendered = None
+            self._lines_version += 1
+            self._touch(invoice, self.now())
+            return line.id
+
+    def corrupt_invoice(self, invoice_id: int, field_name: str, value: Any) -> None:
+        """Make the API show a malformed raw value for one invoice field; bumps `updated_at`."""
+        with self.mutex:
+            invoice = self._invoice_or_404(invoice_id)
+            invoice.raw_overrides[field_name] = value
+            self._touch(invoice, self.now())
+
     def mark_paid(self, invoice_id: int) -> None:
         """Set status `accepted payment`; bumps `updated_at`."""
         self.update_invoice(invoice_id, status="accepted payment")
@@ -762,9 +808,12 @@ class FakeKantata(Service):
         cached = self._totals_cache.get(invoice.id)
         if cached is not None and cached[0] == invoice.version and cached[1] == self._lines_version:
             return cached[2]
-        result = totals(
-            ((ln.kind, ln.fields) for ln in self._invoice_lines(invoice)), invoice.tax_rate
-        )
+        try:
+            result = totals(
+                ((ln.kind, ln.fields) for ln in self._invoice_lines(invoice)), invoice.tax_rate
+            )
+        except (ValueError, TypeError, ArithmeticError):  # a corrupted line: see corrupt_line
+            result = {"subtotal": 0, "taxable_subtotal": 0, "tax": 0, "total": 0}
         self._totals_cache[invoice.id] = (invoice.version, self._lines_version, result)
         return result
 
@@ -908,6 +957,7 @@ class FakeKantata(Service):
             "workspace_ids": [str(w) for w in invoice.workspace_ids],
             "id": str(invoice.id),
         }
+        data.update(invoice.raw_overrides)
         return data
 
     def _render_line(self, line: _Line) -> dict[str, Any]:
@@ -1022,7 +1072,7 @@ class FakeKantata(Service):
             {
                 "kind": line.kind,
                 **self._render_line(line),
-                "amount_in_minor": line_amount(line.kind, line.fields),
+                "amount_in_minor": _safe_amount(line),
             }
             for line in self._invoice_lines(invoice)
         ]
@@ -1102,6 +1152,7 @@ class FakeKantata(Service):
         admin(Route("POST", "/invoices/{id}/cancel", self._admin_cancel))
         admin(Route("DELETE", "/invoices/{id}", self._admin_delete))
         admin(Route("POST", "/touch", self._admin_touch))
+        admin(Route("POST", "/invoices/{id}/corrupt", self._admin_corrupt))
         admin(Route("POST", "/workspaces", self._admin_add_workspace))
         admin(Route("POST", "/users", self._admin_add_user))
         admin(Route("POST", "/generate", self._admin_generate))
@@ -1525,6 +1576,15 @@ class FakeKantata(Service):
     def _admin_delete(self, request: Request, params: dict[str, str]) -> Response:
         self.delete(int(params["id"]))
         return Response.empty(204)
+
+    def _admin_corrupt(self, request: Request, params: dict[str, str]) -> Response:
+        body = self.admin_body(request)
+        invoice_id = int(params["id"])
+        if body.get("target", "line") == "invoice":
+            self.corrupt_invoice(invoice_id, str(body["field"]), body.get("value"))
+            return Response.json(200, self.invoice_state(invoice_id))
+        line_id = self.corrupt_line(invoice_id, str(body["field"]), body.get("value"))
+        return Response.json(200, {"line_id": line_id, "invoice": self.invoice_state(invoice_id)})
 
     def _admin_touch(self, request: Request, params: dict[str, str]) -> Response:
         body = self._admin_datetimes(self.admin_body(request))

@@ -287,7 +287,7 @@ class Sandbox:
         for server in self._servers:
             thread = threading.Thread(
                 target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
+                kwargs={"poll_interval": 0.02},
                 name=f"sandbox-{server.service.name}",
                 daemon=True,
             )
@@ -298,8 +298,11 @@ class Sandbox:
     def stop(self) -> None:
         """Stop serving, close the listening sockets and every open connection."""
         servers, self._servers = self._servers, []
-        for server in servers:
-            server.shutdown()
+        stoppers = [threading.Thread(target=server.shutdown, daemon=True) for server in servers]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join(timeout=5)
         for server in servers:
             server.server_close()
             server.close_all()
