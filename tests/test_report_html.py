@@ -300,3 +300,20 @@ def test_empty_store_report_renders() -> None:
     assert "no sync cycle has run yet" in page
     assert "No failed invoices." in page
     assert "<circle" not in page.split('id="chart-legend"')[1].split("</g>", 1)[1]
+
+
+def test_running_cycle_is_listed_but_not_drawn() -> None:
+    """A cycle still running is in the table but not on the chart, and does not hide an abort."""
+    report = sample_report(runs=3)
+    report.update(failures=[], conflicts=[])
+    report["counts"].update(failed=0, conflict=0)
+    report["runs"][0].update(outcome="running", pushed=0, failed=0, duration_seconds=None)
+    page = render_html(report)
+    assert 'data-points="2"' in page
+    assert '<tr data-run-id="run-2" data-outcome="running">' in page
+    assert "a cycle is running since 2024-05-01 09:10:00 UTC" in page
+    assert '<body data-verdict="healthy">' in page
+    report["runs"][1].update(outcome="aborted", error="Kantata unreachable")
+    healthy, reasons = verdict(report)
+    assert not healthy
+    assert reasons == ["the last cycle (2024-05-01 09:05:00 UTC) aborted: Kantata unreachable"]
