@@ -173,11 +173,15 @@ def test_timeouts_and_latency_delay_answers(box: Sandbox) -> None:
 
 
 def test_only_paths_limits_faults_to_matching_requests(box: Sandbox) -> None:
-    """With `only_paths`, requests to other paths are never faulted."""
+    """With `only_paths` (relative or full paths), requests to other paths are never faulted."""
     box.noko.set_faults(FaultConfig(rate_429=1.0, only_paths=("/invoices",)))
     with httpx.Client(base_url=box.noko_url, headers=NOKO) as client:
         assert client.get("/projects").status_code == 200
         assert client.get("/invoices").status_code == 429
+    box.noko.set_faults(FaultConfig(rate_429=1.0, only_paths=("/v2/expenses",)))
+    with httpx.Client(base_url=box.noko_url, headers=NOKO) as client:
+        assert client.get("/invoices").status_code == 200
+        assert client.get("/expenses").status_code == 429
 
 
 def test_faults_are_replaced_at_run_time_over_http(box: Sandbox) -> None:

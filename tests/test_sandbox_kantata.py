@@ -59,6 +59,16 @@ def test_requests_without_the_bearer_token_get_401_oauth(api: httpx.Client) -> N
         assert response.json()["errors"][0]["type"] == "oauth"
 
 
+def test_token_without_financial_permission_gets_403(box: Sandbox, api: httpx.Client) -> None:
+    """A known token without financial permission reads /users/me but gets 403 on invoices."""
+    box.kantata.add_token("viewer-token", financial=False)
+    headers = {"Authorization": "Bearer viewer-token"}
+    assert api.get("/users/me", headers=headers).status_code == 200
+    refused = api.get("/invoices", headers=headers)
+    assert refused.status_code == 403
+    assert refused.json()["errors"][0]["type"] == "authorization"
+
+
 def test_list_uses_kantata_response_format(box: Sandbox, api: httpx.Client) -> None:
     """A list has count, ordered results, a string-keyed map, no *_ids without include, meta."""
     ids = [_simple_invoice(box.kantata) for _ in range(3)]

@@ -389,7 +389,7 @@ class Service:
             if wait > 0:
                 self._sleep(wait)
 
-        fault = self.injector.decide(rel, creating=bool(route and route.creating))
+        fault = self.injector.decide(rel, creating=bool(route and route.creating), full_path=path)
         if fault.delay_s > 0:
             self._sleep(fault.delay_s)
         if fault.status is not None:

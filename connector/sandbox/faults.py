@@ -133,15 +133,19 @@ class FaultInjector:
             self._config = config or FaultConfig()
             self._rng = random.Random(self._config.seed)
 
-    def applies_to(self, path: str) -> bool:
-        """Whether the `only_paths` prefixes cover this request path."""
+    def applies_to(self, *paths: str) -> bool:
+        """Whether the `only_paths` prefixes cover the request path (any of its spellings)."""
         prefixes = self._config.only_paths
-        return not prefixes or path.startswith(prefixes)
+        return not prefixes or any(path.startswith(prefixes) for path in paths)
 
-    def decide(self, path: str, *, creating: bool) -> Fault:
-        """Draw the fault for one request; `creating` marks writes that may be dropped."""
+    def decide(self, path: str, *, creating: bool, full_path: str | None = None) -> Fault:
+        """Draw the fault for one request; `creating` marks writes that may be dropped.
+
+        `path` is relative to the API's base path (`/invoices`); `only_paths` may name it that
+        way or by `full_path` (`/v2/invoices`).
+        """
         config = self._config
-        if not config.active or not self.applies_to(path):
+        if not config.active or not self.applies_to(path, full_path or path):
             return NO_FAULT
         with self._lock:
             rng = self._rng

@@ -269,6 +269,7 @@ class FakeKantata(Service):
     ) -> None:
         super().__init__(faults=faults, rate_limit=rate_limit, burst=burst)
         self.token = token
+        self._tokens: dict[str, bool] = {token: True}
         self._invoices: dict[int, _Invoice] = {}
         self._lines: dict[int, _Line] = {}
         self._users: dict[int, dict[str, Any]] = {}
@@ -1117,12 +1118,24 @@ class FakeKantata(Service):
             response.headers.append(("Retry-After", "1"))
         return response
 
+    def add_token(self, token: str, *, financial: bool = True) -> None:
+        """Accept another bearer token; without financial permission invoices answer 403."""
+        with self.mutex:
+            self._tokens[token] = financial
+
     def check_request(self, request: Request) -> Response | None:
-        """`Authorization: Bearer <token>` or 401 (type oauth)."""
+        """`Authorization: Bearer <token>` or 401 (type oauth); 403 without financial access."""
         auth = request.header("Authorization") or ""
         scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or token.strip() != self.token:
+        financial = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        if financial is None:
             return self.error(401, "Invalid OAuth 2 Request", kind="oauth")
+        if not financial and not request.path.rstrip("/").endswith(("/users/me", "/users/me.json")):
+            return self.error(
+                403,
+                "You must have financial permissions in this project to view its invoices",
+                kind="authorization",
+            )
         return None
 
     def _register_routes(self) -> None:
@@ -1152,6 +1165,7 @@ class FakeKantata(Service):
         admin(Route("POST", "/invoices/{id}/cancel", self._admin_cancel))
         admin(Route("DELETE", "/invoices/{id}", self._admin_delete))
         admin(Route("POST", "/touch", self._admin_touch))
+        admin(Route("POST", "/tokens", self._admin_add_token))
         admin(Route("POST", "/invoices/{id}/corrupt", self._admin_corrupt))
         admin(Route("POST", "/workspaces", self._admin_add_workspace))
         admin(Route("POST", "/users", self._admin_add_user))
@@ -1379,7 +1393,9 @@ class FakeKantata(Service):
         if ref is not None:
             ref_data = {**ref, "subject_type": "Invoice", "subject_id": str(invoice.id)}
             self._validate_ref(ref_data)
-        # Apply.
+        # Apply (field changes first: they are the only part that can still be refused).
+        if changes:
+            self.update_invoice(invoice.id, **changes)
         for kind, chosen in plan.items():
             keep = {line.id for line in chosen}
             for line_id in list(invoice.lines[kind]):
@@ -1388,8 +1404,7 @@ class FakeKantata(Service):
             invoice.lines[kind] = []
             for line in chosen:
                 self._attach(invoice, line)
-        if changes:
-            self.update_invoice(invoice.id, **changes)
+            invoice.version += 1
         if ref is not None:
             self._upsert_ref({**ref, "subject_type": "Invoice", "subject_id": str(invoice.id)})
         self._touch(invoice, self.now())
@@ -1585,6 +1600,11 @@ class FakeKantata(Service):
             return Response.json(200, self.invoice_state(invoice_id))
         line_id = self.corrupt_line(invoice_id, str(body["field"]), body.get("value"))
         return Response.json(200, {"line_id": line_id, "invoice": self.invoice_state(invoice_id)})
+
+    def _admin_add_token(self, request: Request, params: dict[str, str]) -> Response:
+        body = self.admin_body(request)
+        self.add_token(str(body["token"]), financial=bool(body.get("financial", True)))
+        return Response.json(201, {"token": body["token"]})
 
     def _admin_touch(self, request: Request, params: dict[str, str]) -> Response:
         body = self._admin_datetimes(self.admin_body(request))

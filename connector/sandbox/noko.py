@@ -7,9 +7,9 @@ are UTC `...Z`. Errors are `{"message": ..., "errors": [{"resource", "field", "c
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -1535,7 +1535,7 @@ class FakeNoko(Service):
             rate=_RateCalculation(standard_hourly_rate=Decimal(0)),
             created_at=now,
             updated_at=now,
-            share_token=secrets.token_hex(12),
+            share_token="",
         )
         self._apply_details(invoice, body, creating=True)
         entries, expenses, errors = self._check_items(None, entry_ids, expense_ids)
@@ -1543,6 +1543,8 @@ class FakeNoko(Service):
             _fail("Entries or Expenses could not be added", *errors)
         taxes = self._parse_taxes(body["taxes"]) if body.get("taxes") is not None else []
         invoice.id = self._id("invoice")
+        digest = hashlib.sha256(f"noko-sandbox-share-{invoice.id}".encode()).hexdigest()
+        invoice.share_token = digest[:25]
         invoice.taxes = taxes
         if not invoice.reference:
             self._reference_seq += 1
