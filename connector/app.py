@@ -78,6 +78,7 @@ def open_connector(
             retry_initial_delay=settings.kantata_sync_retry_initial_delay,
             retry_max_delay=settings.kantata_sync_retry_max_delay,
             noko_base_url=settings.noko_base_url,
+            record_payments=settings.kantata_sync_record_payments,
         ),
         stop=stop,
     )

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     kantata_sync_allow_insecure_http: bool = False
     kantata_sync_log_format: Literal["auto", "json", "console"] = "auto"
     kantata_sync_log_level: Literal["debug", "info", "warning", "error"] = "info"
+    kantata_sync_record_payments: bool = False
     kantata_sync_lock_wait: float = Field(default=30.0, ge=0)
     kantata_sync_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     kantata_sync_metrics_host: str = "127.0.0.1"

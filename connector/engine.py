@@ -30,22 +30,35 @@ from typing import Any, Literal
 import structlog
 
 from connector.errors import ApiError, PermanentApiError, TransientApiError
-from connector.kantata import ExternalReferenceWrite, KantataClient
+from connector.kantata import ExternalReferenceWrite, KantataClient, format_timestamp
 from connector.noko import NokoClient
-from connector.push import DuplicateInNokoError, NokoPusher
+from connector.push import DuplicateInNokoError, NokoGoneError, NokoPusher, NokoRefusedError
 from connector.store import InvoiceRecord, Store
 from mappings.errors import MappingError
 from mappings.kantata import DecodedInvoice, KantataInvoice, UndecodableInvoice, decode_invoices
 from mappings.ledger import LedgerDocument
-from mappings.money import format_money
+from mappings.money import format_money, to_minor
 from mappings.profile import Profile
 from mappings.to_ledger import reference_for_id, to_ledger
 from mappings.to_noko import check_totals, plan_invoice
 
 Outcome = Literal[
-    "pushed", "unchanged", "skipped", "failed", "waiting", "repaired", "would-push", "stopped"
+    "pushed",
+    "updated",
+    "cancelled",
+    "unchanged",
+    "skipped",
+    "failed",
+    "conflict",
+    "waiting",
+    "repaired",
+    "would-push",
+    "would-update",
+    "would-cancel",
+    "stopped",
 ]
 SERVICE_MODEL = "invoice"
+NOKO_CURSOR = "noko"
 MAX_SCAN_PASSES = 3
 
 
@@ -63,6 +76,7 @@ class EngineSettings:
     retry_max_delay: float = 6 * 3600.0
     per_page: int = 200
     noko_base_url: str = "https://api.nokotime.com/v2"
+    record_payments: bool = False
 
 
 @dataclass
@@ -170,6 +184,8 @@ class SyncEngine:
                             log.info("retrying earlier failures", invoices=len(retry))
                             runner.submit_all(self._fetch_by_id(retry), scan, until=None)
                 runner.drain()
+            if not dry_run and only_ids is None and not self.stop.is_set():
+                self._poll_noko(run_id, log, result)
         except ApiError as exc:
             result.outcome = "aborted"
             result.error = f"reading Kantata failed: {exc}"
@@ -209,7 +225,7 @@ class SyncEngine:
             "cycle finished",
             outcome=result.outcome,
             duration_s=round(result.duration, 3),
-            failed=len(result.failed),
+            failed_invoices=len(result.failed),
             **{k.replace("-", "_"): v for k, v in sorted(result.counts.items())},
         )
         return result
@@ -304,9 +320,18 @@ class SyncEngine:
         dry_run: bool,
         force: bool,
     ) -> tuple[Outcome, str | None]:
-        now = self.clock()
+        if record is not None and record.status == "conflict" and not force:
+            # Never overwritten blindly: an operator resolves it (`retry --force`, `reconcile`).
+            return "conflict", record.last_error or "conflict"
+        in_noko = record is not None and (
+            (record.noko_invoice_id is not None and record.noko_state != "deleted")
+            or record.stage in ("pushing", "pushed", "updating", "cancelling")
+        )
         if isinstance(inv, UndecodableInvoice):
             if inv.draft is True or (inv.status or "").strip().lower() == "cancelled":
+                if (inv.status or "").strip().lower() == "cancelled" and in_noko:
+                    assert record is not None
+                    return self._cancel(inv.id, record, run_id, log, dry_run)
                 reason = "draft" if inv.draft else "cancelled"
                 return self._skip(inv.id, record, reason, run_id, dry_run, inv.updated_at)
             return self._fail_unmappable(
@@ -320,10 +345,15 @@ class SyncEngine:
                 dry_run,
                 force,
             )
+        if inv.is_cancelled:
+            if in_noko:
+                assert record is not None
+                return self._cancel(inv.id, record, run_id, log, dry_run)
+            return self._skip(inv.id, record, "cancelled", run_id, dry_run, inv.updated_at)
         if inv.draft:
             return self._skip(inv.id, record, "draft", run_id, dry_run, inv.updated_at)
-        if inv.is_cancelled:
-            return self._skip(inv.id, record, "cancelled", run_id, dry_run, inv.updated_at)
+        if record is not None and record.noko_state == "deleted" and not force:
+            return "skipped", None
         try:
             doc = to_ledger(inv, self.profile)
         except MappingError as error:
@@ -341,28 +371,63 @@ class SyncEngine:
         fingerprint = doc.fingerprint()
 
         if record is not None and record.stage == "" and record.status == "synced":
-            if record.fingerprint == fingerprint:
+            if record.fingerprint == fingerprint and not force:
                 if self._reference_in_place(inv, record):
+                    if record.kantata_status != inv.status and not dry_run:
+                        self._remember_kantata(record, inv)
+                        self.store.save_invoice(record)
                     return "unchanged", None
                 if dry_run:
-                    return "would-push", None
+                    return "would-update", None
+                self._remember_kantata(record, inv)
                 self._write_success(inv, record, run_id, log)
                 return "repaired", None
-            return self._changed_after_sync(inv, doc, record, run_id, log, dry_run)
+
+        if force and record is not None and record.error_kind == "gone":
+            # The operator asks to push again what was deleted in Noko: a new Noko invoice,
+            # reusing or removing the expenses the deletion left behind.
+            record.noko_invoice_id = None
+            record.noko_url = None
+            record.noko_state = None
+            record.noko_lines = None
+            record.stage = "pushing"
+
+        if not force and not self._due(record, inv, fingerprint):
+            assert record is not None
+            return "waiting", record.last_error or "failed earlier"
 
         if (
             record is not None
-            and record.status == "failed"
-            and not force
-            and record.source_fingerprint == inv.source_fingerprint
-            and record.fingerprint == fingerprint
-            and (record.next_attempt_at is None or record.next_attempt_at > now)
+            and record.noko_invoice_id is not None
+            and (record.noko_state != "deleted")
         ):
-            return "waiting", record.last_error or "failed earlier"
-
+            if record.stage == "pushed" and record.fingerprint == fingerprint and not force:
+                return self._write_success(inv, record, run_id, log)
+            if dry_run:
+                return "would-update", None
+            return self._update(inv, doc, fingerprint, record, run_id, log, force)
         if dry_run:
             return "would-push", None
+        if record is not None and record.noko_state == "deleted":
+            record.noko_invoice_id = None
+            record.noko_state = None
+            record.noko_url = None
         return self._push(inv, doc, fingerprint, record, run_id, log)
+
+    def _due(self, record: InvoiceRecord | None, inv: KantataInvoice, fingerprint: str) -> bool:
+        """Whether a failed invoice may be tried now: its retry time came, or Kantata changed."""
+        if record is None or record.status != "failed":
+            return True
+        if record.source_fingerprint != inv.source_fingerprint or record.fingerprint != fingerprint:
+            return True
+        return record.next_attempt_at is not None and record.next_attempt_at <= self.clock()
+
+    @staticmethod
+    def _remember_kantata(record: InvoiceRecord, inv: KantataInvoice) -> None:
+        record.kantata_status = inv.status
+        record.workspace_id = inv.workspaces[0].id if len(inv.workspaces) == 1 else None
+        record.kantata_updated_at = inv.updated_at
+        record.source_fingerprint = inv.source_fingerprint
 
     # ------------------------------------------------------------------ outcomes
 
@@ -375,8 +440,12 @@ class SyncEngine:
         dry_run: bool,
         updated_at: datetime | None,
     ) -> tuple[Outcome, str | None]:
-        if record is not None and (record.noko_invoice_id is not None or record.stage):
-            # Already in Noko: cancellation after sync is the lifecycle's business, not a skip.
+        if (
+            record is not None
+            and record.noko_state != "deleted"
+            and (record.noko_invoice_id is not None or record.stage)
+        ):
+            # In Noko, yet a draft again in Kantata: a person must decide.
             return self._synced_then_left(kantata_id, record, reason, run_id, dry_run)
         if dry_run or (
             record is not None and record.status == "skipped" and record.skip_reason == reason
@@ -405,31 +474,6 @@ class SyncEngine:
             record.last_error = message
             record.error_kind = "lifecycle"
             self.store.save_invoice(record, run_id=run_id, event="conflict", detail=message)
-        return "failed", message
-
-    def _changed_after_sync(
-        self,
-        inv: KantataInvoice,
-        doc: LedgerDocument,
-        record: InvoiceRecord,
-        run_id: str,
-        log: Any,
-        dry_run: bool,
-    ) -> tuple[Outcome, str | None]:
-        message = (
-            f"changed in Kantata after it was synced (Noko invoice {record.noko_invoice_id}, "
-            f"now {format_money(doc.total_minor, doc.exponent, doc.currency)}); "
-            "review the Noko invoice"
-        )
-        if dry_run:
-            return "failed", message
-        if record.status != "conflict" or record.last_error != message:
-            record.status = "conflict"
-            record.last_error = message
-            record.error_kind = "changed"
-            record.source_fingerprint = inv.source_fingerprint
-            self.store.save_invoice(record, run_id=run_id, event="conflict", detail=message)
-        log.warning("invoice changed after sync", error=message)
         return "failed", message
 
     def _fail_unmappable(
@@ -526,7 +570,7 @@ class SyncEngine:
         record.exponent = doc.exponent
         record.total_minor = doc.total_minor
         record.balance_in_cents = doc.balance_in_cents
-        record.kantata_updated_at = inv.updated_at
+        self._remember_kantata(record, inv)
         record.skip_reason = None
         self.store.save_invoice(
             record,
@@ -579,6 +623,297 @@ class SyncEngine:
         )
         log.info("pushed to Noko", reference=plan.reference, adopted=pushed.adopted)
         return self._write_success(inv, record, run_id, log)
+
+    def _conflict(
+        self, record: InvoiceRecord, kind: str, message: str, run_id: str, log: Any
+    ) -> tuple[Outcome, str | None]:
+        record.status = "conflict"
+        record.stage = ""
+        record.error_kind = kind
+        record.last_error = message
+        record.next_attempt_at = None
+        self.store.save_invoice(record, run_id=run_id, event="conflict", detail=message)
+        log.warning("conflict", error_kind=kind, error=message)
+        self._write_failure(record.kantata_id, record, message, run_id, log)
+        return "conflict", message
+
+    def _update(
+        self,
+        inv: KantataInvoice,
+        doc: LedgerDocument,
+        fingerprint: str,
+        record: InvoiceRecord,
+        run_id: str,
+        log: Any,
+        force: bool,
+    ) -> tuple[Outcome, str | None]:
+        """Bring the Noko invoice up to date in place; the same Noko id throughout."""
+        assert record.noko_invoice_id is not None
+        noko_id = record.noko_invoice_id
+        log = log.bind(noko_invoice_id=noko_id)
+        plan = plan_invoice(doc)
+        previous_total = record.total_minor
+        record.stage = "updating"
+        record.status = "pending"
+        record.reference = plan.reference
+        record.fingerprint = fingerprint
+        record.currency = doc.currency
+        record.exponent = doc.exponent
+        record.total_minor = doc.total_minor
+        record.balance_in_cents = doc.balance_in_cents
+        self._remember_kantata(record, inv)
+        self.store.save_invoice(
+            record,
+            run_id=run_id,
+            event="update-started",
+            detail=f"Noko invoice {noko_id} to "
+            f"{format_money(doc.total_minor, doc.exponent, doc.currency)}"
+            + (" (forced)" if force else ""),
+        )
+        try:
+            updated = self.pusher.update(plan, noko_id, remove_foreign=force)
+        except NokoRefusedError as exc:
+            return self._conflict(
+                record,
+                "refused",
+                f"changed in Kantata, but Noko invoice {noko_id} is {exc.code} and cannot be "
+                f"changed (Kantata now {format_money(doc.total_minor, doc.exponent, doc.currency)}"
+                f", Noko {_fmt_total(previous_total, record)}): correct it in Noko by hand "
+                "(credit note), then run retry --force",
+                run_id,
+                log,
+            )
+        except NokoGoneError:
+            return self._conflict(
+                record,
+                "gone",
+                f"Noko invoice {noko_id} was deleted in Noko; run retry --force to push the "
+                "Kantata invoice again as a new Noko invoice",
+                run_id,
+                log,
+            )
+        except TransientApiError as exc:
+            return self._fail(record, "transient", str(exc), run_id, log, retry=True)
+        except PermanentApiError as exc:
+            outcome = self._fail(record, "permanent", str(exc), run_id, log, retry=False)
+            self._write_failure(inv.id, record, f"Noko refused the update: {exc}", run_id, log)
+            return outcome
+        record.noko_state = str(updated.invoice.get("state") or "") or record.noko_state
+        problems = check_totals(plan, updated.invoice)
+        if problems:
+            message = "after the update Noko's totals differ from Kantata's: " + "; ".join(problems)
+            outcome = self._fail(record, "verify", message, run_id, log, retry=False)
+            self._write_failure(inv.id, record, message, run_id, log)
+            return outcome
+        record.stage = "pushed"
+        self.store.save_invoice(
+            record,
+            run_id=run_id,
+            event="updated",
+            detail=f"Noko invoice {noko_id}: {updated.added} lines added, "
+            f"{updated.removed} removed"
+            + (", taxes changed" if updated.taxes_changed else "")
+            + (", details changed" if updated.header_changed else ""),
+        )
+        log.info("updated in Noko", added=updated.added, removed=updated.removed)
+        written, error = self._write_success(inv, record, run_id, log)
+        return ("updated", None) if written == "pushed" else (written, error)
+
+    def _cancel(
+        self, kantata_id: str, record: InvoiceRecord, run_id: str, log: Any, dry_run: bool
+    ) -> tuple[Outcome, str | None]:
+        """Cancelled in Kantata after it was pushed: delete it in Noko when Noko allows."""
+        if dry_run:
+            return "would-cancel", None
+        if record.noko_invoice_id is None:
+            # Pushing never finished: nothing may be left in Noko, whatever stage it reached.
+            if record.reference:
+                found = self.pusher.find_invoice(record.reference)
+                if found is not None and _int(found.get("id")) is not None:
+                    record.noko_invoice_id = _int(found.get("id"))
+            if record.noko_invoice_id is None:
+                if record.reference:
+                    self.pusher.sweep_reference(record.reference)
+                record.stage = ""
+                return self._skip(kantata_id, record, "cancelled", run_id, False, None)
+        noko_id = record.noko_invoice_id
+        assert noko_id is not None and record.reference is not None
+        log = log.bind(noko_invoice_id=noko_id)
+        record.stage = "cancelling"
+        self.store.save_invoice(
+            record, run_id=run_id, event="cancel-started", detail=f"Noko invoice {noko_id}"
+        )
+        try:
+            self.pusher.cancel(record.reference, noko_id)
+        except NokoRefusedError as exc:
+            return self._conflict(
+                record,
+                "lifecycle",
+                f"cancelled in Kantata, but Noko invoice {noko_id} is {exc.code} and was left "
+                "untouched: void it in Noko (credit note or refund), then run "
+                f"`kantata-sync retry {kantata_id} --force`",
+                run_id,
+                log,
+            )
+        except TransientApiError as exc:
+            return self._fail(record, "transient", str(exc), run_id, log, retry=True)
+        except PermanentApiError as exc:
+            return self._fail(record, "permanent", str(exc), run_id, log, retry=False)
+        record.stage = ""
+        record.status = "skipped"
+        record.skip_reason = f"cancelled in Kantata; Noko invoice {noko_id} deleted"
+        record.noko_state = "deleted"
+        record.last_error = None
+        record.error_kind = None
+        record.next_attempt_at = None
+        self.store.save_invoice(
+            record, run_id=run_id, event="cancelled", detail=f"Noko invoice {noko_id} deleted"
+        )
+        log.info("cancelled: Noko invoice deleted")
+        reference = ExternalReferenceWrite(
+            service_name=self.settings.service_name,
+            service_model=SERVICE_MODEL,
+            service_model_ref=str(noko_id),
+            status="successful",
+            external_status="deleted",
+            external_message=f"Cancelled in Kantata; Noko invoice {record.reference} deleted",
+        )
+        self._write_reference(kantata_id, record, reference, run_id, log)
+        return "cancelled", None
+
+    # ------------------------------------------------------------------ Noko -> Kantata
+
+    def _poll_noko(self, run_id: str, log: Any, result: CycleResult) -> None:
+        """Read Noko invoices changed since the last cycle (one request per 1,000): payment
+        states flow back to Kantata, hand edits become conflicts."""
+        cursor = self.store.get_cursor(NOKO_CURSOR)
+        started = self.clock()
+        params: dict[str, Any] = {}
+        if cursor is not None:
+            params["updated_from"] = format_timestamp(cursor - self.settings.lookback)
+        newest: datetime | None = None
+        batch: list[dict[str, Any]] = []
+        for invoice in self.noko.list_invoices(params):
+            moment = _parse_moment(invoice.get("updated_at"))
+            if moment is not None and (newest is None or moment > newest):
+                newest = moment
+            batch.append(invoice)
+            if len(batch) >= 500:
+                self._apply_noko(batch, run_id, log, result)
+                batch = []
+        if batch:
+            self._apply_noko(batch, run_id, log, result)
+        if newest is not None:
+            mark = min(newest, started - self.settings.clock_skew)
+            if cursor is None or mark > cursor:
+                self.store.set_cursor(mark, NOKO_CURSOR)
+        if self.settings.record_payments:
+            for record in self.store.payments_due():
+                with self.lock_for(record.kantata_id):
+                    self._record_payment(record, run_id, log)
+
+    def _apply_noko(
+        self, invoices: list[dict[str, Any]], run_id: str, log: Any, result: CycleResult
+    ) -> None:
+        ids = [i for i in (_int(inv.get("id")) for inv in invoices) if i is not None]
+        records = self.store.by_noko_ids(ids)
+        for invoice in invoices:
+            noko_id = _int(invoice.get("id"))
+            record = records.get(noko_id) if noko_id is not None else None
+            if record is None or record.stage or record.status != "synced":
+                continue
+            with self.lock_for(record.kantata_id):
+                self._observe_noko(
+                    invoice,
+                    record,
+                    run_id,
+                    log.bind(kantata_invoice_id=record.kantata_id, noko_invoice_id=noko_id),
+                    result,
+                )
+
+    def _observe_noko(
+        self,
+        invoice: dict[str, Any],
+        record: InvoiceRecord,
+        run_id: str,
+        log: Any,
+        result: CycleResult,
+    ) -> None:
+        drift = self._drift(invoice, record)
+        if drift:
+            outcome, message = self._conflict(record, "noko-edited", drift, run_id, log)
+            result.counts[outcome] += 1
+            result.failed[record.kantata_id] = message or drift
+            return
+        state = str(invoice.get("state") or "")
+        if not state or state == record.noko_state:
+            return
+        record.noko_state = state
+        self.store.save_invoice(record, run_id=run_id, event="noko-state", detail=state)
+        log.info("Noko state changed", state=state)
+        if self._write_reference(
+            record.kantata_id, record, self._success_reference(record), run_id, log
+        ):
+            result.counts["state-written"] += 1
+        if state == "paid":
+            self._record_payment(record, run_id, log)
+
+    def _drift(self, invoice: dict[str, Any], record: InvoiceRecord) -> str | None:
+        """What changed by hand in Noko since the push, or None. A change of state (a payment)
+        or of `updated_at` alone is not drift."""
+        problems = []
+        if record.total_minor is not None and record.exponent is not None:
+            got = invoice.get("total_amount")
+            try:
+                minor = to_minor(str(got), record.exponent)
+            except ValueError:
+                minor = None
+            if minor != record.total_minor:
+                problems.append(f"total {got}, pushed {_fmt_total(record.total_minor, record)}")
+        if record.noko_lines:
+            expected = len(json.loads(record.noko_lines))
+            count = _int(invoice.get("expenses"))
+            if count is not None and count != expected:
+                problems.append(f"{count} expenses, pushed {expected}")
+        entries = _int(invoice.get("entries"))
+        if entries:
+            problems.append(f"{entries} time entries added")
+        if not problems:
+            return None
+        return (
+            f"Noko invoice {record.noko_invoice_id} was changed by hand ({'; '.join(problems)}); "
+            "it is left as it is: run `kantata-sync reconcile --apply` or "
+            f"`kantata-sync retry {record.kantata_id} --force` to restore the Kantata version, "
+            "or correct the invoice in Kantata"
+        )
+
+    def _record_payment(self, record: InvoiceRecord, run_id: str, log: Any) -> None:
+        """Optionally mirror a Noko payment in full as a Kantata external payment, once."""
+        if not self.settings.record_payments or record.payment_recorded_at is not None:
+            return
+        if record.kantata_status != "new" or record.workspace_id is None:
+            return
+        if record.total_minor is None:
+            return
+        try:
+            self.kantata.record_external_payment(
+                record.kantata_id, record.workspace_id, record.total_minor
+            )
+        except PermanentApiError as exc:
+            # Kantata refuses a second payment: the invoice is no longer pending.
+            log.info("Kantata did not take the external payment", error=str(exc))
+        except TransientApiError as exc:
+            log.warning(
+                "recording the payment in Kantata failed; retried next cycle", error=str(exc)
+            )
+            record.noko_state = "unpaid-pending-payment-record"
+            self.store.save_invoice(record, run_id=run_id)
+            return
+        record.payment_recorded_at = self.clock()
+        record.kantata_status = "accepted payment"
+        self.store.save_invoice(
+            record, run_id=run_id, event="payment-recorded", detail="external payment in Kantata"
+        )
 
     # ------------------------------------------------------------------ Kantata write-back
 
@@ -653,16 +988,33 @@ class SyncEngine:
             external_link=record.noko_url,
             external_message=message[:1000],
         )
+        self._write_reference(kantata_id, record, reference, run_id, log)
+
+    def _write_reference(
+        self,
+        kantata_id: str,
+        record: InvoiceRecord,
+        reference: ExternalReferenceWrite,
+        run_id: str,
+        log: Any,
+    ) -> bool:
+        """Write a reference unless the same one was written last; False if Kantata refused."""
         digest = _hash_reference(reference)
         if record.writeback_hash == digest:
-            return
+            return True
         try:
             self.kantata.write_external_reference(kantata_id, reference)
         except ApiError as exc:
-            log.warning("could not write the failure to Kantata", error=str(exc))
-            return
+            log.warning("could not write the reference to Kantata", error=str(exc))
+            return False
         record.writeback_hash = digest
-        self.store.save_invoice(record, run_id=run_id, event="reference-failed", detail=message)
+        self.store.save_invoice(
+            record,
+            run_id=run_id,
+            event=f"reference-{reference.status}",
+            detail=reference.external_message or reference.external_status or "",
+        )
+        return True
 
 
 class _Runner:
@@ -726,7 +1078,7 @@ class _Runner:
                 outcome, error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
             with self.lock:
                 self.result.counts[outcome] += 1
-                if outcome in ("failed", "waiting"):
+                if outcome in ("failed", "waiting", "conflict"):
                     self.result.failed[inv.id] = error or outcome
                 else:
                     self.result.failed.pop(inv.id, None)
@@ -754,6 +1106,22 @@ def _invoice_link(invoice: dict[str, Any], base_url: str, noko_id: int) -> str:
     if isinstance(url, str) and url.startswith(("http://", "https://")):
         return url
     return f"{base_url.rstrip('/')}/invoices/{noko_id}"
+
+
+def _parse_moment(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _fmt_total(total_minor: int | None, record: InvoiceRecord) -> str:
+    if total_minor is None or record.exponent is None or not record.currency:
+        return "unknown"
+    return format_money(total_minor, record.exponent, record.currency)
 
 
 def _hash_reference(reference: ExternalReferenceWrite) -> str:

@@ -255,6 +255,25 @@ class KantataClient:
             )
         return decoded
 
+    def record_external_payment(
+        self, invoice_id: str, workspace_id: str, amount_in_cents: int
+    ) -> dict[str, Any]:
+        """Record a payment made outside Kantata (`POST /external_payments`). Not idempotent:
+        the caller makes sure it happens once per invoice."""
+        body = {
+            "external_payment": {
+                "invoice_id": int(invoice_id),
+                "workspace_id": int(workspace_id),
+                "amount_in_cents": amount_in_cents,
+            }
+        }
+        decoded = self._http.request_json("POST", "/external_payments.json", body=body)
+        if not isinstance(decoded, dict):
+            raise TransientApiError(
+                SERVICE, "unexpected response", method="POST", path="/external_payments.json"
+            )
+        return decoded
+
     def current_user(self) -> dict[str, Any]:
         """The token's user (`GET /users/me.json`), to check credentials."""
         body = self._http.request_json("GET", "/users/me.json")

@@ -8,14 +8,14 @@ is adopted, unused expenses are reused when they match the plan and deleted when
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 import structlog
 
-from connector.errors import AmbiguousWriteError
+from connector.errors import AmbiguousWriteError, NotFoundError, PermanentApiError
 from mappings.to_noko import NokoExpensePlan, NokoInvoicePlan, marker, marker_prefix, parse_marker
 
 
@@ -30,6 +30,29 @@ class NokoApi(Protocol):
     def delete_expense(self, expense_id: int) -> None: ...
     def create_invoice(self, payload: Mapping[str, Any]) -> dict[str, Any]: ...
     def find_invoices_by_reference(self, reference: str) -> list[dict[str, Any]]: ...
+    def get_invoice(self, invoice_id: int) -> dict[str, Any] | None: ...
+    def update_invoice(self, invoice_id: int, payload: Mapping[str, Any]) -> dict[str, Any]: ...
+    def delete_invoice(self, invoice_id: int) -> None: ...
+    def add_expenses(self, invoice_id: int, expense_ids: Sequence[int]) -> None: ...
+    def remove_expenses(self, invoice_id: int, expense_ids: Sequence[int]) -> None: ...
+    def add_taxes(self, invoice_id: int, taxes: Sequence[Mapping[str, Any]]) -> None: ...
+    def remove_taxes(self, invoice_id: int, tax_ids: Sequence[int]) -> None: ...
+    def iter_pages(
+        self, path: str, params: Mapping[str, Any] | None = None, per_page: int = 1000
+    ) -> Iterator[list[dict[str, Any]]]: ...
+
+
+class NokoGoneError(Exception):
+    """The Noko invoice the connector pushed no longer exists."""
+
+
+class NokoRefusedError(Exception):
+    """Noko will not let the invoice change: it is paid or locked for payment."""
+
+    def __init__(self, noko_id: int, code: str, message: str) -> None:
+        self.noko_id = noko_id
+        self.code = code
+        super().__init__(message)
 
 
 class DuplicateInNokoError(Exception):
@@ -42,6 +65,20 @@ class DuplicateInNokoError(Exception):
             f"Noko has {len(ids)} invoices with reference {reference} (ids "
             f"{', '.join(str(i) for i in ids)}); delete the extra ones in Noko, then retry"
         )
+
+
+@dataclass
+class UpdateResult:
+    invoice: dict[str, Any]
+    added: int = 0
+    removed: int = 0
+    taxes_changed: bool = False
+    header_changed: bool = False
+    foreign_removed: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed or self.taxes_changed or self.header_changed)
 
 
 @dataclass
@@ -161,7 +198,9 @@ class NokoPusher:
                 return int(expense["id"])
         return None
 
-    def _sweep(self, plan: NokoInvoicePlan, *, reuse: bool) -> tuple[dict[str, int], int]:
+    def _sweep(
+        self, plan: NokoInvoicePlan, *, reuse: bool, keep: set[str] | None = None
+    ) -> tuple[dict[str, int], int]:
         """Reuse the uninvoiced expenses an earlier attempt made for this plan (when `reuse`);
         delete the ones that do not fit it (duplicates, changed amounts), so no orphans pile up."""
         planned = {p.line_key: p for p in plan.expenses}
@@ -173,7 +212,13 @@ class NokoPusher:
                 continue
             key = parsed[1]
             wanted = planned.get(key)
-            if reuse and wanted is not None and key not in reused and _matches(expense, wanted):
+            if (
+                reuse
+                and wanted is not None
+                and key not in reused
+                and key not in (keep or set())
+                and _matches(expense, wanted)
+            ):
                 reused[key] = int(expense["id"])
                 continue
             self.noko.delete_expense(int(expense["id"]))
@@ -186,3 +231,144 @@ class NokoPusher:
                 deleted=deleted,
             )
         return reused, deleted
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _current(self, noko_id: int) -> dict[str, Any]:
+        invoice = self.noko.get_invoice(noko_id)
+        if invoice is None:
+            raise NokoGoneError(f"Noko invoice {noko_id} no longer exists")
+        state = str(invoice.get("state") or "")
+        if state == "paid":
+            raise NokoRefusedError(noko_id, "paid", f"Noko invoice {noko_id} is paid")
+        return invoice
+
+    def invoice_expenses(self, noko_id: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for page in self.noko.iter_pages(f"/invoices/{noko_id}/expenses"):
+            out.extend(page)
+        return out
+
+    def update(
+        self, plan: NokoInvoicePlan, noko_id: int, *, remove_foreign: bool = False
+    ) -> UpdateResult:
+        """Bring an existing Noko invoice to the plan in place, diffing against what Noko holds
+        now (so a crashed earlier update is simply finished): header by PUT, lines by removing
+        and adding expenses, taxes by removing and adding. The invoice id never changes."""
+        try:
+            return self._update(plan, noko_id, remove_foreign=remove_foreign)
+        except PermanentApiError as exc:
+            if exc.code in ("paid", "locked"):
+                raise NokoRefusedError(noko_id, exc.code, str(exc)) from exc
+            if isinstance(exc, NotFoundError):
+                raise NokoGoneError(f"Noko invoice {noko_id} no longer exists") from exc
+            raise
+
+    def _update(self, plan: NokoInvoicePlan, noko_id: int, *, remove_foreign: bool) -> UpdateResult:
+        current = self._current(noko_id)
+        result = UpdateResult(current)
+        planned = {p.line_key: p for p in plan.expenses}
+        present: dict[str, dict[str, Any]] = {}
+        stale: list[dict[str, Any]] = []
+        foreign: list[dict[str, Any]] = []
+        for expense in self.invoice_expenses(noko_id):
+            parsed = parse_marker(str(expense.get("description") or ""))
+            if parsed is None or parsed[0] != plan.reference:
+                foreign.append(expense)
+                continue
+            key = parsed[1]
+            wanted = planned.get(key)
+            if wanted is not None and key not in present and _matches(expense, wanted):
+                present[key] = expense
+            else:
+                stale.append(expense)
+
+        header = {k: v for k, v in plan.fields.items() if _differs(current.get(k), v)}
+        if header:
+            self.noko.update_invoice(noko_id, header)
+            result.header_changed = True
+
+        removing = stale + (foreign if remove_foreign else [])
+        if removing:
+            self.noko.remove_expenses(noko_id, [int(e["id"]) for e in removing])
+            for expense in stale:
+                self.noko.delete_expense(int(expense["id"]))
+            result.removed = len(stale)
+            result.foreign_removed = len(foreign) if remove_foreign else 0
+
+        missing = [p for key, p in planned.items() if key not in present]
+        if missing:
+            reused, _ = self._sweep(plan, reuse=True, keep=set(present))
+            project_ids = {
+                name: self.noko.ensure_project(name)
+                for name in dict.fromkeys(p.project for p in missing if p.line_key not in reused)
+            }
+            new_ids = [
+                reused[p.line_key]
+                if p.line_key in reused
+                else self._create_expense(plan.reference, p, project_ids[p.project])
+                for p in missing
+            ]
+            self.noko.add_expenses(noko_id, new_ids)
+            result.added = len(new_ids)
+
+        have = sorted(
+            (str(t.get("name") or ""), _decimal(t.get("percentage")))
+            for t in current.get("taxes") or []
+            if isinstance(t, Mapping)
+        )
+        want = sorted((name, pct) for name, pct in plan.taxes)
+        if have != want:
+            tax_ids = [int(t["id"]) for t in current.get("taxes") or [] if isinstance(t, Mapping)]
+            if tax_ids:
+                self.noko.remove_taxes(noko_id, tax_ids)
+            if plan.taxes:
+                self.noko.add_taxes(
+                    noko_id, [{"name": name, "percentage": pct} for name, pct in plan.taxes]
+                )
+            result.taxes_changed = True
+
+        if result.changed:
+            fresh = self.noko.get_invoice(noko_id)
+            if fresh is None:
+                raise NokoGoneError(f"Noko invoice {noko_id} vanished during the update")
+            result.invoice = fresh
+        return result
+
+    def cancel(self, reference: str, noko_id: int) -> str:
+        """Delete the Noko invoice of a cancelled Kantata invoice and the expenses made for it.
+        Returns 'deleted' (also when it was gone already); raises NokoRefusedError when Noko
+        refuses (paid, locked)."""
+        invoice = self.noko.get_invoice(noko_id)
+        if invoice is not None:
+            state = str(invoice.get("state") or "")
+            if state == "paid":
+                raise NokoRefusedError(noko_id, "paid", f"Noko invoice {noko_id} is paid")
+            try:
+                self.noko.delete_invoice(noko_id)
+            except PermanentApiError as exc:
+                if exc.code in ("paid", "locked"):
+                    raise NokoRefusedError(noko_id, exc.code, str(exc)) from exc
+                raise
+        self.sweep_reference(reference)
+        return "deleted"
+
+    def sweep_reference(self, reference: str) -> int:
+        """Delete every uninvoiced expense made for this reference; returns how many."""
+        deleted = 0
+        for expense in self._uninvoiced_marked(marker_prefix(reference)):
+            parsed = parse_marker(str(expense.get("description")))
+            if parsed is not None and parsed[0] == reference:
+                self.noko.delete_expense(int(expense["id"]))
+                deleted += 1
+        return deleted
+
+
+def _differs(current: Any, wanted: Any) -> bool:
+    if isinstance(wanted, Mapping):
+        if not isinstance(current, Mapping):
+            return True
+        return any(_differs(current.get(k), v) for k, v in wanted.items())
+    if current is None and wanted in ("", False):
+        return False
+    return bool(current != wanted)

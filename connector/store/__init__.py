@@ -242,6 +242,32 @@ class Store:
             )
             return list(session.exec(due))
 
+    def by_noko_ids(self, noko_ids: Sequence[int]) -> dict[int, InvoiceRecord]:
+        out: dict[int, InvoiceRecord] = {}
+        ids = list(noko_ids)
+        with self._session() as session:
+            for start in range(0, len(ids), 500):
+                rows = session.exec(
+                    select(InvoiceRecord).where(
+                        col(InvoiceRecord.noko_invoice_id).in_(ids[start : start + 500])
+                    )
+                )
+                out.update({row.noko_invoice_id: row for row in rows if row.noko_invoice_id})
+        return out
+
+    def payments_due(self) -> list[InvoiceRecord]:
+        """Paid in Noko, still pending in Kantata, payment not yet recorded there."""
+        with self._session() as session:
+            rows = session.exec(
+                select(InvoiceRecord).where(
+                    (col(InvoiceRecord.noko_state) == "paid")
+                    & col(InvoiceRecord.payment_recorded_at).is_(None)
+                    & (col(InvoiceRecord.kantata_status) == "new")
+                    & col(InvoiceRecord.workspace_id).is_not(None)
+                )
+            )
+            return list(rows)
+
     def failed_ids(self) -> list[str]:
         with self._session() as session:
             rows = session.exec(

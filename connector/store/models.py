@@ -51,7 +51,7 @@ class InvoiceRecord(SQLModel, table=True):
     """Ledger fingerprint of the document in Noko (or being pushed)."""
     source_fingerprint: str | None = None
     """Fingerprint of the Kantata invoice as last seen (also for unmappable ones)."""
-    noko_invoice_id: int | None = None
+    noko_invoice_id: int | None = Field(default=None, index=True)
     noko_url: str | None = None
     noko_state: str | None = None
     noko_lines: str | None = None
@@ -69,6 +69,12 @@ class InvoiceRecord(SQLModel, table=True):
     skip_reason: str | None = None
     writeback_hash: str | None = None
     """Hash of the external reference last written to Kantata (to write only on change)."""
+    kantata_status: str | None = None
+    """Kantata's own status of the invoice when last seen ('new', 'accepted payment', ...)."""
+    workspace_id: str | None = None
+    """The invoice's project when it has exactly one (external payments need one)."""
+    payment_recorded_at: datetime | None = _when(default=None)
+    """When the connector recorded Noko's payment as an external payment in Kantata."""
     first_seen_at: datetime = _when()
     updated_at: datetime = _when()
     synced_at: datetime | None = _when(default=None)
