@@ -416,9 +416,13 @@ class Service:
                 response = route.handler(request, params)
         except ApiFailure as failure:
             response = failure.response
-        if fault.drop_after_commit and 200 <= response.status < 300:
-            response.drop = True
-        self._record(key, request, response, fault=fault.kind)
+        kind = fault.kind
+        if fault.drop_after_commit:
+            if 200 <= response.status < 300:
+                response.drop = True
+            else:  # nothing was committed: answer normally
+                kind = "timeout" if fault.timeout else None
+        self._record(key, request, response, fault=kind)
         return response
 
     def _record(
