@@ -370,18 +370,23 @@ class SyncEngine:
             )
         fingerprint = doc.fingerprint()
 
-        if record is not None and record.stage == "" and record.status == "synced":
-            if record.fingerprint == fingerprint and not force:
-                if self._reference_in_place(inv, record):
-                    if record.kantata_status != inv.status and not dry_run:
-                        self._remember_kantata(record, inv)
-                        self.store.save_invoice(record)
-                    return "unchanged", None
-                if dry_run:
-                    return "would-update", None
-                self._remember_kantata(record, inv)
-                self._write_success(inv, record, run_id, log)
-                return "repaired", None
+        if (
+            record is not None
+            and record.stage == ""
+            and record.status == "synced"
+            and record.fingerprint == fingerprint
+            and not force
+        ):
+            if self._reference_in_place(inv, record):
+                if record.kantata_status != inv.status and not dry_run:
+                    self._remember_kantata(record, inv)
+                    self.store.save_invoice(record)
+                return "unchanged", None
+            if dry_run:
+                return "would-update", None
+            self._remember_kantata(record, inv)
+            self._write_success(inv, record, run_id, log)
+            return "repaired", None
 
         if force and record is not None and record.error_kind == "gone":
             # The operator asks to push again what was deleted in Noko: a new Noko invoice,
