@@ -742,7 +742,8 @@ class SyncEngine:
                 record.stage = ""
                 return self._skip(kantata_id, record, "cancelled", run_id, False, None)
         noko_id = record.noko_invoice_id
-        assert noko_id is not None and record.reference is not None
+        assert noko_id is not None
+        assert record.reference is not None
         log = log.bind(noko_invoice_id=noko_id)
         record.stage = "cancelling"
         self.store.save_invoice(
