@@ -42,6 +42,7 @@ STALE_AFTER_SECONDS = 3600.0
 # Chart geometry (SVG user units; the SVG scales to the page width).
 WIDTH, HEIGHT = 960, 320
 LEFT, RIGHT, TOP, BOTTOM = 64, 24, 44, 64
+X_PAD = 16
 PUSHED_COLOUR = "#1a7f37"
 FAILED_COLOUR = "#cf222e"
 
@@ -263,16 +264,15 @@ def render_chart(runs: Sequence[Mapping[str, Any]]) -> str:
     ]
     # Legend, top left, above the plot.
     out.append('<g id="chart-legend" class="legend">')
-    for offset, (name, colour, dash) in enumerate(
-        (("synced (pushed to Noko)", PUSHED_COLOUR, ""), ("failed", FAILED_COLOUR, "6 4"))
+    for offset, (name, colour) in enumerate(
+        (("synced (pushed to Noko)", PUSHED_COLOUR), ("failed", FAILED_COLOUR))
     ):
-        lx = LEFT + offset * 230
-        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+        lx = LEFT + offset * 220
         out.append(
-            f'<line x1="{lx}" y1="18" x2="{lx + 28}" y2="18" stroke="{colour}" '
-            f'stroke-width="3"{dash_attr}/>'
-            f'<circle cx="{lx + 14}" cy="18" r="4.5" fill="{colour}"/>'
-            + _svg_text(lx + 36, 23, name, "start")
+            f'<line x1="{lx + 6}" y1="28" x2="{lx + 6}" y2="14" stroke="{colour}" '
+            'stroke-width="3"/>'
+            f'<circle cx="{lx + 6}" cy="13" r="4.5" fill="{colour}"/>'
+            + _svg_text(lx + 18, 24, name, "start")
         )
     out.append("</g>")
 
@@ -313,7 +313,8 @@ def render_chart(runs: Sequence[Mapping[str, Any]]) -> str:
     def x_of(moment: datetime) -> float:
         if span <= 0:
             return LEFT + plot_w / 2
-        return LEFT + plot_w * (moment - start).total_seconds() / span
+        inner = plot_w - 2 * X_PAD  # keep the first and last cycle clear of the axes
+        return LEFT + X_PAD + inner * (moment - start).total_seconds() / span
 
     # X axis: time ticks. One day or less: HH:MM (the date goes in the axis title).
     same_day = start.date() == end.date()
@@ -341,21 +342,19 @@ def render_chart(runs: Sequence[Mapping[str, Any]]) -> str:
     )
     out.append("</g>")
 
-    # Series: a line through the cycles plus one marked point per cycle.
+    # Series: each cycle is a separate event, so a stem from zero up to its count with a dot on
+    # top (no line joining cycles, which would suggest values in between). Pushed and failed
+    # stand side by side.
     labels: list[str] = []
-    for series, colour, dash in (
-        ("pushed", PUSHED_COLOUR, ""),
-        ("failed", FAILED_COLOUR, ' stroke-dasharray="6 4"'),
-    ):
-        coords = [(x_of(p.at), y_of(getattr(p, series))) for p in points]
+    for series, colour, shift in (("pushed", PUSHED_COLOUR, -4), ("failed", FAILED_COLOUR, 4)):
+        coords = [(x_of(p.at) + shift, y_of(getattr(p, series))) for p in points]
         out.append(f'<g id="chart-{series}" class="series" data-series="{series}">')
-        if len(coords) > 1:
-            joined = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
-            out.append(
-                f'<polyline points="{joined}" fill="none" stroke="{colour}" '
-                f'stroke-width="2.5" stroke-linejoin="round"{dash}/>'
-            )
         for point, (x, y) in zip(points, coords, strict=True):
+            if y < bottom:
+                out.append(
+                    f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{y:.1f}" '
+                    f'stroke="{colour}" stroke-width="3" class="stem stem-{series}"/>'
+                )
             value = getattr(point, series)
             label = (
                 f"{point.at:%Y-%m-%d %H:%M:%S} UTC, {point.kind} cycle ({point.outcome}): "

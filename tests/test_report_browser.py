@@ -106,7 +106,7 @@ class Dom(HTMLParser):
         super().__init__()
         self.ids: dict[str, dict[str, str | None]] = {}
         self.circles: list[dict[str, str | None]] = []
-        self.polylines = 0
+        self.stems: list[dict[str, str | None]] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = dict(attrs)
@@ -114,8 +114,8 @@ class Dom(HTMLParser):
             self.ids[str(found["id"])] = {"tag": tag, **found}
         if tag == "circle":
             self.circles.append(found)
-        if tag == "polyline":
-            self.polylines += 1
+        if tag == "line" and "stem" in (found.get("class") or ""):
+            self.stems.append(found)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_dom_has_counts_and_chart(page: Path, tmp_path: Path) -> None:
     failed = [c for c in dom.circles if "point-failed" in (c.get("class") or "")]
     assert [c["data-value"] for c in pushed] == ["80", "12", "5", "9", "0", "3"]
     assert [c["data-value"] for c in failed] == ["0", "0", "2", "0", "0", "1"]
-    assert dom.polylines == 2
+    assert len(dom.stems) == 5 + 2  # one per non-zero count
     assert "chart-legend" in dom.ids
     assert "runs" in dom.ids
     assert "failures" in dom.ids

@@ -240,7 +240,9 @@ def test_chart_has_one_point_per_run_oldest_first() -> None:
     assert xs[0] < xs[-1]
     assert [run_id for _, run_id, _ in pushed] == [f"run-{i}" for i in range(6)]
     assert [int(value) for _, _, value in pushed] == [10 * i + 1 for i in range(6)]
-    assert page.count("<polyline") == 2
+    assert page.count('class="stem stem-pushed"') == 6  # a stem for every non-zero count
+    assert page.count('class="stem stem-failed"') == 4
+    assert "<polyline" not in page  # cycles are separate events, not joined by a line
     assert page.count('class="failed-label"') == 4  # cycles 1, 2, 4 and 5 had failures
     assert "synced (pushed to Noko)" in page
     assert "invoices per cycle" in page
@@ -256,13 +258,14 @@ def test_chart_x_axis_uses_round_times() -> None:
 
 
 def test_chart_with_one_run() -> None:
-    """A single cycle is drawn as one centred point per series, without a line."""
+    """A single cycle is drawn as one point per series in the middle of the time axis."""
     report = sample_report(runs=1)
     page = render_html(report)
     tags = check(page)
     assert tags.ids["chart"]["data-points"] == "1"
     assert page.count('class="point point-pushed"') == 1
-    assert "<polyline" not in page
+    (x,) = re.findall(r'<circle cx="([\d.]+)"[^>]*class="point point-pushed"', page)
+    assert float(x) == pytest.approx(64 + (960 - 64 - 24) / 2 - 4)  # the middle, left of failed
 
 
 def test_chart_skips_runs_without_a_start_time() -> None:
