@@ -955,8 +955,11 @@ class SyncEngine:
         self, inv: KantataInvoice, record: InvoiceRecord, run_id: str, log: Any
     ) -> tuple[Outcome, str | None]:
         reference = self._success_reference(record)
+        digest = _hash_reference(reference)
+        already = record.writeback_hash == digest and self._reference_in_place(inv, record)
         try:
-            self.kantata.write_external_reference(inv.id, reference)
+            if not already:
+                self.kantata.write_external_reference(inv.id, reference)
         except (TransientApiError, PermanentApiError) as exc:
             record.stage = "pushed"
             return self._fail(
@@ -975,7 +978,7 @@ class SyncEngine:
         record.error_kind = None
         record.next_attempt_at = None
         record.synced_at = self.clock()
-        record.writeback_hash = _hash_reference(reference)
+        record.writeback_hash = digest
         self.store.save_invoice(
             record, run_id=run_id, event="synced", detail=f"reference {reference.external_link}"
         )

@@ -169,7 +169,12 @@ def test_sigterm_during_run_exits_zero_and_next_start_continues(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.0)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until the first cycle is under way
+        line = proc.stderr.readline()
+        if not line or "pushed to Noko" in line:
+            break
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
