@@ -349,6 +349,62 @@ def doctor() -> None:
 
 
 @app.command()
+def reconcile(
+    since: Annotated[
+        str | None, typer.Option(help="Compare invoices updated from this day (YYYY-MM-DD).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="...up to this day, inclusive.")] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Repair what is safe to repair (via the engine).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """List the differences between Kantata, Noko and the state database; optionally repair."""
+    from connector.reconcile import reconcile as run_reconcile
+
+    start = _parse_day(since, "--since")
+    end = _parse_day(until, "--until")
+    if end is not None:
+        end += timedelta(days=1)
+    settings = _settings()
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    try:
+        with (
+            open_connector(settings, stop=stop) as connector,
+            connector.store.writer(wait=settings.kantata_sync_lock_wait),
+        ):
+            outcome = run_reconcile(connector.engine, since=start, until=end, apply=apply)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    except LockHeldError as exc:
+        raise _fail(str(exc), code=1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(outcome.as_dict(), indent=2) + "\n")
+    else:
+        console = Console()
+        console.print(
+            f"Compared {outcome.kantata_invoices} Kantata and {outcome.noko_invoices} Noko "
+            f"invoices: {len(outcome.differences)} differences.",
+            highlight=False,
+        )
+        for diff in outcome.differences:
+            console.print(
+                f"  {diff.kind:<18} kantata {diff.kantata_invoice_id or '-':<10} "
+                f"noko {diff.noko_invoice_id or '-':<8} {diff.detail}",
+                highlight=False,
+                markup=False,
+            )
+        if apply:
+            console.print(
+                f"Repaired {len(outcome.repaired)}; still failing {len(outcome.still_failing)}.",
+                highlight=False,
+            )
+    unresolved = [d for d in outcome.differences if d.kantata_invoice_id not in outcome.repaired]
+    raise typer.Exit(1 if unresolved else 0)
+
+
+@app.command()
 def sandbox(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     kantata_port: Annotated[int, typer.Option(help="Port of the fake Kantata.")] = 8701,

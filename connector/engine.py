@@ -689,6 +689,15 @@ class SyncEngine:
                 log,
             )
         except NokoGoneError:
+            if force:
+                # The operator asked for the Kantata version: push it again as a new invoice,
+                # reusing or removing the expenses the deletion left behind.
+                record.noko_invoice_id = None
+                record.noko_url = None
+                record.noko_state = None
+                record.noko_lines = None
+                record.stage = "pushing"
+                return self._push(inv, doc, fingerprint, record, run_id, log)
             return self._conflict(
                 record,
                 "gone",

@@ -78,7 +78,13 @@ class UpdateResult:
 
     @property
     def changed(self) -> bool:
-        return bool(self.added or self.removed or self.taxes_changed or self.header_changed)
+        return bool(
+            self.added
+            or self.removed
+            or self.foreign_removed
+            or self.taxes_changed
+            or self.header_changed
+        )
 
 
 @dataclass
