@@ -11,6 +11,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -58,14 +59,22 @@ class _State:
 state = _State()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"kantata-sync {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     config: ConfigOption = None,
-    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
 ) -> None:
-    if version:
-        typer.echo(f"kantata-sync {__version__}")
-        raise typer.Exit(0)
     state.config = config
 
 
@@ -108,6 +117,69 @@ def _summary(result: CycleResult) -> str:
     return line
 
 
+class Progress:
+    """Backfill progress on stderr: a live bar on a terminal, a plain line every few seconds
+    otherwise (so logs collected by a service manager stay readable)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.total: int | None = None
+        self.done = 0
+        self.counts: dict[str, int] = {}
+        self.started = time.monotonic()
+        self.last_line = 0.0
+        self.lock = threading.Lock()
+        self.bar: Any = None
+        if sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:.1f}/s"),
+                TextColumn("{task.fields[detail]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self.task = self.bar.add_task(label, total=None, rate=0.0, detail="")
+            self.bar.start()
+
+    def page(self, _number: int, total: int) -> None:
+        with self.lock:
+            self.total = max(total, self.total or 0)
+            if self.bar is not None:
+                self.bar.update(self.task, total=self.total)
+
+    def advance(self, counts: Any) -> None:
+        with self.lock:
+            self.counts = dict(counts)
+            self.done = sum(self.counts.values())
+            elapsed = max(time.monotonic() - self.started, 1e-6)
+            rate = self.done / elapsed
+            detail = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()) if v)
+            if self.bar is not None:
+                self.bar.update(self.task, completed=self.done, rate=rate, detail=detail)
+            elif time.monotonic() - self.last_line >= 5.0:
+                self.last_line = time.monotonic()
+                of = f"/{self.total}" if self.total else ""
+                sys.stderr.write(
+                    f"{self.label}: {self.done}{of} invoices ({detail}), {rate:.1f}/s\n"
+                )
+                sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 def _parse_day(value: str | None, option: str) -> datetime | None:
     if value is None:
         return None
@@ -120,14 +192,26 @@ def _parse_day(value: str | None, option: str) -> datetime | None:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def _run_once(settings: Settings, stop: threading.Event, **kwargs: Any) -> CycleResult:
+def _run_once(
+    settings: Settings,
+    stop: threading.Event,
+    progress: Progress | None = None,
+    **kwargs: Any,
+) -> CycleResult:
     try:
         with (
             open_connector(settings, stop=stop) as connector,
             connector.store.writer(wait=settings.kantata_sync_lock_wait),
         ):
             connector.store.close_stale_runs()
-            return connector.engine.run_cycle(**kwargs)
+            if progress is not None:
+                connector.engine.on_page = progress.page
+                connector.engine.on_progress = progress.advance
+            try:
+                return connector.engine.run_cycle(**kwargs)
+            finally:
+                if progress is not None:
+                    progress.close()
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     except LockHeldError as exc:
@@ -165,9 +249,36 @@ def backfill(
     settings = _settings()
     stop = threading.Event()
     _install_stop_handlers(stop)
-    result = _run_once(settings, stop, kind="backfill", since=start, until=end, dry_run=dry_run)
+    result = _run_once(
+        settings,
+        stop,
+        Progress("backfill"),
+        kind="backfill",
+        since=start,
+        until=end,
+        dry_run=dry_run,
+    )
+    if dry_run:
+        _print_plan(result)
     typer.echo(_summary(result))
     raise typer.Exit(result.exit_code)
+
+
+def _print_plan(result: CycleResult) -> None:
+    """What a dry run would do, invoice by invoice, with the totals."""
+    labels = {"would-push": "create", "would-update": "update", "would-cancel": "delete"}
+    for kantata_id, (outcome, what) in sorted(result.planned.items(), key=lambda i: int(i[0])):
+        typer.echo(f"would {labels.get(outcome, outcome):<6} Kantata invoice {kantata_id}: {what}")
+    for kantata_id, why in sorted(result.failed.items(), key=lambda i: int(i[0])):
+        typer.echo(f"would fail   Kantata invoice {kantata_id}: {why}")
+    counts = dict.fromkeys(labels.values(), 0)
+    for outcome, _ in result.planned.values():
+        counts[labels.get(outcome, outcome)] = counts.get(labels.get(outcome, outcome), 0) + 1
+    typer.echo(
+        "Dry run, nothing written: "
+        + ", ".join(f"{n} to {label}" for label, n in counts.items())
+        + f", {len(result.failed)} would fail"
+    )
 
 
 @app.command()
@@ -236,6 +347,10 @@ def _html_renderer() -> Any:
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write the report as a self-contained HTML page."),
+    ] = None,
 ) -> None:
     """Report what is synced, what failed and why, and what to do about it."""
     settings = _settings()
@@ -247,10 +362,22 @@ def status(
         report = build_report(store)
     finally:
         store.close()
+    if html is not None:
+        from connector.report_html import render_html
+
+        page = render_html(report, stale_after=max(3 * settings.kantata_sync_interval, 3600.0))
+        try:
+            partial = html.with_name(f".{html.name}.tmp")
+            partial.write_text(page, encoding="utf-8")
+            partial.replace(html)
+        except OSError as exc:
+            raise _fail(f"--html: cannot write {html}: {exc.strerror}") from None
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    else:
+    elif html is None:
         render_table(report, Console())
+    else:
+        typer.echo(f"Report written to {html}")
     raise typer.Exit(0)
 
 

@@ -91,6 +91,8 @@ class CycleResult:
     duration: float = 0.0
     pages: int = 0
     error: str | None = None
+    planned: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Dry runs: Kantata id -> (would-push | would-update | would-cancel, what)."""
 
     @property
     def exit_code(self) -> int:
@@ -133,6 +135,8 @@ class SyncEngine:
         self._id_locks: dict[str, threading.Lock] = {}
         self._id_locks_guard = threading.Lock()
         self.on_progress: Callable[[Counter[str]], None] | None = None
+        self.on_page: Callable[[int, int], None] | None = None
+        """Called with (page number, Kantata's total count for the query) as pages arrive."""
 
     # ================================================================== cycle
 
@@ -254,6 +258,8 @@ class SyncEngine:
                 updated_after=lower, per_page=self.settings.per_page
             ):
                 runner.result.pages += 1
+                if self.on_page is not None:
+                    self.on_page(page.page, page.count)
                 if previous_count is not None and page.count < previous_count:
                     scan.shrank = True
                 previous_count = page.count
@@ -383,7 +389,7 @@ class SyncEngine:
                     self.store.save_invoice(record)
                 return "unchanged", None
             if dry_run:
-                return "would-update", None
+                return "would-update", "reference only"
             self._remember_kantata(record, inv)
             self._write_success(inv, record, run_id, log)
             return "repaired", None
@@ -409,10 +415,10 @@ class SyncEngine:
             if record.stage == "pushed" and record.fingerprint == fingerprint and not force:
                 return self._write_success(inv, record, run_id, log)
             if dry_run:
-                return "would-update", None
+                return "would-update", _describe(doc)
             return self._update(inv, doc, fingerprint, record, run_id, log, force)
         if dry_run:
-            return "would-push", None
+            return "would-push", _describe(doc)
         if record is not None and record.noko_state == "deleted":
             record.noko_invoice_id = None
             record.noko_state = None
@@ -738,7 +744,10 @@ class SyncEngine:
     ) -> tuple[Outcome, str | None]:
         """Cancelled in Kantata after it was pushed: delete it in Noko when Noko allows."""
         if dry_run:
-            return "would-cancel", None
+            return (
+                "would-cancel",
+                f"delete Noko invoice {record.noko_invoice_id or record.reference}",
+            )
         if record.noko_invoice_id is None:
             # Pushing never finished: nothing may be left in Noko, whatever stage it reached.
             if record.reference:
@@ -1088,9 +1097,12 @@ class _Runner:
                     self.result.counts["stopped"] += 1
                 return
             try:
-                outcome, error = self.engine.handle(
-                    inv, self.run_id, dry_run=self.dry_run, force=self.force
-                )
+                with structlog.contextvars.bound_contextvars(
+                    run_id=self.run_id, kantata_invoice_id=inv.id
+                ):
+                    outcome, error = self.engine.handle(
+                        inv, self.run_id, dry_run=self.dry_run, force=self.force
+                    )
             except Exception as exc:  # one invoice must never stop the others
                 self.log.exception("unexpected error on one invoice", kantata_invoice_id=inv.id)
                 outcome, error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
@@ -1100,6 +1112,8 @@ class _Runner:
                     self.result.failed[inv.id] = error or outcome
                 else:
                     self.result.failed.pop(inv.id, None)
+                if outcome.startswith("would-"):
+                    self.result.planned[inv.id] = (outcome, error or "")
                 progress = self.engine.on_progress
                 if progress is not None:
                     progress(self.result.counts)
@@ -1124,6 +1138,13 @@ def _invoice_link(invoice: dict[str, Any], base_url: str, noko_id: int) -> str:
     if isinstance(url, str) and url.startswith(("http://", "https://")):
         return url
     return f"{base_url.rstrip('/')}/invoices/{noko_id}"
+
+
+def _describe(doc: LedgerDocument) -> str:
+    return (
+        f"{doc.reference}: {len(doc.lines)} lines, "
+        f"{format_money(doc.total_minor, doc.exponent, doc.currency)}"
+    )
 
 
 def _parse_moment(value: Any) -> datetime | None:
