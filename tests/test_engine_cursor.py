@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -127,8 +128,13 @@ def test_write_back_does_not_cause_a_push(box: Sandbox, tmp_path: Path) -> None:
     with open_connector(settings_for(box, tmp_path, kantata_sync_lookback_seconds=86400)) as c:
         first = c.engine.run_cycle()
         assert first.counts["pushed"] > 0
-        noko_requests = c.noko.stats.requests
+        noko_before = dict(c.noko.stats.by_endpoint)
+        kantata_before = dict(c.kantata.stats.by_endpoint)
         second = c.engine.run_cycle()
         assert second.counts["pushed"] == 0
         assert second.counts["unchanged"] == first.counts["pushed"]
-        assert c.noko.stats.requests == noko_requests
+        noko_new = Counter(c.noko.stats.by_endpoint) - Counter(noko_before)
+        kantata_new = Counter(c.kantata.stats.by_endpoint) - Counter(kantata_before)
+        # Reads only: one Kantata page and one Noko page of changed invoices (payment states).
+        assert dict(noko_new) == {"GET /invoices": 1}
+        assert dict(kantata_new) == {"GET /invoices.json": 1}
