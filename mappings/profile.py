@@ -33,6 +33,16 @@ class LinesSettings(_Section):
 class CustomerSettings(_Section):
     source: Literal["recipient", "workspace"] = "recipient"
     fallback: str = Field(default="Unknown customer", min_length=1)
+    names: dict[str, str] = Field(default_factory=dict)
+    """Operator table: Kantata workspace id, recipient email or recipient id -> company name."""
+
+    @field_validator("names")
+    @classmethod
+    def _names_not_blank(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, name in value.items():
+            if not key.strip() or not name.strip():
+                raise ValueError(f"entry {key!r} = {name!r}: keys and names must not be blank")
+        return value
 
 
 class TaxSettings(_Section):

@@ -114,6 +114,14 @@ def _due_date(invoice: KantataInvoice) -> date | None:
 
 
 def _customer(invoice: KantataInvoice, profile: Profile) -> str:
+    table = profile.customer.names
+    if table:
+        keys = [ws.id for ws in invoice.workspaces]
+        if invoice.recipient is not None:
+            keys = [invoice.recipient.email_address, invoice.recipient.id, *keys]
+        for key in keys:
+            if key and key in table:
+                return table[key]
     titles = ", ".join(ws.title for ws in invoice.workspaces if ws.title)
     if profile.customer.source == "recipient" and invoice.recipient is not None:
         name = invoice.recipient.full_name.strip()

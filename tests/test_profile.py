@@ -48,7 +48,8 @@ def test_default_profile_text_shows_every_setting() -> None:
     for section, model in Profile().model_dump().items():
         assert f"[{section}]" in text
         for key in model:
-            assert re.search(rf"^{key}\s*=", text, re.MULTILINE), key
+            shown = re.search(rf"^{key}\s*=", text, re.MULTILINE) or f"[{section}.{key}]" in text
+            assert shown, key
 
 
 def test_custom_profile_parses() -> None:
@@ -157,3 +158,44 @@ def test_every_problem_is_reported_at_once() -> None:
     message = _error('[lines]\ndetail = "all"\n[customer]\nsource = "crm"\n')
     _assert_names(message, 2, "lines.detail")
     _assert_names(message, 4, "customer.source")
+
+
+def test_customer_table_names_the_company() -> None:
+    """The operator's customer table wins over the recipient and the workspace title."""
+    from datetime import UTC, date, datetime
+    from decimal import Decimal
+
+    from mappings.kantata import KantataInvoice, KantataUser, KantataWorkspace
+    from mappings.to_ledger import to_ledger
+
+    invoice = KantataInvoice(
+        id="7",
+        created_at=None,
+        updated_at=datetime(2024, 1, 1, tzinfo=UTC),
+        invoice_date=date(2024, 1, 1),
+        due_date=None,
+        payment_schedule=30,
+        draft=False,
+        status="new",
+        title="Invoice #7",
+        user_invoice_number="7",
+        user_invoice_title="",
+        purchase_order="",
+        project_code="",
+        message="",
+        tax_rate=Decimal(0),
+        balance_in_cents=None,
+        currency="USD",
+        exponent=2,
+        currency_symbol="$",
+        recipient=KantataUser("9", "Jane Lead", "jane@client.example"),
+        workspaces=(KantataWorkspace("53", "Harbour"),),
+        lines=(),
+        external_references=(),
+        source_fingerprint="x",
+    )
+    by_email = parse_profile('[customer.names]\n"jane@client.example" = "Client Co"\n', SOURCE)
+    by_workspace = parse_profile('[customer.names]\n"53" = "Harbour Ltd"\n', SOURCE)
+    assert to_ledger(invoice, by_email).customer_name == "Client Co"
+    assert to_ledger(invoice, by_workspace).customer_name == "Harbour Ltd"
+    assert to_ledger(invoice, parse_profile("", SOURCE)).customer_name == "Jane Lead"
