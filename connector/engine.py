@@ -313,9 +313,27 @@ class SyncEngine:
             try:
                 return self._handle(inv, record, run_id, log, dry_run, force)
             except (TransientApiError, PermanentApiError, DuplicateInNokoError) as exc:
-                # Errors outside the push itself (a write-back of a failure, a store race).
+                # Errors outside the push itself (a lookup before a cancellation, say).
                 log.warning("invoice failed", error=str(exc))
+                if not dry_run:
+                    self.record_failure(inv.id, str(exc), run_id)
                 return "failed", str(exc)
+
+    def record_failure(self, kantata_id: str, message: str, run_id: str) -> None:
+        """Keep any failure in the store, retried later, so no invoice is silently left out
+        when the cursor moves on. The stage is kept: recovery resumes where work stopped."""
+        record = self.store.get_invoice(kantata_id) or self.store.new_invoice(kantata_id)
+        if record.status != "conflict":
+            record.status = "failed"
+        record.attempts += 1
+        record.last_error = message
+        record.error_kind = record.error_kind or "transient"
+        delay = min(
+            self.settings.retry_initial_delay * (2 ** max(record.attempts - 1, 0)),
+            self.settings.retry_max_delay,
+        )
+        record.next_attempt_at = self.clock() + timedelta(seconds=delay)
+        self.store.save_invoice(record, run_id=run_id, event="failed", detail=message)
 
     def _handle(
         self,
@@ -1106,6 +1124,11 @@ class _Runner:
             except Exception as exc:  # one invoice must never stop the others
                 self.log.exception("unexpected error on one invoice", kantata_invoice_id=inv.id)
                 outcome, error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
+                if not self.dry_run:
+                    try:
+                        self.engine.record_failure(inv.id, error, self.run_id)
+                    except Exception:  # the store itself is failing: the run reports it
+                        self.log.exception("could not record the failure")
             with self.lock:
                 self.result.counts[outcome] += 1
                 if outcome in ("failed", "waiting", "conflict"):
