@@ -32,7 +32,13 @@ import structlog
 from connector.errors import ApiError, PermanentApiError, TransientApiError
 from connector.kantata import ExternalReferenceWrite, KantataClient, format_timestamp
 from connector.noko import NokoClient
-from connector.push import DuplicateInNokoError, NokoGoneError, NokoPusher, NokoRefusedError
+from connector.push import (
+    ENTRY_KEY,
+    DuplicateInNokoError,
+    NokoGoneError,
+    NokoPusher,
+    NokoRefusedError,
+)
 from connector.store import InvoiceRecord, Store
 from mappings.errors import MappingError
 from mappings.kantata import DecodedInvoice, KantataInvoice, UndecodableInvoice, decode_invoices
@@ -737,6 +743,7 @@ class SyncEngine:
             self._write_failure(inv.id, record, f"Noko refused the update: {exc}", run_id, log)
             return outcome
         record.noko_state = str(updated.invoice.get("state") or "") or record.noko_state
+        record.noko_lines = json.dumps(updated.line_ids, sort_keys=True)
         problems = check_totals(plan, updated.invoice)
         if problems:
             message = "after the update Noko's totals differ from Kantata's: " + "; ".join(problems)
@@ -912,14 +919,16 @@ class SyncEngine:
                 minor = None
             if minor != record.total_minor:
                 problems.append(f"total {got}, pushed {_fmt_total(record.total_minor, record)}")
-        if record.noko_lines:
-            expected = len(json.loads(record.noko_lines))
+        keys = list(json.loads(record.noko_lines)) if record.noko_lines else None
+        if keys is not None:
+            expected = sum(1 for key in keys if not key.startswith(ENTRY_KEY))
             count = _int(invoice.get("expenses"))
             if count is not None and count != expected:
                 problems.append(f"{count} expenses, pushed {expected}")
+        expected_entries = sum(1 for key in keys or () if key.startswith(ENTRY_KEY))
         entries = _int(invoice.get("entries"))
-        if entries:
-            problems.append(f"{entries} time entries added")
+        if entries is not None and entries != expected_entries and (keys is not None or entries):
+            problems.append(f"{entries} time entries, pushed {expected_entries}")
         if not problems:
             return None
         return (

@@ -16,7 +16,17 @@ from typing import Any, Protocol
 import structlog
 
 from connector.errors import AmbiguousWriteError, NotFoundError, PermanentApiError
-from mappings.to_noko import NokoExpensePlan, NokoInvoicePlan, marker, marker_prefix, parse_marker
+from mappings.to_noko import (
+    NokoEntryPlan,
+    NokoExpensePlan,
+    NokoInvoicePlan,
+    marker,
+    marker_prefix,
+    parse_marker,
+)
+
+ENTRY_KEY = "entry:"
+"""Prefix of time-entry keys in `PushResult.expense_ids` (and the store's `noko_lines`)."""
 
 
 class NokoApi(Protocol):
@@ -28,6 +38,13 @@ class NokoApi(Protocol):
     ) -> dict[str, Any]: ...
     def list_expenses(self, params: Mapping[str, Any]) -> Any: ...
     def delete_expense(self, expense_id: int) -> None: ...
+    def create_entry(
+        self, *, project_id: int, date: str, minutes: int, description: str
+    ) -> dict[str, Any]: ...
+    def list_entries(self, params: Mapping[str, Any]) -> Any: ...
+    def delete_entry(self, entry_id: int) -> None: ...
+    def add_entries(self, invoice_id: int, entry_ids: Sequence[int]) -> None: ...
+    def remove_entries(self, invoice_id: int, entry_ids: Sequence[int]) -> None: ...
     def create_invoice(self, payload: Mapping[str, Any]) -> dict[str, Any]: ...
     def find_invoices_by_reference(self, reference: str) -> list[dict[str, Any]]: ...
     def get_invoice(self, invoice_id: int) -> dict[str, Any] | None: ...
@@ -75,6 +92,8 @@ class UpdateResult:
     taxes_changed: bool = False
     header_changed: bool = False
     foreign_removed: int = 0
+    line_ids: dict[str, int] = field(default_factory=dict)
+    """Line key -> Noko id of every line on the invoice after the update."""
 
     @property
     def changed(self) -> bool:
@@ -100,6 +119,23 @@ def _decimal(value: Any) -> Decimal | None:
     try:
         return Decimal(str(value))
     except (InvalidOperation, ValueError):
+        return None
+
+
+def _matches_entry(entry: Mapping[str, Any], planned: NokoEntryPlan) -> bool:
+    project = entry.get("project")
+    project_name = project.get("name") if isinstance(project, Mapping) else None
+    return (
+        _int_or_none(entry.get("minutes")) == planned.minutes
+        and (project_name is None or project_name == planned.project)
+        and str(entry.get("description") or "") == planned.description
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
         return None
 
 
@@ -143,6 +179,10 @@ class NokoPusher:
                 _, deleted = self._sweep(plan, reuse=False)
                 return PushResult(existing, adopted=True, deleted=deleted)
             reused, deleted = self._sweep(plan, reuse=True)
+            reused_entries, deleted_entries = self._sweep_entries(plan, reuse=True)
+            deleted += deleted_entries
+        else:
+            reused_entries = {}
 
         project_ids = {name: self.noko.ensure_project(name) for name in self._projects(plan)}
         ids: dict[str, int] = {}
@@ -153,17 +193,79 @@ class NokoPusher:
                 ids[planned.line_key] = self._create_expense(
                     plan.reference, planned, project_ids[planned.project]
                 )
-        body = plan.create_body([ids[p.line_key] for p in plan.expenses])
+        entry_ids: dict[str, int] = {}
+        for entry in plan.entries:
+            entry_ids[entry.line_key] = reused_entries.get(entry.line_key) or self._create_entry(
+                plan.reference, entry, project_ids[entry.project]
+            )
+        body = plan.create_body(
+            [ids[p.line_key] for p in plan.expenses], [entry_ids[e.line_key] for e in plan.entries]
+        )
         try:
             invoice = self.noko.create_invoice(body)
         except AmbiguousWriteError:
             found = self.find_invoice(plan.reference)
             invoice = found if found is not None else self.noko.create_invoice(body)
-        return PushResult(invoice, ids, reused=len(reused), deleted=deleted)
+        ids.update({ENTRY_KEY + key: value for key, value in entry_ids.items()})
+        return PushResult(invoice, ids, reused=len(reused) + len(reused_entries), deleted=deleted)
 
     @staticmethod
     def _projects(plan: NokoInvoicePlan) -> list[str]:
-        return list(dict.fromkeys(p.project for p in plan.expenses))
+        return list(
+            dict.fromkeys([p.project for p in plan.expenses] + [e.project for e in plan.entries])
+        )
+
+    def _create_entry(self, reference: str, planned: NokoEntryPlan, project_id: int) -> int:
+        def create() -> dict[str, Any]:
+            return self.noko.create_entry(
+                project_id=project_id,
+                date=planned.date,
+                minutes=planned.minutes,
+                description=planned.description,
+            )
+
+        try:
+            created = create()
+        except AmbiguousWriteError:
+            for entry in self._uninvoiced_marked_entries(marker(reference, planned.line_key)):
+                if _matches_entry(entry, planned):
+                    return int(entry["id"])
+            created = create()
+        return int(created["id"])
+
+    def _uninvoiced_marked_entries(self, text: str) -> list[dict[str, Any]]:
+        out = []
+        for entry in self.noko.list_entries({"description": text, "invoiced": "false"}):
+            if entry.get("invoice") or entry.get("invoiced_at"):
+                continue
+            if text in str(entry.get("description") or ""):
+                out.append(entry)
+        return out
+
+    def _sweep_entries(
+        self, plan: NokoInvoicePlan, *, reuse: bool, keep: set[str] | None = None
+    ) -> tuple[dict[str, int], int]:
+        """Like `_sweep`, for the time entries of a plan."""
+        planned = {e.line_key: e for e in plan.entries}
+        reused: dict[str, int] = {}
+        deleted = 0
+        for entry in self._uninvoiced_marked_entries(marker_prefix(plan.reference)):
+            parsed = parse_marker(str(entry.get("description")))
+            if parsed is None or parsed[0] != plan.reference:
+                continue
+            wanted = planned.get(parsed[1])
+            if (
+                reuse
+                and wanted is not None
+                and parsed[1] not in reused
+                and parsed[1] not in (keep or set())
+                and _matches_entry(entry, wanted)
+            ):
+                reused[parsed[1]] = int(entry["id"])
+                continue
+            self.noko.delete_entry(int(entry["id"]))
+            deleted += 1
+        return reused, deleted
 
     def _create_expense(self, reference: str, planned: NokoExpensePlan, project_id: int) -> int:
         try:
@@ -302,6 +404,7 @@ class NokoPusher:
             result.removed = len(stale)
             result.foreign_removed = len(foreign) if remove_foreign else 0
 
+        result.line_ids.update({key: int(e["id"]) for key, e in present.items()})
         missing = [p for key, p in planned.items() if key not in present]
         if missing:
             reused, _ = self._sweep(plan, reuse=True, keep=set(present))
@@ -317,6 +420,9 @@ class NokoPusher:
             ]
             self.noko.add_expenses(noko_id, new_ids)
             result.added = len(new_ids)
+            result.line_ids.update({p.line_key: i for p, i in zip(missing, new_ids, strict=True)})
+
+        self._update_entries(plan, noko_id, result, remove_foreign=remove_foreign)
 
         have = sorted(
             (str(t.get("name") or ""), _decimal(t.get("percentage")))
@@ -340,6 +446,52 @@ class NokoPusher:
                 raise NokoGoneError(f"Noko invoice {noko_id} vanished during the update")
             result.invoice = fresh
         return result
+
+    def _update_entries(
+        self, plan: NokoInvoicePlan, noko_id: int, result: UpdateResult, *, remove_foreign: bool
+    ) -> None:
+        planned = {e.line_key: e for e in plan.entries}
+        present: dict[str, dict[str, Any]] = {}
+        stale: list[dict[str, Any]] = []
+        foreign: list[dict[str, Any]] = []
+        for page in self.noko.iter_pages(f"/invoices/{noko_id}/entries"):
+            for entry in page:
+                parsed = parse_marker(str(entry.get("description") or ""))
+                if parsed is None or parsed[0] != plan.reference:
+                    foreign.append(entry)
+                    continue
+                wanted = planned.get(parsed[1])
+                if (
+                    wanted is not None
+                    and parsed[1] not in present
+                    and _matches_entry(entry, wanted)
+                ):
+                    present[parsed[1]] = entry
+                else:
+                    stale.append(entry)
+        removing = stale + (foreign if remove_foreign else [])
+        if removing:
+            self.noko.remove_entries(noko_id, [int(e["id"]) for e in removing])
+            for entry in stale:
+                self.noko.delete_entry(int(entry["id"]))
+            result.removed += len(stale)
+            result.foreign_removed += len(foreign) if remove_foreign else 0
+        result.line_ids.update({ENTRY_KEY + key: int(e["id"]) for key, e in present.items()})
+        missing = [e for key, e in planned.items() if key not in present]
+        if missing:
+            reused, _ = self._sweep_entries(plan, reuse=True, keep=set(present))
+            new_ids = []
+            for wanted_entry in missing:
+                if wanted_entry.line_key in reused:
+                    new_ids.append(reused[wanted_entry.line_key])
+                else:
+                    project_id = self.noko.ensure_project(wanted_entry.project)
+                    new_ids.append(self._create_entry(plan.reference, wanted_entry, project_id))
+            self.noko.add_entries(noko_id, new_ids)
+            result.added += len(new_ids)
+            result.line_ids.update(
+                {ENTRY_KEY + e.line_key: i for e, i in zip(missing, new_ids, strict=True)}
+            )
 
     def cancel(self, reference: str, noko_id: int) -> str:
         """Delete the Noko invoice of a cancelled Kantata invoice and the expenses made for it.
@@ -366,6 +518,11 @@ class NokoPusher:
             parsed = parse_marker(str(expense.get("description")))
             if parsed is not None and parsed[0] == reference:
                 self.noko.delete_expense(int(expense["id"]))
+                deleted += 1
+        for entry in self._uninvoiced_marked_entries(marker_prefix(reference)):
+            parsed = parse_marker(str(entry.get("description")))
+            if parsed is not None and parsed[0] == reference:
+                self.noko.delete_entry(int(entry["id"]))
                 deleted += 1
         return deleted
 

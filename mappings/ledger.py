@@ -25,6 +25,8 @@ class LedgerLine:
     taxable: bool
     project: str
     """Name of the accounting-side project the line is booked on."""
+    minutes: int | None = None
+    """Set on time lines that go to Noko as time entries (see `hourly_rate_minor`)."""
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,23 @@ class LedgerDocument:
     total_minor: int
     balance_in_cents: int | None
     """Kantata's own balance: recorded for the report's warnings, not part of the fingerprint."""
+    hourly_rate_minor: int | None = None
+    """When set, time lines are Noko time entries billed at this standard hourly rate."""
+    time_note: str = ""
+    """Why time entries mode did not apply to this invoice (empty when it did or was off)."""
 
     def fingerprint(self) -> str:
         """sha256 of everything the document says except Kantata's untrusted balance."""
         data = asdict(self)
         data.pop("balance_in_cents")
+        data.pop("time_note")
+        # Fields added after the first release are left out while unset, so that documents
+        # pushed before them keep their fingerprints (and are not pushed again).
+        if data["hourly_rate_minor"] is None:
+            data.pop("hourly_rate_minor")
+        for line in data["lines"]:
+            if line["minutes"] is None:
+                line.pop("minutes")
         blob = json.dumps(data, sort_keys=True, default=_plain, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 

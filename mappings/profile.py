@@ -30,6 +30,12 @@ class LinesSettings(_Section):
     include_zero_amount: bool = False
 
 
+class TimeSettings(_Section):
+    mode: Literal["amounts", "entries"] = "amounts"
+    billing_increment: int = Field(default=15, ge=1, le=1440)
+    """Minutes: the billing increment of the Noko projects the connector books time on."""
+
+
 class CustomerSettings(_Section):
     source: Literal["recipient", "workspace"] = "recipient"
     fallback: str = Field(default="Unknown customer", min_length=1)
@@ -91,6 +97,7 @@ class CurrencySettings(_Section):
 
 class Profile(_Section):
     lines: LinesSettings = LinesSettings()
+    time: TimeSettings = TimeSettings()
     customer: CustomerSettings = CustomerSettings()
     tax: TaxSettings = TaxSettings()
     noko: NokoSettings = NokoSettings()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import date, timedelta
+from decimal import Decimal
 
 from mappings.errors import MappingError
 from mappings.kantata import KantataInvoice, KantataLine
@@ -72,6 +74,19 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
         rate_text = format(invoice.tax_rate.normalize(), "f")
         tax = LedgerTax(profile.tax.name.format(rate=rate_text), invoice.tax_rate, tax_minor)
 
+    hourly_rate: int | None = None
+    time_note = ""
+    if profile.time.mode == "entries":
+        hourly_rate, time_note = _entries_rate(invoice, profile, lines, tax)
+        if hourly_rate is not None:
+            minutes = {
+                line.key: line.minutes for line in invoice.lines if line.kind == "time_entry"
+            }
+            lines = [
+                replace(line, minutes=minutes[line.key]) if line.key in minutes else line
+                for line in lines
+            ]
+
     customer = _customer(invoice, profile)
     due = _due_date(invoice)
     projects = tuple(dict.fromkeys(project_of(line) for line in invoice.lines)) or tuple(
@@ -104,7 +119,34 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
         tax_minor=tax_minor,
         total_minor=total,
         balance_in_cents=invoice.balance_in_cents,
+        hourly_rate_minor=hourly_rate,
+        time_note=time_note,
     )
+
+
+def _entries_rate(
+    invoice: KantataInvoice, profile: Profile, lines: list[LedgerLine], tax: LedgerTax | None
+) -> tuple[int | None, str]:
+    """The one hourly rate that makes Noko time entries exact, or (None, why not)."""
+    if profile.lines.detail != "itemized":
+        return None, "time entries need itemized line detail"
+    keys = {line.key for line in lines}
+    time_lines = [t for t in invoice.lines if t.kind == "time_entry" and t.key in keys]
+    if not time_lines:
+        return None, ""
+    rates = {t.rate_minor for t in time_lines}
+    if len(rates) != 1:
+        return None, "time entries have more than one hourly rate"
+    rate = rates.pop()
+    if rate is None or rate <= 0:
+        return None, "time entries have no positive hourly rate"
+    increment = profile.time.billing_increment
+    if any((t.minutes or 0) <= 0 or (t.minutes or 0) % increment for t in time_lines):
+        return None, f"a duration is not a multiple of the {increment}-minute billing increment"
+    noko_tax = tax is not None and tax.rate == tax.rate.quantize(Decimal("0.01"))
+    if noko_tax and not all(t.taxable for t in time_lines):
+        return None, "some time is not taxable, but Noko taxes every time entry"
+    return rate, ""
 
 
 def _due_date(invoice: KantataInvoice) -> date | None:

@@ -37,6 +37,17 @@ class NokoExpensePlan:
 
 
 @dataclass(frozen=True)
+class NokoEntryPlan:
+    """A time line that goes to Noko as a time entry billed at the plan's hourly rate."""
+
+    line_key: str
+    project: str
+    date: str
+    minutes: int
+    description: str
+
+
+@dataclass(frozen=True)
 class NokoInvoicePlan:
     kantata_id: str
     reference: str
@@ -48,10 +59,15 @@ class NokoInvoicePlan:
     expected_tax_total: Decimal
     exponent: int
     currency: str
+    entries: tuple[NokoEntryPlan, ...] = ()
 
-    def create_body(self, expense_ids: list[int]) -> dict[str, Any]:
+    def create_body(
+        self, expense_ids: list[int], entry_ids: list[int] | None = None
+    ) -> dict[str, Any]:
         body = dict(self.fields)
         body["expense_ids"] = list(expense_ids)
+        if entry_ids:
+            body["entry_ids"] = list(entry_ids)
         body["taxes"] = [{"name": name, "percentage": pct} for name, pct in self.taxes]
         return body
 
@@ -91,7 +107,19 @@ def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
     """The expenses and invoice body that make Noko show exactly this document."""
     exp = doc.exponent
     expenses: list[NokoExpensePlan] = []
+    entries: list[NokoEntryPlan] = []
     for line in doc.lines:
+        if doc.hourly_rate_minor is not None and line.minutes is not None:
+            entries.append(
+                NokoEntryPlan(
+                    line_key=line.key,
+                    project=line.project,
+                    date=(line.date or doc.invoice_date).isoformat(),
+                    minutes=line.minutes,
+                    description=_marked(line.description, doc.reference, line.key),
+                )
+            )
+            continue
         expenses.append(
             NokoExpensePlan(
                 line_key=line.key,
@@ -138,6 +166,11 @@ def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
         if doc.currency_symbol
         else {"currency_code": doc.currency},
     }
+    if doc.hourly_rate_minor is not None and entries:
+        fields["rate_calculation"] = {
+            "calculation_method": "standard_hourly_rate",
+            "standard_hourly_rate": to_major(doc.hourly_rate_minor, exp),
+        }
     return NokoInvoicePlan(
         kantata_id=doc.kantata_id,
         reference=doc.reference,
@@ -148,6 +181,7 @@ def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
         expected_tax_total=to_major(doc.tax_minor if taxes else 0, exp),
         exponent=exp,
         currency=doc.currency,
+        entries=tuple(entries),
     )
 
 
