@@ -46,7 +46,7 @@ from mappings.ledger import LedgerDocument
 from mappings.money import format_money, to_minor
 from mappings.profile import Profile
 from mappings.to_ledger import reference_for_id, to_ledger
-from mappings.to_noko import check_totals, plan_invoice
+from mappings.to_noko import NokoInvoicePlan, check_totals, plan_invoice
 
 Outcome = Literal[
     "pushed",
@@ -639,13 +639,9 @@ class SyncEngine:
         record.noko_state = str(noko_invoice.get("state") or "") or None
         if pushed.expense_ids:
             record.noko_lines = json.dumps(pushed.expense_ids, sort_keys=True)
-        problems = check_totals(plan, noko_invoice)
-        if problems:
-            record.stage = ""
-            message = "Noko's totals differ from Kantata's: " + "; ".join(problems)
-            outcome = self._fail(record, "verify", message, run_id, log, retry=False)
-            self._write_failure(inv.id, record, message, run_id, log)
-            return outcome
+        mismatch = self._verify(plan, noko_invoice, record, "", run_id, log)
+        if mismatch is not None:
+            return mismatch
         record.stage = "pushed"
         self.store.save_invoice(
             record,
@@ -658,6 +654,26 @@ class SyncEngine:
         )
         log.info("pushed to Noko", reference=plan.reference, adopted=pushed.adopted)
         return self._write_success(inv, record, run_id, log)
+
+    def _verify(
+        self,
+        plan: NokoInvoicePlan,
+        noko_invoice: dict[str, Any],
+        record: InvoiceRecord,
+        when: str,
+        run_id: str,
+        log: Any,
+    ) -> tuple[Outcome, str | None] | None:
+        """None when Noko's totals are Kantata's to the minor unit; else the recorded failure.
+        A mismatch is not retried by itself: it needs a person (or a change in Kantata)."""
+        problems = check_totals(plan, noko_invoice)
+        if not problems:
+            return None
+        record.stage = ""
+        message = f"{when}Noko's totals differ from Kantata's: " + "; ".join(problems)
+        outcome = self._fail(record, "verify", message, run_id, log, retry=False)
+        self._write_failure(record.kantata_id, record, message, run_id, log)
+        return outcome
 
     def _conflict(
         self, record: InvoiceRecord, kind: str, message: str, run_id: str, log: Any
@@ -744,12 +760,9 @@ class SyncEngine:
             return outcome
         record.noko_state = str(updated.invoice.get("state") or "") or record.noko_state
         record.noko_lines = json.dumps(updated.line_ids, sort_keys=True)
-        problems = check_totals(plan, updated.invoice)
-        if problems:
-            message = "after the update Noko's totals differ from Kantata's: " + "; ".join(problems)
-            outcome = self._fail(record, "verify", message, run_id, log, retry=False)
-            self._write_failure(inv.id, record, message, run_id, log)
-            return outcome
+        mismatch = self._verify(plan, updated.invoice, record, "after the update ", run_id, log)
+        if mismatch is not None:
+            return mismatch
         record.stage = "pushed"
         self.store.save_invoice(
             record,

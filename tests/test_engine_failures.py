@@ -101,3 +101,35 @@ def test_permanent_refusal_is_not_hammered(box: Sandbox, tmp_path: Path) -> None
         assert record is not None
         assert record.attempts == 1
         assert len(box.kantata.state()["stats"]["writes"]) == writes
+
+
+def test_total_mismatch_is_recorded_not_hidden(
+    box: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When Noko's totals differ from Kantata's, the invoice is failed with both figures, the
+    Kantata reference says so, and it is not pushed again by itself."""
+    generate(box.kantata, seed=44, invoices=3, draft_rate=0, cancelled_rate=0)
+    victim = _eligible_ids(box)[0]
+    real = engine_module.check_totals
+
+    def skewed(plan: Any, invoice: Any) -> list[str]:
+        if plan.kantata_id == victim:
+            return ["total_amount is 1.00, expected 2.00"]
+        return real(plan, invoice)
+
+    monkeypatch.setattr(engine_module, "check_totals", skewed)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        first = c.engine.run_cycle()
+        assert set(first.failed) == {victim}
+        record = c.store.get_invoice(victim)
+        assert record is not None
+        assert record.error_kind == "verify"
+        assert record.noko_invoice_id is not None
+        assert record.next_attempt_at is None
+        refs = box.kantata.external_references(int(victim))
+        assert refs[0]["status"] == "failed"
+        assert "expected 2.00" in refs[0]["external_message"]
+        noko_writes = len(box.noko.state()["stats"]["writes"])
+        second = c.engine.run_cycle()
+        assert victim in second.failed
+        assert len(box.noko.state()["stats"]["writes"]) == noko_writes
