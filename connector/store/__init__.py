@@ -92,10 +92,14 @@ class Store:
             ) from None
 
     def _migrate(self) -> None:
+        """Bring the schema to head in one write transaction. `BEGIN IMMEDIATE` takes SQLite's
+        write lock first, so processes opening a new file at the same moment migrate one after
+        the other (the later ones wait, then find the schema at head) instead of racing."""
         script_location = str(resources.files("connector.store").joinpath("migrations"))
         config = Config()
         config.set_main_option("script_location", script_location)
         with self._write_lock, self.engine.begin() as connection:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
