@@ -4,6 +4,8 @@ The natural keys are the invoice `reference` and the marker at the end of every 
 description (`[KS-12/te345]`). When an earlier attempt may have created objects (the intent log
 says so, or a create got no answer), they are looked up by those keys first: an existing invoice
 is adopted, unused expenses are reused when they match the plan and deleted when they do not.
+A create that got no answer and cannot be found is not sent again in the same attempt, because
+the server may still apply it: the invoice fails transiently and the next attempt looks first.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ from typing import Any, Protocol
 
 import structlog
 
-from connector.errors import AmbiguousWriteError, NotFoundError, PermanentApiError
+from connector.errors import (
+    AmbiguousWriteError,
+    NotFoundError,
+    PermanentApiError,
+    TransientApiError,
+)
 from mappings.to_noko import (
     NokoEntryPlan,
     NokoExpensePlan,
@@ -61,6 +68,26 @@ class NokoApi(Protocol):
 
 class NokoGoneError(Exception):
     """The Noko invoice the connector pushed no longer exists."""
+
+
+class WriteInDoubtError(TransientApiError):
+    """A create got no answer, and what it creates is not in Noko yet. The server may still be
+    applying it (a request can land after the client gave up on it), so it is not sent again in
+    this attempt: the next attempt looks for it by its natural key first and reuses it."""
+
+    @classmethod
+    def after(cls, exc: AmbiguousWriteError, what: str) -> WriteInDoubtError:
+        return cls(
+            exc.service,
+            f"{exc.message}; {what} is not in Noko yet and is looked for again at the next "
+            "attempt before it is created again",
+            status=exc.status,
+            method=exc.method,
+            path=exc.path,
+            request_id=exc.request_id,
+            code=exc.code,
+            retry_after=exc.retry_after,
+        )
 
 
 class NokoRefusedError(Exception):
@@ -203,9 +230,11 @@ class NokoPusher:
         )
         try:
             invoice = self.noko.create_invoice(body)
-        except AmbiguousWriteError:
+        except AmbiguousWriteError as exc:
             found = self.find_invoice(plan.reference)
-            invoice = found if found is not None else self.noko.create_invoice(body)
+            if found is None:
+                raise WriteInDoubtError.after(exc, f"invoice {plan.reference}") from None
+            invoice = found
         ids.update({ENTRY_KEY + key: value for key, value in entry_ids.items()})
         return PushResult(invoice, ids, reused=len(reused) + len(reused_entries), deleted=deleted)
 
@@ -226,11 +255,13 @@ class NokoPusher:
 
         try:
             created = create()
-        except AmbiguousWriteError:
+        except AmbiguousWriteError as exc:
             for entry in self._uninvoiced_marked_entries(marker(reference, planned.line_key)):
                 if _matches_entry(entry, planned):
                     return int(entry["id"])
-            created = create()
+            raise WriteInDoubtError.after(
+                exc, f"time entry {marker(reference, planned.line_key)}"
+            ) from None
         return int(created["id"])
 
     def _uninvoiced_marked_entries(self, text: str) -> list[dict[str, Any]]:
@@ -276,17 +307,13 @@ class NokoPusher:
                 taxable=planned.taxable,
                 description=planned.description,
             )
-        except AmbiguousWriteError:
+        except AmbiguousWriteError as exc:
             found = self._find_expense(reference, planned)
             if found is not None:
                 return found
-            created = self.noko.create_expense(
-                project_id=project_id,
-                date=planned.date,
-                price=planned.price,
-                taxable=planned.taxable,
-                description=planned.description,
-            )
+            raise WriteInDoubtError.after(
+                exc, f"expense {marker(reference, planned.line_key)}"
+            ) from None
         return int(created["id"])
 
     def _uninvoiced_marked(self, text: str) -> list[dict[str, Any]]:
