@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/kantata-sync demo
 
+LINTED := connector mappings tests $(wildcard bench)
+
 lint: $(STAMP)
-	$(BIN)/ruff check connector mappings tests bench
-	$(BIN)/ruff format --check connector mappings tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy connector mappings
