@@ -76,13 +76,15 @@ class Request:
 
 @dataclass
 class Response:
-    """One HTTP response; `drop` closes the connection without sending anything."""
+    """One HTTP response; `drop` closes the connection without sending anything; `fault` names
+    a fault a handler injected itself (counted in the stats like the injector's)."""
 
     status: int
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
     content_type: str | None = JSON_TYPE
     drop: bool = False
+    fault: str | None = None
 
     @classmethod
     def json(
@@ -416,13 +418,15 @@ class Service:
                 response = route.handler(request, params)
         except ApiFailure as failure:
             response = failure.response
-        kind = fault.kind
+        kind = fault.kind or response.fault
         if fault.drop_after_commit:
             if 200 <= response.status < 300:
                 response.drop = True
             else:  # nothing was committed: answer normally
                 kind = "timeout" if fault.timeout else None
         self._record(key, request, response, fault=kind)
+        if fault.sleep_after_s > 0:
+            self._sleep(fault.sleep_after_s)  # committed; the answer comes too late
         return response
 
     def _record(

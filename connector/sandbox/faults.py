@@ -27,6 +27,7 @@ class FaultConfig:
     latency_ms: float = 0.0
     timeout_rate: float = 0.0
     timeout_sleep_s: float = 5.0
+    timeout_after_commit: bool = False  # writes: apply, then sleep (default: sleep, then apply)
     drop_after_commit_rate: float = 0.0
     retry_after: bool = True
     only_paths: tuple[str, ...] = field(default=())
@@ -50,9 +51,9 @@ class FaultConfig:
                 ):
                     raise ValueError("only_paths must be a list of path prefixes")
                 values[key] = tuple(value)
-            elif key == "retry_after":
+            elif key in ("retry_after", "timeout_after_commit"):
                 if not isinstance(value, bool):
-                    raise ValueError("retry_after must be true or false")
+                    raise ValueError(f"{key} must be true or false")
                 values[key] = value
             elif key == "seed":
                 if isinstance(value, bool) or not isinstance(value, int):
@@ -93,6 +94,7 @@ class Fault:
     """What the injector decided for one request."""
 
     delay_s: float = 0.0
+    sleep_after_s: float = 0.0
     status: int | None = None
     retry_after: bool = False
     drop_after_commit: bool = False
@@ -167,6 +169,14 @@ class FaultInjector:
         drop = creating and r_drop < config.drop_after_commit_rate
         if not (delay or drop or timeout):
             return NO_FAULT
+        if timeout and creating and config.timeout_after_commit:
+            # The write is applied at once; only its answer comes too late.
+            return Fault(
+                delay_s=delay - config.timeout_sleep_s,
+                sleep_after_s=config.timeout_sleep_s,
+                drop_after_commit=drop,
+                timeout=timeout,
+            )
         return Fault(delay_s=delay, drop_after_commit=drop, timeout=timeout)
 
 

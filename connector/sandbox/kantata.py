@@ -39,7 +39,7 @@ from connector.sandbox._money import (
 )
 from connector.sandbox.faults import FaultConfig
 
-__all__ = ["ACCOUNT_TZ", "LINE_KINDS", "FakeKantata", "line_amount", "totals"]
+__all__ = ["ACCOUNT_TZ", "LINE_KINDS", "REMOVED", "FakeKantata", "line_amount", "totals"]
 
 ACCOUNT_TZ = ZoneInfo("America/Los_Angeles")
 
@@ -59,6 +59,8 @@ IDS_FIELD = {
     "billing_milestone": "billing_milestone_ids",
 }
 KIND_OF_COLLECTION = {v: k for k, v in COLLECTION.items()}
+# Id lists the API fills from the includes; a corrupted one is shown as given, after them.
+_ID_LIST_FIELDS = frozenset({*IDS_FIELD.values(), "external_reference_ids"})
 INCLUDES = frozenset(
     {*COLLECTION.values(), "workspaces", "user", "recipient", "external_references"}
 )
@@ -78,6 +80,35 @@ _KIND_FIELDS = (
     ("expense", ("date", "category", "is_billable", "reimbursable", "vendor_id")),
     ("billing_milestone", ("title", "date_to_invoice", "billing_type")),
 )
+
+
+class _Removed:
+    """The value of a corrupted field that the API leaves out altogether."""
+
+    def __repr__(self) -> str:
+        return "REMOVED"
+
+
+REMOVED: Any = _Removed()
+
+# Bodies that answer a garbled invoice page with 200: a proxy's login page, a cut-off JSON body.
+_GARBLED_PAGES = {
+    "html": (
+        "text/html; charset=utf-8",
+        b"<!DOCTYPE html>\r\n<html><head><title>Sign in</title></head><body><h1>Proxy "
+        b"authentication required</h1><form method=post><input name=user></form></body></html>",
+    ),
+    "json": ("application/json; charset=utf-8", b'{"count": 3, "results": [{"key": "invoices", "i'),
+}
+
+
+def _apply_raw(data: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Show raw corrupted values as given; `REMOVED` ones not at all."""
+    for name, value in overrides.items():
+        if value is REMOVED:
+            data.pop(name, None)
+        else:
+            data[name] = value
 
 
 @functools.lru_cache(maxsize=65536)
@@ -293,6 +324,8 @@ class FakeKantata(Service):
         self._next_number = 1
         self.account_user_id = self.add_user("Avery Admin", "avery.admin@sandbox.example")
         self._default_workspaces: dict[str, int] = {}
+        self._garble: tuple[str, int] | None = None
+        self.garbled = 0
         self._register_routes()
 
     # ===== in-process admin API ==============================================================
@@ -554,7 +587,8 @@ class FakeKantata(Service):
             self._delete(self._invoice_or_404(invoice_id))
 
     def corrupt_line(self, invoice_id: int, field_name: str, value: Any) -> int:
-        """Give one of the invoice's lines a malformed raw value (e.g. `"12.5"` cents).
+        """Give one of the invoice's lines a malformed raw value (e.g. `"12.5"` cents), or
+        leave the field out when `value` is `REMOVED`.
 
         Uses the first line that has the field, else adds a line of a kind that has it.
         `balance_in_cents` keeps the total from before. Bumps `updated_at`; returns the line id.
@@ -580,11 +614,23 @@ class FakeKantata(Service):
             return line.id
 
     def corrupt_invoice(self, invoice_id: int, field_name: str, value: Any) -> None:
-        """Make the API show a malformed raw value for one invoice field; bumps `updated_at`."""
+        """Make the API show a malformed raw value for one invoice field (`REMOVED`: leave the
+        field out). An id list (`time_entry_ids`, ...) is shown as given even when its lines are
+        included, so it may name a line absent from the included map. Bumps `updated_at`."""
         with self.mutex:
             invoice = self._invoice_or_404(invoice_id)
             invoice.raw_overrides[field_name] = value
             self._touch(invoice, self.now())
+
+    def garble_pages(self, count: int, kind: str = "html") -> None:
+        """Answer the next `count` invoice list requests with 200 and a body that is not JSON:
+        `html` (a proxy's login page) or `json` (a body cut off mid-way). 0 stops it."""
+        if kind not in _GARBLED_PAGES:
+            raise ValueError(f"kind must be one of {', '.join(sorted(_GARBLED_PAGES))}")
+        if count < 0:
+            raise ValueError("count must not be negative")
+        with self.mutex:
+            self._garble = (kind, count) if count else None
 
     def mark_paid(self, invoice_id: int) -> None:
         """Set status `accepted payment`; bumps `updated_at`."""
@@ -929,6 +975,10 @@ class FakeKantata(Service):
         if "external_references" in includes:
             refs = self._refs_by_subject.get(("Invoice", str(invoice.id)), {})
             data["external_reference_ids"] = [str(r) for r in refs.values()]
+        if invoice.raw_overrides:
+            _apply_raw(
+                data, {k: v for k, v in invoice.raw_overrides.items() if k in _ID_LIST_FIELDS}
+            )
         return data
 
     def _render_invoice_base(self, invoice: _Invoice) -> dict[str, Any]:
@@ -958,7 +1008,7 @@ class FakeKantata(Service):
             "workspace_ids": [str(w) for w in invoice.workspace_ids],
             "id": str(invoice.id),
         }
-        data.update(invoice.raw_overrides)
+        _apply_raw(data, invoice.raw_overrides)
         return data
 
     def _render_line(self, line: _Line) -> dict[str, Any]:
@@ -985,6 +1035,8 @@ class FakeKantata(Service):
             data["creator_id"] = str(self.account_user_id)
         data["id"] = str(line.id)
         data["workspace_id"] = str(line.workspace_id)
+        if any(value is REMOVED for value in fields.values()):
+            _apply_raw(data, {k: v for k, v in fields.items() if v is REMOVED})
         return data
 
     def _envelope(
@@ -1167,6 +1219,7 @@ class FakeKantata(Service):
         admin(Route("POST", "/touch", self._admin_touch))
         admin(Route("POST", "/tokens", self._admin_add_token))
         admin(Route("POST", "/invoices/{id}/corrupt", self._admin_corrupt))
+        admin(Route("POST", "/garble", self._admin_garble))
         admin(Route("POST", "/workspaces", self._admin_add_workspace))
         admin(Route("POST", "/users", self._admin_add_user))
         admin(Route("POST", "/generate", self._admin_generate))
@@ -1309,6 +1362,12 @@ class FakeKantata(Service):
 
     # ----- handlers ------------------------------------------------------------------------
     def _http_list_invoices(self, request: Request, params: dict[str, str]) -> Response:
+        if self._garble is not None:
+            kind, left = self._garble
+            self._garble = (kind, left - 1) if left > 1 else None
+            self.garbled += 1
+            content_type, body = _GARBLED_PAGES[kind]
+            return Response(200, body, content_type=content_type, fault=f"garbled-{kind}")
         query = request.query
         page, per_page = self._page_params(query)
         includes = self._includes(query)
@@ -1595,11 +1654,21 @@ class FakeKantata(Service):
     def _admin_corrupt(self, request: Request, params: dict[str, str]) -> Response:
         body = self.admin_body(request)
         invoice_id = int(params["id"])
+        value = REMOVED if body.get("remove") is True else body.get("value")
         if body.get("target", "line") == "invoice":
-            self.corrupt_invoice(invoice_id, str(body["field"]), body.get("value"))
+            self.corrupt_invoice(invoice_id, str(body["field"]), value)
             return Response.json(200, self.invoice_state(invoice_id))
-        line_id = self.corrupt_line(invoice_id, str(body["field"]), body.get("value"))
+        line_id = self.corrupt_line(invoice_id, str(body["field"]), value)
         return Response.json(200, {"line_id": line_id, "invoice": self.invoice_state(invoice_id)})
+
+    def _admin_garble(self, request: Request, params: dict[str, str]) -> Response:
+        body = self.admin_body(request)
+        count = body.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ValueError("count must be an integer")
+        kind = str(body.get("kind", "html"))
+        self.garble_pages(count, kind)
+        return Response.json(200, {"count": count, "kind": kind, "garbled": self.garbled})
 
     def _admin_add_token(self, request: Request, params: dict[str, str]) -> Response:
         body = self.admin_body(request)
