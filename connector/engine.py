@@ -176,9 +176,12 @@ class SyncEngine:
         )
         scan = _Scan()
         try:
-            with ThreadPoolExecutor(
-                max_workers=self.settings.workers, thread_name_prefix="sync"
-            ) as pool:
+            with (
+                structlog.contextvars.bound_contextvars(run_id=run_id),
+                ThreadPoolExecutor(
+                    max_workers=self.settings.workers, thread_name_prefix="sync"
+                ) as pool,
+            ):
                 runner = _Runner(self, pool, run_id, result, dry_run, force, log)
                 if only_ids is not None:
                     runner.submit_all(self._fetch_by_id(list(only_ids)), scan, until=None)
