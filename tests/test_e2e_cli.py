@@ -199,3 +199,18 @@ def test_retry_and_show(box: Sandbox, tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert _writes(box) == writes
     assert run_cli(["retry", "abc"], env, tmp_path).returncode == 2
+
+
+def test_logs_are_json_lines_with_run_and_invoice_ids(box: Sandbox, tmp_path: Path) -> None:
+    """Off a terminal every log line is JSON with the run id; push lines name both invoices."""
+    generate(box.kantata, seed=18, invoices=6, draft_rate=0, cancelled_rate=0)
+    done = run_cli(["sync"], cli_env(box, tmp_path), tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    assert lines
+    run_ids = {line.get("run_id") for line in lines}
+    assert len(run_ids) == 1
+    assert None not in run_ids
+    pushes = [line for line in lines if line["event"] == "pushed to Noko"]
+    assert len(pushes) == 6
+    assert all(p["kantata_invoice_id"] and p["noko_invoice_id"] for p in pushes)
