@@ -235,6 +235,16 @@ class NokoPusher:
             if found is None:
                 raise WriteInDoubtError.after(exc, f"invoice {plan.reference}") from None
             invoice = found
+        except PermanentApiError:
+            # An earlier create that got no answer may have landed in the meantime and taken
+            # these expenses (Noko refuses expenses already invoiced): adopt it if it is there.
+            found = self.find_invoice(plan.reference)
+            if found is None:
+                raise
+            self.log.info(
+                "adopted invoice that an earlier attempt created late", reference=plan.reference
+            )
+            return PushResult(found, adopted=True, deleted=deleted)
         ids.update({ENTRY_KEY + key: value for key, value in entry_ids.items()})
         return PushResult(invoice, ids, reused=len(reused) + len(reused_entries), deleted=deleted)
 

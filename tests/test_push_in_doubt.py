@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from connector.errors import AmbiguousWriteError, TransientApiError
+from connector.errors import AmbiguousWriteError, PermanentApiError, TransientApiError
 from connector.push import NokoPusher, WriteInDoubtError
 from mappings.to_noko import NokoExpensePlan, NokoInvoicePlan, marker
 
@@ -17,11 +17,13 @@ REFERENCE = "KS-7"
 
 class LateNoko:
     """An in-memory Noko whose first create of the chosen kinds times out and is applied only
-    when `land()` is called, like a request the server is still working on. It does not refuse
-    expenses that are already on another invoice (not every server checks)."""
+    when `land()` is called, like a request the server is still working on. Unless `strict`, it
+    does not refuse expenses that are already on another invoice (not every server checks)."""
 
-    def __init__(self, late: set[str]) -> None:
+    def __init__(self, late: set[str], *, strict: bool = False, land_on_create: bool = False):
         self.late = set(late)
+        self.strict = strict  # refuse expenses already on an invoice, as Noko does
+        self.land_on_create = land_on_create  # late writes land just before the next create
         self.expenses: dict[int, dict[str, Any]] = {}
         self.invoices: dict[int, dict[str, Any]] = {}
         self.pending: list[Callable[[], object]] = []
@@ -75,6 +77,14 @@ class LateNoko:
         return iter([])
 
     def create_invoice(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        if self.land_on_create:
+            self.land()
+        taken = [i for i in payload["expense_ids"] if self.expenses[i]["invoice"]]
+        if self.strict and taken:
+            raise PermanentApiError(
+                "noko", f"Expense expense_ids[{taken[0]}]: invoiced", status=400, method="POST"
+            )
+
         def apply() -> dict[str, Any]:
             invoice_id = self._new_id()
             for expense_id in payload["expense_ids"]:
@@ -118,18 +128,28 @@ def _plan() -> NokoInvoicePlan:
 
 def _push_until_done(noko: LateNoko, pusher: NokoPusher, plan: NokoInvoicePlan) -> int:
     """Push as the engine does: a transient failure is retried later with recovery; the late
-    writes land in between. Returns the number of attempts."""
+    writes land in between (or when the fake says). Returns the number of attempts."""
     recovering = False
     for attempt in range(1, 5):
         try:
             pusher.push(plan, recovering=recovering)
         except TransientApiError:
             recovering = True
-            noko.land()
+            if not noko.land_on_create:
+                noko.land()
             continue
         noko.land()
         return attempt
     raise AssertionError("the push never finished")
+
+
+def _assert_booked_once(noko: LateNoko, plan: NokoInvoicePlan) -> None:
+    assert len(noko.invoices) == 1
+    (invoice_id,) = noko.invoices
+    assert sorted(e["description"] for e in noko.expenses.values()) == sorted(
+        p.description for p in plan.expenses
+    )
+    assert all(e["invoice"] == {"id": invoice_id} for e in noko.expenses.values())
 
 
 @pytest.mark.parametrize("late", [{"expenses"}, {"invoices"}, {"expenses", "invoices"}])
@@ -139,12 +159,15 @@ def test_a_create_applied_late_is_reused_not_repeated(late: set[str]) -> None:
     plan = _plan()
     attempts = _push_until_done(noko, NokoPusher(noko), plan)
     assert attempts >= 2
-    assert len(noko.invoices) == 1
-    (invoice_id,) = noko.invoices
-    assert sorted(e["description"] for e in noko.expenses.values()) == sorted(
-        p.description for p in plan.expenses
-    )
-    assert all(e["invoice"] == {"id": invoice_id} for e in noko.expenses.values())
+    _assert_booked_once(noko, plan)
+
+
+def test_an_invoice_landing_just_before_the_retry_is_adopted() -> None:
+    """The late invoice takes the expenses first; Noko refuses the retry; the pusher adopts."""
+    noko = LateNoko({"invoices"}, strict=True, land_on_create=True)
+    plan = _plan()
+    assert _push_until_done(noko, NokoPusher(noko), plan) == 2
+    _assert_booked_once(noko, plan)
 
 
 def test_in_doubt_error_is_transient_and_names_the_object() -> None:
