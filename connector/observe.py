@@ -57,8 +57,8 @@ class DaemonHealth:
             age = (now - self.last_finished_at).total_seconds()
             if age > limit:
                 return False, f"last cycle finished {age:.0f} s ago (limit {limit:.0f} s)"
-            if self.last_outcome == "aborted":
-                return False, f"last cycle could not read Kantata: {self.last_error}"
+            if self.last_outcome in ("aborted", "degraded"):
+                return False, f"last cycle {self.last_outcome}: {self.last_error}"
             return True, f"last cycle {self.last_outcome} {age:.0f} s ago"
 
 

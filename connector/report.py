@@ -29,8 +29,13 @@ ACTIONS = {
     "invoice, then run `kantata-sync retry {id} --force`.",
     "duplicate": "Delete the extra Noko invoices named in the error, then run "
     "`kantata-sync retry {id}`.",
-    "changed": "Review the Noko invoice against Kantata and correct it by hand; then run "
-    "`kantata-sync retry {id} --force` to accept the Kantata version as synced.",
+    "refused": "Kantata changed after Noko was paid or locked: correct the Noko invoice by hand "
+    "(credit note), then run `kantata-sync retry {id} --force` to mark it resolved.",
+    "gone": "The Noko invoice was deleted in Noko: run `kantata-sync retry {id} --force` to push "
+    "the Kantata invoice again as a new Noko invoice.",
+    "noko-edited": "The Noko invoice was changed by hand: run `kantata-sync retry {id} --force` "
+    "(or `kantata-sync reconcile --apply`) to restore the Kantata version, or keep the hand edit "
+    "and leave it listed here.",
     "lifecycle": "Review the Noko invoice (void or delete it in Noko if it should go); then "
     "run `kantata-sync retry {id} --force`.",
 }
