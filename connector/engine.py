@@ -38,6 +38,7 @@ from connector.push import (
     NokoGoneError,
     NokoPusher,
     NokoRefusedError,
+    WriteInDoubtError,
 )
 from connector.store import InvoiceRecord, Store
 from mappings.errors import MappingError
@@ -65,6 +66,10 @@ Outcome = Literal[
 ]
 SERVICE_MODEL = "invoice"
 NOKO_CURSOR = "noko"
+# When a Noko create was last left in doubt (no answer, or a process died mid-push): for a while
+# after it, each cycle removes leftovers that such creates made after their invoice was done.
+IN_DOUBT_MARK = "writes-in-doubt"
+LATE_WRITE_WINDOW = timedelta(minutes=15)
 MAX_SCAN_PASSES = 3
 
 
@@ -199,6 +204,7 @@ class SyncEngine:
                 runner.drain()
             if not dry_run and only_ids is None and not self.stop.is_set():
                 self._poll_noko(run_id, log, result)
+                self._sweep_late_writes(log)
         except ApiError as exc:
             result.outcome = "aborted"
             result.error = f"reading Kantata failed: {exc}"
@@ -618,9 +624,13 @@ class SyncEngine:
             f"{format_money(doc.total_minor, doc.exponent, doc.currency)}"
             + (" (recovering an earlier attempt)" if recovering else ""),
         )
+        if recovering:
+            self._note_in_doubt()  # the earlier attempt's last request may still land
         try:
             pushed = self.pusher.push(plan, recovering=recovering)
         except TransientApiError as exc:
+            if isinstance(exc, WriteInDoubtError):
+                self._note_in_doubt()
             return self._fail(record, "transient", str(exc), run_id, log, retry=True)
         except PermanentApiError as exc:
             outcome = self._fail(record, "permanent", str(exc), run_id, log, retry=False)
@@ -756,6 +766,8 @@ class SyncEngine:
                 log,
             )
         except TransientApiError as exc:
+            if isinstance(exc, WriteInDoubtError):
+                self._note_in_doubt()
             return self._fail(record, "transient", str(exc), run_id, log, retry=True)
         except PermanentApiError as exc:
             outcome = self._fail(record, "permanent", str(exc), run_id, log, retry=False)
@@ -845,6 +857,38 @@ class SyncEngine:
         )
         self._write_reference(kantata_id, record, reference, run_id, log)
         return "cancelled", None
+
+    # ------------------------------------------------------------------ late writes
+
+    def _note_in_doubt(self) -> None:
+        self.store.set_cursor(self.clock(), IN_DOUBT_MARK)
+
+    def _sweep_late_writes(self, log: Any) -> None:
+        """Delete uninvoiced expenses and entries carrying the marker of an invoice that is done
+        (synced, or cancelled and deleted): a create that got no answer can be applied by the
+        server after the retry made its own. Runs only for a while after a create was left in
+        doubt, so an ordinary cycle sends no extra request."""
+        mark = self.store.get_cursor(IN_DOUBT_MARK)
+        if mark is None or self.clock() - mark > LATE_WRITE_WINDOW:
+            return
+        prefix = "[" + self.profile.noko.reference.split("{", 1)[0]
+        deleted = 0
+        try:
+            leftovers = self.pusher.leftovers(prefix)
+            records = self.store.by_references([item.reference for item in leftovers])
+            for item in leftovers:
+                record = records.get(item.reference)
+                if record is not None and _done(record):
+                    self.pusher.delete_leftover(item)
+                    deleted += 1
+        except ApiError as exc:
+            log.warning(
+                "could not look for late writes; the next cycle looks again", error=str(exc)
+            )
+        if deleted:
+            log.info(
+                "removed leftovers of creates that landed after their invoice", deleted=deleted
+            )
 
     # ------------------------------------------------------------------ Noko -> Kantata
 
@@ -1172,6 +1216,15 @@ class _Runner:
         for future in self.futures:
             future.result()
         self.futures.clear()
+
+
+def _done(record: InvoiceRecord) -> bool:
+    """Nothing more will be created for this invoice: its uninvoiced leftovers are garbage."""
+    if record.stage:
+        return False
+    return (record.status == "synced" and record.noko_invoice_id is not None) or (
+        record.status == "skipped"
+    )
 
 
 def _int(value: Any) -> int | None:

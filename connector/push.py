@@ -133,6 +133,15 @@ class UpdateResult:
         )
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """An uninvoiced expense or time entry carrying an invoice's marker."""
+
+    kind: str  # "expense" or "entry"
+    id: int
+    reference: str
+
+
 @dataclass
 class PushResult:
     invoice: dict[str, Any]
@@ -547,6 +556,27 @@ class NokoPusher:
                 raise
         self.sweep_reference(reference)
         return "deleted"
+
+    def leftovers(self, text: str) -> list[Leftover]:
+        """Uninvoiced expenses and time entries whose description holds `text` and ends in a
+        marker: what a create applied after its invoice was done leaves behind."""
+        found = [
+            Leftover("expense", int(e["id"]), parsed[0])
+            for e in self._uninvoiced_marked(text)
+            if (parsed := parse_marker(str(e.get("description")))) is not None
+        ]
+        found += [
+            Leftover("entry", int(e["id"]), parsed[0])
+            for e in self._uninvoiced_marked_entries(text)
+            if (parsed := parse_marker(str(e.get("description")))) is not None
+        ]
+        return found
+
+    def delete_leftover(self, leftover: Leftover) -> None:
+        if leftover.kind == "entry":
+            self.noko.delete_entry(leftover.id)
+        else:
+            self.noko.delete_expense(leftover.id)
 
     def sweep_reference(self, reference: str) -> int:
         """Delete every uninvoiced expense made for this reference; returns how many."""

@@ -246,6 +246,20 @@ class Store:
             )
             return list(session.exec(due))
 
+    def by_references(self, references: Sequence[str]) -> dict[str, InvoiceRecord]:
+        """The invoices pushed (or being pushed) under these Noko references."""
+        out: dict[str, InvoiceRecord] = {}
+        wanted = list(dict.fromkeys(references))
+        with self._session() as session:
+            for start in range(0, len(wanted), 500):
+                rows = session.exec(
+                    select(InvoiceRecord).where(
+                        col(InvoiceRecord.reference).in_(wanted[start : start + 500])
+                    )
+                )
+                out.update({row.reference: row for row in rows if row.reference})
+        return out
+
     def by_noko_ids(self, noko_ids: Sequence[int]) -> dict[int, InvoiceRecord]:
         out: dict[int, InvoiceRecord] = {}
         ids = list(noko_ids)
