@@ -31,8 +31,7 @@ def _expense_ids(box: Sandbox) -> set[int]:
 def test_a_late_copy_of_a_done_invoice_is_removed_while_creates_may_still_land(
     box: Sandbox, tmp_path: Path, marked_ago: timedelta | None
 ) -> None:
-    """After a create was left in doubt, a cycle deletes uninvoiced expenses marked for a synced
-    invoice and keeps unknown ones; long after it, or never in doubt, it sends no request."""
+    """Soon after a create in doubt, a cycle deletes a synced invoice's late copy; else no GET."""
     generate(box.kantata, seed=31, invoices=12)
     with open_connector(settings_for(box, tmp_path)) as connector:
         assert connector.engine.run_cycle().exit_code == 0
