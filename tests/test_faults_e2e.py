@@ -355,20 +355,24 @@ def test_a_garbled_kantata_page_aborts_the_run_in_one_line(
     _final_clean_sync(box, env, tmp_path, tally)
 
 
-# ------------------------------------------------------------------------------ 7. SIGTERM
+# ------------------------------------------------------------------------------ 7. SIGTERM, SIGINT
 
 
 def _noko_invoices(box: Sandbox) -> int:
     return len(box.noko.state()["invoices"])
 
 
-@pytest.mark.parametrize("command", ["run", "backfill"])
-def test_sigterm_mid_push_stops_cleanly_and_the_restart_repeats_nothing(
-    box: Sandbox, tmp_path: Path, command: str
+@pytest.mark.parametrize(
+    ("command", "signum"),
+    [("run", signal.SIGTERM), ("backfill", signal.SIGTERM), ("run", signal.SIGINT)],
+    ids=["run-SIGTERM", "backfill-SIGTERM", "run-SIGINT"],
+)
+def test_stop_signals_mid_push_end_cleanly_and_the_restart_repeats_nothing(
+    box: Sandbox, tmp_path: Path, command: str, signum: signal.Signals
 ) -> None:
-    """SIGTERM while invoices are being pushed: the invoice in flight ends, exit as promised."""
+    """A stop signal while invoices are being pushed: the invoice in flight ends, exit as set."""
     generate(box.kantata, seed=701, invoices=120)
-    tally = Tally(f"SIGTERM during {command}")
+    tally = Tally(f"{signum.name} during {command}")
     box.noko.set_faults(FaultConfig(seed=702, drop_after_commit_rate=0.05, latency_ms=5))
     env = fast_env(cli_env(box, tmp_path), NOKO_MAX_REQUESTS_PER_SECOND="150")
     args = (
@@ -379,7 +383,7 @@ def test_sigterm_mid_push_stops_cleanly_and_the_restart_repeats_nothing(
         started.append(process)
         tally.processes += 1
         assert wait_until(lambda: _noko_invoices(box) >= 10, 60)
-        process.signal(signal.SIGTERM)
+        process.signal(signum)
         code = process.wait(60)
     assert_no_traceback(process.stdout, process.stderr)
     pushed_before = _noko_invoices(box)
