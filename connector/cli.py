@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -25,7 +26,7 @@ from connector import __version__
 from connector.app import open_connector
 from connector.config import Settings, load_settings
 from connector.engine import CycleResult
-from connector.errors import ConfigError, LockHeldError
+from connector.errors import ApiError, ConfigError, ConnectorError, LockHeldError
 from connector.logs import configure_logging
 from connector.report import build_report, render_table
 from connector.store import Store
@@ -391,11 +392,13 @@ def retry(
         bool,
         typer.Option(
             "--force",
-            help="Push even if nothing changed and accept the Kantata version over a conflict.",
+            help="Also overwrite a conflict with the Kantata version (a hand edit in Noko, an "
+            "invoice deleted in Noko) and push even if nothing changed.",
         ),
     ] = False,
 ) -> None:
-    """Retry invoices now, without waiting for their next retry time."""
+    """Retry invoices now, without waiting for their next retry time (conflicts only with
+    --force)."""
     settings = _settings()
     chosen = list(ids or [])
     if all_failed:
@@ -415,11 +418,41 @@ def retry(
         raise _fail("name at least one Kantata invoice id, or use --all-failed")
     stop = threading.Event()
     _install_stop_handlers(stop)
-    result = _run_once(settings, stop, kind="sync", only_ids=chosen, force=True)
+    result = _run_once(settings, stop, kind="sync", only_ids=chosen, force=force)
     for kantata_id in chosen:
         verdict = result.failed.get(kantata_id)
         typer.echo(f"{kantata_id}: {'failed: ' + verdict if verdict else 'ok'}")
     raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def resolve(
+    ids: Annotated[list[str], typer.Argument(help="Kantata invoice ids in conflict.")],
+) -> None:
+    """Settle conflicts by keeping each Noko invoice as it is now (after a correction made by
+    hand in Noko, say); the Kantata invoice is taken as in step with it from then on."""
+    bad = [i for i in ids if not i.strip().isdigit()]
+    if bad:
+        raise _fail(f"not a Kantata invoice id: {', '.join(bad)}")
+    settings = _settings()
+    code = 0
+    try:
+        with (
+            open_connector(settings) as connector,
+            connector.store.writer(wait=settings.kantata_sync_lock_wait),
+        ):
+            run_id = uuid.uuid4().hex[:12]
+            for kantata_id in ids:
+                try:
+                    typer.echo(connector.engine.accept(kantata_id.strip(), run_id))
+                except (ConnectorError, ApiError) as exc:
+                    typer.echo(f"{kantata_id}: {exc}")
+                    code = 1
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    except LockHeldError as exc:
+        raise _fail(str(exc), code=1) from None
+    raise typer.Exit(code)
 
 
 @app.command()

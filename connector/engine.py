@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import structlog
 
-from connector.errors import ApiError, PermanentApiError, TransientApiError
+from connector.errors import ApiError, ConnectorError, PermanentApiError, TransientApiError
 from connector.kantata import ExternalReferenceWrite, KantataClient, format_timestamp
 from connector.noko import NokoClient
 from connector.push import (
@@ -188,6 +188,8 @@ class SyncEngine:
                 ) as pool,
             ):
                 runner = _Runner(self, pool, run_id, result, dry_run, force, log)
+                # Invoices named by the operator are tried now, whatever their retry time.
+                runner.retry_now = only_ids is not None
                 if only_ids is not None:
                     runner.submit_all(self._fetch_by_id(list(only_ids)), scan, until=None)
                 else:
@@ -203,8 +205,14 @@ class SyncEngine:
                             runner.submit_all(self._fetch_by_id(retry), scan, until=None)
                 runner.drain()
             if not dry_run and only_ids is None and not self.stop.is_set():
-                self._poll_noko(run_id, log, result)
-                self._sweep_late_writes(log)
+                try:
+                    self._poll_noko(run_id, log, result)
+                    self._sweep_late_writes(log)
+                except ApiError as exc:
+                    # Pushes are done and recorded; payment states wait for the next cycle.
+                    result.outcome = "degraded"
+                    result.error = f"reading Noko's changes failed: {exc}"
+                    log.error("reading Noko's changes failed", error=str(exc))
         except ApiError as exc:
             result.outcome = "aborted"
             result.error = f"reading Kantata failed: {exc}"
@@ -319,14 +327,20 @@ class SyncEngine:
             return lock
 
     def handle(
-        self, inv: DecodedInvoice, run_id: str, *, dry_run: bool = False, force: bool = False
+        self,
+        inv: DecodedInvoice,
+        run_id: str,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        retry_now: bool = False,
     ) -> tuple[Outcome, str | None]:
         """Bring one invoice to its goal state; returns the outcome and, if failed, why."""
         with self.lock_for(inv.id):
             log = self.log.bind(run_id=run_id, kantata_invoice_id=inv.id)
             record = self.store.get_invoice(inv.id)
             try:
-                return self._handle(inv, record, run_id, log, dry_run, force)
+                return self._handle(inv, record, run_id, log, dry_run, force, retry_now)
             except (TransientApiError, PermanentApiError, DuplicateInNokoError) as exc:
                 # Errors outside the push itself (a lookup before a cancellation, say).
                 log.warning("invoice failed", error=str(exc))
@@ -358,12 +372,20 @@ class SyncEngine:
         log: Any,
         dry_run: bool,
         force: bool,
+        retry_now: bool = False,
     ) -> tuple[Outcome, str | None]:
         if record is not None and record.status == "conflict" and not force:
-            # Never overwritten blindly: an operator resolves it (`retry --force`, `reconcile`).
+            # Never overwritten blindly: an operator decides (`retry --force`, `reconcile
+            # --apply`, or `resolve` to keep Noko as it is).
             return "conflict", record.last_error or "conflict"
+        # In Noko and not settled: a skipped record is done with (deleted in Noko, or kept
+        # there by an operator's decision).
         in_noko = record is not None and (
-            (record.noko_invoice_id is not None and record.noko_state != "deleted")
+            (
+                record.noko_invoice_id is not None
+                and record.noko_state != "deleted"
+                and record.status != "skipped"
+            )
             or record.stage in ("pushing", "pushed", "updating", "cancelling")
         )
         if isinstance(inv, UndecodableInvoice):
@@ -391,7 +413,12 @@ class SyncEngine:
             return self._skip(inv.id, record, "cancelled", run_id, dry_run, inv.updated_at)
         if inv.draft:
             return self._skip(inv.id, record, "draft", run_id, dry_run, inv.updated_at)
-        if record is not None and record.noko_state == "deleted" and not force:
+        if (
+            record is not None
+            and record.noko_state == "deleted"
+            and (record.skip_reason or "").startswith("cancelled")
+            and not force
+        ):
             return "skipped", None
         try:
             doc = to_ledger(inv, self.profile)
@@ -436,7 +463,7 @@ class SyncEngine:
             record.noko_lines = None
             record.stage = "pushing"
 
-        if not force and not self._due(record, inv, fingerprint):
+        if not (force or retry_now) and not self._due(record, inv, fingerprint):
             assert record is not None
             return "waiting", record.last_error or "failed earlier"
 
@@ -487,10 +514,13 @@ class SyncEngine:
         if (
             record is not None
             and record.noko_state != "deleted"
+            and record.status != "skipped"
             and (record.noko_invoice_id is not None or record.stage)
         ):
-            # In Noko, yet a draft again in Kantata: a person must decide.
-            return self._synced_then_left(kantata_id, record, reason, run_id, dry_run)
+            # In Noko, yet a draft (again) or cancelled in Kantata: not for the books.
+            log = self.log.bind(run_id=run_id, kantata_invoice_id=kantata_id)
+            why = "returned to draft" if reason == "draft" else "cancelled"
+            return self._cancel(kantata_id, record, run_id, log, dry_run, why=why)
         if dry_run or (
             record is not None and record.status == "skipped" and record.skip_reason == reason
         ):
@@ -503,22 +533,6 @@ class SyncEngine:
         record.kantata_updated_at = updated_at
         self.store.save_invoice(record, run_id=run_id, event="skipped", detail=reason)
         return "skipped", None
-
-    def _synced_then_left(
-        self, kantata_id: str, record: InvoiceRecord, reason: str, run_id: str, dry_run: bool
-    ) -> tuple[Outcome, str | None]:
-        message = (
-            f"became {reason} in Kantata after it was pushed to Noko invoice "
-            f"{record.noko_invoice_id}; review the Noko invoice"
-        )
-        if dry_run:
-            return "failed", message
-        if record.status != "conflict" or record.last_error != message:
-            record.status = "conflict"
-            record.last_error = message
-            record.error_kind = "lifecycle"
-            self.store.save_invoice(record, run_id=run_id, event="conflict", detail=message)
-        return "failed", message
 
     def _fail_unmappable(
         self,
@@ -543,12 +557,10 @@ class SyncEngine:
             and not force
         ):
             return "waiting", message
-        if record is not None and record.noko_invoice_id is not None:
-            # It is in Noko already; a later edit made it unmappable.
-            record.status = "conflict"
-        else:
-            record = record or self.store.new_invoice(kantata_id)
-            record.status = "failed"
+        # Also when it is in Noko already (a later edit made it unmappable): failed, not a
+        # conflict, so that fixing the field in Kantata is enough to update it.
+        record = record or self.store.new_invoice(kantata_id)
+        record.status = "failed"
         record.attempts += 1
         record.last_error = message
         record.error_kind = "mapping"
@@ -622,7 +634,8 @@ class SyncEngine:
             event="push-started",
             detail=f"{plan.reference}: {len(plan.expenses)} lines, "
             f"{format_money(doc.total_minor, doc.exponent, doc.currency)}"
-            + (" (recovering an earlier attempt)" if recovering else ""),
+            + (" (recovering an earlier attempt)" if recovering else "")
+            + (f"; time as amounts: {doc.time_note}" if doc.time_note else ""),
         )
         if recovering:
             self._note_in_doubt()  # the earlier attempt's last request may still land
@@ -650,8 +663,10 @@ class SyncEngine:
         record.noko_invoice_id = noko_id
         record.noko_url = _invoice_link(noko_invoice, self.settings.noko_base_url, noko_id)
         record.noko_state = str(noko_invoice.get("state") or "") or None
-        if pushed.expense_ids:
-            record.noko_lines = json.dumps(pushed.expense_ids, sort_keys=True)
+        # The lines as pushed, for the hand-edit check; unknown for an adopted invoice.
+        record.noko_lines = (
+            None if pushed.adopted else json.dumps(pushed.expense_ids, sort_keys=True)
+        )
         mismatch = self._verify(plan, noko_invoice, record, "", run_id, log)
         if mismatch is not None:
             return mismatch
@@ -743,7 +758,7 @@ class SyncEngine:
                 f"changed in Kantata, but Noko invoice {noko_id} is {exc.code} and cannot be "
                 f"changed (Kantata now {format_money(doc.total_minor, doc.exponent, doc.currency)}"
                 f", Noko {_fmt_total(previous_total, record)}): correct it in Noko by hand "
-                "(credit note), then run retry --force",
+                f"(credit note), then run `kantata-sync resolve {inv.id}`",
                 run_id,
                 log,
             )
@@ -793,9 +808,16 @@ class SyncEngine:
         return ("updated", None) if written == "pushed" else (written, error)
 
     def _cancel(
-        self, kantata_id: str, record: InvoiceRecord, run_id: str, log: Any, dry_run: bool
+        self,
+        kantata_id: str,
+        record: InvoiceRecord,
+        run_id: str,
+        log: Any,
+        dry_run: bool,
+        why: str = "cancelled",
     ) -> tuple[Outcome, str | None]:
-        """Cancelled in Kantata after it was pushed: delete it in Noko when Noko allows."""
+        """Cancelled (or back to draft) in Kantata after it was pushed: delete it in Noko when
+        Noko allows, so that it is not in the books."""
         if dry_run:
             return (
                 "would-cancel",
@@ -811,7 +833,8 @@ class SyncEngine:
                 if record.reference:
                     self.pusher.sweep_reference(record.reference)
                 record.stage = ""
-                return self._skip(kantata_id, record, "cancelled", run_id, False, None)
+                reason = "draft" if why == "returned to draft" else "cancelled"
+                return self._skip(kantata_id, record, reason, run_id, False, None)
         noko_id = record.noko_invoice_id
         assert noko_id is not None
         assert record.reference is not None
@@ -826,9 +849,9 @@ class SyncEngine:
             return self._conflict(
                 record,
                 "lifecycle",
-                f"cancelled in Kantata, but Noko invoice {noko_id} is {exc.code} and was left "
+                f"{why} in Kantata, but Noko invoice {noko_id} is {exc.code} and was left "
                 "untouched: void it in Noko (credit note or refund), then run "
-                f"`kantata-sync retry {kantata_id} --force`",
+                f"`kantata-sync resolve {kantata_id}`",
                 run_id,
                 log,
             )
@@ -838,7 +861,7 @@ class SyncEngine:
             return self._fail(record, "permanent", str(exc), run_id, log, retry=False)
         record.stage = ""
         record.status = "skipped"
-        record.skip_reason = f"cancelled in Kantata; Noko invoice {noko_id} deleted"
+        record.skip_reason = f"{why} in Kantata; Noko invoice {noko_id} deleted"
         record.noko_state = "deleted"
         record.last_error = None
         record.error_kind = None
@@ -853,7 +876,8 @@ class SyncEngine:
             service_model_ref=str(noko_id),
             status="successful",
             external_status="deleted",
-            external_message=f"Cancelled in Kantata; Noko invoice {record.reference} deleted",
+            external_message=f"{why.capitalize()} in Kantata; Noko invoice {record.reference} "
+            "deleted",
         )
         self._write_reference(kantata_id, record, reference, run_id, log)
         return "cancelled", None
@@ -889,6 +913,64 @@ class SyncEngine:
             log.info(
                 "removed leftovers of creates that landed after their invoice", deleted=deleted
             )
+
+    # ------------------------------------------------------------------ operator decisions
+
+    def accept(self, kantata_id: str, run_id: str) -> str:
+        """Resolve a conflict by keeping the Noko invoice as it is and taking the current
+        Kantata invoice as in step with it. Returns what was decided, for the operator."""
+        record = self.store.get_invoice(kantata_id)
+        if record is None:
+            raise ConnectorError(f"invoice {kantata_id} is not in the state database")
+        if record.status != "conflict":
+            return f"invoice {kantata_id} is {record.status}, not a conflict: nothing to resolve"
+        decoded = decode_invoices(self.kantata.get_invoices([kantata_id]))
+        found = next((d for d in decoded if d.id == kantata_id), None)
+        if found is None:
+            raise ConnectorError(f"Kantata has no invoice {kantata_id}")
+        if isinstance(found, UndecodableInvoice):
+            raise ConnectorError(f"cannot resolve: {found.error}")
+        noko = (
+            self.noko.get_invoice(record.noko_invoice_id)
+            if record.noko_invoice_id is not None
+            else None
+        )
+        if found.draft or found.is_cancelled:
+            record.status = "skipped"
+            record.skip_reason = (
+                f"{'draft' if found.draft else 'cancelled'} in Kantata; Noko invoice "
+                f"{record.noko_invoice_id} kept by an operator's decision"
+            )
+        else:
+            try:
+                doc = to_ledger(found, self.profile)
+            except MappingError as exc:
+                raise ConnectorError(f"cannot resolve: {exc}") from None
+            record.status = "synced"
+            record.fingerprint = doc.fingerprint()
+        if noko is not None and record.exponent is not None:
+            try:
+                record.total_minor = to_minor(str(noko.get("total_amount")), record.exponent)
+            except ValueError:
+                record.total_minor = None
+            record.noko_state = str(noko.get("state") or "") or record.noko_state
+        record.noko_lines = None  # Noko's lines as they are now are the accepted ones
+        self._remember_kantata(record, found)
+        record.stage = ""
+        record.attempts = 0
+        decided = f"resolved by an operator: {record.last_error}"
+        record.last_error = None
+        record.error_kind = None
+        record.next_attempt_at = None
+        self.store.save_invoice(record, run_id=run_id, event="resolved", detail=decided)
+        log = self.log.bind(run_id=run_id, kantata_invoice_id=kantata_id)
+        if record.noko_invoice_id is not None:
+            reference = self._success_reference(record)
+            reference = dataclasses.replace(
+                reference, external_message="Resolved by an operator; Noko invoice kept as it is"
+            )
+            self._write_reference(kantata_id, record, reference, run_id, log)
+        return f"invoice {kantata_id}: {record.status}, Noko invoice kept as it is"
 
     # ------------------------------------------------------------------ Noko -> Kantata
 
@@ -979,23 +1061,22 @@ class SyncEngine:
                 minor = None
             if minor != record.total_minor:
                 problems.append(f"total {got}, pushed {_fmt_total(record.total_minor, record)}")
-        keys = list(json.loads(record.noko_lines)) if record.noko_lines else None
-        if keys is not None:
-            expected = sum(1 for key in keys if not key.startswith(ENTRY_KEY))
-            count = _int(invoice.get("expenses"))
-            if count is not None and count != expected:
-                problems.append(f"{count} expenses, pushed {expected}")
-        expected_entries = sum(1 for key in keys or () if key.startswith(ENTRY_KEY))
-        entries = _int(invoice.get("entries"))
-        if entries is not None and entries != expected_entries and (keys is not None or entries):
-            problems.append(f"{entries} time entries, pushed {expected_entries}")
+        if record.noko_lines is not None:
+            keys = list(json.loads(record.noko_lines))
+            for label, wanted, count in (
+                ("expenses", sum(1 for k in keys if not k.startswith(ENTRY_KEY)), "expenses"),
+                ("time entries", sum(1 for k in keys if k.startswith(ENTRY_KEY)), "entries"),
+            ):
+                got_count = _int(invoice.get(count))
+                if got_count is not None and got_count != wanted:
+                    problems.append(f"{got_count} {label}, pushed {wanted}")
         if not problems:
             return None
         return (
             f"Noko invoice {record.noko_invoice_id} was changed by hand ({'; '.join(problems)}); "
             "it is left as it is: run `kantata-sync reconcile --apply` or "
             f"`kantata-sync retry {record.kantata_id} --force` to restore the Kantata version, "
-            "or correct the invoice in Kantata"
+            f"or `kantata-sync resolve {record.kantata_id}` to keep the hand edit"
         )
 
     def _record_payment(self, record: InvoiceRecord, run_id: str, log: Any) -> None:
@@ -1150,6 +1231,7 @@ class _Runner:
         self.result = result
         self.dry_run = dry_run
         self.force = force
+        self.retry_now = False
         self.log = log
         self.slots = threading.BoundedSemaphore(engine.settings.workers * 4)
         self.futures: list[Future[None]] = []
@@ -1188,7 +1270,11 @@ class _Runner:
                     run_id=self.run_id, kantata_invoice_id=inv.id
                 ):
                     outcome, error = self.engine.handle(
-                        inv, self.run_id, dry_run=self.dry_run, force=self.force
+                        inv,
+                        self.run_id,
+                        dry_run=self.dry_run,
+                        force=self.force,
+                        retry_now=self.retry_now,
                     )
             except Exception as exc:  # one invoice must never stop the others
                 self.log.exception("unexpected error on one invoice", kantata_invoice_id=inv.id)

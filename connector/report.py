@@ -25,19 +25,19 @@ ACTIONS = {
     "`kantata-sync retry {id}`.",
     "transient": "Retried automatically{when}; if it keeps failing, run `kantata-sync doctor`.",
     "writeback": "It is in Noko; writing the reference to Kantata is retried automatically{when}.",
-    "verify": "Noko's totals differ from Kantata's: compare the two invoices, correct the Noko "
+    "verify": "Noko's totals differ from Kantata's: compare the two invoices; correct the Noko "
     "invoice, then run `kantata-sync retry {id} --force`.",
     "duplicate": "Delete the extra Noko invoices named in the error, then run "
     "`kantata-sync retry {id}`.",
-    "refused": "Kantata changed after Noko was paid or locked: correct the Noko invoice by hand "
-    "(credit note), then run `kantata-sync retry {id} --force` to mark it resolved.",
+    "refused": "Kantata changed after Noko was paid or locked: correct the books in Noko by hand "
+    "(credit note), then run `kantata-sync resolve {id}`.",
     "gone": "The Noko invoice was deleted in Noko: run `kantata-sync retry {id} --force` to push "
     "the Kantata invoice again as a new Noko invoice.",
     "noko-edited": "The Noko invoice was changed by hand: run `kantata-sync retry {id} --force` "
-    "(or `kantata-sync reconcile --apply`) to restore the Kantata version, or keep the hand edit "
-    "and leave it listed here.",
-    "lifecycle": "Review the Noko invoice (void or delete it in Noko if it should go); then "
-    "run `kantata-sync retry {id} --force`.",
+    "(or `kantata-sync reconcile --apply`) to restore the Kantata version, or "
+    "`kantata-sync resolve {id}` to keep the hand edit.",
+    "lifecycle": "Void the Noko invoice (credit note or refund) and run "
+    "`kantata-sync resolve {id}`; or delete it in Noko and run `kantata-sync retry {id} --force`.",
 }
 
 

@@ -133,3 +133,21 @@ def test_total_mismatch_is_recorded_not_hidden(
         second = c.engine.run_cycle()
         assert victim in second.failed
         assert len(box.noko.state()["stats"]["writes"]) == noko_writes
+
+
+def test_noko_read_failure_is_reported_as_noko(box: Sandbox, tmp_path: Path) -> None:
+    """When only reading Noko's changes fails, the cycle says so (not 'Kantata'), exits 1,
+    and the next clean cycle is healthy again."""
+    generate(box.kantata, seed=45, invoices=4, draft_rate=0, cancelled_rate=0)
+    settings = settings_for(box, tmp_path, kantata_sync_http_max_attempts=2)
+    with open_connector(settings) as c:
+        assert c.engine.run_cycle().exit_code == 0
+        box.noko.set_faults(FaultConfig(rate_5xx=1.0, only_paths=("/v2/invoices",)))
+        broken = c.engine.run_cycle()
+        assert broken.outcome == "degraded"
+        assert broken.exit_code == 1
+        assert broken.error is not None
+        assert "Noko" in broken.error
+        assert "Kantata" not in broken.error
+        box.noko.set_faults(FaultConfig())
+        assert c.engine.run_cycle().exit_code == 0

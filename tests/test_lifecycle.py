@@ -153,7 +153,7 @@ def test_cancel_after_payment_is_a_conflict(box: Sandbox, tmp_path: Path, how: s
     assert after is not None and after["id"] == noko["id"]
     ref = _reference(box, kid)
     assert ref is not None and ref["status"] == "failed"
-    assert "Noko" in ref["external_message"] and "retry" in ref["external_message"]
+    assert "Noko" in ref["external_message"] and "resolve" in ref["external_message"]
     report = status_json(cli_env(box, tmp_path), tmp_path)
     assert report["counts"]["conflict"] == 1
     assert [c["kantata_invoice_id"] for c in report["conflicts"]] == [str(kid)]
@@ -253,4 +253,64 @@ def test_noko_invoice_deleted_behind_our_back(box: Sandbox, tmp_path: Path) -> N
     again = _noko_invoice(box, kid)
     assert again is not None
     assert Decimal(str(again["total_amount"])) == _kantata_total(box, kid)
+    assert check_books(box).problems == []
+
+
+def test_conflict_resolved_by_keeping_noko(box: Sandbox, tmp_path: Path) -> None:
+    """Cancelled after payment, then `resolve`: the conflict ends, Noko stays untouched, and
+    plain `retry` never overrides a conflict."""
+    kid = _new_invoice(box)
+    _sync(box, tmp_path)
+    noko = _noko_invoice(box, kid)
+    assert noko is not None
+    box.noko.set_invoice_state(int(noko["id"]), "paid")
+    box.kantata.cancel(kid)
+    _sync(box, tmp_path, expect=1)
+    env = cli_env(box, tmp_path)
+    plain = run_cli(["retry", str(kid)], env, tmp_path)
+    assert plain.returncode == 1
+    assert status_json(env, tmp_path)["counts"]["conflict"] == 1
+    done = run_cli(["resolve", str(kid)], env, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = status_json(env, tmp_path)
+    assert report["counts"]["conflict"] == 0
+    assert report["failures"] == []
+    kept = _noko_invoice(box, kid)
+    assert kept is not None and kept["id"] == noko["id"] and kept["state"] == "paid"
+    _sync(box, tmp_path)
+
+
+def test_back_to_draft_after_push_leaves_no_trace_in_noko(box: Sandbox, tmp_path: Path) -> None:
+    """An invoice made a draft again after it was pushed is removed from Noko; when it becomes
+    active again it is pushed again, once."""
+    kid = _new_invoice(box)
+    _sync(box, tmp_path)
+    assert _noko_invoice(box, kid) is not None
+    box.kantata.update_invoice(kid, draft=True)
+    _sync(box, tmp_path)
+    assert _noko_invoice(box, kid) is None
+    box.kantata.update_invoice(kid, draft=False)
+    _sync(box, tmp_path)
+    again = _noko_invoice(box, kid)
+    assert again is not None
+    assert Decimal(str(again["total_amount"])) == _kantata_total(box, kid)
+    assert check_books(box).problems == []
+
+
+def test_synced_invoice_made_unmappable_recovers_when_fixed(box: Sandbox, tmp_path: Path) -> None:
+    """A synced invoice whose Kantata data turns bad fails (not a conflict); fixing it in
+    Kantata is enough to bring Noko up to date."""
+    kid = _new_invoice(box)
+    _sync(box, tmp_path)
+    box.kantata.corrupt_invoice(kid, "currency", "XXX")
+    _sync(box, tmp_path, expect=1)
+    report = status_json(cli_env(box, tmp_path), tmp_path)
+    assert [f["kantata_invoice_id"] for f in report["failures"]] == [str(kid)]
+    assert report["counts"]["conflict"] == 0
+    box.kantata.corrupt_invoice(kid, "currency", "USD")
+    box.kantata.update_invoice(kid, message="fixed")
+    _sync(box, tmp_path)
+    noko = _noko_invoice(box, kid)
+    assert noko is not None
+    assert "fixed" in noko["description"]
     assert check_books(box).problems == []
