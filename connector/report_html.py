@@ -159,9 +159,10 @@ def verdict(
     last = _last_finished(runs)
     if not runs:
         reasons.append("no sync cycle has run yet")
-    elif last is not None and last.get("outcome") == "aborted":
+    elif last is not None and last.get("outcome") in ("aborted", "degraded"):
         why = f": {last['error']}" if last.get("error") else ""
-        reasons.append(f"the last cycle ({_show_time(last.get('started_at'))}) aborted{why}")
+        when = _show_time(last.get("started_at"))
+        reasons.append(f"the last cycle ({when}) {last.get('outcome')}{why}")
     lag = _float(report.get("cursor_lag_seconds"))
     if lag is not None and lag > stale_after:
         reasons.append(
@@ -605,7 +606,8 @@ code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 13px
 .badge { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 13px;
   font-weight: 600; background: #eaeef2; }
 .badge.outcome-ok { background: #dafbe1; color: var(--ok); }
-.badge.outcome-failed, .badge.outcome-aborted { background: #ffebe9; color: var(--bad); }
+.badge.outcome-failed, .badge.outcome-aborted,
+.badge.outcome-degraded { background: #ffebe9; color: var(--bad); }
 .badge.outcome-interrupted, .badge.outcome-running { background: #fff8c5; color: var(--warn); }
 p.none { color: var(--muted); margin: 6px 0; }
 footer { margin-top: 36px; font-size: 13px; color: var(--muted); }
