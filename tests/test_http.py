@@ -634,6 +634,37 @@ def test_none_params_dropped(router: respx.MockRouter, clock: FakeClock) -> None
     assert str(route.calls.last.request.url.query, "ascii") == "b=1"
 
 
+def test_query_written_as_httpx_writes_params(router: respx.MockRouter, clock: FakeClock) -> None:
+    """The query the transport builds itself is the one httpx would build from `params`."""
+    params: dict[str, Any] = {
+        "include": "time_entries,expenses",
+        "updated_after": "2024-03-01T10:00:00Z",
+        "per_page": 200,
+        "invoiced": False,
+        "billable": True,
+        "description": "[KS-12/ Ünïcode & more",
+        "ids": [1, 2],
+    }
+    expected = httpx.Request("GET", BASE + "/invoices", params=params).url
+    route = router.get("/invoices").respond(200, json=[])
+    transport = make_transport(clock)
+    transport.request_json("GET", "/invoices", params=params)
+    assert route.calls.last.request.url == expected
+    del params["ids"]  # without a list value the transport writes the query itself
+    transport.request_json("GET", "/invoices", params=params)
+    assert (
+        route.calls.last.request.url == httpx.Request("GET", BASE + "/invoices", params=params).url
+    )
+
+
+def test_decode_json_like_json_loads() -> None:
+    """Bytes in any JSON encoding, str, and a BOM refused as `json.loads` refuses it."""
+    assert decode_json('{"a": 1.10}'.encode("utf-16")) == {"a": Decimal("1.10")}
+    assert decode_json('{"a": [1, "x"]}') == {"a": [1, "x"]}
+    with pytest.raises(ValueError, match="BOM"):
+        decode_json('\ufeff{"a": 1}')
+
+
 @pytest.mark.parametrize(
     "kwargs", [{"max_attempts": 0}, {"initial_delay": -1.0}, {"max_total": -5.0}]
 )
