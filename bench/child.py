@@ -1,0 +1,266 @@
+"""The connector side of one benchmark run, in a process of its own.
+
+`python -m bench.child` reads a job (JSON) on stdin, runs the cycles it names and writes one
+JSON line of measurements on stdout. Running here, apart from the sandbox, makes the process
+CPU time and the RSS high-water mark the connector's alone. Per cycle it reports wall time,
+process CPU time (all threads, user + system), the RSS at the start and its peak during the
+cycle (`VmHWM`, reset through `/proc/self/clear_refs` at the start), and the connector's own
+request counters of each API.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import functools
+import json
+import re
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+__all__ = ["main"]
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class _Meter:
+    """Wall, CPU and memory of one measured stretch of this process."""
+
+    def __init__(self) -> None:
+        self.peak_reset = _reset_peak()
+        self.rss_start_kb = _status_kb("VmRSS")
+        self.usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.wall = time.perf_counter()
+
+    def done(self) -> dict[str, Any]:
+        wall = time.perf_counter() - self.wall
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        user = usage.ru_utime - self.usage.ru_utime
+        system = usage.ru_stime - self.usage.ru_stime
+        peak = _status_kb("VmHWM") if self.peak_reset else None
+        return {
+            "wall": wall,
+            "cpu": user + system,
+            "cpu_user": user,
+            "cpu_sys": system,
+            "rss_start_kb": self.rss_start_kb,
+            # Without a resettable VmHWM, the process's lifetime peak.
+            "rss_peak_kb": peak if peak is not None else usage.ru_maxrss,
+        }
+
+
+class _RssSampler:
+    """Samples (invoices done, RSS) twice a second during a cycle, to see whether memory
+    grows with the number of invoices handled."""
+
+    def __init__(self, engine: Any) -> None:
+        self.done = 0
+        self.series: list[tuple[int, int]] = []
+        self._stop = threading.Event()
+        self._engine = engine
+        engine.on_progress = self._progress
+        self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self._thread.start()
+
+    def _progress(self, counts: Any) -> None:
+        self.done = sum(counts.values())
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            rss = _status_kb("VmRSS")
+            if rss is not None:
+                self.series.append((self.done, rss))
+
+    def close(self) -> list[tuple[int, int]]:
+        self._stop.set()
+        self._thread.join()
+        self._engine.on_progress = None
+        return self.series
+
+
+def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    endpoints = {
+        key: count - before["by_endpoint"].get(key, 0)
+        for key, count in after["by_endpoint"].items()
+        if count - before["by_endpoint"].get(key, 0)
+    }
+    return {
+        "requests": after["requests"] - before["requests"],
+        "errors": after["errors"] - before["errors"],
+        "status_429": after["status_429"] - before["status_429"],
+        "retries": after["retries"] - before["retries"],
+        "wait_seconds": after["wait_seconds"] - before["wait_seconds"],
+        "by_endpoint": endpoints,
+    }
+
+
+class _ThreadProfiles:
+    """cProfile in every thread started while active (the engine's workers run in a pool),
+    timed by each thread's CPU clock, so waiting (locks, sockets, fsync) costs nothing."""
+
+    def __init__(self) -> None:
+        self.profiles: list[cProfile.Profile] = []
+        self._lock = threading.Lock()
+
+    def _start(self, *_: Any) -> None:
+        sys.setprofile(None)
+        profile = cProfile.Profile(time.thread_time)
+        with self._lock:
+            self.profiles.append(profile)
+        profile.enable()
+
+    def __enter__(self) -> _ThreadProfiles:
+        threading.setprofile(self._start)
+        self._start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        threading.setprofile(None)  # type: ignore[arg-type]
+        for profile in self.profiles:
+            profile.disable()
+
+    def dump(self, path: str) -> None:
+        import pstats
+
+        stats = pstats.Stats(self.profiles[0])
+        for profile in self.profiles[1:]:
+            stats.add(profile)
+        stats.dump_stats(path)
+
+
+def _use_transports(dispatch: str) -> None:
+    """Make `open_connector` build its clients on the dispatch transport (their own
+    `transport=` parameter), so the wiring under test stays the application's."""
+    import connector.app as app
+    from bench.dispatch import DispatchTransport
+    from connector.kantata import KantataClient
+    from connector.noko import NokoClient
+
+    app.KantataClient = functools.partial(  # type: ignore[misc]
+        KantataClient, transport=DispatchTransport(dispatch, "kantata")
+    )
+    app.NokoClient = functools.partial(  # type: ignore[misc]
+        NokoClient, transport=DispatchTransport(dispatch, "noko")
+    )
+
+
+def _run_connector(job: dict[str, Any]) -> dict[str, Any]:
+    from connector.app import open_connector
+    from connector.config import Settings
+    from connector.logs import configure_logging
+
+    if job.get("dispatch"):
+        _use_transports(job["dispatch"])
+    settings = Settings(
+        kantata_base_url=job["kantata_url"],
+        noko_base_url=job["noko_url"],
+        kantata_token=SecretStr(job["kantata_token"]),
+        noko_token=SecretStr(job["noko_token"]),
+        kantata_sync_database_url=f"sqlite:///{job['database']}",
+        kantata_sync_log_format="json",
+        **job.get("settings", {}),
+    )
+    configure_logging(settings.kantata_sync_log_format, settings.kantata_sync_log_level)
+    stop = threading.Event()
+    cycles: list[dict[str, Any]] = []
+    opened = _Meter()
+    with open_connector(settings, stop=stop) as conn, conn.store.writer():
+        startup = opened.done()
+        for kind in job["cycles"]:
+            timer = None
+            if job.get("time_cap") and kind == "backfill":
+                timer = threading.Timer(job["time_cap"], stop.set)
+                timer.daemon = True
+                timer.start()
+            k_before = conn.kantata.stats.snapshot()
+            n_before = conn.noko.stats.snapshot()
+            profiles = _ThreadProfiles() if job.get("profile") and kind == "backfill" else None
+            sampler = _RssSampler(conn.engine) if kind == "backfill" else None
+            meter = _Meter()
+            if profiles is not None:
+                with profiles:
+                    result = conn.engine.run_cycle(kind)
+            else:
+                result = conn.engine.run_cycle(kind)
+            measured = meter.done()
+            if sampler is not None:
+                measured["rss_series"] = sampler.close()
+            if timer is not None:
+                timer.cancel()
+            if profiles is not None:
+                profiles.dump(job["profile"])
+            cycles.append(
+                {
+                    "kind": kind,
+                    **measured,
+                    "outcome": result.outcome,
+                    "counts": dict(result.counts),
+                    "failed": len(result.failed),
+                    "pages": result.pages,
+                    "kantata": _delta(conn.kantata.stats.snapshot(), k_before),
+                    "noko": _delta(conn.noko.stats.snapshot(), n_before),
+                }
+            )
+            stop.clear()
+    return {"startup": startup, "cycles": cycles, "workers": settings.kantata_sync_workers}
+
+
+def _run_naive(job: dict[str, Any]) -> dict[str, Any]:
+    from bench.naive import naive_backfill
+
+    meter = _Meter()
+    result = naive_backfill(
+        job["kantata_url"], job["kantata_token"], job["noko_url"], job["noko_token"]
+    )
+    measured = meter.done()
+    return {
+        "cycles": [
+            {
+                "kind": "backfill",
+                **measured,
+                "outcome": "ok" if not result.failed else "failed",
+                "counts": {"pushed": result.pushed, "skipped": result.skipped},
+                "failed": result.failed,
+                "kantata": {
+                    "requests": result.requests["kantata"],
+                    "status_429": result.status_429["kantata"],
+                },
+                "noko": {
+                    "requests": result.requests["noko"],
+                    "status_429": result.status_429["noko"],
+                },
+            }
+        ]
+    }
+
+
+def main() -> None:
+    job = json.loads(sys.stdin.read())
+    output = _run_naive(job) if job["mode"] == "naive" else _run_connector(job)
+    output["ru_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sys.stdout.write(json.dumps(output) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,648 @@
+"""`make bench`: backfills of generated invoices against the sandbox, measured, in one table.
+
+    python -m bench.run            # the whole benchmark (about 20 minutes on 2 cores)
+    python -m bench.run --quick    # a one-minute subset with smaller N
+    python -m bench.run --profile  # also profile the connector (cProfile, every thread)
+
+The sandbox (fake Kantata and fake Noko) runs in this process; the connector runs in a child
+process (`bench.child`) opened with `Settings` and `open_connector`, so its CPU time and peak
+RSS are measured apart from the fakes. Progress goes to stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.dispatch import DispatchServer
+from bench.tap import TapCheck, check_tap
+from bench.workload import Workload, populate
+from connector.sandbox import FakeKantata, FakeNoko, FaultConfig, Sandbox
+from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books
+
+ROOT = Path(__file__).resolve().parents[1]
+PER_PAGE = 200
+UNLIMITED = 1e9  # Settings wants a positive rate; this one never makes a request wait
+DISPATCH_KANTATA = "http://127.0.0.1:9/api/v1"  # never connected to: the dispatch transport
+DISPATCH_NOKO = "http://127.0.0.1:9/v2"  # answers instead (a failed hook fails loudly)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Rate limits (requests per second, None = none) and latency of both fake APIs."""
+
+    noko: float | None
+    kantata: float | None
+    latency_ms: float
+    burst: int = 5  # the sandbox's: a few requests slowed down, then empty 429s
+
+    def label(self) -> str:
+        if self.noko is None:
+            return "no limit"
+        return f"Noko {self.noko:g}/s, Kantata {self.kantata:g}/s, {self.latency_ms:g} ms"
+
+
+REAL = Limits(noko=2.0, kantata=10.0, latency_ms=20)
+SCALED = Limits(noko=2000.0, kantata=10_000.0, latency_ms=20)
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    scenario: str
+    n: int
+    wall: float
+    kantata: int
+    noko: int
+    status_429: int
+    cpu: float
+    rss_peak_kb: int
+    rss_start_kb: int | None
+    quiet: bool = False
+    pushed: int = 0
+    bound: float | None = None
+    stopped: bool = False
+
+    @property
+    def requests(self) -> int:
+        return self.kantata + self.noko
+
+
+@dataclass
+class Run:
+    """Everything one child run measured, with the sandbox's view of it."""
+
+    label: str
+    workload: Workload
+    cycles: list[dict[str, Any]]
+    rows: list[Row] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    noko_needed: int | None = None
+    kantata_needed: int | None = None
+    projects: int | None = None
+    sandbox_requests: int | None = None
+    sandbox_429: int | None = None
+    workers: int | None = None
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def _progress(message: str, started: float) -> None:
+    print(f"[{time.monotonic() - started:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def _child(job: dict[str, Any], log: Path, timeout: float) -> dict[str, Any]:
+    with log.open("w") as stderr:
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.child"],
+            input=json.dumps(job),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+            check=False,
+        )
+    if done.returncode != 0 or not done.stdout.strip():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise BenchError(f"the connector process failed ({done.returncode}):\n{tail}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _noko_needed(noko: FakeNoko) -> tuple[int, int]:
+    """Noko requests truly needed for what Noko holds now: one per expense on a KS- invoice,
+    one per such invoice, one lookup per project they book on. Also the project count."""
+    state = noko.state()
+    invoices = [i for i in state["invoices"] if str(i.get("reference", "")).startswith("KS-")]
+    expenses = [
+        e for e in state["expenses"] if e.get("invoice") and "[KS-" in str(e.get("description"))
+    ]
+    projects = {e["project"]["id"] for e in expenses if isinstance(e.get("project"), dict)}
+    return len(invoices) + len(expenses) + len(projects), len(projects)
+
+
+def _rows(run: Run, limits: Limits | None) -> None:
+    for index, cycle in enumerate(run.cycles):
+        quiet = cycle["kind"] != "backfill"
+        counts = cycle.get("counts", {})
+        pushed = int(counts.get("pushed", 0))
+        label = run.label
+        if quiet:
+            label = "  sync, nothing new" + (" (after write-backs)" if index == 1 else " (again)")
+        row = Row(
+            scenario=label,
+            n=run.workload.eligible if quiet else pushed,
+            wall=cycle["wall"],
+            kantata=cycle["kantata"]["requests"],
+            noko=cycle["noko"]["requests"],
+            status_429=cycle["kantata"]["status_429"] + cycle["noko"]["status_429"],
+            cpu=cycle["cpu"],
+            rss_peak_kb=cycle["rss_peak_kb"],
+            rss_start_kb=cycle.get("rss_start_kb"),
+            quiet=quiet,
+            pushed=pushed,
+            stopped=cycle.get("outcome") == "interrupted",
+        )
+        if not quiet and limits is not None and limits.noko and limits.kantata:
+            bounds = []
+            if run.noko_needed is not None:
+                bounds.append(run.noko_needed / limits.noko)
+            if run.kantata_needed is not None:
+                bounds.append(run.kantata_needed / limits.kantata)
+            row.bound = max(bounds) if bounds else None
+        run.rows.append(row)
+
+
+def http_run(
+    label: str,
+    n: int,
+    limits: Limits,
+    tmp: Path,
+    *,
+    seed: int,
+    cycles: tuple[str, ...] = ("backfill", "sync", "sync"),
+    mode: str = "connector",
+    workers: int | None = None,
+    timeout: float = 3600,
+) -> Run:
+    """A backfill (and quiet cycles) over real HTTP on loopback, latency and limits on both
+    sides; the books are checked afterwards with the end-to-end tests' invariant checker."""
+    box = Sandbox(
+        kantata_faults=FaultConfig(latency_ms=limits.latency_ms),
+        noko_faults=FaultConfig(latency_ms=limits.latency_ms),
+        noko_rate_limit=limits.noko,
+        noko_burst=limits.burst,
+        kantata_rate_limit=limits.kantata,
+        kantata_burst=limits.burst,
+    )
+    workload = populate(box.kantata, box.noko, n, seed=seed)
+    settings: dict[str, Any] = {
+        "noko_max_requests_per_second": limits.noko or UNLIMITED,
+        "kantata_max_requests_per_second": limits.kantata or UNLIMITED,
+    }
+    if workers is not None:
+        settings["kantata_sync_workers"] = workers
+    name = f"{mode}-{label}-{n}".replace(" ", "_").replace("/", "")
+    with box:
+        job = {
+            "mode": mode,
+            "kantata_url": box.kantata_url,
+            "noko_url": box.noko_url,
+            "kantata_token": KANTATA_TOKEN,
+            "noko_token": NOKO_TOKEN,
+            "database": str(tmp / f"{name}.db"),
+            "settings": settings,
+            "cycles": list(cycles) if mode == "connector" else ["backfill"],
+        }
+        out = _child(job, tmp / f"{name}.log", timeout)
+        books = check_books(box)
+        needed, projects = _noko_needed(box.noko)
+        k_stats = box.kantata.stats.snapshot()
+        n_stats = box.noko.stats.snapshot()
+    run = Run(label, workload, out["cycles"], workers=out.get("workers"))
+    run.problems = list(books.problems)
+    if books.eligible != workload.eligible:
+        run.problems.append(f"{books.eligible} eligible in Kantata, {workload.eligible} built")
+    run.noko_needed = needed
+    run.projects = projects
+    run.kantata_needed = math.ceil(workload.total / PER_PAGE) + workload.eligible
+    run.sandbox_requests = k_stats["total"] + n_stats["total"]
+    run.sandbox_429 = k_stats["count_429"] + n_stats["count_429"]
+    _rows(run, limits)
+    return run
+
+
+def dispatch_run(
+    n: int, tmp: Path, *, seed: int, time_cap: float | None, profile: str | None = None
+) -> Run:
+    """A backfill without latency, limits or HTTP: the connector process hands every request
+    to the fakes in this process (`bench.dispatch`)."""
+    kantata = FakeKantata()
+    noko = FakeNoko()
+    workload = populate(kantata, noko, n, seed=seed)
+    kantata.public_url = DISPATCH_KANTATA
+    noko.public_url = DISPATCH_NOKO
+    socket_path = str(tmp / f"dispatch-{n}.sock")
+    server = DispatchServer(socket_path, {"kantata": kantata, "noko": noko})
+    try:
+        job = {
+            "mode": "connector",
+            "kantata_url": DISPATCH_KANTATA,
+            "noko_url": DISPATCH_NOKO,
+            "kantata_token": KANTATA_TOKEN,
+            "noko_token": NOKO_TOKEN,
+            "database": str(tmp / f"dispatch-{n}{'-profile' if profile else ''}.db"),
+            "settings": {
+                "noko_max_requests_per_second": UNLIMITED,
+                "kantata_max_requests_per_second": UNLIMITED,
+            },
+            "cycles": ["backfill"],
+            "dispatch": socket_path,
+            "time_cap": time_cap,
+            "profile": profile,
+        }
+        out = _child(job, tmp / f"dispatch-{n}.log", timeout=7200)
+    finally:
+        server.close()
+    label = "in-process, no HTTP" + (" (profiled)" if profile else "")
+    run = Run(label, workload, out["cycles"], workers=out.get("workers"))
+    cycle = run.cycles[0]
+    writes = cycle["kantata"]["by_endpoint"].get("PUT /invoices/{id}.json", 0)
+    pushed = int(cycle["counts"].get("pushed", 0))
+    if cycle["outcome"] != "interrupted" and pushed != workload.eligible:
+        run.problems.append(f"pushed {pushed} of {workload.eligible}")
+    if writes != pushed:
+        run.problems.append(f"{writes} write-backs for {pushed} pushed invoices")
+    if cycle["failed"]:
+        run.problems.append(f"{cycle['failed']} invoices failed")
+    _rows(run, None)
+    del kantata, noko, server
+    gc.collect()
+    return run
+
+
+# ------------------------------------------------------------------------------- the table
+
+
+def _int(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _per(total: int, n: int) -> str:
+    return f"{_int(total)} ({total / n:.2f})" if n else _int(total)
+
+
+def _cells(row: Row) -> list[str]:
+    peak = row.rss_peak_kb / 1024
+    delta = (
+        "" if row.rss_start_kb is None else f" (+{(row.rss_peak_kb - row.rss_start_kb) / 1024:.0f})"
+    )
+    if row.quiet:
+        return [
+            row.scenario,
+            _int(row.n),
+            f"{row.wall:.2f}",
+            "—",
+            _int(row.kantata),
+            _int(row.noko),
+            _int(row.status_429),
+            "—",
+            "—",
+            f"{row.cpu * 1000:.0f} /cycle",
+            f"{peak:.0f}{delta}",
+        ]
+    share = f"{100 * row.status_429 / row.requests:.1f}%" if row.requests else "0%"
+    n = row.pushed
+    return [
+        row.scenario + (" (stopped by time cap)" if row.stopped else ""),
+        _int(n),
+        f"{row.wall:.1f}",
+        f"{n / row.wall:.1f}" if row.wall else "—",
+        _per(row.kantata, n),
+        _per(row.noko, n),
+        f"{_int(row.status_429)} ({share})",
+        f"{row.bound:.1f}" if row.bound is not None else "—",
+        f"{100 * row.bound / row.wall:.0f}%" if row.bound is not None and row.wall else "—",
+        f"{1000 * row.cpu / n:.2f}" if n else "—",
+        f"{peak:.0f}{delta}",
+    ]
+
+
+HEADER = [
+    "scenario",
+    "N",
+    "wall s",
+    "invoices/s",
+    "Kantata req (/inv)",
+    "Noko req (/inv)",
+    "429s (share)",
+    "bound s",
+    "of bound",
+    "CPU ms/inv",
+    "peak RSS MB (+cycle)",
+]
+
+
+def table(rows: list[Row]) -> str:
+    cells = [HEADER] + [_cells(r) for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(HEADER))]
+    out = []
+    for index, line in enumerate(cells):
+        out.append(
+            "| "
+            + " | ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(line, widths, strict=True))
+            )
+            + " |"
+        )
+        if index == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------- the verdicts
+
+
+def _endpoint(cycle: dict[str, Any], side: str, key: str) -> int:
+    return int(cycle[side].get("by_endpoint", {}).get(key, 0))
+
+
+def rss_growth(cycle: dict[str, Any]) -> float | None:
+    """RSS growth in KB per invoice handled: least squares over the samples taken after the
+    first fifth of the run (the start-up transient left out); None with too few samples."""
+    series = cycle.get("rss_series") or []
+    if not series:
+        return None
+    last = series[-1][0]
+    points = [(done, rss) for done, rss in series if done >= 0.2 * last]
+    if len(points) < 5 or points[-1][0] == points[0][0]:
+        return None
+    return float(statistics.linear_regression(*zip(*points, strict=True)).slope)
+
+
+def targets(http_runs: list[Run], real: Run | None, dispatch_runs: list[Run]) -> list[str]:
+    """Each target of the issue with the figure that shows it met or missed."""
+    lines: list[str] = []
+
+    def verdict(ok: bool) -> str:
+        return "met   " if ok else "MISSED"
+
+    for run in http_runs:
+        backfill = run.cycles[0]
+        pushed = int(backfill["counts"].get("pushed", 0))
+        pages = _endpoint(backfill, "kantata", "GET /invoices.json")
+        expected_pages = math.ceil(run.workload.total / PER_PAGE)
+        singles = _endpoint(backfill, "kantata", "GET /invoices/{id}.json")
+        writes = _endpoint(backfill, "kantata", "PUT /invoices/{id}.json")
+        lines.append(
+            f"{verdict(pages == expected_pages and not singles)} Kantata reads, {run.label} "
+            f"N={pushed:,}: {pages} page requests for {run.workload.total:,} invoices "
+            f"(pages of {PER_PAGE} with lines: {expected_pages}), {singles} single reads"
+        )
+        lines.append(
+            f"{verdict(writes == pushed and not run.problems)} write-backs, N={pushed:,}: "
+            f"{writes:,} for {pushed:,} pushed, none for {run.workload.skipped} skipped "
+            f"(books checked: {len(run.problems)} problems)"
+        )
+        if run.noko_needed is not None:
+            sent = backfill["noko"]["requests"]
+            extra = sent - run.noko_needed
+            lookups = _endpoint(backfill, "noko", "GET /projects")
+            lines.append(
+                f"{verdict(extra <= math.ceil(pushed / 1000) + 1 and lookups == run.projects)} "
+                f"Noko requests, N={pushed:,}: {sent:,} sent, {run.noko_needed:,} needed "
+                f"(expenses + invoices + {run.projects} project lookups), {extra:+,} "
+                f"({lookups} project lookups for {run.projects} projects)"
+            )
+        for cycle in run.cycles[1:]:
+            lines.append(
+                f"{verdict(cycle['kantata']['requests'] == 1)} quiet cycle, N={pushed:,}: "
+                f"{cycle['kantata']['requests']} Kantata and {cycle['noko']['requests']} Noko "
+                f"requests, {sum(cycle['counts'].values()):,} invoices re-read, "
+                f"{cycle['wall']:.2f} s"
+            )
+    row = real.rows[0] if real is not None else None
+    if row is not None and row.bound is not None:
+        share = row.status_429 / row.requests if row.requests else 0.0
+        lines.append(
+            f"{verdict(row.bound / row.wall >= 0.95)} throughput at Noko's 2 req/s: "
+            f"{100 * row.bound / row.wall:.1f}% of the bound ({row.bound:.1f} s of "
+            f"{row.wall:.1f} s)"
+        )
+        lines.append(
+            f"{verdict(share < 0.01)} 429s at Noko's 2 req/s: {row.status_429} of "
+            f"{row.requests} requests ({100 * share:.2f}%)"
+        )
+    for run in http_runs:
+        r = run.rows[0]
+        if r.pushed >= 1000:
+            per = 1000 * r.cpu / r.pushed
+            lines.append(
+                f"{verdict(per < 5)} CPU with HTTP on loopback, N={r.pushed:,}: "
+                f"{per:.2f} ms per invoice (target < 5)"
+            )
+    memory = []
+    for run in dispatch_runs:
+        r = run.rows[0]
+        if not r.pushed:
+            continue
+        per = 1000 * r.cpu / r.pushed
+        memory.append((r.pushed, r.rss_peak_kb / 1024, rss_growth(run.cycles[0])))
+        lines.append(
+            f"{verdict(per < 1 and not run.problems)} CPU without the HTTP stack, "
+            f"N={r.pushed:,}: {per:.2f} ms per invoice (target < 1)"
+            + (f"; problems: {'; '.join(run.problems)}" if run.problems else "")
+        )
+    if memory:
+        goal = max(run.workload.eligible for run in dispatch_runs)
+        # The longest run has the most samples: its slope is the one to trust.
+        done, peak, growth = max(memory, key=lambda m: m[0])
+        slope = growth or 0.0
+        projected = peak + slope * (goal * 1.05 - done) / 1024  # 5% skipped invoices too
+        flat = slope < 0.1  # KB per invoice: under 10 MB over 100,000 invoices
+        lines.append(
+            f"{verdict(projected < 200 and flat)} peak memory: "
+            + ", ".join(f"{m[1]:.0f} MB after {m[0]:,} invoices" for m in memory)
+            + f"; RSS grows {slope:.2f} KB per invoice handled"
+            + ("" if flat else " (not flat)")
+            + (
+                f", so about {projected:.0f} MB at {goal:,}"
+                if done < goal
+                else f"; {peak:.0f} MB at {goal:,}"
+            )
+        )
+    return lines
+
+
+def side_by_side(naive: Run, connector: Run) -> list[str]:
+    a, b = naive.rows[0], connector.rows[0]
+    n_a, n_b = max(a.pushed, 1), max(b.pushed, 1)
+    return [
+        f"naive / connector, N={b.pushed}, {SCALED.label()} (same data, same sandbox settings):",
+        f"  wall time          {a.wall:8.1f} s  / {b.wall:8.1f} s  = {a.wall / b.wall:5.1f}x",
+        f"  Kantata req/inv    {a.kantata / n_a:8.2f}    / {b.kantata / n_b:8.2f}    = "
+        f"{(a.kantata / n_a) / (b.kantata / n_b):5.1f}x",
+        f"  Noko req/inv       {a.noko / n_a:8.2f}    / {b.noko / n_b:8.2f}    = "
+        f"{(a.noko / n_a) / (b.noko / n_b):5.1f}x",
+        f"  CPU ms/inv         {1000 * a.cpu / n_a:8.2f}    / {1000 * b.cpu / n_b:8.2f}    = "
+        f"{(a.cpu / n_a) / (b.cpu / n_b):5.1f}x   (the naive one keeps no state file)",
+        f"  at Noko's 2 req/s  {a.noko / 2 / 60:8.1f} min / {b.noko / 2 / 60:8.1f} min "
+        f"(Noko requests / 2, per {b.pushed} invoices)",
+        f"  books: naive {len(naive.problems)} problems, connector {len(connector.problems)}",
+    ]
+
+
+def print_profile(path: str, limit: int = 25) -> None:
+    stats = pstats.Stats(path)
+    stats.sort_stats("tottime").print_stats(limit)
+    stats.sort_stats("cumulative").print_stats(r"connector|mappings|sqlalchemy|httpx", limit)
+
+
+# ------------------------------------------------------------------------------- main
+
+
+@dataclass(frozen=True)
+class Plan:
+    real: int
+    scaled: tuple[int, ...]
+    side: int
+    dispatch: tuple[int, ...]
+    budget: float
+
+
+FULL = Plan(
+    real=20, scaled=(1_000, 10_000), side=200, dispatch=(10_000, 30_000, 100_000), budget=1170
+)
+QUICK = Plan(real=2, scaled=(100,), side=20, dispatch=(300, 1_000), budget=70)
+
+
+SECTIONS = ("real", "scaled", "side", "tap", "inprocess")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a one-minute subset")
+    parser.add_argument(
+        "--only",
+        metavar="SECTION[,SECTION]",
+        help=f"run only these parts: {', '.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--no-cap",
+        action="store_true",
+        help="let the in-process runs finish whatever the time budget",
+    )
+    parser.add_argument("--profile", action="store_true", help="also profile an in-process run")
+    parser.add_argument("--seed", type=int, default=6)
+    args = parser.parse_args(argv)
+    sections = set(SECTIONS if not args.only else args.only.split(","))
+    if not sections <= set(SECTIONS):
+        parser.error(f"--only takes {', '.join(SECTIONS)}")
+    plan = QUICK if args.quick else FULL
+    started = time.monotonic()
+    seed = args.seed
+    real: Run | None = None
+    http_runs: list[Run] = []
+    side: tuple[Run, Run] | None = None
+    tap: TapCheck | None = None
+    dispatch_runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="kantata-sync-bench-") as name:
+        tmp = Path(name)
+        if "real" in sections:
+            _progress(f"backfill of {plan.real} invoices at {REAL.label()}", started)
+            real = http_run(f"backfill, {REAL.label()}", plan.real, REAL, tmp, seed=seed)
+            http_runs.append(real)
+        for n in plan.scaled if "scaled" in sections else ():
+            _progress(f"backfill of {n:,} invoices at {SCALED.label()}", started)
+            # Two quiet cycles where they are cheap, one at 10,000 (each re-reads them all).
+            quiet = ("sync", "sync") if n <= 1_000 else ("sync",)
+            http_runs.append(
+                http_run(
+                    f"backfill, {SCALED.label()}",
+                    n,
+                    SCALED,
+                    tmp,
+                    seed=seed,
+                    cycles=("backfill", *quiet),
+                )
+            )
+        if "side" in sections:
+            _progress(f"naive baseline and connector, {plan.side} invoices", started)
+            naive = http_run("naive baseline", plan.side, SCALED, tmp, seed=seed, mode="naive")
+            same = http_run(
+                "connector, same as naive", plan.side, SCALED, tmp, seed=seed, cycles=("backfill",)
+            )
+            side = (naive, same)
+        if "tap" in sections:
+            _progress("tap-mavenlink: can it be pointed at the sandbox?", started)
+            tap = check_tap()
+        for index, n in enumerate(plan.dispatch if "inprocess" in sections else ()):
+            cap = None
+            if index and not args.no_cap:
+                # The first (smallest) run always completes; the larger ones share what is
+                # left of the time budget in proportion to N, populating the fakes (about
+                # 0.4 ms per invoice) included, and stop where their time runs out.
+                remaining = plan.budget - (time.monotonic() - started)
+                weight = n / sum(plan.dispatch[index:])
+                cap = max(10.0, remaining * weight - 0.0004 * n - 5)
+            _progress(
+                f"in-process backfill of {n:,} invoices"
+                + (f" (time cap {cap:.0f} s)" if cap else ""),
+                started,
+            )
+            dispatch_runs.append(dispatch_run(n, tmp, seed=seed, time_cap=cap))
+        profile_path = None
+        if args.profile:
+            profile_path = str(tmp / "connector.prof")
+            _progress("profiled in-process backfill of 2,000 invoices", started)
+            dispatch_run(2_000, tmp, seed=seed, time_cap=None, profile=profile_path)
+        _progress("done", started)
+
+        runs = [*http_runs, *(side or ()), *dispatch_runs]
+        print(table([row for run in runs for row in run.rows]))
+        print()
+        workers = next((run.workers for run in runs if run.workers), None)
+        print(f"Targets (kantata_sync_workers={workers}, the default):")
+        for line in targets(http_runs, real, dispatch_runs):
+            print(f"  {line}")
+        if side is not None:
+            print()
+            for line in side_by_side(*side):
+                print(line)
+        if tap is not None:
+            print()
+            print(_tap_line(tap))
+        print()
+        print(_notes(http_runs, started))
+        if profile_path is not None:
+            print()
+            print_profile(profile_path)
+    return 0
+
+
+def _tap_line(tap: TapCheck) -> str:
+    return ("tap-mavenlink: " if not tap.usable else "tap-mavenlink (usable?): ") + tap.reason
+
+
+def _notes(http_runs: list[Run], started: float) -> str:
+    lines = [
+        "How to read it:",
+        "  N: invoices pushed (quiet rows: invoices in the state). Requests are the connector's",
+        "  own counts, retries and 429s included. bound s: (Noko requests truly needed / Noko",
+        "  rate) or the same for Kantata, whichever is longer; 'needed' = one per Noko expense",
+        "  and invoice that exist afterwards + one lookup per project they use. of bound: bound /",
+        "  wall. CPU ms/inv: CPU time (user + system, all threads) of the connector's process",
+        "  during the cycle / N; the sandbox runs in another process. peak RSS: the connector",
+        "  process's high-water mark during the cycle (interpreter and imports included; in",
+        "  parentheses what the cycle added to the RSS it started with).",
+        f"  Total benchmark time: {time.monotonic() - started:.0f} s.",
+    ]
+    for run in http_runs:
+        if run.sandbox_requests is not None:
+            counted = sum(c["kantata"]["requests"] + c["noko"]["requests"] for c in run.cycles)
+            if counted != run.sandbox_requests:
+                lines.append(
+                    f"  note: {run.label} N={run.workload.eligible}: the sandbox saw "
+                    f"{run.sandbox_requests} requests, the connector counted {counted}"
+                )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
