@@ -2,6 +2,7 @@
 
     python -m bench.run            # the whole benchmark (about 20 minutes on 2 cores)
     python -m bench.run --quick    # a one-minute subset with smaller N
+    python -m bench.run --only inprocess --no-cap   # one part, without the time budget
     python -m bench.run --profile  # also profile the connector (cProfile, every thread)
 
 The sandbox (fake Kantata and fake Noko) runs in this process; the connector runs in a child
@@ -15,6 +16,8 @@ import argparse
 import gc
 import json
 import math
+import os
+import platform
 import pstats
 import statistics
 import subprocess
@@ -620,8 +623,34 @@ def _tap_line(tap: TapCheck) -> str:
     return ("tap-mavenlink: " if not tap.usable else "tap-mavenlink (usable?): ") + tap.reason
 
 
+def _machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        commit = ""
+    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}" + (
+        f", commit {commit}" if commit else ""
+    )
+
+
 def _notes(http_runs: list[Run], started: float) -> str:
     lines = [
+        f"Machine: {_machine()}.",
         "How to read it:",
         "  N: invoices pushed (quiet rows: invoices in the state). Requests are the connector's",
         "  own counts, retries and 429s included. bound s: (Noko requests truly needed / Noko",
