@@ -348,6 +348,25 @@ class SyncEngine:
                     self.record_failure(inv.id, str(exc), run_id)
                 return "failed", str(exc)
 
+    def _retry_at(self, attempts: int) -> datetime:
+        """Next try after `attempts` failures: a delay doubling from the initial one, capped."""
+        delay = min(
+            self.settings.retry_initial_delay * (2 ** max(attempts - 1, 0)),
+            self.settings.retry_max_delay,
+        )
+        return self.clock() + timedelta(seconds=delay)
+
+    @staticmethod
+    def _forget_noko(record: InvoiceRecord, *, recover: bool) -> None:
+        """The Noko invoice is gone: the next push makes a new one. With `recover`, that push
+        first reuses or removes the expenses the old one left behind."""
+        record.noko_invoice_id = None
+        record.noko_url = None
+        record.noko_state = None
+        record.noko_lines = None
+        if recover:
+            record.stage = "pushing"
+
     def record_failure(self, kantata_id: str, message: str, run_id: str) -> None:
         """Keep any failure in the store, retried later, so no invoice is silently left out
         when the cursor moves on. The stage is kept: recovery resumes where work stopped."""
@@ -357,11 +376,7 @@ class SyncEngine:
         record.attempts += 1
         record.last_error = message
         record.error_kind = record.error_kind or "transient"
-        delay = min(
-            self.settings.retry_initial_delay * (2 ** max(record.attempts - 1, 0)),
-            self.settings.retry_max_delay,
-        )
-        record.next_attempt_at = self.clock() + timedelta(seconds=delay)
+        record.next_attempt_at = self._retry_at(record.attempts)
         self.store.save_invoice(record, run_id=run_id, event="failed", detail=message)
 
     def _handle(
@@ -455,13 +470,8 @@ class SyncEngine:
             return "repaired", None
 
         if force and record is not None and record.error_kind == "gone":
-            # The operator asks to push again what was deleted in Noko: a new Noko invoice,
-            # reusing or removing the expenses the deletion left behind.
-            record.noko_invoice_id = None
-            record.noko_url = None
-            record.noko_state = None
-            record.noko_lines = None
-            record.stage = "pushing"
+            # The operator asks to push again what was deleted in Noko.
+            self._forget_noko(record, recover=True)
 
         if not (force or retry_now) and not self._due(record, inv, fingerprint):
             assert record is not None
@@ -480,9 +490,7 @@ class SyncEngine:
         if dry_run:
             return "would-push", _describe(doc)
         if record is not None and record.noko_state == "deleted":
-            record.noko_invoice_id = None
-            record.noko_state = None
-            record.noko_url = None
+            self._forget_noko(record, recover=False)
         return self._push(inv, doc, fingerprint, record, run_id, log)
 
     def _due(self, record: InvoiceRecord | None, inv: KantataInvoice, fingerprint: str) -> bool:
@@ -588,11 +596,7 @@ class SyncEngine:
         if record.status != "conflict":
             record.status = "failed"
         if retry:
-            delay = min(
-                self.settings.retry_initial_delay * (2 ** max(record.attempts - 1, 0)),
-                self.settings.retry_max_delay,
-            )
-            record.next_attempt_at = self.clock() + timedelta(seconds=delay)
+            record.next_attempt_at = self._retry_at(record.attempts)
         else:
             record.next_attempt_at = None
         self.store.save_invoice(record, run_id=run_id, event="failed", detail=f"{kind}: {message}")
@@ -764,13 +768,8 @@ class SyncEngine:
             )
         except NokoGoneError:
             if force:
-                # The operator asked for the Kantata version: push it again as a new invoice,
-                # reusing or removing the expenses the deletion left behind.
-                record.noko_invoice_id = None
-                record.noko_url = None
-                record.noko_state = None
-                record.noko_lines = None
-                record.stage = "pushing"
+                # The operator asked for the Kantata version: push it again as a new invoice.
+                self._forget_noko(record, recover=True)
                 return self._push(inv, doc, fingerprint, record, run_id, log)
             return self._conflict(
                 record,

@@ -10,10 +10,10 @@ the server may still apply it: the invoice fails transiently and the next attemp
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -31,6 +31,8 @@ from mappings.to_noko import (
     marker_prefix,
     parse_marker,
 )
+
+Kind = Literal["expense", "entry"]
 
 ENTRY_KEY = "entry:"
 """Prefix of time-entry keys in `PushResult.expense_ids` (and the store's `noko_lines`)."""
@@ -213,6 +215,8 @@ class NokoPusher:
                     "adopted invoice created by an earlier attempt", reference=plan.reference
                 )
                 _, deleted = self._sweep(plan, reuse=False)
+                if plan.entries:
+                    deleted += self._sweep_entries(plan, reuse=False)[1]
                 return PushResult(existing, adopted=True, deleted=deleted)
             reused, deleted = self._sweep(plan, reuse=True)
             reused_entries, deleted_entries = self._sweep_entries(plan, reuse=True)
@@ -275,47 +279,13 @@ class NokoPusher:
         try:
             created = create()
         except AmbiguousWriteError as exc:
-            for entry in self._uninvoiced_marked_entries(marker(reference, planned.line_key)):
+            for entry in self._marked("entry", marker(reference, planned.line_key)):
                 if _matches_entry(entry, planned):
                     return int(entry["id"])
             raise WriteInDoubtError.after(
                 exc, f"time entry {marker(reference, planned.line_key)}"
             ) from None
         return int(created["id"])
-
-    def _uninvoiced_marked_entries(self, text: str) -> list[dict[str, Any]]:
-        out = []
-        for entry in self.noko.list_entries({"description": text, "invoiced": "false"}):
-            if entry.get("invoice") or entry.get("invoiced_at"):
-                continue
-            if text in str(entry.get("description") or ""):
-                out.append(entry)
-        return out
-
-    def _sweep_entries(
-        self, plan: NokoInvoicePlan, *, reuse: bool, keep: set[str] | None = None
-    ) -> tuple[dict[str, int], int]:
-        """Like `_sweep`, for the time entries of a plan."""
-        planned = {e.line_key: e for e in plan.entries}
-        reused: dict[str, int] = {}
-        deleted = 0
-        for entry in self._uninvoiced_marked_entries(marker_prefix(plan.reference)):
-            parsed = parse_marker(str(entry.get("description")))
-            if parsed is None or parsed[0] != plan.reference:
-                continue
-            wanted = planned.get(parsed[1])
-            if (
-                reuse
-                and wanted is not None
-                and parsed[1] not in reused
-                and parsed[1] not in (keep or set())
-                and _matches_entry(entry, wanted)
-            ):
-                reused[parsed[1]] = int(entry["id"])
-                continue
-            self.noko.delete_entry(int(entry["id"]))
-            deleted += 1
-        return reused, deleted
 
     def _create_expense(self, reference: str, planned: NokoExpensePlan, project_id: int) -> int:
         try:
@@ -335,34 +305,42 @@ class NokoPusher:
             ) from None
         return int(created["id"])
 
-    def _uninvoiced_marked(self, text: str) -> list[dict[str, Any]]:
-        out = []
-        for expense in self.noko.list_expenses({"description": text, "invoiced": "false"}):
-            if expense.get("invoice"):
-                continue
-            if text in str(expense.get("description") or ""):
-                out.append(expense)
-        return out
-
     def _find_expense(self, reference: str, planned: NokoExpensePlan) -> int | None:
-        for expense in self._uninvoiced_marked(marker(reference, planned.line_key)):
+        for expense in self._marked("expense", marker(reference, planned.line_key)):
             if parse_marker(str(expense.get("description"))) == (reference, planned.line_key) and (
                 _matches(expense, planned)
             ):
                 return int(expense["id"])
         return None
 
-    def _sweep(
-        self, plan: NokoInvoicePlan, *, reuse: bool, keep: set[str] | None = None
+    def _marked(self, kind: Kind, text: str) -> list[dict[str, Any]]:
+        """Uninvoiced expenses or time entries whose description holds `text` (a marker)."""
+        listing = self.noko.list_expenses if kind == "expense" else self.noko.list_entries
+        out = []
+        for item in listing({"description": text, "invoiced": "false"}):
+            if item.get("invoice") or item.get("invoiced_at"):
+                continue
+            if text in str(item.get("description") or ""):
+                out.append(item)
+        return out
+
+    def _sweep_kind(
+        self,
+        kind: Kind,
+        reference: str,
+        planned: Mapping[str, Any],
+        matches: Callable[[Mapping[str, Any], Any], bool],
+        *,
+        reuse: bool,
+        keep: set[str] | None = None,
     ) -> tuple[dict[str, int], int]:
-        """Reuse the uninvoiced expenses an earlier attempt made for this plan (when `reuse`);
-        delete the ones that do not fit it (duplicates, changed amounts), so no orphans pile up."""
-        planned = {p.line_key: p for p in plan.expenses}
+        """Reuse the uninvoiced items an earlier attempt made for `reference` that fit the plan
+        (when `reuse`); delete the rest (duplicates, changed amounts), so no orphans pile up."""
         reused: dict[str, int] = {}
         deleted = 0
-        for expense in self._uninvoiced_marked(marker_prefix(plan.reference)):
-            parsed = parse_marker(str(expense.get("description")))
-            if parsed is None or parsed[0] != plan.reference:
+        for item in self._marked(kind, marker_prefix(reference)):
+            parsed = parse_marker(str(item.get("description")))
+            if parsed is None or parsed[0] != reference:
                 continue
             key = parsed[1]
             wanted = planned.get(key)
@@ -371,20 +349,39 @@ class NokoPusher:
                 and wanted is not None
                 and key not in reused
                 and key not in (keep or set())
-                and _matches(expense, wanted)
+                and matches(item, wanted)
             ):
-                reused[key] = int(expense["id"])
+                reused[key] = int(item["id"])
                 continue
-            self.noko.delete_expense(int(expense["id"]))
+            if kind == "expense":
+                self.noko.delete_expense(int(item["id"]))
+            else:
+                self.noko.delete_entry(int(item["id"]))
             deleted += 1
         if reused or deleted:
             self.log.info(
-                "recovered expenses of an earlier attempt",
-                reference=plan.reference,
+                f"recovered {kind} items of an earlier attempt",
+                reference=reference,
                 reused=len(reused),
                 deleted=deleted,
             )
         return reused, deleted
+
+    def _sweep(
+        self, plan: NokoInvoicePlan, *, reuse: bool, keep: set[str] | None = None
+    ) -> tuple[dict[str, int], int]:
+        planned = {p.line_key: p for p in plan.expenses}
+        return self._sweep_kind(
+            "expense", plan.reference, planned, _matches, reuse=reuse, keep=keep
+        )
+
+    def _sweep_entries(
+        self, plan: NokoInvoicePlan, *, reuse: bool, keep: set[str] | None = None
+    ) -> tuple[dict[str, int], int]:
+        planned = {e.line_key: e for e in plan.entries}
+        return self._sweep_kind(
+            "entry", plan.reference, planned, _matches_entry, reuse=reuse, keep=keep
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -562,12 +559,12 @@ class NokoPusher:
         marker: what a create applied after its invoice was done leaves behind."""
         found = [
             Leftover("expense", int(e["id"]), parsed[0])
-            for e in self._uninvoiced_marked(text)
+            for e in self._marked("expense", text)
             if (parsed := parse_marker(str(e.get("description")))) is not None
         ]
         found += [
             Leftover("entry", int(e["id"]), parsed[0])
-            for e in self._uninvoiced_marked_entries(text)
+            for e in self._marked("entry", text)
             if (parsed := parse_marker(str(e.get("description")))) is not None
         ]
         return found
@@ -579,19 +576,10 @@ class NokoPusher:
             self.noko.delete_expense(leftover.id)
 
     def sweep_reference(self, reference: str) -> int:
-        """Delete every uninvoiced expense made for this reference; returns how many."""
-        deleted = 0
-        for expense in self._uninvoiced_marked(marker_prefix(reference)):
-            parsed = parse_marker(str(expense.get("description")))
-            if parsed is not None and parsed[0] == reference:
-                self.noko.delete_expense(int(expense["id"]))
-                deleted += 1
-        for entry in self._uninvoiced_marked_entries(marker_prefix(reference)):
-            parsed = parse_marker(str(entry.get("description")))
-            if parsed is not None and parsed[0] == reference:
-                self.noko.delete_entry(int(entry["id"]))
-                deleted += 1
-        return deleted
+        """Delete every uninvoiced expense and time entry made for this reference."""
+        _, expenses = self._sweep_kind("expense", reference, {}, _matches, reuse=False)
+        _, entries = self._sweep_kind("entry", reference, {}, _matches_entry, reuse=False)
+        return expenses + entries
 
 
 def _differs(current: Any, wanted: Any) -> bool:

@@ -193,17 +193,19 @@ class Store:
         with self._session() as session:
             return session.get(InvoiceRecord, kantata_id)
 
-    def get_invoices(self, kantata_ids: Sequence[str]) -> dict[str, InvoiceRecord]:
-        out: dict[str, InvoiceRecord] = {}
-        ids = list(kantata_ids)
+    def _rows_in(self, column: Any, values: Sequence[Any]) -> list[InvoiceRecord]:
+        """Invoices whose `column` is one of `values`, queried in chunks SQLite accepts."""
+        wanted = list(dict.fromkeys(values))
+        out: list[InvoiceRecord] = []
         with self._session() as session:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                rows = session.exec(
-                    select(InvoiceRecord).where(col(InvoiceRecord.kantata_id).in_(chunk))
-                )
-                out.update({row.kantata_id: row for row in rows})
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                out.extend(session.exec(select(InvoiceRecord).where(col(column).in_(chunk))))
         return out
+
+    def get_invoices(self, kantata_ids: Sequence[str]) -> dict[str, InvoiceRecord]:
+        rows = self._rows_in(InvoiceRecord.kantata_id, kantata_ids)
+        return {row.kantata_id: row for row in rows}
 
     def save_invoice(
         self, record: InvoiceRecord, *, run_id: str = "", event: str = "", detail: str = ""
@@ -248,30 +250,12 @@ class Store:
 
     def by_references(self, references: Sequence[str]) -> dict[str, InvoiceRecord]:
         """The invoices pushed (or being pushed) under these Noko references."""
-        out: dict[str, InvoiceRecord] = {}
-        wanted = list(dict.fromkeys(references))
-        with self._session() as session:
-            for start in range(0, len(wanted), 500):
-                rows = session.exec(
-                    select(InvoiceRecord).where(
-                        col(InvoiceRecord.reference).in_(wanted[start : start + 500])
-                    )
-                )
-                out.update({row.reference: row for row in rows if row.reference})
-        return out
+        rows = self._rows_in(InvoiceRecord.reference, references)
+        return {row.reference: row for row in rows if row.reference}
 
     def by_noko_ids(self, noko_ids: Sequence[int]) -> dict[int, InvoiceRecord]:
-        out: dict[int, InvoiceRecord] = {}
-        ids = list(noko_ids)
-        with self._session() as session:
-            for start in range(0, len(ids), 500):
-                rows = session.exec(
-                    select(InvoiceRecord).where(
-                        col(InvoiceRecord.noko_invoice_id).in_(ids[start : start + 500])
-                    )
-                )
-                out.update({row.noko_invoice_id: row for row in rows if row.noko_invoice_id})
-        return out
+        rows = self._rows_in(InvoiceRecord.noko_invoice_id, noko_ids)
+        return {row.noko_invoice_id: row for row in rows if row.noko_invoice_id}
 
     def payments_due(self) -> list[InvoiceRecord]:
         """Paid in Noko, still pending in Kantata, payment not yet recorded there."""
