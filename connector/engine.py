@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -71,6 +71,8 @@ NOKO_CURSOR = "noko"
 IN_DOUBT_MARK = "writes-in-doubt"
 LATE_WRITE_WINDOW = timedelta(minutes=15)
 MAX_SCAN_PASSES = 3
+ID_LOCK_STRIPES = 1024
+PREFETCH = 200  # records read from the store in one query, a page's worth
 
 
 def utcnow() -> datetime:
@@ -143,8 +145,9 @@ class SyncEngine:
         self.stop = stop or threading.Event()
         self.pusher = NokoPusher(noko)
         self.log = structlog.get_logger("kantata_sync.engine")
-        self._id_locks: dict[str, threading.Lock] = {}
-        self._id_locks_guard = threading.Lock()
+        # One invoice is worked on by one thread at a time. A fixed set of locks, picked by the
+        # id's hash, serves every id: nothing is kept per invoice, and no code path holds two.
+        self._id_locks = tuple(threading.Lock() for _ in range(ID_LOCK_STRIPES))
         self.on_progress: Callable[[Counter[str]], None] | None = None
         self.on_page: Callable[[int, int], None] | None = None
         """Called with (page number, Kantata's total count for the query) as pages arrive."""
@@ -320,11 +323,7 @@ class SyncEngine:
     # ================================================================== one invoice
 
     def lock_for(self, kantata_id: str) -> threading.Lock:
-        with self._id_locks_guard:
-            lock = self._id_locks.get(kantata_id)
-            if lock is None:
-                lock = self._id_locks[kantata_id] = threading.Lock()
-            return lock
+        return self._id_locks[hash(kantata_id) % ID_LOCK_STRIPES]
 
     def handle(
         self,
@@ -334,11 +333,16 @@ class SyncEngine:
         dry_run: bool = False,
         force: bool = False,
         retry_now: bool = False,
+        record: InvoiceRecord | Literal[False] | None = False,
     ) -> tuple[Outcome, str | None]:
-        """Bring one invoice to its goal state; returns the outcome and, if failed, why."""
+        """Bring one invoice to its goal state; returns the outcome and, if failed, why.
+
+        `record` is the invoice's stored record (None: none stored) when the caller read it
+        and nothing can have written it since; by default it is read here."""
         with self.lock_for(inv.id):
             log = self.log.bind(run_id=run_id, kantata_invoice_id=inv.id)
-            record = self.store.get_invoice(inv.id)
+            if record is False:
+                record = self.store.get_invoice(inv.id)
             try:
                 return self._handle(inv, record, run_id, log, dry_run, force, retry_now)
             except (TransientApiError, PermanentApiError, DuplicateInNokoError) as exc:
@@ -461,7 +465,7 @@ class SyncEngine:
             if self._reference_in_place(inv, record):
                 if record.kantata_status != inv.status and not dry_run:
                     self._remember_kantata(record, inv)
-                    self.store.save_invoice(record)
+                    self.store.save_invoice(record, durable=False)
                 return "unchanged", None
             if dry_run:
                 return "would-update", "reference only"
@@ -539,7 +543,10 @@ class SyncEngine:
         record.last_error = None
         record.next_attempt_at = None
         record.kantata_updated_at = updated_at
-        self.store.save_invoice(record, run_id=run_id, event="skipped", detail=reason)
+        # Lost in a crash, the skip is made again: the cursor moves only after it is written.
+        self.store.save_invoice(
+            record, durable=False, run_id=run_id, event="skipped", detail=reason
+        )
         return "skipped", None
 
     def _fail_unmappable(
@@ -675,8 +682,11 @@ class SyncEngine:
         if mismatch is not None:
             return mismatch
         record.stage = "pushed"
+        # Not waited for (nor is `synced` after the write-back): if both are lost in a crash,
+        # the intent above is what stays, and recovery finds this Noko invoice by reference.
         self.store.save_invoice(
             record,
+            durable=False,
             run_id=run_id,
             event="pushed",
             detail=f"Noko invoice {noko_id}"
@@ -1165,7 +1175,11 @@ class SyncEngine:
         record.synced_at = self.clock()
         record.writeback_hash = digest
         self.store.save_invoice(
-            record, run_id=run_id, event="synced", detail=f"reference {reference.external_link}"
+            record,
+            durable=False,
+            run_id=run_id,
+            event="synced",
+            detail=f"reference {reference.external_link}",
         )
         return "pushed", None
 
@@ -1232,32 +1246,42 @@ class _Runner:
         self.force = force
         self.retry_now = False
         self.log = log
-        self.slots = threading.BoundedSemaphore(engine.settings.workers * 4)
-        self.futures: list[Future[None]] = []
+        self.capacity = engine.settings.workers * 4
+        self.slots = threading.BoundedSemaphore(self.capacity)
         self.lock = threading.Lock()
 
     def submit_all(
         self, invoices: Iterable[DecodedInvoice], scan: _Scan, *, until: datetime | None
     ) -> None:
-        for inv in invoices:
-            if self.engine.stop.is_set():
-                return
-            updated = inv.updated_at
-            if until is not None and updated is not None and updated >= until:
-                continue
-            previous = scan.seen.get(inv.id)
-            if previous is not None and updated is not None and updated <= previous:
-                continue  # the same version again (pages shifted): handled already
-            if updated is not None:
-                scan.seen[inv.id] = updated
-                if scan.max_updated is None or updated > scan.max_updated:
-                    scan.max_updated = updated
-            else:
-                scan.seen.setdefault(inv.id, datetime.min.replace(tzinfo=UTC))
-            self.slots.acquire()
-            self.futures.append(self.pool.submit(self._work, inv))
+        for batch in _chunks(invoices, PREFETCH):
+            # The stored records of the batch in one query. Only for invoices not yet handed
+            # out in this cycle: for those, nothing else writes the record until their turn
+            # (a second version of one already in flight reads its record under its lock).
+            fresh = Counter(inv.id for inv in batch if inv.id not in scan.seen)
+            records = self.engine.store.get_invoices(list(fresh))
+            for inv in batch:
+                if self.engine.stop.is_set():
+                    return
+                updated = inv.updated_at
+                if until is not None and updated is not None and updated >= until:
+                    continue
+                previous = scan.seen.get(inv.id)
+                if previous is not None and updated is not None and updated <= previous:
+                    continue  # the same version again (pages shifted): handled already
+                if updated is not None:
+                    scan.seen[inv.id] = updated
+                    if scan.max_updated is None or updated > scan.max_updated:
+                        scan.max_updated = updated
+                else:
+                    scan.seen.setdefault(inv.id, datetime.min.replace(tzinfo=UTC))
+                known: InvoiceRecord | Literal[False] | None = (
+                    records.get(inv.id) if previous is None and fresh[inv.id] == 1 else False
+                )
+                self.slots.acquire()
+                # Not kept: `_work` records every outcome itself, and `drain` waits on the slots.
+                self.pool.submit(self._work, inv, known)
 
-    def _work(self, inv: DecodedInvoice) -> None:
+    def _work(self, inv: DecodedInvoice, record: InvoiceRecord | Literal[False] | None) -> None:
         try:
             if self.engine.stop.is_set():
                 # Stopping: invoices not yet started are left for the next run, untouched.
@@ -1274,6 +1298,7 @@ class _Runner:
                         dry_run=self.dry_run,
                         force=self.force,
                         retry_now=self.retry_now,
+                        record=record,
                     )
             except Exception as exc:  # one invoice must never stop the others
                 self.log.exception("unexpected error on one invoice", kantata_invoice_id=inv.id)
@@ -1298,9 +1323,22 @@ class _Runner:
             self.slots.release()
 
     def drain(self) -> None:
-        for future in self.futures:
-            future.result()
-        self.futures.clear()
+        """Wait until every invoice handed out has been worked on."""
+        for _ in range(self.capacity):
+            self.slots.acquire()
+        for _ in range(self.capacity):
+            self.slots.release()
+
+
+def _chunks(items: Iterable[DecodedInvoice], size: int) -> Iterator[list[DecodedInvoice]]:
+    batch: list[DecodedInvoice] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _done(record: InvoiceRecord) -> bool:

@@ -1,8 +1,11 @@
 """The state store: one SQLite file (WAL) holding invoices, their history, cursors and runs.
 
-Every write is its own short transaction, committed before the remote call it protects (the
-intent log), so a killed process leaves a record of what it may have created. The schema is
-migrated with Alembic at every open; the file is created readable by its owner only.
+A write that protects a remote call is committed (fsync'd) before the call is made (the intent
+log), so a killed process leaves a record of what it may have created; writes made at the same
+moment by several workers share one commit. Writes a crash may lose without harm (an invoice
+synced or skipped: the cycle that made them is repeated, the cursor moving only after them) are
+not waited for: they join the next commit. The schema is migrated with Alembic at every open;
+the file is created readable by its owner only.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from connector.store.models import CursorRecord, InvoiceEvent, InvoiceRecord, Ru
 __all__ = ["CursorRecord", "InvoiceEvent", "InvoiceRecord", "RunRecord", "Store"]
 
 MAIN_CURSOR = "invoices"
+LAZY_BATCH = 256
+LAZY_SECONDS = 1.0
 
 
 def utcnow() -> datetime:
@@ -61,6 +66,13 @@ class Store:
         self.database_url = database_url
         self.path = sqlite_path(database_url)
         self._write_lock = threading.RLock()
+        # Writes queued for the next commit, numbered in order; `_committed` is the number of
+        # the last one on disk.
+        self._pending_lock = threading.Lock()
+        self._pending: list[tuple[dict[str, Any], tuple[Any, ...] | None]] = []
+        self._pending_since = 0.0
+        self._queued = 0
+        self._committed = 0
         self._lock_fd: int | None = None
         if self.path is not None:
             self._prepare_file(self.path)
@@ -73,6 +85,13 @@ class Store:
             )
         event.listen(self.engine, "connect", _configure_connection)
         self._migrate()
+        # Each column's conversion to what the driver stores (aware datetimes to SQLite's
+        # text form, as SQLAlchemy would write them), worked out once for the upsert.
+        dialect = self.engine.dialect
+        self._bind_processors = tuple(
+            (column.name, column.type.bind_processor(dialect)) for column in _INVOICES.columns
+        )
+        self._at = _EVENTS.c.at.type.bind_processor(dialect) or (lambda value: value)
 
     # ------------------------------------------------------------------ setup
 
@@ -108,6 +127,7 @@ class Store:
             return MigrationContext.configure(connection).get_current_revision()
 
     def close(self) -> None:
+        self.flush()
         self.release_writer_lock()
         self.engine.dispose()
 
@@ -161,6 +181,8 @@ class Store:
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[Session]:
+        if self._pending:
+            self.flush()  # reads see every write made before them
         with Session(self.engine, expire_on_commit=False) as session:
             yield session
 
@@ -208,24 +230,77 @@ class Store:
         return {row.kantata_id: row for row in rows}
 
     def save_invoice(
-        self, record: InvoiceRecord, *, run_id: str = "", event: str = "", detail: str = ""
+        self,
+        record: InvoiceRecord,
+        *,
+        run_id: str = "",
+        event: str = "",
+        detail: str = "",
+        durable: bool = True,
     ) -> InvoiceRecord:
-        """Insert or replace the record (and log an event) in one committed transaction."""
+        """Insert or replace the record (and log an event).
+
+        With `durable` (the default) the call returns once the write is committed to disk:
+        what protects a remote call is recorded before it. Without it, the write joins the
+        next commit (any durable write, any read, at most `LAZY_BATCH` writes or
+        `LAZY_SECONDS` later, `flush`, `close`): for writes a crash may lose because the work
+        they record is found again (the cursor only moves after them). Concurrent durable
+        writes share one commit (group commit). The record object stays the caller's."""
         now = utcnow()
         record.updated_at = now
-        with self._tx() as session:
-            merged = session.merge(record)
-            if event:
-                session.add(
-                    InvoiceEvent(
-                        kantata_id=record.kantata_id,
-                        run_id=run_id,
-                        at=now,
-                        event=event,
-                        detail=detail[:2000],
-                    )
-                )
-        return merged
+        values = {
+            name: (getattr(record, name) if convert is None else convert(getattr(record, name)))
+            for name, convert in self._bind_processors
+        }
+        row = (
+            values,
+            (record.kantata_id, run_id, self._at(now), event, detail[:2000]) if event else None,
+        )
+        with self._pending_lock:
+            self._pending.append(row)
+            self._queued += 1
+            ticket = self._queued
+            if len(self._pending) == 1:
+                self._pending_since = time.monotonic()
+            lazy_ok = (
+                len(self._pending) < LAZY_BATCH
+                and time.monotonic() - self._pending_since < LAZY_SECONDS
+            )
+        if durable or not lazy_ok:
+            self._commit_until(ticket)
+        return record
+
+    def flush(self) -> None:
+        """Commit every write made so far."""
+        with self._pending_lock:
+            ticket = self._queued
+        self._commit_until(ticket)
+
+    def _commit_until(self, ticket: int) -> None:
+        """Commit pending writes up to `ticket` (and any queued since, in one transaction)."""
+        if self._committed >= ticket:
+            return
+        with self._write_lock:
+            if self._committed >= ticket:
+                return  # another thread's commit took ours along
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+                upto = self._queued
+            if not batch:
+                return
+            try:
+                with self.engine.begin() as connection:
+                    raw = connection.connection.driver_connection
+                    assert raw is not None
+                    for values, event_row in batch:
+                        raw.execute(_UPSERT_SQL, values)
+                        if event_row is not None:
+                            raw.execute(_EVENT_SQL, event_row)
+            except BaseException:
+                with self._pending_lock:  # not written: kept for the next commit, in order
+                    self._pending[:0] = batch
+                raise
+            self._committed = upto
 
     def new_invoice(self, kantata_id: str, status: str = "pending") -> InvoiceRecord:
         now = utcnow()
@@ -346,6 +421,20 @@ class Store:
                 run.outcome = "interrupted"
                 run.finished_at = run.finished_at or utcnow()
                 session.add(run)
+
+
+_INVOICES = InvoiceRecord.__table__  # type: ignore[attr-defined]
+_EVENTS = InvoiceEvent.__table__  # type: ignore[attr-defined]
+# Built from the table's own column names, nothing from outside.
+_COLUMNS = ", ".join(c.name for c in _INVOICES.columns)
+_VALUES = ", ".join(f":{c.name}" for c in _INVOICES.columns)
+_UPDATES = ", ".join(
+    f"{c.name} = excluded.{c.name}" for c in _INVOICES.columns if not c.primary_key
+)
+_UPSERT_SQL = f"INSERT INTO invoices ({_COLUMNS}) VALUES ({_VALUES}) ON CONFLICT (kantata_id) DO UPDATE SET {_UPDATES}"  # noqa: E501, S608
+_EVENT_SQL = (
+    "INSERT INTO invoice_events (kantata_id, run_id, at, event, detail) VALUES (?, ?, ?, ?, ?)"
+)
 
 
 def _configure_connection(dbapi_connection: Any, _record: Any) -> None:
