@@ -16,6 +16,7 @@ import socket
 import struct
 import threading
 from collections.abc import Mapping
+from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -105,6 +106,7 @@ class DispatchServer:
         except Exception as exc:  # noqa: BLE001 - as server.py: a fake's bug answers 500
             response = service.error(500, f"sandbox error: {type(exc).__name__}: {exc}")
         out = list(response.headers)
+        out.append(("Date", formatdate(int(service.clock.now().timestamp()), usegmt=True)))
         if response.content_type and (response.body or response.status != 204):
             out.append(("Content-Type", response.content_type))
         return response.status, out, response.body, response.drop

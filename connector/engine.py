@@ -3,13 +3,16 @@
 Reading: Kantata invoices updated after `cursor - lookback`, in `id:asc` order over that fixed
 lower bound. In that order an invoice updated during the scan keeps its place and new invoices
 come at the end, so page numbers never skip a row; a row that disappears mid-scan (a deleted
-draft) is detected by the shrinking `count` and the scan is read again. The cursor then moves
-to the newest `updated_at` handled, but never past the scan's start minus a clock-skew margin.
+draft) is detected by the shrinking `count` and the scan is read again. After a complete scan
+the cursor moves to Kantata's clock at the first page (its `Date` header) minus a clock-skew
+margin, and never past this machine's clock at the start minus the same margin; without a
+`Date`, to the newest `updated_at` handled. The page's stored records are read in one query.
 
 Writing: each invoice is handled by one worker at a time. Before any Noko create the intent is
-committed to the store (stage `pushing`); after Noko answers, the Noko id (stage `pushed`);
-after the Kantata write-back, `synced`. A process killed anywhere resumes from the stage it
-left, finding what Noko already holds by its natural key instead of creating it twice.
+committed to the store (stage `pushing`, on disk before the request); after Noko answers, the
+Noko id (stage `pushed`); after the Kantata write-back, `synced`. Those two are not waited for:
+they join the next commit. A process killed anywhere resumes from the last committed stage,
+finding what Noko already holds by its natural key instead of creating it twice.
 """
 
 from __future__ import annotations
@@ -117,6 +120,8 @@ class _Scan:
     """Bookkeeping of one cycle's read of Kantata."""
 
     max_updated: datetime | None = None
+    server_time: datetime | None = None
+    """Kantata's clock (its `Date` header) at the scan's first page."""
     seen: dict[str, datetime] = field(default_factory=dict)
     shrank: bool = False
     complete: bool = False
@@ -263,6 +268,15 @@ class SyncEngine:
     def _next_cursor(
         self, cursor: datetime | None, scan: _Scan, scan_start: datetime
     ) -> datetime | None:
+        """Where the next scan starts (before its lookback), after a complete scan.
+
+        With Kantata's own clock at the first page, that moment minus the clock-skew margin
+        (and never past this machine's clock at the start, minus the same): every invoice
+        Kantata held then was read, whatever its `updated_at`, so the cursor moves on with time
+        and a quiet cycle reads nothing once the lookback window holds no change. Without it,
+        the newest `updated_at` read, never past this machine's clock minus the margin."""
+        if scan.server_time is not None:
+            return min(scan_start, scan.server_time) - self.settings.clock_skew
         signpost = scan_start - self.settings.clock_skew
         newest = scan.max_updated
         if newest is None:
@@ -284,6 +298,8 @@ class SyncEngine:
                 updated_after=lower, per_page=self.settings.per_page
             ):
                 runner.result.pages += 1
+                if scan.server_time is None:
+                    scan.server_time = page.server_time
                 if self.on_page is not None:
                     self.on_page(page.page, page.count)
                 if previous_count is not None and page.count < previous_count:
@@ -992,8 +1008,9 @@ class SyncEngine:
         if cursor is not None:
             params["updated_from"] = format_timestamp(cursor - self.settings.lookback)
         newest: datetime | None = None
+        noko_time: list[datetime | None] = []
         batch: list[dict[str, Any]] = []
-        for invoice in self.noko.list_invoices(params):
+        for invoice in self.noko.list_invoices(params, on_server_time=noko_time.append):
             moment = _parse_moment(invoice.get("updated_at"))
             if moment is not None and (newest is None or moment > newest):
                 newest = moment
@@ -1003,10 +1020,15 @@ class SyncEngine:
                 batch = []
         if batch:
             self._apply_noko(batch, run_id, log, result)
-        if newest is not None:
+        # As for Kantata's cursor: Noko's clock at the first page when it gave it (every
+        # invoice changed before then was listed), else the newest change read.
+        mark: datetime | None = None
+        if noko_time and noko_time[0] is not None:
+            mark = min(started, noko_time[0]) - self.settings.clock_skew
+        elif newest is not None:
             mark = min(newest, started - self.settings.clock_skew)
-            if cursor is None or mark > cursor:
-                self.store.set_cursor(mark, NOKO_CURSOR)
+        if mark is not None and (cursor is None or mark > cursor):
+            self.store.set_cursor(mark, NOKO_CURSOR)
         if self.settings.record_payments:
             for record in self.store.payments_due():
                 with self.lock_for(record.kantata_id):

@@ -18,6 +18,7 @@ import httpx
 
 from connector.errors import TransientApiError
 from connector.http import ApiStats, ApiTransport, RetryPolicy
+from connector.server_time import server_time
 
 __all__ = [
     "INVOICE_INCLUDES",
@@ -52,6 +53,8 @@ class KantataPage:
     page: int
     count: int
     page_count: int | None
+    server_time: datetime | None = None
+    """Kantata's clock when it answered (its `Date` header), if it said."""
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,9 @@ class KantataClient:
         page = 1
         while True:
             params["page"] = page
-            body = self._http.request_json("GET", "/invoices.json", params=params)
+            response, body = self._http.request_json_response(
+                "GET", "/invoices.json", params=params
+            )
             results = self._results(body, page)
             page_count = _page_count(body)
             count = body.get("count")
@@ -204,6 +209,7 @@ class KantataClient:
                 page=page,
                 count=count if isinstance(count, int) else len(results),
                 page_count=page_count,
+                server_time=server_time(response),
             )
             if len(results) < per_page or (page_count is not None and page >= page_count):
                 return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
@@ -19,6 +20,7 @@ import httpx
 
 from connector.errors import AmbiguousWriteError, NotFoundError, TransientApiError
 from connector.http import ApiStats, ApiTransport, RetryPolicy
+from connector.server_time import server_time
 
 __all__ = ["DEFAULT_BASE_URL", "NokoClient"]
 
@@ -106,11 +108,19 @@ class NokoClient:
     # -- generic ------------------------------------------------------------------------------
 
     def iter_pages(
-        self, path: str, params: Mapping[str, Any] | None = None, per_page: int = 1000
+        self,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        per_page: int = 1000,
+        *,
+        on_server_time: Callable[[datetime | None], None] | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
-        """Each page of a list endpoint, following `Link: rel="next"` until there is none."""
+        """Each page of a list endpoint, following `Link: rel="next"` until there is none.
+        `on_server_time` is told Noko's clock (its `Date` header) at the first page."""
         query = {**(params or {}), "per_page": per_page}
         response, body = self._http.request_json_response("GET", path, params=query)
+        if on_server_time is not None:
+            on_server_time(server_time(response))
         seen: set[str] = set()
         while True:
             if not isinstance(body, list):
@@ -271,8 +281,14 @@ class NokoClient:
             if invoice.get("reference") == reference
         ]
 
-    def list_invoices(self, params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-        return self._iter_items("/invoices", params)
+    def list_invoices(
+        self,
+        params: Mapping[str, Any],
+        *,
+        on_server_time: Callable[[datetime | None], None] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        for page in self.iter_pages("/invoices", params, on_server_time=on_server_time):
+            yield from page
 
     def update_invoice(self, invoice_id: int, payload: Mapping[str, Any]) -> dict[str, Any]:
         path = f"/invoices/{int(invoice_id)}"

@@ -138,3 +138,83 @@ def test_write_back_does_not_cause_a_push(box: Sandbox, tmp_path: Path) -> None:
         # Reads only: one Kantata page and one Noko page of changed invoices (payment states).
         assert dict(noko_new) == {"GET /invoices": 1}
         assert dict(kantata_new) == {"GET /invoices.json": 1}
+
+
+def _shift_clocks(box: Sandbox, connector: Connector, seconds: float) -> None:
+    """Time passes on both sides: the fakes' clocks and the connector's."""
+    box.kantata.advance_clock(seconds)
+    box.noko.advance_clock(seconds)
+    before = connector.engine.clock
+    connector.engine.clock = lambda: before() + timedelta(seconds=seconds)
+
+
+def test_a_quiet_cycle_is_one_request_once_the_lookback_window_is_past(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """The cursor follows Kantata's clock: after the write-backs have left the lookback
+    window, a cycle with nothing new reads one (empty) page from each side."""
+    generate(box.kantata, seed=25, invoices=450, draft_rate=0.0)
+    settings = settings_for(
+        box, tmp_path, kantata_sync_lookback_seconds=300, kantata_sync_clock_skew_seconds=60
+    )
+    with open_connector(settings) as c:
+        first = c.engine.run_cycle()
+        assert first.exit_code == 0 and first.counts["pushed"] > 400
+        rereading = c.engine.run_cycle()  # the write-backs are in the window: read again
+        assert rereading.pages >= 3 and rereading.counts["pushed"] == 0
+        _shift_clocks(box, c, 300 + 60 + 1)
+        c.engine.run_cycle()  # the cursor moves to Kantata's clock minus the margin
+        kantata_before = Counter(c.kantata.stats.by_endpoint)
+        noko_before = Counter(c.noko.stats.by_endpoint)
+        quiet = c.engine.run_cycle()
+        assert quiet.exit_code == 0 and sum(quiet.counts.values()) == 0
+        assert dict(Counter(c.kantata.stats.by_endpoint) - kantata_before) == {
+            "GET /invoices.json": 1
+        }
+        assert dict(Counter(c.noko.stats.by_endpoint) - noko_before) == {"GET /invoices": 1}
+        assert quiet.cursor_after is not None
+        kantata_now = box.kantata.now()
+        assert kantata_now - timedelta(seconds=62) <= quiet.cursor_after
+        assert quiet.cursor_after <= kantata_now - timedelta(seconds=60)
+        # And a change after all that is still found.
+        generate_more(box)
+        found = c.engine.run_cycle()
+        assert found.counts["pushed"] == 3
+    assert check_books(box).problems == []
+
+
+@pytest.mark.parametrize("kantata_ahead", [3600, -3600])
+def test_the_cursor_trusts_the_earlier_of_both_clocks(
+    box: Sandbox, tmp_path: Path, kantata_ahead: int
+) -> None:
+    """Kantata's clock ahead of this machine's or behind it: the cursor stays behind both."""
+    generate(box.kantata, seed=26, invoices=20)
+    box.kantata.advance_clock(kantata_ahead)
+    with open_connector(settings_for(box, tmp_path, kantata_sync_clock_skew_seconds=60)) as c:
+        local_start = c.engine.clock()
+        kantata_start = box.kantata.now()
+        result = c.engine.run_cycle()
+        assert result.exit_code == 0
+        assert result.cursor_after is not None
+        earlier = min(local_start, kantata_start)
+        assert result.cursor_after <= earlier - timedelta(seconds=59)
+        assert result.cursor_after >= earlier - timedelta(seconds=62)
+
+
+def test_without_a_date_header_the_cursor_is_the_newest_change_read(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    generate(box.kantata, seed=27, invoices=20)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        original = c.kantata.iter_invoice_pages
+
+        def without_date(**kwargs: Any) -> Iterator[KantataPage]:
+            for page in original(**kwargs):
+                yield KantataPage(page.body, page.page, page.count, page.page_count, None)
+
+        c.kantata.iter_invoice_pages = without_date  # type: ignore[method-assign]
+        result = c.engine.run_cycle()
+        newest = max(r.kantata_updated_at for r in c.store.all_invoices() if r.kantata_updated_at)
+        # The write-backs came after the scan read them; the newest read is from before.
+        assert result.cursor_after is not None and result.cursor_after <= newest
+        assert result.cursor_after < c.engine.clock() - timedelta(seconds=60)

@@ -11,7 +11,6 @@ import itertools
 import signal
 import socket
 import threading
-import time
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,17 +31,17 @@ _MAX_LINE = 65536
 
 
 class _DateCache:
-    """RFC 7231 `Date` header value, recomputed at most once a second."""
+    """RFC 9110 `Date` header value of a second, formatted once per second."""
 
     def __init__(self) -> None:
         self._second = -1
         self._value = ""
 
-    def get(self) -> str:
-        now = int(time.time())
-        if now != self._second:
-            self._value = formatdate(now, usegmt=True)
-            self._second = now
+    def get(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._value = formatdate(second, usegmt=True)
+            self._second = second
         return self._value
 
 
@@ -178,7 +177,9 @@ class _Handler(BaseHTTPRequestHandler):
         lines = [
             f"HTTP/1.1 {status} {reason}",
             f"Server: {self.server_version}",
-            f"Date: {_DATES.get()}",
+            # The service's clock, the one its `updated_at` values come from (set or frozen
+            # by a test, it moves both).
+            f"Date: {_DATES.get(self.server.service.clock.now().timestamp())}",
             f"X-Request-Id: {next(_REQUEST_IDS):016x}",
         ]
         if response.content_type and (response.body or status != 204):
