@@ -18,6 +18,7 @@ import resource
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,26 @@ def _use_transports(dispatch: str) -> None:
     )
 
 
+def _advance_clocks(job: dict[str, Any], conn: Any, seconds: float) -> None:
+    """Time passes on both sides, without waiting: the fakes' clocks (their admin endpoint, over
+    the same transport as the connector's requests) and the engine's clock move on together."""
+    import httpx
+
+    from connector.sandbox._core import ADMIN_PREFIX
+
+    for name, url in (("kantata", job["kantata_url"]), ("noko", job["noko_url"])):
+        root = httpx.URL(url).copy_with(path=f"{ADMIN_PREFIX}/clock", query=None)
+        transport: httpx.BaseTransport | None = None
+        if job.get("dispatch"):
+            from bench.dispatch import DispatchTransport
+
+            transport = DispatchTransport(job["dispatch"], name)
+        with httpx.Client(transport=transport) as client:
+            client.post(root, json={"advance": seconds}).raise_for_status()
+    before = conn.engine.clock
+    conn.engine.clock = lambda: before() + timedelta(seconds=seconds)
+
+
 def _run_connector(job: dict[str, Any]) -> dict[str, Any]:
     from connector.app import open_connector
     from connector.config import Settings
@@ -186,7 +207,13 @@ def _run_connector(job: dict[str, Any]) -> dict[str, Any]:
     opened = _Meter()
     with open_connector(settings, stop=stop) as conn, conn.store.writer():
         startup = opened.done()
+        later = 0.0
         for kind in job["cycles"]:
+            if kind.startswith("later:"):
+                # Not a cycle: the next one runs this many seconds later, nothing changed.
+                later = float(kind.split(":", 1)[1])
+                _advance_clocks(job, conn, later)
+                continue
             timer = None
             if job.get("time_cap") and kind == "backfill":
                 timer = threading.Timer(job["time_cap"], stop.set)
@@ -212,6 +239,7 @@ def _run_connector(job: dict[str, Any]) -> dict[str, Any]:
             cycles.append(
                 {
                     "kind": kind,
+                    "later": later,
                     **measured,
                     "outcome": result.outcome,
                     "counts": dict(result.counts),
@@ -222,6 +250,7 @@ def _run_connector(job: dict[str, Any]) -> dict[str, Any]:
                 }
             )
             stop.clear()
+            later = 0.0
     return {"startup": startup, "cycles": cycles, "workers": settings.kantata_sync_workers}
 
 
