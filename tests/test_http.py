@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 import respx
 from structlog.testing import capture_logs
 
+from connector import http as http_module
 from connector.errors import (
     AmbiguousWriteError,
     ApiError,
@@ -23,6 +27,7 @@ from connector.errors import (
     TransientApiError,
 )
 from connector.http import (
+    MAX_REDIRECTS,
     ApiTransport,
     RetryPolicy,
     TokenBucket,
@@ -75,6 +80,40 @@ def make_transport(
         burst=burst,
         retry=retry,
         timeout=5.0,
+        sleep=clock.sleep,
+        clock=clock,
+    )
+
+
+class Recorder:
+    """An in-process transport that keeps every request and answers from a handler."""
+
+    def __init__(self, handler: Callable[[httpx.Request], httpx.Response] | None = None) -> None:
+        self.requests: list[httpx.Request] = []
+        self.handler = handler or (lambda request: httpx.Response(200, json={}))
+        self.transport = httpx.MockTransport(self._handle)
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.handler(request)
+
+
+def recorded_transport(
+    clock: FakeClock,
+    recorder: Recorder,
+    *,
+    base: str = BASE,
+    headers: dict[str, str] | None = None,
+) -> ApiTransport:
+    return ApiTransport(
+        "noko",
+        base,
+        headers if headers is not None else {"X-NokoToken": TOKEN, "User-Agent": "test/1.0"},
+        rate=None,
+        burst=1,
+        retry=FAST,
+        timeout=5.0,
+        transport=recorder.transport,
         sleep=clock.sleep,
         clock=clock,
     )
@@ -200,10 +239,51 @@ def test_encode_json_writes_exact_numbers() -> None:
     )
 
 
-def test_encode_json_refuses_float() -> None:
+class _Amount(float):
+    pass
+
+
+class _Record(dict[str, Any]):
+    pass
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"items": [{"price": 0.1}]},
+        0.5,
+        [1, "x", None, True, Decimal("1.5"), 2.0],
+        {"a": {"b": {"c": ({"d": [Decimal("1"), (1e9,)]},)}}},
+        {"amount": _Amount(3)},
+        _Record(total=1.25),
+        {"ok": Decimal("1.10"), "nested": _Record(x=[{"y": float("nan")}])},
+    ],
+)
+def test_encode_json_refuses_float(body: Any) -> None:
     """A float anywhere in a body is a bug: money must not pass through binary floats."""
     with pytest.raises(TypeError, match="never float"):
-        encode_json({"items": [{"price": 0.1}]})
+        encode_json(body)
+
+
+def test_encode_json_walks_everything_but_floats() -> None:
+    """Bodies without a float go out whole: every JSON type, subclasses and deep nesting."""
+    body: Any = {
+        "s": "1.5",
+        "i": 3,
+        "b": False,
+        "n": None,
+        "d": Decimal("-0.00"),
+        "l": [Decimal("2.5"), ("t", 1)],
+        "r": _Record(k=[{}, []]),
+    }
+    for _ in range(50):
+        body = {"deeper": [body]}
+    encoded = encode_json(body)
+    assert encoded.startswith(b'{"deeper":[' * 50)
+    assert (
+        b'{"s":"1.5","i":3,"b":false,"n":null,"d":-0.00,"l":[2.5,["t",1]],"r":{"k":[{},[]]}}'
+        in (encoded)
+    )
 
 
 @pytest.mark.parametrize(
@@ -274,6 +354,129 @@ def test_body_sent_as_exact_json(router: respx.MockRouter, clock: FakeClock) -> 
     request = route.calls.last.request
     assert request.content == b'{"price":19.99}'
     assert request.headers["content-type"] == "application/json"
+
+
+def test_headers_sent_as_httpx_client_sent_them(clock: FakeClock) -> None:
+    """Each request carries the headers httpx's client gave it, in its order: Host, httpx's
+    defaults with ours over them, for a body its type and length; a bodiless PUT says
+    Content-Length: 0, a GET no length at all."""
+    recorder = Recorder()
+    transport = recorded_transport(clock, recorder)
+    transport.request_json("GET", "/invoices/1")
+    transport.request("PUT", "/invoices/1/paid")
+    transport.request_json("POST", "/invoices", body={"total": Decimal("1.50")})
+    get, put, post = recorder.requests
+    with httpx.Client(
+        base_url=BASE,
+        headers={"X-NokoToken": TOKEN, "User-Agent": "test/1.0"},
+        transport=recorder.transport,
+    ) as client:
+        assert get.headers.raw == client.build_request("GET", "/invoices/1").headers.raw
+        assert put.headers.raw == client.build_request("PUT", "/invoices/1/paid").headers.raw
+        expected_post = client.build_request(
+            "POST",
+            "/invoices",
+            content=b'{"total":1.50}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert post.headers.raw == expected_post.headers.raw
+    assert get.headers.raw[0] == (b"Host", b"api.example.test")
+    assert get.headers["x-nokotoken"] == TOKEN
+    assert get.headers["user-agent"] == "test/1.0"
+    assert get.headers["connection"] == "keep-alive"
+    assert "content-length" not in get.headers
+    assert put.headers["content-length"] == "0"
+    assert "content-type" not in put.headers
+    assert post.headers["content-type"] == "application/json"
+    assert post.headers["content-length"] == str(len(b'{"total":1.50}'))
+    assert post.content == b'{"total":1.50}'
+    assert [put.content, get.content] == [b"", b""]
+
+
+def test_timeout_set_on_every_request(clock: FakeClock) -> None:
+    """Every request carries the transport's timeout for connect, read, write and pool."""
+    recorder = Recorder()
+    recorded_transport(clock, recorder).request_json("GET", "/invoices")
+    assert recorder.requests[0].extensions["timeout"] == {
+        "connect": 5.0,
+        "read": 5.0,
+        "write": 5.0,
+        "pool": 5.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("base", "path", "params"),
+    [
+        (BASE, "/invoices/12.json", {"include": "a,b", "page": 2, "paid": True}),
+        (BASE, "invoices", {"q": "[KS-12/ Ünïcode & more", "e": "", "sp ace": "a+b=c"}),
+        (BASE, "/a b/%41é/../c/./d", None),
+        (BASE, "/a//b/", {"x": "~-._"}),
+        (BASE, "/.well-known/x", None),
+        ("http://127.0.0.1:8080/api/v1", "/workspaces.json", {"per_page": 200}),
+        ("https://[::1]/v2", "/x/1", {"a": "b"}),
+        ("https://bücher.example/v%20x", "/x/1", {"a": "b"}),
+        (BASE, "/" + "x" * 9000, {"a": "b"}),
+    ],
+)
+def test_urls_as_httpx_parses_them(
+    base: str, path: str, params: dict[str, Any] | None, clock: FakeClock
+) -> None:
+    """The URL sent is the one httpx's client builds from the same base, path and params,
+    whether it is put together from its parts or parsed."""
+    recorder = Recorder()
+    transport = recorded_transport(clock, recorder, base=base)
+    transport.request_json("GET", path, params=params)
+    sent = recorder.requests[0].url
+    expected = httpx.Client(base_url=base).build_request("GET", path, params=params).url
+    assert sent == expected
+    assert str(sent) == str(expected)
+    assert sent.raw_path == expected.raw_path
+
+
+def test_urls_put_together_without_parsing() -> None:
+    """With the httpx installed, a plain path under the base URL is not parsed again."""
+    transport = ApiTransport("noko", BASE, {}, rate=None, burst=1, retry=FAST, timeout=1.0)
+    assert transport._assembly_prefix == "/v2/"
+
+
+def test_urls_parsed_when_assembly_unavailable(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    """Were httpx's URL internals to change, URLs are parsed by httpx as before."""
+    monkeypatch.setattr(http_module, "_assemble", None)  # any use would fail
+    recorder = Recorder()
+    transport = recorded_transport(clock, recorder)
+    assert transport._assembly_prefix is None
+    transport.request_json("GET", "/invoices/3.json", params={"a": "x y"})
+    assert str(recorder.requests[0].url) == f"{BASE}/invoices/3.json?a=x+y"
+
+
+def test_query_encoding_matches_urlencode() -> None:
+    """The query is `urlencode`'s, byte for byte, for every ASCII character and some others."""
+    values = [chr(code) for code in range(128)] + ["é", "日本", "a b+c", "", "x" * 300]
+    params = {f"k{chr(code)}": value for code, value in enumerate(values)}
+    assert http_module._encode_query(params) == urlencode(list(params.items()))
+    others: dict[Any, Any] = {"n": 1, "t": True, "f": False, 3: None, b"b k": "v"}
+    assert http_module._encode_query(others) == "n=1&t=true&f=false&3=None&b+k=v"
+
+
+def test_basic_auth_from_url_credentials(clock: FakeClock) -> None:
+    """Credentials in the base URL go out as Basic auth, as httpx's client sends them."""
+    recorder = Recorder()
+    transport = recorded_transport(clock, recorder, base="https://me:pw@api.example.test/v2")
+    transport.request_json("GET", "/invoices")
+    assert recorder.requests[0].headers["authorization"] == "Basic bWU6cHc="
+
+
+def test_closed_transport_refuses_to_send(clock: FakeClock) -> None:
+    """After close() nothing more is sent, as with a closed httpx client."""
+    recorder = Recorder()
+    transport = recorded_transport(clock, recorder)
+    transport.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        transport.request_json("GET", "/invoices")
+    assert recorder.requests == []
 
 
 def test_pacing_through_transport(router: respx.MockRouter, clock: FakeClock) -> None:
@@ -565,6 +768,261 @@ def test_redirect_other_host_refused(router: respx.MockRouter, clock: FakeClock)
     with pytest.raises(PermanentApiError, match="redirect to another host refused"):
         make_transport(clock).request_json("GET", "/old")
     assert not evil.called
+
+
+@pytest.mark.parametrize(
+    ("status", "method", "then"),
+    [
+        (301, "GET", "GET"),
+        (301, "POST", "GET"),
+        (301, "PUT", "PUT"),
+        (302, "POST", "GET"),
+        (302, "PUT", "GET"),
+        (302, "HEAD", "HEAD"),
+        (303, "POST", "GET"),
+        (303, "PUT", "GET"),
+        (303, "HEAD", "HEAD"),
+        (307, "POST", "POST"),
+        (307, "PUT", "PUT"),
+        (308, "POST", "POST"),
+        (308, "DELETE", "DELETE"),
+    ],
+)
+def test_redirect_method_and_body(status: int, method: str, then: str, clock: FakeClock) -> None:
+    """As httpx's client: 303 and 302 turn into GET (but HEAD), 301 turns a POST into GET,
+    307 and 308 repeat the method with its body; a switch to GET drops body and length."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/old":
+            return httpx.Response(status, headers={"Location": f"{BASE}/new"})
+        return httpx.Response(200, json={"ok": True})
+
+    recorder = Recorder(handler)
+    transport = recorded_transport(clock, recorder)
+    body = {"reference": "KS-1"} if method in ("POST", "PUT") else None
+    transport.request(method, "/old", body=body)
+    first, second = recorder.requests
+    assert second.method == then
+    assert str(second.url) == f"{BASE}/new"
+    assert second.headers["x-nokotoken"] == TOKEN
+    assert second.extensions["timeout"] == first.extensions["timeout"]
+    if body is not None and then != "GET":
+        assert second.read() == b'{"reference":"KS-1"}'
+        assert second.headers["content-length"] == first.headers["content-length"]
+    else:
+        assert second.read() == b""
+        assert "content-length" not in second.headers
+    assert transport.stats.by_endpoint == {f"{method} /old": 1, f"{then} /new": 1}
+
+
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("new", f"{BASE}/dir/new"),
+        ("../up", f"{BASE}/up"),
+        ("/v2/abs?page=2", f"{BASE}/abs?page=2"),
+        ("//api.example.test/v2/net", f"{BASE}/net"),
+        ("https:///v2/nohost", f"{BASE}/nohost"),
+    ],
+)
+def test_redirect_relative_location(location: str, expected: str, clock: FakeClock) -> None:
+    """A relative Location is resolved against the URL of the request it answers."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/dir/old":
+            return httpx.Response(302, headers={"Location": location})
+        return httpx.Response(200, json={})
+
+    recorder = Recorder(handler)
+    recorded_transport(clock, recorder).request_json("GET", "/dir/old")
+    assert [str(r.url) for r in recorder.requests] == [f"{BASE}/dir/old", expected]
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "https://evil.test/v2/steal",
+        "http://api.example.test/v2/new",
+        "https://api.example.test:8443/v2/new",
+        "//evil.test/v2/steal",
+    ],
+)
+def test_redirect_to_other_origin_not_sent(location: str, clock: FakeClock) -> None:
+    """A redirect to another host, scheme or port is refused before anything is sent there."""
+    recorder = Recorder(lambda request: httpx.Response(301, headers={"Location": location}))
+    transport = recorded_transport(clock, recorder)
+    with pytest.raises(PermanentApiError, match="redirect to another host refused"):
+        transport.request_json("POST", "/old", body={"a": 1})
+    assert len(recorder.requests) == 1
+    assert transport.stats.requests == 1
+
+
+def test_redirect_without_location_is_a_status(clock: FakeClock) -> None:
+    """A 3xx without Location is an answer, not a redirect: an unexpected status."""
+    recorder = Recorder(lambda request: httpx.Response(302))
+    with pytest.raises(PermanentApiError) as info:
+        recorded_transport(clock, recorder).request_json("GET", "/old")
+    assert info.value.status == 302
+    assert len(recorder.requests) == 1
+
+
+def test_redirect_with_bad_location_is_a_protocol_error(clock: FakeClock) -> None:
+    """An unparsable Location is the server's protocol error: retried like a dropped
+    connection for a GET, ambiguous for a POST."""
+    recorder = Recorder(
+        lambda request: httpx.Response(302, headers={"Location": "https://h:port/"})
+    )
+    transport = recorded_transport(clock, recorder)
+    with pytest.raises(TransientApiError, match="RemoteProtocolError: Invalid URL in location"):
+        transport.request_json("GET", "/old")
+    assert len(recorder.requests) == FAST.max_attempts
+    with pytest.raises(AmbiguousWriteError):
+        transport.request_json("POST", "/old", body={})
+
+
+def test_redirect_loop_stops(clock: FakeClock) -> None:
+    """A redirect loop is followed MAX_REDIRECTS times, then reported as a 3xx status."""
+    recorder = Recorder(lambda request: httpx.Response(307, headers={"Location": "/v2/loop"}))
+    transport = recorded_transport(clock, recorder)
+    with pytest.raises(PermanentApiError) as info:
+        transport.request_json("GET", "/loop")
+    assert info.value.status == 307
+    assert len(recorder.requests) == MAX_REDIRECTS + 1
+    assert transport.stats.by_endpoint == {"GET /loop": MAX_REDIRECTS + 1}
+
+
+def test_redirect_keeps_fragment(clock: FakeClock) -> None:
+    """A fragment on the request URL is carried over when the Location has none (RFC 7231)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/old":
+            return httpx.Response(308, headers={"Location": "/v2/new"})
+        return httpx.Response(200, json={})
+
+    recorder = Recorder(handler)
+    recorded_transport(clock, recorder).get_url(f"{BASE}/old#part")
+    assert recorder.requests[1].url.fragment == "part"
+
+
+# -- ApiTransport: over real HTTP on loopback -------------------------------------------------
+
+
+class _LoopbackServer:
+    """A keep-alive HTTP/1.1 server on 127.0.0.1 that records requests; `silent` paths are
+    read and never answered."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[bytes, bytes]] = []
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(8)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/v2"
+        self._connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self._connections.append(connection)
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        buffer = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(buffer) < length:
+                    buffer += connection.recv(65536)
+                body, buffer = buffer[:length], buffer[length:]
+                self.requests.append((head, body))
+                if b" /v2/silent" in head.split(b"\r\n", 1)[0]:
+                    continue
+                answer = b'{"total":1.10}'
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer)
+                )
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self._listener.close()
+        for connection in self._connections:
+            connection.close()
+
+
+@pytest.fixture
+def loopback() -> Iterator[_LoopbackServer]:
+    server = _LoopbackServer()
+    yield server
+    server.close()
+
+
+def _loopback_transport(url: str, timeout: float) -> ApiTransport:
+    return ApiTransport(
+        "noko",
+        url,
+        {"X-NokoToken": TOKEN, "User-Agent": "test/1.0"},
+        rate=None,
+        burst=1,
+        retry=RetryPolicy(max_attempts=1),
+        timeout=timeout,
+    )
+
+
+def test_loopback_round_trip(loopback: _LoopbackServer) -> None:
+    """Without an injected transport the requests go over HTTP: request line, headers and
+    body on the wire, the answer decoded, one kept-alive connection for all of them."""
+    transport = _loopback_transport(loopback.url, 5.0)
+    try:
+        assert transport.request_json("GET", "/invoices/1", params={"a": "b c"}) == {
+            "total": Decimal("1.10")
+        }
+        transport.request_json("POST", "/invoices", body={"n": Decimal("2.5")})
+    finally:
+        transport.close()
+    (get_head, get_body), (post_head, post_body) = loopback.requests
+    get_lines = get_head.split(b"\r\n")
+    assert get_lines[0] == b"GET /v2/invoices/1?a=b+c HTTP/1.1"
+    host = loopback.url.split("/")[2].encode()
+    assert get_lines[1] == b"Host: " + host
+    assert b"X-NokoToken: " + TOKEN.encode() in get_lines
+    assert b"Connection: keep-alive" in get_lines
+    assert get_body == b""
+    post_lines = post_head.split(b"\r\n")
+    assert post_lines[0] == b"POST /v2/invoices HTTP/1.1"
+    assert b"Content-Type: application/json" in post_lines
+    assert b"Content-Length: 9" in post_lines
+    assert post_body == b'{"n":2.5}'
+    assert len(loopback._connections) == 1
+
+
+def test_loopback_timeout_applies(loopback: _LoopbackServer) -> None:
+    """The timeout bounds a request whose answer never comes: a read timeout, ambiguous for a
+    POST, transient for a GET."""
+    transport = _loopback_transport(loopback.url, 0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransientApiError, match="ReadTimeout"):
+            transport.request_json("GET", "/silent")
+        assert 0.25 < time.monotonic() - started < 5.0
+        with pytest.raises(AmbiguousWriteError, match="ReadTimeout"):
+            transport.request_json("POST", "/silent", body={})
+    finally:
+        transport.close()
 
 
 # -- ApiTransport: secrets and logs -----------------------------------------------------------
