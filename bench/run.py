@@ -526,9 +526,7 @@ class Plan:
     budget: float
 
 
-FULL = Plan(
-    real=20, scaled=(1_000, 10_000), side=200, dispatch=(10_000, 30_000, 100_000), budget=1170
-)
+FULL = Plan(real=20, scaled=(1_000, 10_000), side=200, dispatch=(10_000, 100_000), budget=1200)
 QUICK = Plan(real=2, scaled=(100,), side=20, dispatch=(300, 1_000), budget=70)
 
 
