@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote_plus, urlencode
 
 import httpx
-import simplejson
+import msgspec
 import structlog
 from pydantic import SecretStr
 
@@ -71,23 +71,28 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"non-finite number {name} in JSON")
 
 
-# One decoder for every body: `json.loads` with these arguments would build (and compile a
-# scanner for) a new decoder on every call.
-_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+# One decoder and one encoder for every body (msgspec, in C): numbers with a fraction or an
+# exponent decode to exact `Decimal`s and `Decimal`s encode as JSON numbers, never via float.
+# msgspec refuses NaN and Infinity (not JSON, never a valid amount) and reads UTF-8 only; a body
+# it refuses is read again by the standard library, which also takes UTF-16 and UTF-32 and
+# words the error a caller shows.
+_DECODER = msgspec.json.Decoder(float_hook=Decimal)
+_ENCODER = msgspec.json.Encoder(decimal_format="number")
+_STDLIB_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
 
 
 def decode_json(text: str | bytes) -> Any:
     """Decode a JSON body; every non-integer number becomes an exact `Decimal`."""
+    if isinstance(text, str) and text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    try:
+        return _DECODER.decode(text)
+    except msgspec.DecodeError:
+        pass
     if isinstance(text, bytes | bytearray):
         text = text.decode(json.detect_encoding(text), "surrogatepass")
-    elif text.startswith("\ufeff"):
-        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-    return _DECODER.decode(text)
+    return _STDLIB_DECODER.decode(text)
 
-
-# One encoder for every body, as for decoding: `simplejson.dumps` with these arguments builds a
-# new encoder (and its C scanner) on every call.
-_ENCODER = simplejson.JSONEncoder(use_decimal=True, allow_nan=False, separators=(",", ":"))
 
 # Leaf types that are never a float, by exact type: the common case costs one set lookup.
 _NOT_FLOAT = frozenset({str, int, bool, Decimal, type(None)})
@@ -97,8 +102,7 @@ def encode_json(body: Any) -> bytes:
     """Encode a request body; `Decimal` values go out as exact JSON numbers, never via float."""
     if _contains_float(body):
         raise TypeError("request bodies carry money: use Decimal or int, never float")
-    text: str = _ENCODER.encode(body)
-    return text.encode("utf-8")
+    return _ENCODER.encode(body)
 
 
 def _contains_float(value: Any) -> bool:
