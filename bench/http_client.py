@@ -11,11 +11,13 @@ server's CPU is not counted). It prints the median over the repeats of process C
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import multiprocessing
 import socket
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +25,7 @@ import httpx
 
 from connector.http import ApiTransport, RetryPolicy
 
-__all__ = ["main"]
+__all__ = ["cpu_per_call", "loopback_server", "main"]
 
 TOKEN = "bench-token-0123456789"  # noqa: S105 - a fixed token for a local server
 GET_BODY = (
@@ -151,26 +153,23 @@ def _make(base_url: str, transport: httpx.BaseTransport | None) -> ApiTransport:
     )
 
 
-def _measure(
-    api: ApiTransport, case: Callable[[ApiTransport], None], n: int, repeats: int
-) -> float:
-    for _ in range(min(n, 200)):  # warm up: connection, caches
-        case(api)
+def cpu_per_call(call: Callable[[], object], n: int, repeats: int) -> float:
+    """The median over `repeats` runs of `n` calls of process CPU time per call, in us, after
+    a warm-up (connection, caches)."""
+    for _ in range(min(n, 200)):
+        call()
     samples: list[float] = []
     for _ in range(repeats):
         start = time.process_time()
         for _ in range(n):
-            case(api)
+            call()
         samples.append((time.process_time() - start) / n * 1e6)
     return statistics.median(samples)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=3000, help="requests per repeat")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
-
+@contextlib.contextmanager
+def loopback_server() -> Iterator[int]:
+    """The minimal keep-alive server in a child process (its CPU not counted); yields its port."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -180,6 +179,19 @@ def main(argv: list[str] | None = None) -> None:
     server.start()
     listener.close()
     try:
+        yield port
+    finally:
+        server.terminate()
+        server.join()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000, help="requests per repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    with loopback_server() as port:
         setups: list[tuple[str, Callable[[], ApiTransport]]] = [
             (
                 "MockTransport",
@@ -192,13 +204,13 @@ def main(argv: list[str] | None = None) -> None:
         for label, factory in setups:
             api = factory()
             try:
-                row = [_measure(api, case, args.requests, args.repeats) for case in CASES.values()]
+                row = [
+                    cpu_per_call(functools.partial(case, api), args.requests, args.repeats)
+                    for case in CASES.values()
+                ]
             finally:
                 api.close()
             print(f"{label:16}" + "".join(f"{value:12.1f}" for value in row))
-    finally:
-        server.terminate()
-        server.join()
 
 
 if __name__ == "__main__":

@@ -13,14 +13,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import io
-import multiprocessing
-import socket
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.http_client import _server
+from bench.http_client import cpu_per_call, loopback_server
 
 __all__ = ["main"]
 
@@ -29,18 +25,6 @@ POST_HEADERS = {**HEADERS, "Content-Type": "application/json"}
 GET_PATH = "/v2/invoices/12.json?include=entries,project"
 POST_PATH = "/v2/invoices"
 BODY = b'{"invoice":{"reference":"KS-12","line_items":[{"amount":12.50},{"amount":3}]}}' * 4
-
-
-def _measure(call: Callable[[], Any], n: int, repeats: int) -> float:
-    for _ in range(min(n, 200)):
-        call()
-    samples = []
-    for _ in range(repeats):
-        start = time.process_time()
-        for _ in range(n):
-            call()
-        samples.append((time.process_time() - start) / n * 1e6)
-    return statistics.median(samples)
 
 
 def _httpcore(base: str, port: int) -> tuple[Callable[[], Any], Callable[[], Any]]:
@@ -114,16 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port = listener.getsockname()[1]
-    server = multiprocessing.get_context("fork").Process(target=_server, args=(listener,))
-    server.daemon = True
-    server.start()
-    listener.close()
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with loopback_server() as port:
+        base = f"http://127.0.0.1:{port}"
         print(f"CPU us per request on loopback, median of {args.repeats} x {args.requests}")
         print(f"{'':18}{'GET':>10}{'POST':>10}")
         for name, make in STACKS.items():
@@ -132,11 +108,8 @@ def main(argv: list[str] | None = None) -> None:
             except ImportError:
                 print(f"{name:18}{'not installed':>20}")
                 continue
-            row = [_measure(call, args.requests, args.repeats) for call in (get, post)]
+            row = [cpu_per_call(call, args.requests, args.repeats) for call in (get, post)]
             print(f"{name:18}" + "".join(f"{value:10.1f}" for value in row))
-    finally:
-        server.terminate()
-        server.join()
 
 
 if __name__ == "__main__":

@@ -83,14 +83,14 @@ _STDLIB_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_c
 
 def decode_json(text: str | bytes) -> Any:
     """Decode a JSON body; every non-integer number becomes an exact `Decimal`."""
-    if isinstance(text, str) and text.startswith("\ufeff"):
-        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
     try:
         return _DECODER.decode(text)
     except msgspec.DecodeError:
         pass
     if isinstance(text, bytes | bytearray):
         text = text.decode(json.detect_encoding(text), "surrogatepass")
+    elif text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
     return _STDLIB_DECODER.decode(text)
 
 
