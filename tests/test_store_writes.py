@@ -150,3 +150,29 @@ def test_a_failed_commit_keeps_the_writes_for_the_next(
     other = Store(url)
     assert other.get_invoice("1") is not None and other.get_invoice("2") is not None
     assert [e.event for e in other.events("1")] == ["skipped"]
+
+
+def test_invoice_record_has_exactly_the_tables_columns() -> None:
+    """The plain record the engine works on and the table it is stored in stay field for field
+    the same: a column added to one and not the other would be lost or fail on save."""
+    import dataclasses
+
+    from connector.store.models import InvoiceRecord, InvoiceRow
+
+    table = InvoiceRow.__table__  # type: ignore[attr-defined]
+    assert [f.name for f in dataclasses.fields(InvoiceRecord)] == [c.name for c in table.columns]
+
+
+def test_every_field_round_trips_through_the_file(tmp_path: Path) -> None:
+    store, url = _store(tmp_path)
+    record = store.new_invoice("7", status="synced")
+    when = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    record.noko_invoice_id = 42
+    record.total_minor = 123_456
+    record.kantata_updated_at = when
+    record.next_attempt_at = when
+    record.noko_lines = '{"a": 1}'
+    store.save_invoice(record)
+    seen = Store(url).get_invoice("7")
+    assert seen == record
+    assert seen is not record

@@ -30,7 +30,13 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, col, create_engine, select
 
 from connector.errors import ConfigError, LockHeldError
-from connector.store.models import CursorRecord, InvoiceEvent, InvoiceRecord, RunRecord
+from connector.store.models import (
+    CursorRecord,
+    InvoiceEvent,
+    InvoiceRecord,
+    InvoiceRow,
+    RunRecord,
+)
 
 __all__ = ["CursorRecord", "InvoiceEvent", "InvoiceRecord", "RunRecord", "Store"]
 
@@ -212,21 +218,27 @@ class Store:
     # ------------------------------------------------------------------ invoices
 
     def get_invoice(self, kantata_id: str) -> InvoiceRecord | None:
-        with self._session() as session:
-            return session.get(InvoiceRecord, kantata_id)
+        rows = self._records(select(_INVOICES).where(_INVOICES.c.kantata_id == kantata_id))
+        return rows[0] if rows else None
+
+    def _records(self, statement: Any) -> list[InvoiceRecord]:
+        """Run a Core select of whole invoice rows; each row as a plain `InvoiceRecord`."""
+        if self._pending:
+            self.flush()  # reads see every write made before them
+        with self.engine.connect() as connection:
+            return [InvoiceRecord(**row._asdict()) for row in connection.execute(statement)]
 
     def _rows_in(self, column: Any, values: Sequence[Any]) -> list[InvoiceRecord]:
         """Invoices whose `column` is one of `values`, queried in chunks SQLite accepts."""
         wanted = list(dict.fromkeys(values))
         out: list[InvoiceRecord] = []
-        with self._session() as session:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                out.extend(session.exec(select(InvoiceRecord).where(col(column).in_(chunk))))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            out.extend(self._records(select(_INVOICES).where(column.in_(chunk))))
         return out
 
     def get_invoices(self, kantata_ids: Sequence[str]) -> dict[str, InvoiceRecord]:
-        rows = self._rows_in(InvoiceRecord.kantata_id, kantata_ids)
+        rows = self._rows_in(_INVOICES.c.kantata_id, kantata_ids)
         return {row.kantata_id: row for row in rows}
 
     def save_invoice(
@@ -311,76 +323,74 @@ class Store:
     def retry_candidates(self, now: datetime) -> list[InvoiceRecord]:
         """Invoices a cycle must look at even if Kantata did not list them as changed: failures
         whose retry time has come, and any work left half-done by an earlier process."""
-        with self._session() as session:
-            due = select(InvoiceRecord).where(
-                (col(InvoiceRecord.stage) != "")
+        c = _INVOICES.c
+        return self._records(
+            select(_INVOICES).where(
+                (c.stage != "")
                 | (
-                    (col(InvoiceRecord.status) == "failed")
-                    & (col(InvoiceRecord.next_attempt_at).is_not(None))
-                    & (col(InvoiceRecord.next_attempt_at) <= now)
+                    (c.status == "failed")
+                    & c.next_attempt_at.is_not(None)
+                    & (c.next_attempt_at <= now)
                 )
-                | (col(InvoiceRecord.status) == "pending")
+                | (c.status == "pending")
             )
-            return list(session.exec(due))
+        )
 
     def by_references(self, references: Sequence[str]) -> dict[str, InvoiceRecord]:
         """The invoices pushed (or being pushed) under these Noko references."""
-        rows = self._rows_in(InvoiceRecord.reference, references)
+        rows = self._rows_in(_INVOICES.c.reference, references)
         return {row.reference: row for row in rows if row.reference}
 
     def by_noko_ids(self, noko_ids: Sequence[int]) -> dict[int, InvoiceRecord]:
-        rows = self._rows_in(InvoiceRecord.noko_invoice_id, noko_ids)
+        rows = self._rows_in(_INVOICES.c.noko_invoice_id, noko_ids)
         return {row.noko_invoice_id: row for row in rows if row.noko_invoice_id}
 
     def payments_due(self) -> list[InvoiceRecord]:
         """Paid in Noko, still pending in Kantata, payment not yet recorded there."""
-        with self._session() as session:
-            rows = session.exec(
-                select(InvoiceRecord).where(
-                    (col(InvoiceRecord.noko_state) == "paid")
-                    & col(InvoiceRecord.payment_recorded_at).is_(None)
-                    & (col(InvoiceRecord.kantata_status) == "new")
-                    & col(InvoiceRecord.workspace_id).is_not(None)
-                )
+        c = _INVOICES.c
+        return self._records(
+            select(_INVOICES).where(
+                (c.noko_state == "paid")
+                & c.payment_recorded_at.is_(None)
+                & (c.kantata_status == "new")
+                & c.workspace_id.is_not(None)
             )
-            return list(rows)
+        )
 
     def failed_ids(self) -> list[str]:
         with self._session() as session:
             rows = session.exec(
-                select(InvoiceRecord.kantata_id).where(col(InvoiceRecord.status) == "failed")
+                select(InvoiceRow.kantata_id).where(col(InvoiceRow.status) == "failed")
             )
             return list(rows)
 
     def counts(self) -> dict[str, int]:
         with self._session() as session:
             rows = session.exec(
-                select(InvoiceRecord.status, func.count()).group_by(col(InvoiceRecord.status))
+                select(InvoiceRow.status, func.count()).group_by(col(InvoiceRow.status))
             )
             return {status: int(count) for status, count in rows}
 
     def invoices_with_status(self, *statuses: str, limit: int = 500) -> list[InvoiceRecord]:
-        with self._session() as session:
-            rows = session.exec(
-                select(InvoiceRecord)
-                .where(col(InvoiceRecord.status).in_(statuses))
-                .order_by(col(InvoiceRecord.updated_at).desc())
-                .limit(limit)
-            )
-            return list(rows)
+        c = _INVOICES.c
+        return self._records(
+            select(_INVOICES)
+            .where(c.status.in_(statuses))
+            .order_by(c.updated_at.desc())
+            .limit(limit)
+        )
 
     def balance_warnings(self, limit: int = 200) -> list[InvoiceRecord]:
-        with self._session() as session:
-            rows = session.exec(
-                select(InvoiceRecord)
-                .where(
-                    col(InvoiceRecord.balance_in_cents).is_not(None)
-                    & col(InvoiceRecord.total_minor).is_not(None)
-                    & (col(InvoiceRecord.balance_in_cents) != col(InvoiceRecord.total_minor))
-                )
-                .limit(limit)
+        c = _INVOICES.c
+        return self._records(
+            select(_INVOICES)
+            .where(
+                c.balance_in_cents.is_not(None)
+                & c.total_minor.is_not(None)
+                & (c.balance_in_cents != c.total_minor)
             )
-            return list(rows)
+            .limit(limit)
+        )
 
     def events(self, kantata_id: str, limit: int = 200) -> list[InvoiceEvent]:
         with self._session() as session:
@@ -393,8 +403,12 @@ class Store:
             return list(rows)
 
     def all_invoices(self) -> Iterator[InvoiceRecord]:
-        with self._session() as session:
-            yield from session.exec(select(InvoiceRecord).order_by(col(InvoiceRecord.kantata_id)))
+        if self._pending:
+            self.flush()
+        with self.engine.connect() as connection:
+            statement = select(_INVOICES).order_by(_INVOICES.c.kantata_id)
+            for row in connection.execute(statement):
+                yield InvoiceRecord(**row._asdict())
 
     # ------------------------------------------------------------------ runs
 
@@ -423,7 +437,7 @@ class Store:
                 session.add(run)
 
 
-_INVOICES = InvoiceRecord.__table__  # type: ignore[attr-defined]
+_INVOICES = InvoiceRow.__table__  # type: ignore[attr-defined]
 _EVENTS = InvoiceEvent.__table__  # type: ignore[attr-defined]
 # Built from the table's own column names, nothing from outside.
 _COLUMNS = ", ".join(c.name for c in _INVOICES.columns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,8 +36,9 @@ def _when(**kwargs: Any) -> Any:
     return Field(sa_type=UTCDateTime, **kwargs)
 
 
-class InvoiceRecord(SQLModel, table=True):
-    """What the connector knows about one Kantata invoice."""
+class InvoiceRow(SQLModel, table=True):
+    """What the connector knows about one Kantata invoice: the table. Code works on
+    `InvoiceRecord`, the same fields as a plain object."""
 
     __tablename__ = "invoices"
 
@@ -78,6 +80,42 @@ class InvoiceRecord(SQLModel, table=True):
     first_seen_at: datetime = _when()
     updated_at: datetime = _when()
     synced_at: datetime | None = _when(default=None)
+
+
+@dataclass(slots=True, kw_only=True)
+class InvoiceRecord:
+    """What the connector knows about one Kantata invoice, as the engine works on it: one row
+    of `InvoiceRow`, field for field (a test holds the two together). A plain object, so that
+    making and changing one costs no ORM bookkeeping; the store reads and writes it with
+    Core statements."""
+
+    kantata_id: str
+    status: str
+    stage: str = ""
+    reference: str | None = None
+    fingerprint: str | None = None
+    source_fingerprint: str | None = None
+    noko_invoice_id: int | None = None
+    noko_url: str | None = None
+    noko_state: str | None = None
+    noko_lines: str | None = None
+    currency: str | None = None
+    exponent: int | None = None
+    total_minor: int | None = None
+    balance_in_cents: int | None = None
+    kantata_updated_at: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    error_kind: str | None = None
+    next_attempt_at: datetime | None = None
+    skip_reason: str | None = None
+    writeback_hash: str | None = None
+    kantata_status: str | None = None
+    workspace_id: str | None = None
+    payment_recorded_at: datetime | None = None
+    first_seen_at: datetime
+    updated_at: datetime
+    synced_at: datetime | None = None
 
 
 class InvoiceEvent(SQLModel, table=True):
