@@ -157,12 +157,21 @@ def _use_transports(dispatch: str) -> None:
     from connector.kantata import KantataClient
     from connector.noko import NokoClient
 
+    kantata = DispatchTransport(dispatch, "kantata")
+    noko = DispatchTransport(dispatch, "noko")
+    _HANDOFFS.extend((kantata, noko))
     app.KantataClient = functools.partial(  # type: ignore[misc]
-        KantataClient, transport=DispatchTransport(dispatch, "kantata")
+        KantataClient, transport=kantata
     )
-    app.NokoClient = functools.partial(  # type: ignore[misc]
-        NokoClient, transport=DispatchTransport(dispatch, "noko")
-    )
+    app.NokoClient = functools.partial(NokoClient, transport=noko)  # type: ignore[misc]
+
+
+_HANDOFFS: list[Any] = []
+"""The dispatch transports of this process, whose hand-off CPU is reported apart."""
+
+
+def _handoff_cpu() -> float:
+    return sum(transport.cpu for transport in _HANDOFFS)
 
 
 def _advance_clocks(job: dict[str, Any], conn: Any, seconds: float) -> None:
@@ -223,6 +232,7 @@ def _run_connector(job: dict[str, Any]) -> dict[str, Any]:
             n_before = conn.noko.stats.snapshot()
             profiles = _ThreadProfiles() if job.get("profile") and kind == "backfill" else None
             sampler = _RssSampler(conn.engine) if kind == "backfill" else None
+            handoff = _handoff_cpu()
             meter = _Meter()
             if profiles is not None:
                 with profiles:
@@ -230,6 +240,7 @@ def _run_connector(job: dict[str, Any]) -> dict[str, Any]:
             else:
                 result = conn.engine.run_cycle(kind)
             measured = meter.done()
+            measured["handoff_cpu"] = _handoff_cpu() - handoff
             if sampler is not None:
                 measured["rss_series"] = sampler.close()
             if timer is not None:

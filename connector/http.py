@@ -496,6 +496,24 @@ def _redirect_request(request: httpx.Request, method: str, url: httpx.URL) -> ht
     return httpx.Request(method, url, headers=headers, stream=stream, extensions=request.extensions)
 
 
+def _read_body(response: httpx.Response) -> None:
+    """Read the whole body, as `response.read()` does: the connection is released and
+    `response.content` holds the bytes.
+
+    A body without Content-Encoding is joined from the transport's stream directly; httpx's
+    own reading path (content decoder lookup, chunker, per-chunk bookkeeping) costs several
+    times more than the bytes and is kept for encoded bodies."""
+    for key, _ in response.headers.raw:
+        if key.lower() == b"content-encoding":
+            response.read()
+            return
+    content = b"".join(response.stream)  # type: ignore[arg-type]  # a sync transport's stream
+    response.is_stream_consumed = True
+    response._num_bytes_downloaded = len(content)
+    response._content = content
+    response.close()
+
+
 class ApiTransport:
     """One API's HTTP client: base URL, headers, pacing, retries and error translation.
 
@@ -839,7 +857,7 @@ class ApiTransport:
         response = self._transport.handle_request(request)
         response.request = request
         try:
-            response.read()
+            _read_body(response)
         except BaseException:
             response.close()
             raise

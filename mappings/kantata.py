@@ -8,7 +8,6 @@ invoice never spoils its page.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
+from mappings.canonical import canonical_json
 from mappings.errors import MappingError
 from mappings.money import (
     MAX_ABS_MINOR,
@@ -310,8 +310,7 @@ def _fingerprint(invoice_id: str, record: Mapping[str, Any], lines: Mapping[str,
         "invoice": {k: v for k, v in record.items() if k not in volatile},
         "lines": lines,
     }
-    blob = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return hashlib.sha256(canonical_json(payload, str)).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,11 +7,12 @@ document's `total_minor` is the Kantata total whatever line detail the operator 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, fields, is_dataclass
 from datetime import date
 from decimal import Decimal
 from typing import Any
+
+from mappings.canonical import canonical_json
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,7 @@ class LedgerDocument:
         for line in data["lines"]:
             if line["minutes"] is None:
                 line.pop("minutes")
-        blob = json.dumps(data, sort_keys=True, default=_plain, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return hashlib.sha256(canonical_json(data, _plain)).hexdigest()
 
     @property
     def balance_mismatch(self) -> bool:

@@ -1136,3 +1136,41 @@ def test_base_url_must_be_absolute() -> None:
     """A base URL without scheme and host is refused at construction."""
     with pytest.raises(ValueError, match="absolute"):
         ApiTransport("noko", "api/v2", {}, rate=None, burst=1, retry=FAST, timeout=1.0)
+
+
+class _ChunkedStream(httpx.SyncByteStream):
+    """A body arriving in several chunks; remembers whether it was closed."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_body_in_chunks_is_read_whole_and_its_stream_closed(clock: FakeClock) -> None:
+    stream = _ChunkedStream([b'{"total": ', b'"12.5', b'0", "n": 1.25}'])
+    recorder = Recorder(lambda request: httpx.Response(200, stream=stream))
+    api = recorded_transport(clock, recorder)
+    response, decoded = api.request_json_response("GET", "/invoices/1")
+    assert decoded == {"total": "12.50", "n": Decimal("1.25")}
+    assert response.content == b'{"total": "12.50", "n": 1.25}'
+    assert response.num_bytes_downloaded == len(response.content)
+    assert stream.closed and response.is_closed
+
+
+def test_a_gzip_encoded_body_is_decoded(clock: FakeClock) -> None:
+    import gzip
+
+    body = gzip.compress(b'{"id": 7, "total": 3.10}')
+    recorder = Recorder(
+        lambda request: httpx.Response(
+            200, headers={"Content-Encoding": "gzip"}, stream=_ChunkedStream([body])
+        )
+    )
+    api = recorded_transport(clock, recorder)
+    assert api.request_json("GET", "/invoices/7") == {"id": 7, "total": Decimal("3.10")}
