@@ -41,6 +41,7 @@ from connector.errors import (
     PermanentApiError,
     TransientApiError,
 )
+from connector.wire import StdlibTransport
 
 __all__ = [
     "ApiStats",
@@ -563,6 +564,12 @@ class ApiTransport:
         )
         # Every request goes to the base URL's origin, so one transport serves them all.
         self._transport = self._client._transport_for_url(self.base_url)
+        self._own_transport: StdlibTransport | None = None
+        if transport is None and self._transport is self._client._transport:
+            # Neither a transport given nor a proxy for this origin: HTTP/1.1 over
+            # `http.client` (connector.wire), about half of httpcore's CPU per request.
+            self._own_transport = StdlibTransport(self.base_url)
+            self._transport = self._own_transport
         self._timeout = self._client.timeout.as_dict()
         self._closed = False
         # The headers httpx would send, in its order: Host, Content-Length 0 for a bodiless
@@ -630,6 +637,8 @@ class ApiTransport:
 
     def close(self) -> None:
         self._closed = True
+        if self._own_transport is not None:
+            self._own_transport.close()
         self._client.close()
 
     # -- internals ----------------------------------------------------------------------------

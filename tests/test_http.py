@@ -80,6 +80,8 @@ def make_transport(
         burst=burst,
         retry=retry,
         timeout=5.0,
+        # httpx's own pool, which respx intercepts (the default, connector.wire, it does not).
+        transport=httpx.HTTPTransport(),
         sleep=clock.sleep,
         clock=clock,
     )

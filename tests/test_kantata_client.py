@@ -44,7 +44,11 @@ def sleeps() -> list[float]:
 
 @pytest.fixture
 def client(sleeps: list[float]) -> Iterator[KantataClient]:
-    with KantataClient(BASE, TOKEN, rate=None, retry=RETRY, sleep=sleeps.append) as kantata:
+    # httpx's own pool, which respx intercepts (the default, connector.wire, it does not).
+    transport = httpx.HTTPTransport()
+    with KantataClient(
+        BASE, TOKEN, rate=None, retry=RETRY, sleep=sleeps.append, transport=transport
+    ) as kantata:
         yield kantata
 
 

@@ -39,7 +39,11 @@ def sleeps() -> list[float]:
 
 @pytest.fixture
 def client(sleeps: list[float]) -> Iterator[NokoClient]:
-    with NokoClient(BASE, TOKEN, rate=None, retry=RETRY, sleep=sleeps.append) as noko:
+    # httpx's own pool, which respx intercepts (the default, connector.wire, it does not).
+    transport = httpx.HTTPTransport()
+    with NokoClient(
+        BASE, TOKEN, rate=None, retry=RETRY, sleep=sleeps.append, transport=transport
+    ) as noko:
         yield noko
 
 
