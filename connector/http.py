@@ -520,9 +520,10 @@ class ApiTransport:
 
     Requests are built here and handed straight to an httpx transport: httpx's `Client` spends
     about 150 us of CPU merging, building and sending each request, several times what this
-    takes. The client is still made, once, for what it decides: the transport (the one given,
-    else a connection pool with httpx's limits and TLS verification, through a proxy when the
-    environment names one), the default headers merged with ours, and the timeout. Requests
+    takes. The client is still made, once, for what it decides: the transport (the one given;
+    else httpx's pool through a proxy when the environment names one for this origin; else
+    `connector.wire.StdlibTransport`, HTTP/1.1 over `http.client` with httpx's TLS
+    verification), the default headers merged with ours, and the timeout. Requests
     carry the headers the client would give them, in its order, and redirects are followed as
     it would build them, by hand: same host only, each hop paced.
     """

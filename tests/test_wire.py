@@ -280,3 +280,23 @@ def test_a_closed_transport_refuses_requests() -> None:
     transport.close()
     with pytest.raises(RuntimeError, match="closed"):
         transport.handle_request(httpx.Request("GET", "http://127.0.0.1:9/"))
+
+
+def test_a_proxy_named_by_the_environment_keeps_httpx_s_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    api = _api("https://api.example.test/v2")
+    try:
+        assert not isinstance(api._transport, StdlibTransport)
+        assert api._own_transport is None
+    finally:
+        api.close()
+    monkeypatch.delenv("HTTPS_PROXY")
+    plain = _api("https://api.example.test/v2")
+    try:
+        assert isinstance(plain._transport, StdlibTransport)
+    finally:
+        plain.close()
