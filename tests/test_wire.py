@@ -1,4 +1,4 @@
-"""`connector.wire.StdlibTransport`: HTTP/1.1 over `http.client`, against a loopback server
+"""`connector.wire.WireTransport`: HTTP/1.1 over `http.client`, against a loopback server
 that answers each request as a test script says (answer, close, stay silent, chunk, gzip)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from connector.errors import AmbiguousWriteError, TransientApiError
 from connector.http import ApiTransport, RetryPolicy
-from connector.wire import StdlibTransport
+from connector.wire import WireTransport
 
 Reply = Callable[[bytes, bytes], bytes | None]
 """(request head, request body) -> bytes to send, or None to close the connection at once."""
@@ -123,7 +123,7 @@ def test_the_default_transport_is_http_client(serve: Callable[..., _Server]) -> 
     server = serve(lambda head, body: _json(b'{"ok":true}'))
     api = _api(server.url)
     try:
-        assert isinstance(api._transport, StdlibTransport)
+        assert isinstance(api._transport, WireTransport)
         assert api.request_json("GET", "/ping") == {"ok": True}
     finally:
         api.close()
@@ -276,7 +276,7 @@ def test_response_headers_keep_their_order_and_repeats(serve: Callable[..., _Ser
 
 
 def test_a_closed_transport_refuses_requests() -> None:
-    transport = StdlibTransport(httpx.URL("http://127.0.0.1:9/"))
+    transport = WireTransport(httpx.URL("http://127.0.0.1:9/"))
     transport.close()
     with pytest.raises(RuntimeError, match="closed"):
         transport.handle_request(httpx.Request("GET", "http://127.0.0.1:9/"))
@@ -290,13 +290,58 @@ def test_a_proxy_named_by_the_environment_keeps_httpx_s_transport(
     monkeypatch.delenv("no_proxy", raising=False)
     api = _api("https://api.example.test/v2")
     try:
-        assert not isinstance(api._transport, StdlibTransport)
+        assert not isinstance(api._transport, WireTransport)
         assert api._own_transport is None
     finally:
         api.close()
     monkeypatch.delenv("HTTPS_PROXY")
     plain = _api("https://api.example.test/v2")
     try:
-        assert isinstance(plain._transport, StdlibTransport)
+        assert isinstance(plain._transport, WireTransport)
     finally:
         plain.close()
+
+
+def test_a_body_that_runs_until_the_server_closes_is_read_whole(
+    serve: Callable[..., _Server],
+) -> None:
+    server = serve(lambda head, body: _Last(b'HTTP/1.0 200 OK\r\n\r\n{"whole": true}'))
+    api = _api(server.url)
+    try:
+        assert api.request_json("GET", "/old") == {"whole": True}
+        assert api.request_json("GET", "/old") == {"whole": True}
+    finally:
+        api.close()
+    assert len(server.connections) == 2  # never reused: its end was the connection's end
+
+
+def test_an_interim_answer_is_passed_over(serve: Callable[..., _Server]) -> None:
+    server = serve(lambda head, body: b"HTTP/1.1 100 Continue\r\n\r\n" + _json(b'{"id":3}'))
+    api = _api(server.url)
+    try:
+        response, decoded = api.request_json_response("POST", "/expenses", body={"a": 1})
+    finally:
+        api.close()
+    assert (response.status_code, decoded) == (200, {"id": 3})
+
+
+def test_a_header_value_with_a_line_break_is_never_sent(serve: Callable[..., _Server]) -> None:
+    server = serve(lambda head, body: _json(b"{}"))
+    transport = WireTransport(httpx.URL(server.url))
+    request = httpx.Request("GET", server.url + "/x", headers={"X-Evil": "a\r\nInjected: 1"})
+    try:
+        with pytest.raises((httpx.LocalProtocolError, httpx.InvalidURL, ValueError)):
+            transport.handle_request(request)
+    finally:
+        transport.close()
+    assert server.requests == []
+
+
+def test_garbage_instead_of_an_answer_is_a_protocol_error(serve: Callable[..., _Server]) -> None:
+    server = serve(lambda head, body: b"SSH-2.0-OpenSSH\r\n\r\n")
+    api = _api(server.url, attempts=1)
+    try:
+        with pytest.raises(AmbiguousWriteError, match="malformed response"):
+            api.request_json("POST", "/expenses", body={"a": 1})
+    finally:
+        api.close()
