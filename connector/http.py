@@ -512,11 +512,13 @@ def _read_body(response: httpx.Response) -> None:
         if key.lower() == b"content-encoding":
             response.read()
             return
-    content = b"".join(response.stream)  # type: ignore[arg-type]  # a sync transport's stream
+    stream = response.stream
+    content = b"".join(stream)  # type: ignore[arg-type]  # a sync transport's stream
     response.is_stream_consumed = True
     response._num_bytes_downloaded = len(content)
     response._content = content
-    response.close()
+    response.is_closed = True
+    stream.close()  # type: ignore[union-attr]  # as `Response.close` does, for a sync stream
 
 
 class ApiTransport:

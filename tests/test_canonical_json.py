@@ -17,7 +17,7 @@ def _reference(value: Any, default: Any = str) -> bytes:
     return json.dumps(value, sort_keys=True, default=default, separators=(",", ":")).encode()
 
 
-_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
+_TEXT = st.text(st.characters(exclude_categories=()), max_size=12)  # surrogates too
 _ASCII = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=12)
 _LEAVES = (
     st.none()
@@ -40,10 +40,18 @@ def test_same_bytes_as_json_dumps(value: Any) -> None:
     assert canonical_json(value, str) == _reference(value)
 
 
-def test_the_cases_the_two_encoders_write_differently_fall_back() -> None:
-    value = {"b": "caf\u00e9 \x7f", "a": [Decimal("1E+2"), Decimal("-0.50"), "\b\f\x00"]}
+def test_characters_json_dumps_escapes_are_escaped_the_same_way() -> None:
+    value = {
+        "b": "caf\u00e9 \x7f \u2028",
+        "\u00e9": "\U0001f600",
+        "a": [Decimal("1E+2"), Decimal("-0.50"), "\b\f\x00"],
+    }
     assert canonical_json(value, str) == _reference(value)
-    assert b"\\u00e9" in canonical_json(value, str)
+    assert b"\\ud83d\\ude00" in canonical_json(value, str)
+
+
+def test_a_lone_surrogate_is_written_by_the_standard_library() -> None:
+    assert canonical_json(["\ud800"], str) == _reference(["\ud800"]) == b'["\\ud800"]'
 
 
 def test_a_value_msgspec_cannot_encode_goes_to_the_default() -> None:
