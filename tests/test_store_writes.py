@@ -176,3 +176,25 @@ def test_every_field_round_trips_through_the_file(tmp_path: Path) -> None:
     seen = Store(url).get_invoice("7")
     assert seen == record
     assert seen is not record
+
+
+def test_several_saves_of_one_invoice_in_a_batch_leave_the_last_and_every_event(
+    tmp_path: Path,
+) -> None:
+    store, url = _store(tmp_path)
+    first = store.new_invoice("1")
+    store.save_invoice(first, durable=False, run_id="r", event="skipped")
+    other = store.new_invoice("2")
+    store.save_invoice(other, durable=False, run_id="r", event="skipped")
+    first.status = "pushed-ish"
+    first.stage = "pushed"
+    store.save_invoice(first, durable=False, run_id="r", event="pushed")
+    first.status = "synced"
+    first.stage = ""
+    store.save_invoice(first, durable=False, run_id="r", event="synced")
+    store.flush()
+    reader = Store(url)
+    on_disk = reader.get_invoice("1")
+    assert on_disk is not None and (on_disk.status, on_disk.stage) == ("synced", "")
+    assert reader.get_invoice("2") is not None
+    assert [e.event for e in reader.events("1")] == ["skipped", "pushed", "synced"]
