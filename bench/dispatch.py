@@ -122,7 +122,9 @@ class DispatchServer:
         out.append(("Date", formatdate(int(service.clock.now().timestamp()), usegmt=True)))
         if response.content_type and (response.body or response.status != 204):
             out.append(("Content-Type", response.content_type))
-        return response.status, out, response.body, response.drop
+        # As bytes, the form a wire parser hands httpx: the connector's side does not encode.
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out]
+        return response.status, raw, response.body, response.drop
 
     def close(self) -> None:
         self._closed = True

@@ -690,9 +690,11 @@ def _notes(http_runs: list[Run], started: float) -> str:
         "  rate) or the same for Kantata, whichever is longer; 'needed' = one per Noko expense",
         "  and invoice that exist afterwards + one lookup per project they use. of bound: bound /",
         "  wall. CPU ms/inv: CPU time (user + system, all threads) of the connector's process",
-        "  during the cycle / N; the sandbox runs in another process. peak RSS: the connector",
-        "  process's high-water mark during the cycle (interpreter and imports included; in",
-        "  parentheses what the cycle added to the RSS it started with).",
+        "  during the cycle / N; the sandbox runs in another process. In-process rows take off",
+        "  the hand-off to the fakes (hand-off ms/inv: the CPU its callers spent in it, by",
+        "  their threads' CPU clocks). peak RSS: the connector process's high-water mark",
+        "  during the cycle (interpreter and imports included; in parentheses what the cycle",
+        "  added to the RSS it started with).",
         f"  Total benchmark time: {time.monotonic() - started:.0f} s.",
     ]
     for run in http_runs:
