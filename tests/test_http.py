@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ from connector.http import (
     endpoint_template,
     parse_retry_after,
 )
+from tests.loopback import LoopbackServer, json_reply
 
 BASE = "https://api.example.test/v2"
 TOKEN = "tok-SECRET-1234567890"
@@ -909,66 +909,16 @@ def test_redirect_keeps_fragment(clock: FakeClock) -> None:
 # -- ApiTransport: over real HTTP on loopback -------------------------------------------------
 
 
-class _LoopbackServer:
-    """A keep-alive HTTP/1.1 server on 127.0.0.1 that records requests; `silent` paths are
-    read and never answered."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[bytes, bytes]] = []
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(8)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/v2"
-        self._connections: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self._listener.accept()
-            except OSError:
-                return
-            self._connections.append(connection)
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
-
-    def _serve(self, connection: socket.socket) -> None:
-        buffer = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    chunk = connection.recv(65536)
-                    if not chunk:
-                        return
-                    buffer += chunk
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(buffer) < length:
-                    buffer += connection.recv(65536)
-                body, buffer = buffer[:length], buffer[length:]
-                self.requests.append((head, body))
-                if b" /v2/silent" in head.split(b"\r\n", 1)[0]:
-                    continue
-                answer = b'{"total":1.10}'
-                connection.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer)
-                )
-        except OSError:
-            return
-
-    def close(self) -> None:
-        self._listener.close()
-        for connection in self._connections:
-            connection.close()
+def _answer_unless_silent(head: bytes, body: bytes) -> bytes:
+    """`/v2/silent` paths are read and never answered; the others get one JSON body."""
+    if b" /v2/silent" in head.split(b"\r\n", 1)[0]:
+        return b""
+    return json_reply(b'{"total":1.10}')
 
 
 @pytest.fixture
-def loopback() -> Iterator[_LoopbackServer]:
-    server = _LoopbackServer()
+def loopback() -> Iterator[LoopbackServer]:
+    server = LoopbackServer(_answer_unless_silent)
     yield server
     server.close()
 
@@ -985,7 +935,7 @@ def _loopback_transport(url: str, timeout: float) -> ApiTransport:
     )
 
 
-def test_loopback_round_trip(loopback: _LoopbackServer) -> None:
+def test_loopback_round_trip(loopback: LoopbackServer) -> None:
     """Without an injected transport the requests go over HTTP: request line, headers and
     body on the wire, the answer decoded, one kept-alive connection for all of them."""
     transport = _loopback_transport(loopback.url, 5.0)
@@ -1009,10 +959,10 @@ def test_loopback_round_trip(loopback: _LoopbackServer) -> None:
     assert b"Content-Type: application/json" in post_lines
     assert b"Content-Length: 9" in post_lines
     assert post_body == b'{"n":2.5}'
-    assert len(loopback._connections) == 1
+    assert len(loopback.connections) == 1
 
 
-def test_loopback_timeout_applies(loopback: _LoopbackServer) -> None:
+def test_loopback_timeout_applies(loopback: LoopbackServer) -> None:
     """The timeout bounds a request whose answer never comes: a read timeout, ambiguous for a
     POST, transient for a GET."""
     transport = _loopback_transport(loopback.url, 0.3)

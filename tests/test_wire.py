@@ -1,11 +1,10 @@
-"""`connector.wire.WireTransport`: HTTP/1.1 over `http.client`, against a loopback server
+"""`connector.wire.WireTransport`: HTTP/1.1 on sockets with httptools, against a loopback server
 that answers each request as a test script says (answer, close, stay silent, chunk, gzip)."""
 
 from __future__ import annotations
 
 import gzip
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 
@@ -15,89 +14,15 @@ import pytest
 from connector.errors import AmbiguousWriteError, TransientApiError
 from connector.http import ApiTransport, RetryPolicy
 from connector.wire import WireTransport
-
-Reply = Callable[[bytes, bytes], bytes | None]
-"""(request head, request body) -> bytes to send, or None to close the connection at once."""
-
-
-class _Last(bytes):
-    """Bytes a reply sends just before closing the connection."""
-
-
-def _json(body: bytes, *, extra: bytes = b"") -> bytes:
-    return (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
-        % (extra, len(body), body)
-    )
-
-
-class _Server:
-    """A loopback HTTP/1.1 server; each request is answered by the next scripted reply (the
-    last one repeats). Records every request and every connection accepted."""
-
-    def __init__(self, *replies: Reply) -> None:
-        self.replies = list(replies)
-        self.requests: list[tuple[bytes, bytes]] = []
-        self.connections: list[socket.socket] = []
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(8)
-        self.port = self._listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/v2"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self._listener.accept()
-            except OSError:
-                return
-            self.connections.append(connection)
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
-
-    def _serve(self, connection: socket.socket) -> None:
-        buffer = b""
-        with connection:
-            try:
-                while True:
-                    while b"\r\n\r\n" not in buffer:
-                        chunk = connection.recv(65536)
-                        if not chunk:
-                            return
-                        buffer += chunk
-                    head, _, buffer = buffer.partition(b"\r\n\r\n")
-                    length = 0
-                    for line in head.split(b"\r\n")[1:]:
-                        name, _, value = line.partition(b":")
-                        if name.strip().lower() == b"content-length":
-                            length = int(value)
-                    while len(buffer) < length:
-                        buffer += connection.recv(65536)
-                    body, buffer = buffer[:length], buffer[length:]
-                    self.requests.append((head, body))
-                    index = min(len(self.requests), len(self.replies)) - 1
-                    answer = self.replies[index](head, body)
-                    if answer is None:
-                        return
-                    if answer:
-                        connection.sendall(answer)
-                    if isinstance(answer, _Last):
-                        return
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self._listener.close()
-        for connection in self.connections:
-            connection.close()
+from tests.loopback import Last, LoopbackServer, Reply, json_reply
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[..., _Server]]:
-    servers: list[_Server] = []
+def serve() -> Iterator[Callable[..., LoopbackServer]]:
+    servers: list[LoopbackServer] = []
 
-    def start(*replies: Reply) -> _Server:
-        server = _Server(*replies)
+    def start(*replies: Reply) -> LoopbackServer:
+        server = LoopbackServer(*replies)
         servers.append(server)
         return server
 
@@ -119,8 +44,8 @@ def _api(url: str, *, timeout: float = 5.0, attempts: int = 3) -> ApiTransport:
     )
 
 
-def test_the_default_transport_is_http_client(serve: Callable[..., _Server]) -> None:
-    server = serve(lambda head, body: _json(b'{"ok":true}'))
+def test_the_default_transport_is_the_wire_transport(serve: Callable[..., LoopbackServer]) -> None:
+    server = serve(lambda head, body: json_reply(b'{"ok":true}'))
     api = _api(server.url)
     try:
         assert isinstance(api._transport, WireTransport)
@@ -129,8 +54,8 @@ def test_the_default_transport_is_http_client(serve: Callable[..., _Server]) -> 
         api.close()
 
 
-def test_requests_share_one_kept_alive_connection(serve: Callable[..., _Server]) -> None:
-    server = serve(lambda head, body: _json(b'{"n":1.5}'))
+def test_requests_share_one_kept_alive_connection(serve: Callable[..., LoopbackServer]) -> None:
+    server = serve(lambda head, body: json_reply(b'{"n":1.5}'))
     api = _api(server.url)
     try:
         for _ in range(5):
@@ -146,13 +71,13 @@ def test_requests_share_one_kept_alive_connection(serve: Callable[..., _Server])
 
 
 def test_a_connection_the_server_closed_while_idle_is_not_used(
-    serve: Callable[..., _Server],
+    serve: Callable[..., LoopbackServer],
 ) -> None:
     """The server answers and then closes; the next POST goes out on a new connection, sent
     once, with no error: the dead one is noticed before anything is written to it."""
 
     def answer_then_close(head: bytes, body: bytes) -> bytes:
-        return _json(b'{"id":1}')  # no Connection: close, then the socket is shut below
+        return json_reply(b'{"id":1}')  # no Connection: close, then the socket is shut below
 
     server = serve(answer_then_close)
     api = _api(server.url)
@@ -167,8 +92,8 @@ def test_a_connection_the_server_closed_while_idle_is_not_used(
     assert len(server.connections) == 2
 
 
-def test_connection_close_from_the_server_is_honoured(serve: Callable[..., _Server]) -> None:
-    server = serve(lambda head, body: _json(b"{}", extra=b"Connection: close\r\n"))
+def test_connection_close_from_the_server_is_honoured(serve: Callable[..., LoopbackServer]) -> None:
+    server = serve(lambda head, body: json_reply(b"{}", extra=b"Connection: close\r\n"))
     api = _api(server.url)
     try:
         api.request_json("GET", "/a")
@@ -179,7 +104,7 @@ def test_connection_close_from_the_server_is_honoured(serve: Callable[..., _Serv
 
 
 def test_a_post_without_an_answer_is_ambiguous_and_sent_once(
-    serve: Callable[..., _Server],
+    serve: Callable[..., LoopbackServer],
 ) -> None:
     server = serve(lambda head, body: None)  # read the request, close without a word
     api = _api(server.url)
@@ -191,8 +116,8 @@ def test_a_post_without_an_answer_is_ambiguous_and_sent_once(
     assert len(server.requests) == 1
 
 
-def test_a_get_without_an_answer_is_retried(serve: Callable[..., _Server]) -> None:
-    server = serve(lambda head, body: None, lambda head, body: _json(b'{"ok":1}'))
+def test_a_get_without_an_answer_is_retried(serve: Callable[..., LoopbackServer]) -> None:
+    server = serve(lambda head, body: None, lambda head, body: json_reply(b'{"ok":1}'))
     api = _api(server.url)
     try:
         assert api.request_json("GET", "/invoices") == {"ok": 1}
@@ -201,7 +126,7 @@ def test_a_get_without_an_answer_is_retried(serve: Callable[..., _Server]) -> No
     assert len(server.requests) == 2
 
 
-def test_a_read_timeout_on_a_post_is_ambiguous(serve: Callable[..., _Server]) -> None:
+def test_a_read_timeout_on_a_post_is_ambiguous(serve: Callable[..., LoopbackServer]) -> None:
     server = serve(lambda head, body: b"")  # read, never answer
     api = _api(server.url, timeout=0.2)
     try:
@@ -227,8 +152,8 @@ def test_a_refused_connection_is_safe_to_repeat_even_for_a_post() -> None:
     assert api.stats.snapshot()["requests"] == 2
 
 
-def test_a_body_cut_short_is_a_protocol_error(serve: Callable[..., _Server]) -> None:
-    cut = _Last(b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"id":')
+def test_a_body_cut_short_is_a_protocol_error(serve: Callable[..., LoopbackServer]) -> None:
+    cut = Last(b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"id":')
     server = serve(lambda head, body: cut)
     api = _api(server.url, attempts=1)
     try:
@@ -239,14 +164,14 @@ def test_a_body_cut_short_is_a_protocol_error(serve: Callable[..., _Server]) -> 
     assert len(server.requests) == 1
 
 
-def test_chunked_and_gzip_bodies_are_read(serve: Callable[..., _Server]) -> None:
+def test_chunked_and_gzip_bodies_are_read(serve: Callable[..., LoopbackServer]) -> None:
     zipped = gzip.compress(b'{"total": 3.10}')
     chunked = (
         b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\n2\r\n1}\r\n0\r\n\r\n'
     )
     server = serve(
         lambda head, body: chunked,
-        lambda head, body: _json(zipped, extra=b"Content-Encoding: gzip\r\n"),
+        lambda head, body: json_reply(zipped, extra=b"Content-Encoding: gzip\r\n"),
     )
     api = _api(server.url)
     try:
@@ -257,7 +182,9 @@ def test_chunked_and_gzip_bodies_are_read(serve: Callable[..., _Server]) -> None
     assert len(server.connections) == 1
 
 
-def test_response_headers_keep_their_order_and_repeats(serve: Callable[..., _Server]) -> None:
+def test_response_headers_keep_their_order_and_repeats(
+    serve: Callable[..., LoopbackServer],
+) -> None:
     server = serve(
         lambda head, body: (
             b'HTTP/1.1 200 OK\r\nLink: <a>; rel="next"\r\nX-Request-Id: r1\r\n'
@@ -303,9 +230,9 @@ def test_a_proxy_named_by_the_environment_keeps_httpx_s_transport(
 
 
 def test_a_body_that_runs_until_the_server_closes_is_read_whole(
-    serve: Callable[..., _Server],
+    serve: Callable[..., LoopbackServer],
 ) -> None:
-    server = serve(lambda head, body: _Last(b'HTTP/1.0 200 OK\r\n\r\n{"whole": true}'))
+    server = serve(lambda head, body: Last(b'HTTP/1.0 200 OK\r\n\r\n{"whole": true}'))
     api = _api(server.url)
     try:
         assert api.request_json("GET", "/old") == {"whole": True}
@@ -315,8 +242,8 @@ def test_a_body_that_runs_until_the_server_closes_is_read_whole(
     assert len(server.connections) == 2  # never reused: its end was the connection's end
 
 
-def test_an_interim_answer_is_passed_over(serve: Callable[..., _Server]) -> None:
-    server = serve(lambda head, body: b"HTTP/1.1 100 Continue\r\n\r\n" + _json(b'{"id":3}'))
+def test_an_interim_answer_is_passed_over(serve: Callable[..., LoopbackServer]) -> None:
+    server = serve(lambda head, body: b"HTTP/1.1 100 Continue\r\n\r\n" + json_reply(b'{"id":3}'))
     api = _api(server.url)
     try:
         response, decoded = api.request_json_response("POST", "/expenses", body={"a": 1})
@@ -325,8 +252,10 @@ def test_an_interim_answer_is_passed_over(serve: Callable[..., _Server]) -> None
     assert (response.status_code, decoded) == (200, {"id": 3})
 
 
-def test_a_header_value_with_a_line_break_is_never_sent(serve: Callable[..., _Server]) -> None:
-    server = serve(lambda head, body: _json(b"{}"))
+def test_a_header_value_with_a_line_break_is_never_sent(
+    serve: Callable[..., LoopbackServer],
+) -> None:
+    server = serve(lambda head, body: json_reply(b"{}"))
     transport = WireTransport(httpx.URL(server.url))
     request = httpx.Request("GET", server.url + "/x", headers={"X-Evil": "a\r\nInjected: 1"})
     try:
@@ -337,7 +266,9 @@ def test_a_header_value_with_a_line_break_is_never_sent(serve: Callable[..., _Se
     assert server.requests == []
 
 
-def test_garbage_instead_of_an_answer_is_a_protocol_error(serve: Callable[..., _Server]) -> None:
+def test_garbage_instead_of_an_answer_is_a_protocol_error(
+    serve: Callable[..., LoopbackServer],
+) -> None:
     server = serve(lambda head, body: b"SSH-2.0-OpenSSH\r\n\r\n")
     api = _api(server.url, attempts=1)
     try:

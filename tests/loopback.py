@@ -1,0 +1,82 @@
+"""A loopback HTTP/1.1 server for the tests of the HTTP layer, scripted per request."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+
+Reply = Callable[[bytes, bytes], bytes | None]
+"""(request head, request body) -> bytes to send, or None to close the connection at once."""
+
+
+class Last(bytes):
+    """Bytes a reply sends just before closing the connection."""
+
+
+def json_reply(body: bytes, *, extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
+        % (extra, len(body), body)
+    )
+
+
+class LoopbackServer:
+    """A loopback HTTP/1.1 server; each request is answered by the next scripted reply (the
+    last one repeats). Records every request and every connection accepted."""
+
+    def __init__(self, *replies: Reply) -> None:
+        self.replies = list(replies)
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.connections: list[socket.socket] = []
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(8)
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/v2"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        buffer = b""
+        with connection:
+            try:
+                while True:
+                    while b"\r\n\r\n" not in buffer:
+                        chunk = connection.recv(65536)
+                        if not chunk:
+                            return
+                        buffer += chunk
+                    head, _, buffer = buffer.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                    while len(buffer) < length:
+                        buffer += connection.recv(65536)
+                    body, buffer = buffer[:length], buffer[length:]
+                    self.requests.append((head, body))
+                    index = min(len(self.requests), len(self.replies)) - 1
+                    answer = self.replies[index](head, body)
+                    if answer is None:
+                        return
+                    if answer:
+                        connection.sendall(answer)
+                    if isinstance(answer, Last):
+                        return
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._listener.close()
+        for connection in self.connections:
+            connection.close()
