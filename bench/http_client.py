@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from connector.http import ApiTransport, RetryPolicy
+from tests.loopback import read_requests
 
 __all__ = ["cpu_per_call", "loopback_server", "main"]
 
@@ -105,26 +106,8 @@ def _reply(method: bytes) -> bytes:
 
 
 def _serve_connection(connection: socket.socket) -> None:
-    buffer = b""
     with connection:
-        while True:
-            while b"\r\n\r\n" not in buffer:
-                chunk = connection.recv(65536)
-                if not chunk:
-                    return
-                buffer += chunk
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            while len(buffer) < length:
-                chunk = connection.recv(65536)
-                if not chunk:
-                    return
-                buffer += chunk
-            buffer = buffer[length:]
+        for head, _ in read_requests(connection):
             connection.sendall(_reply(head.split(b" ", 1)[0]))
 
 

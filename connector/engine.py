@@ -180,15 +180,14 @@ class _Seen:
         if number is not None:
             ids = self._ids
             if not ids or number > ids[-1]:
-                if kantata_id not in self._other:
-                    ids.append(number)
-                    self._times.append(micros)
-                    return
-            else:
-                index = self._index(number)
-                if index is not None:
-                    self._times[index] = micros
-                    return
+                # Past every id kept: never in `_other`, which only takes ids below the last.
+                ids.append(number)
+                self._times.append(micros)
+                return
+            index = self._index(number)
+            if index is not None:
+                self._times[index] = micros
+                return
         self._other[kantata_id] = micros
 
     def setdefault(self, kantata_id: str, updated: datetime) -> None:

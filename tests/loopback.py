@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 Reply = Callable[[bytes, bytes], bytes | None]
 """(request head, request body) -> bytes to send, or None to close the connection at once."""
@@ -19,6 +19,31 @@ def json_reply(body: bytes, *, extra: bytes = b"") -> bytes:
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
         % (extra, len(body), body)
     )
+
+
+def read_requests(connection: socket.socket) -> Iterator[tuple[bytes, bytes]]:
+    """The requests arriving on one connection, as (head, body), until the peer closes: the
+    head up to its blank line, then as many body bytes as its Content-Length says."""
+    buffer = b""
+    while True:
+        while b"\r\n\r\n" not in buffer:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return
+            buffer += chunk
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(buffer) < length:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return
+            buffer += chunk
+        body, buffer = buffer[:length], buffer[length:]
+        yield head, body
 
 
 class LoopbackServer:
@@ -46,24 +71,9 @@ class LoopbackServer:
             threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
 
     def _serve(self, connection: socket.socket) -> None:
-        buffer = b""
         with connection:
             try:
-                while True:
-                    while b"\r\n\r\n" not in buffer:
-                        chunk = connection.recv(65536)
-                        if not chunk:
-                            return
-                        buffer += chunk
-                    head, _, buffer = buffer.partition(b"\r\n\r\n")
-                    length = 0
-                    for line in head.split(b"\r\n")[1:]:
-                        name, _, value = line.partition(b":")
-                        if name.strip().lower() == b"content-length":
-                            length = int(value)
-                    while len(buffer) < length:
-                        buffer += connection.recv(65536)
-                    body, buffer = buffer[:length], buffer[length:]
+                for head, body in read_requests(connection):
                     self.requests.append((head, body))
                     index = min(len(self.requests), len(self.replies)) - 1
                     answer = self.replies[index](head, body)

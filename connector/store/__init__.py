@@ -223,10 +223,14 @@ class Store:
 
     def _records(self, statement: Any) -> list[InvoiceRecord]:
         """Run a Core select of whole invoice rows; each row as a plain `InvoiceRecord`."""
+        return list(self._iter_records(statement))
+
+    def _iter_records(self, statement: Any) -> Iterator[InvoiceRecord]:
         if self._pending:
             self.flush()  # reads see every write made before them
         with self.engine.connect() as connection:
-            return [InvoiceRecord(**row._asdict()) for row in connection.execute(statement)]
+            for row in connection.execute(statement):
+                yield InvoiceRecord(**row._asdict())
 
     def _rows_in(self, column: Any, values: Sequence[Any]) -> list[InvoiceRecord]:
         """Invoices whose `column` is one of `values`, queried in chunks SQLite accepts."""
@@ -409,12 +413,7 @@ class Store:
             return list(rows)
 
     def all_invoices(self) -> Iterator[InvoiceRecord]:
-        if self._pending:
-            self.flush()
-        with self.engine.connect() as connection:
-            statement = select(_INVOICES).order_by(_INVOICES.c.kantata_id)
-            for row in connection.execute(statement):
-                yield InvoiceRecord(**row._asdict())
+        yield from self._iter_records(select(_INVOICES).order_by(_INVOICES.c.kantata_id))
 
     # ------------------------------------------------------------------ runs
 
