@@ -36,6 +36,7 @@ import structlog
 
 from connector.errors import ApiError, ConnectorError, PermanentApiError, TransientApiError
 from connector.kantata import ExternalReferenceWrite, KantataClient, format_timestamp
+from connector.memory import release_free_memory
 from connector.noko import NokoClient
 from connector.push import (
     ENTRY_KEY,
@@ -321,6 +322,7 @@ class SyncEngine:
                 self.store.set_cursor(new_cursor)
                 result.cursor_after = new_cursor
         result.duration = time.monotonic() - started
+        release_free_memory()
         if run is not None:
             run.outcome = (
                 result.outcome
@@ -386,6 +388,7 @@ class SyncEngine:
                     scan.shrank = True
                 previous_count = page.count
                 runner.submit_all(decode_invoices(page.body), scan, until=until)
+                release_free_memory()
                 if self.stop.is_set():
                     return
             if not scan.shrank:
@@ -1098,6 +1101,7 @@ class SyncEngine:
             if len(batch) >= 500:
                 self._apply_noko(batch, run_id, log, result)
                 batch = []
+                release_free_memory()
         if batch:
             self._apply_noko(batch, run_id, log, result)
         # As for Kantata's cursor: Noko's clock at the first page when it gave it (every
@@ -1348,8 +1352,7 @@ class _Runner:
         self.force = force
         self.retry_now = False
         self.log = log
-        self.capacity = engine.settings.workers * 4
-        self.slots = threading.BoundedSemaphore(self.capacity)
+        self.slots = _Slots(engine.settings.workers * 4)
         self.lock = threading.Lock()
 
     def submit_all(
@@ -1426,10 +1429,48 @@ class _Runner:
 
     def drain(self) -> None:
         """Wait until every invoice handed out has been worked on."""
-        for _ in range(self.capacity):
-            self.slots.acquire()
-        for _ in range(self.capacity):
-            self.slots.release()
+        self.slots.drain()
+
+
+class _Slots:
+    """At most `capacity` invoices in flight between the scan and the workers.
+
+    A full feeder waits until half of them are done, then hands out the next half: it is
+    woken once per half-capacity invoices, not once per invoice (each wake-up is a thread
+    switch and a hand-over of the GIL)."""
+
+    __slots__ = ("_changed", "_in_flight", "capacity", "low")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.low = capacity // 2
+        self._in_flight = 0
+        self._changed = threading.Condition(threading.Lock())
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def acquire(self) -> None:
+        with self._changed:
+            if self._in_flight >= self.capacity:
+                self._changed.wait_for(lambda: self._in_flight <= self.low)
+            self._in_flight += 1
+
+    def release(self) -> None:
+        with self._changed:
+            if self._in_flight <= 0:
+                raise ValueError("released more slots than were acquired")
+            self._in_flight -= 1
+            if self._in_flight <= self.low:
+                self._changed.notify_all()
+
+    def drain(self) -> None:
+        """Wait until every slot handed out is back."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._in_flight == 0)
 
 
 def _chunks(items: Iterable[DecodedInvoice], size: int) -> Iterator[list[DecodedInvoice]]:
