@@ -1531,5 +1531,5 @@ def _fmt_total(total_minor: int | None, record: InvoiceRecord) -> str:
 
 
 def _hash_reference(reference: ExternalReferenceWrite) -> str:
-    blob = json.dumps(dataclasses.asdict(reference), sort_keys=True, default=str)
+    blob = json.dumps(reference.as_dict(), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

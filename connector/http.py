@@ -96,6 +96,21 @@ def decode_json(text: str | bytes) -> Any:
     return _STDLIB_DECODER.decode(text)
 
 
+def decode_typed(text: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
+    """Decode a JSON body into the decoder's type, reading only the fields it names.
+
+    A body that is not the type raises `msgspec.ValidationError`, whose message names the
+    field (e.g. "Object missing required field `id`"); a body msgspec cannot read at all
+    (not UTF-8) is read by `decode_json` and then converted, with the same errors."""
+    try:
+        return decoder.decode(text)
+    except msgspec.ValidationError:
+        raise
+    except msgspec.DecodeError:
+        pass
+    return msgspec.convert(decode_json(text), decoder.type, strict=False)
+
+
 # Leaf types that are never a float, by exact type: the common case costs one set lookup.
 _NOT_FLOAT = frozenset({str, int, bool, Decimal, type(None)})
 
@@ -621,6 +636,24 @@ class ApiTransport:
         _, decoded = self._call(method, path, params, body, idempotent, expect_json=True)
         return decoded
 
+    def request_typed(
+        self,
+        method: str,
+        path: str,
+        decoder: msgspec.json.Decoder[Any],
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """Like `request_json`, decoded into `decoder`'s type (a `msgspec.Struct` naming only
+        the fields the caller reads: the rest of the body is skipped, not built). A 2xx body
+        that is not that type fails like a body that is not JSON: it may have been applied."""
+        _, decoded = self._call(
+            method, path, params, body, idempotent, expect_json=True, decoder=decoder
+        )
+        return decoded
+
     def request_json_response(
         self,
         method: str,
@@ -735,6 +768,7 @@ class ApiTransport:
         body: Any,
         idempotent: bool | None,
         expect_json: bool,
+        decoder: msgspec.json.Decoder[Any] | None = None,
     ) -> tuple[httpx.Response, Any]:
         method = method.upper()
         safe_to_repeat = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
@@ -746,7 +780,7 @@ class ApiTransport:
         slept = 0.0
         while True:
             attempt += 1
-            response, failure, decoded = self._attempt(request, template, expect_json)
+            response, failure, decoded = self._attempt(request, template, expect_json, decoder)
             if failure is None:
                 assert response is not None
                 return response, decoded
@@ -800,7 +834,11 @@ class ApiTransport:
             slept += delay
 
     def _attempt(
-        self, request: httpx.Request, template: str, expect_json: bool
+        self,
+        request: httpx.Request,
+        template: str,
+        expect_json: bool,
+        decoder: msgspec.json.Decoder[Any] | None = None,
     ) -> tuple[httpx.Response | None, _Failure | None, Any]:
         try:
             response = self._send_following_redirects(request, template)
@@ -829,7 +867,21 @@ class ApiTransport:
         if not expect_json or response.status_code in (204, 205):
             return response, None, None
         try:
-            decoded = decode_json(response.content)
+            if decoder is None:
+                decoded = decode_json(response.content)
+            else:
+                decoded = decode_typed(response.content, decoder)
+        except msgspec.ValidationError as exc:
+            return (
+                response,
+                _Failure(
+                    self._redact(_snippet(f"unexpected response: {exc}")),
+                    status=response.status_code,
+                    request_id=response.headers.get("x-request-id"),
+                    applied_maybe=True,
+                ),
+                None,
+            )
         except (ValueError, UnicodeDecodeError):
             content_type = response.headers.get("content-type", "no content type")
             return (

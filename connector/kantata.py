@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
+import msgspec
 
 from connector.errors import TransientApiError
 from connector.http import ApiStats, ApiTransport, RetryPolicy
@@ -78,9 +79,18 @@ class ExternalReferenceWrite:
             if not getattr(self, name):
                 raise ValueError(f"external reference {name} must not be empty")
 
+    def as_dict(self) -> dict[str, str | None]:
+        """Every field, as `dataclasses.asdict` gives them (they are all strings or None)."""
+        return {name: getattr(self, name) for name in _REFERENCE_FIELDS}
+
     def to_body(self) -> dict[str, str]:
         """The fields to send: every field that is set, nothing else."""
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        return {
+            name: value for name in _REFERENCE_FIELDS if (value := getattr(self, name)) is not None
+        }
+
+
+_REFERENCE_FIELDS = tuple(f.name for f in fields(ExternalReferenceWrite))
 
 
 def format_timestamp(moment: datetime, *, round_up: bool = False) -> str:
@@ -243,23 +253,14 @@ class KantataClient:
         merged["count"] = len(merged["results"])
         return merged
 
-    def write_external_reference(
-        self, invoice_id: str, ref: ExternalReferenceWrite
-    ) -> dict[str, Any]:
+    def write_external_reference(self, invoice_id: str, ref: ExternalReferenceWrite) -> None:
         """Set our external reference on an invoice; the body holds that and nothing else.
 
         `PUT /invoices/{id}` overwrites any line-item id list it is given, so none is sent.
+        The answer must be a JSON object; nothing in it is read (nor decoded).
         """
         body = {"invoice": {"external_reference": ref.to_body()}}
-        decoded = self._http.request_json("PUT", _invoice_path(invoice_id), body=body)
-        if not isinstance(decoded, dict):
-            raise TransientApiError(
-                SERVICE,
-                "unexpected response to an external reference write",
-                method="PUT",
-                path="/invoices/{id}.json",
-            )
-        return decoded
+        self._http.request_typed("PUT", _invoice_path(invoice_id), _ANY_OBJECT, body=body)
 
     def record_external_payment(
         self, invoice_id: str, workspace_id: str, amount_in_cents: int
@@ -299,6 +300,13 @@ class KantataClient:
         if not isinstance(results, list):
             raise _malformed("no results list", page)
         return results
+
+
+class _AnyObject(msgspec.Struct):
+    """A JSON object, whatever it holds: its members are skipped, not decoded."""
+
+
+_ANY_OBJECT = msgspec.json.Decoder(_AnyObject)
 
 
 def _page_count(body: Mapping[str, Any]) -> int | None:

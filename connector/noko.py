@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+import msgspec
 
 from connector.errors import AmbiguousWriteError, NotFoundError, TransientApiError
 from connector.http import ApiStats, ApiTransport, RetryPolicy
@@ -37,6 +38,17 @@ def _object(value: Any, method: str, path: str, *, written: bool = False) -> dic
     if written:
         raise AmbiguousWriteError(SERVICE, message, method=method, path=path)
     raise TransientApiError(SERVICE, message, method=method, path=path)
+
+
+class _Created(msgspec.Struct):
+    """What the connector reads from a created expense or time entry: its id."""
+
+    id: int
+
+
+# Only `id` is read: the rest of the answer (the project, the user, ...) is skipped. Not
+# strict, so an id sent as a numeric string is still taken.
+_CREATED = msgspec.json.Decoder(_Created, strict=False)
 
 
 def _ids(values: Sequence[int]) -> list[int]:
@@ -200,7 +212,8 @@ class NokoClient:
 
     def create_expense(
         self, *, project_id: int, date: str, price: Decimal, taxable: bool, description: str
-    ) -> dict[str, Any]:
+    ) -> int:
+        """Create an expense; its id. An answer without an id is an `AmbiguousWriteError`."""
         if not isinstance(price, Decimal | int) or isinstance(price, bool):
             raise TypeError("expense price must be a Decimal")
         body = {
@@ -210,12 +223,8 @@ class NokoClient:
             "taxable": taxable,
             "description": description,
         }
-        return _object(
-            self._http.request_json("POST", "/expenses", body=body),
-            "POST",
-            "/expenses",
-            written=True,
-        )
+        created: _Created = self._http.request_typed("POST", "/expenses", _CREATED, body=body)
+        return created.id
 
     def list_expenses(self, params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         return self._iter_items("/expenses", params)
@@ -232,7 +241,8 @@ class NokoClient:
         minutes: int,
         description: str,
         user_id: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> int:
+        """Create a time entry; its id. An answer without an id is an `AmbiguousWriteError`."""
         body: dict[str, Any] = {
             "project_id": int(project_id),
             "date": date,
@@ -241,12 +251,8 @@ class NokoClient:
         }
         if user_id is not None:
             body["user_id"] = int(user_id)
-        return _object(
-            self._http.request_json("POST", "/entries", body=body),
-            "POST",
-            "/entries",
-            written=True,
-        )
+        created: _Created = self._http.request_typed("POST", "/entries", _CREATED, body=body)
+        return created.id
 
     def list_entries(self, params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         return self._iter_items("/entries", params)

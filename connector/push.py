@@ -44,12 +44,12 @@ class NokoApi(Protocol):
     def ensure_project(self, name: str) -> int: ...
     def create_expense(
         self, *, project_id: int, date: str, price: Decimal, taxable: bool, description: str
-    ) -> dict[str, Any]: ...
+    ) -> int: ...
     def list_expenses(self, params: Mapping[str, Any]) -> Any: ...
     def delete_expense(self, expense_id: int) -> None: ...
     def create_entry(
         self, *, project_id: int, date: str, minutes: int, description: str
-    ) -> dict[str, Any]: ...
+    ) -> int: ...
     def list_entries(self, params: Mapping[str, Any]) -> Any: ...
     def delete_entry(self, entry_id: int) -> None: ...
     def add_entries(self, invoice_id: int, entry_ids: Sequence[int]) -> None: ...
@@ -268,16 +268,13 @@ class NokoPusher:
         )
 
     def _create_entry(self, reference: str, planned: NokoEntryPlan, project_id: int) -> int:
-        def create() -> dict[str, Any]:
+        try:
             return self.noko.create_entry(
                 project_id=project_id,
                 date=planned.date,
                 minutes=planned.minutes,
                 description=planned.description,
             )
-
-        try:
-            created = create()
         except AmbiguousWriteError as exc:
             for entry in self._marked("entry", marker(reference, planned.line_key)):
                 if _matches_entry(entry, planned):
@@ -285,11 +282,10 @@ class NokoPusher:
             raise WriteInDoubtError.after(
                 exc, f"time entry {marker(reference, planned.line_key)}"
             ) from None
-        return int(created["id"])
 
     def _create_expense(self, reference: str, planned: NokoExpensePlan, project_id: int) -> int:
         try:
-            created = self.noko.create_expense(
+            return self.noko.create_expense(
                 project_id=project_id,
                 date=planned.date,
                 price=planned.price,
@@ -303,7 +299,6 @@ class NokoPusher:
             raise WriteInDoubtError.after(
                 exc, f"expense {marker(reference, planned.line_key)}"
             ) from None
-        return int(created["id"])
 
     def _find_expense(self, reference: str, planned: NokoExpensePlan) -> int | None:
         for expense in self._marked("expense", marker(reference, planned.line_key)):

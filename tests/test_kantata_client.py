@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -11,7 +13,10 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from hypothesis import given
+from hypothesis import strategies as st
 
+from connector.engine import _hash_reference
 from connector.errors import (
     AmbiguousWriteError,
     NotFoundError,
@@ -21,6 +26,7 @@ from connector.errors import (
 from connector.http import RetryPolicy
 from connector.kantata import (
     INVOICE_INCLUDES,
+    REFERENCE_STATUSES,
     ExternalReferenceWrite,
     KantataClient,
     format_timestamp,
@@ -232,8 +238,7 @@ def test_write_external_reference_sends_only_the_reference(
         status="successful",
         external_link="https://example.nokotime.test/invoices/123",
     )
-    body = client.write_external_reference("77", ref)
-    assert body["results"] == [{"key": "invoices", "id": "77"}]
+    assert client.write_external_reference("77", ref) is None
     assert json.loads(route.calls.last.request.content) == {
         "invoice": {
             "external_reference": {
@@ -367,3 +372,51 @@ def test_stats_by_endpoint(router: respx.MockRouter, client: KantataClient) -> N
     client.write_external_reference("5", ref)
     client.write_external_reference("6", ref)
     assert client.stats.by_endpoint == {"PUT /invoices/{id}.json": 2}
+
+
+_TEXT = st.text(min_size=1, max_size=20)
+
+
+@given(
+    service_model_ref=_TEXT,
+    status=st.sampled_from(sorted(REFERENCE_STATUSES)),
+    external_link=st.none() | _TEXT,
+    external_message=st.none() | _TEXT,
+    external_status=st.none() | _TEXT,
+)
+def test_reference_fields_are_what_asdict_gives(
+    service_model_ref: str,
+    status: str,
+    external_link: str | None,
+    external_message: str | None,
+    external_status: str | None,
+) -> None:
+    ref = ExternalReferenceWrite(
+        service_name="Noko",
+        service_model="invoice",
+        service_model_ref=service_model_ref,
+        status=status,
+        external_link=external_link,
+        external_message=external_message,
+        external_status=external_status,
+    )
+    assert ref.as_dict() == dataclasses.asdict(ref)
+    assert list(ref.as_dict()) == [f.name for f in dataclasses.fields(ref)]
+    assert ref.to_body() == {k: v for k, v in dataclasses.asdict(ref).items() if v is not None}
+    # The stored write-back hash is made from the same JSON as before.
+    old = json.dumps(dataclasses.asdict(ref), sort_keys=True, default=str)
+    assert _hash_reference(ref) == hashlib.sha256(old.encode()).hexdigest()[:32]
+
+
+@pytest.mark.parametrize("answer", [[], "ok", 5])
+def test_write_external_reference_answered_without_an_object(
+    router: respx.MockRouter, client: KantataClient, answer: Any
+) -> None:
+    """An answer that is not a JSON object is an error (the PUT is retried: it is
+    idempotent), and the message says what came back."""
+    route = router.put("/invoices/77.json").respond(200, json=answer)
+    ref = ExternalReferenceWrite("kantata_sync", "noko_invoice", "1", "pending")
+    with pytest.raises(TransientApiError) as info:
+        client.write_external_reference("77", ref)
+    assert "Expected `object`" in str(info.value)
+    assert route.call_count == RETRY.max_attempts

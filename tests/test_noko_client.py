@@ -310,14 +310,16 @@ def test_delete_invoice_refused_when_paid(router: respx.MockRouter, client: Noko
 
 
 def test_create_expense_price_exact(router: respx.MockRouter, client: NokoClient) -> None:
-    """An expense price goes out as an exact JSON number and comes back as a Decimal."""
+    """An expense price goes out as an exact JSON number; the new expense's id comes back."""
     route = router.post("/expenses").mock(
-        return_value=raw_json('{"id": 11, "price": 14.55}', status=201)
+        return_value=raw_json(
+            '{"id": 11, "price": 14.55, "project": {"id": 37396, "name": "P"}}', status=201
+        )
     )
     created = client.create_expense(
         project_id=37396, date="2024-03-01", price=Decimal("14.55"), taxable=False, description="d"
     )
-    assert created["price"] == Decimal("14.55")
+    assert created == 11
     assert route.calls.last.request.content == (
         b'{"project_id":37396,"date":"2024-03-01","price":14.55,"taxable":false,"description":"d"}'
     )
@@ -535,3 +537,50 @@ def test_status_on_create(
         client.create_invoice({"invoice_date": "2024-03-01"})
     assert type(info.value) is exc
     assert route.call_count == calls
+
+
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        ('{"price": 14.55}', "missing required field `id`"),
+        ('{"id": "eleven"}', "`$.id`"),
+        ('{"id": null}', "`$.id`"),
+        ("[11]", "Expected `object`"),
+    ],
+)
+def test_created_expense_without_a_usable_id_is_in_doubt(
+    router: respx.MockRouter, client: NokoClient, answer: str, named: str
+) -> None:
+    """A create answered 201 without an id may have been applied: the caller must look for
+    the expense before creating it again, and the error names what was wrong."""
+    route = router.post("/expenses").mock(return_value=raw_json(answer, status=201))
+    with pytest.raises(AmbiguousWriteError) as info:
+        client.create_expense(
+            project_id=1, date="2024-03-01", price=Decimal("1.00"), taxable=False, description="d"
+        )
+    assert named in str(info.value)
+    assert route.call_count == 1  # never sent twice
+
+
+def test_created_entry_id_as_a_numeric_string_is_taken(
+    router: respx.MockRouter, client: NokoClient
+) -> None:
+    router.post("/entries").mock(return_value=raw_json('{"id": "42", "minutes": 5}', status=201))
+    assert client.create_entry(project_id=2, date="2024-03-01", minutes=5, description="w") == 42
+
+
+def test_created_expense_in_utf16_is_still_read(
+    router: respx.MockRouter, client: NokoClient
+) -> None:
+    """msgspec reads UTF-8 only; another JSON encoding goes through the standard library."""
+    router.post("/expenses").mock(
+        return_value=httpx.Response(
+            201,
+            content='{"id": 7, "description": "caf\u00e9"}'.encode("utf-16"),
+            headers={"Content-Type": "application/json"},
+        )
+    )
+    created = client.create_expense(
+        project_id=1, date="2024-03-01", price=Decimal("1.00"), taxable=False, description="d"
+    )
+    assert created == 7

@@ -34,7 +34,7 @@ class LateNoko:
             apply()
         self.pending.clear()
 
-    def _create(self, kind: str, apply: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def _create(self, kind: str, apply: Callable[[], Any]) -> Any:
         if kind in self.late:
             self.late.discard(kind)
             self.pending.append(apply)
@@ -50,8 +50,8 @@ class LateNoko:
 
     def create_expense(
         self, *, project_id: int, date: str, price: Decimal, taxable: bool, description: str
-    ) -> dict[str, Any]:
-        def apply() -> dict[str, Any]:
+    ) -> int:
+        def apply() -> int:
             expense_id = self._new_id()
             self.expenses[expense_id] = {
                 "id": expense_id,
@@ -60,9 +60,10 @@ class LateNoko:
                 "description": description,
                 "invoice": None,
             }
-            return self.expenses[expense_id]
+            return expense_id
 
-        return self._create("expenses", apply)
+        created: int = self._create("expenses", apply)
+        return created
 
     def list_expenses(self, params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         text = str(params.get("description") or "")
