@@ -8,8 +8,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+import structlog
+
 from connector import __version__
 from connector.config import Settings
+from connector.cpus import apply_cpus, describe_cpus
 from connector.engine import EngineSettings, SyncEngine
 from connector.http import RetryPolicy
 from connector.kantata import KantataClient
@@ -42,6 +45,9 @@ def open_connector(
 ) -> Iterator[Connector]:
     """Everything a sync needs, closed again on exit. Raises ConfigError on missing secrets."""
     profile = settings.profile()
+    pinned = apply_cpus(settings.cpus())
+    if pinned is not None:
+        structlog.get_logger("kantata_sync").info("running on CPUs", cpus=describe_cpus(pinned))
     kantata_token = settings.kantata_secret()
     noko_token = settings.noko_secret()
     register_secret(kantata_token)

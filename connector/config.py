@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from connector.cpus import CpuChoice, parse_cpus
 from connector.errors import ConfigError
 from mappings.profile import Profile, ProfileError, default_profile, parse_profile
 
@@ -63,6 +64,7 @@ class Settings(BaseSettings):
     kantata_sync_http_max_attempts: int = Field(default=6, ge=1)
     kantata_sync_interval: float = Field(default=300.0, gt=0)
     kantata_sync_workers: int = Field(default=8, ge=1, le=64)
+    kantata_sync_cpus: str = "all"
     kantata_sync_lookback_seconds: float = Field(default=300.0, ge=0)
     kantata_sync_clock_skew_seconds: float = Field(default=60.0, ge=0)
     kantata_sync_mapping_profile: Path | None = None
@@ -73,6 +75,16 @@ class Settings(BaseSettings):
     kantata_sync_lock_wait: float = Field(default=30.0, ge=0)
     kantata_sync_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     kantata_sync_metrics_host: str = "127.0.0.1"
+
+    @field_validator("kantata_sync_cpus")
+    @classmethod
+    def _cpus_shape(cls, value: str) -> str:
+        parse_cpus(value)
+        return value.strip().lower()
+
+    def cpus(self) -> CpuChoice:
+        """Where the process runs (`KANTATA_SYNC_CPUS`): all, one, or a set of CPUs."""
+        return parse_cpus(self.kantata_sync_cpus)
 
     @field_validator("kantata_base_url", "noko_base_url")
     @classmethod

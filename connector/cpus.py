@@ -1,0 +1,109 @@
+"""Which CPUs the connector's process runs on (`KANTATA_SYNC_CPUS`).
+
+CPython runs one thread's Python code at a time, so the connector's threads (the scan, the
+workers, the store's commits) gain nothing from several CPUs, and pay when the scheduler
+spreads them: every hand-over of the interpreter lock between threads on different CPUs
+crosses caches. Kept on one CPU, the same backfill costs about a third less CPU (see
+docs/PERFORMANCE.md). Waiting on the network or the disk needs no CPU either way.
+
+- `all` (the default): wherever the operating system schedules it.
+- `one`: the highest-numbered CPU this process may use (CPU 0 usually takes most interrupts).
+- a list such as `3` or `0,2-3`: those CPUs; each must be one the process may use.
+
+Where the platform cannot pin a process (macOS, Windows), `one` and lists are refused with a
+clear error rather than ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from connector.errors import ConfigError
+
+__all__ = ["CpuChoice", "apply_cpus", "describe_cpus", "parse_cpus"]
+
+CpuChoice = Literal["all", "one"] | frozenset[int]
+
+_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+MAX_CPU = 4095
+
+
+def parse_cpus(text: str) -> CpuChoice:
+    """`all`, `one`, or a list of CPU numbers and ranges (`0,2-3`); ValueError otherwise."""
+    value = text.strip().lower()
+    if value in ("all", "one"):
+        return value  # type: ignore[return-value]
+    if not value:
+        raise ValueError("is empty: use all, one, or CPU numbers such as 0,2-3")
+    cpus: set[int] = set()
+    for part in value.split(","):
+        match = _RANGE.fullmatch(part.strip())
+        if match is None:
+            raise ValueError(
+                f"{part.strip()!r} is not a CPU number or range: use all, one, or e.g. 0,2-3"
+            )
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) is not None else first
+        if last < first:
+            raise ValueError(f"range {part.strip()!r} runs backwards")
+        if last > MAX_CPU:
+            raise ValueError(f"CPU {last} is beyond {MAX_CPU}")
+        cpus.update(range(first, last + 1))
+    return frozenset(cpus)
+
+
+def describe_cpus(cpus: frozenset[int] | set[int]) -> str:
+    """`0,2-3` for {0, 2, 3}."""
+    out: list[str] = []
+    ordered = sorted(cpus)
+    start = previous = ordered[0] if ordered else 0
+    for cpu in ordered[1:]:
+        if cpu != previous + 1:
+            out.append(str(start) if start == previous else f"{start}-{previous}")
+            start = cpu
+        previous = cpu
+    if ordered:
+        out.append(str(start) if start == previous else f"{start}-{previous}")
+    return ",".join(out)
+
+
+def apply_cpus(choice: CpuChoice) -> frozenset[int] | None:
+    """Keep this process (every thread it has, and those it starts) on the chosen CPUs.
+
+    Returns the CPUs it now runs on, or None for `all` (nothing changed)."""
+    if choice == "all":
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        raise ConfigError(
+            "KANTATA_SYNC_CPUS: this platform cannot keep a process on given CPUs; use all"
+        )
+    allowed = frozenset(os.sched_getaffinity(0))
+    if choice == "one":
+        target = frozenset({max(allowed)})
+    else:
+        assert isinstance(choice, frozenset)
+        outside = choice - allowed
+        if outside:
+            raise ConfigError(
+                f"KANTATA_SYNC_CPUS names CPU {describe_cpus(outside)}, which this process may "
+                f"not use (it may use {describe_cpus(allowed)})"
+            )
+        target = choice
+    try:
+        os.sched_setaffinity(0, target)
+    except OSError as exc:  # e.g. a seccomp filter that refuses the call (EPERM)
+        raise ConfigError(
+            f"KANTATA_SYNC_CPUS={describe_cpus(target)}: the process may not choose its CPUs "
+            f"here ({exc.strerror or exc}); use all, or pin it from outside (taskset, "
+            "systemd's CPUAffinity=)"
+        ) from None
+    # Linux pins the calling thread; threads already running are moved too, best effort.
+    with contextlib.suppress(OSError):
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                os.sched_setaffinity(int(task.name), target)
+    return target
