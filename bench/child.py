@@ -13,6 +13,7 @@ from __future__ import annotations
 import cProfile
 import functools
 import json
+import os
 import re
 import resource
 import sys
@@ -294,8 +295,22 @@ def _run_naive(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _place(job: dict[str, Any]) -> None:
+    """Back on every CPU the benchmark may use (this process inherited its parent's narrowed
+    set); the connector then takes its own (`kantata_sync_cpus`), and the naive baseline the
+    same, so that both run alike."""
+    allowed = job.get("cpus_allowed")
+    if allowed:
+        os.sched_setaffinity(0, allowed)
+    if job["mode"] == "naive":
+        from connector.cpus import apply_cpus, parse_cpus
+
+        apply_cpus(parse_cpus(job.get("settings", {}).get("kantata_sync_cpus", "all")))
+
+
 def main() -> None:
     job = json.loads(sys.stdin.read())
+    _place(job)
     output = _run_naive(job) if job["mode"] == "naive" else _run_connector(job)
     output["ru_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     sys.stdout.write(json.dumps(output) + "\n")

@@ -13,6 +13,7 @@ RSS are measured apart from the fakes. Progress goes to stderr, the table to std
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from typing import Any
 from bench.dispatch import DispatchServer
 from bench.tap import TapCheck, check_tap
 from bench.workload import Workload, populate
+from connector.cpus import pin_process
 from connector.sandbox import FakeKantata, FakeNoko, FaultConfig, Sandbox
 from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books
 
@@ -39,6 +42,12 @@ PER_PAGE = 200
 UNLIMITED = 1e9  # Settings wants a positive rate; this one never makes a request wait
 DISPATCH_KANTATA = "http://127.0.0.1:9/api/v1"  # never connected to: the dispatch transport
 DISPATCH_NOKO = "http://127.0.0.1:9/v2"  # answers instead (a failed hook fails loudly)
+CPUS = "one"
+"""KANTATA_SYNC_CPUS of the connector (and the naive baseline) in every run but one: the
+setting the deploy files use. Meanwhile the benchmark's own process (the sandbox, the fakes)
+moves to the other CPUs, so that it does not share the connector's. One in-process run repeats
+with `all`, as the operating system schedules it, for comparison."""
+
 # lookback (300 s) + clock skew (60 s), the defaults, and a second: the window is past.
 QUIET_AFTER = "later:361"
 
@@ -107,6 +116,7 @@ class Run:
     sandbox_requests: int | None = None
     sandbox_429: int | None = None
     workers: int | None = None
+    cpus: str = CPUS
 
 
 class BenchError(RuntimeError):
@@ -117,7 +127,34 @@ def _progress(message: str, started: float) -> None:
     print(f"[{time.monotonic() - started:7.1f} s] {message}", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _apart(cpus: str) -> Iterator[list[int] | None]:
+    """While a child runs with `cpus`, keep this process (every thread) off the CPU the child
+    takes (`one`: the highest-numbered). Yields the CPUs the child may widen itself back to:
+    it inherits this process's narrowed set. Nothing changes for `all`, or with one CPU."""
+    if cpus != "one" or not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    allowed = frozenset(os.sched_getaffinity(0))
+    others = allowed - {max(allowed)}
+    if not others:
+        yield None
+        return
+    pin_process(others)
+    try:
+        yield sorted(allowed)
+    finally:
+        pin_process(allowed)
+
+
 def _child(job: dict[str, Any], log: Path, timeout: float) -> dict[str, Any]:
+    cpus = str(job.setdefault("settings", {}).setdefault("kantata_sync_cpus", CPUS))
+    with _apart(cpus) as allowed:
+        job["cpus_allowed"] = allowed
+        return _spawn(job, log, timeout)
+
+
+def _spawn(job: dict[str, Any], log: Path, timeout: float) -> dict[str, Any]:
     with log.open("w") as stderr:
         done = subprocess.run(
             [sys.executable, "-m", "bench.child"],
@@ -248,7 +285,13 @@ def http_run(
 
 
 def dispatch_run(
-    n: int, tmp: Path, *, seed: int, time_cap: float | None, profile: str | None = None
+    n: int,
+    tmp: Path,
+    *,
+    seed: int,
+    time_cap: float | None,
+    profile: str | None = None,
+    cpus: str = CPUS,
 ) -> Run:
     """A backfill without latency, limits or HTTP: the connector process hands every request
     to the fakes in this process (`bench.dispatch`)."""
@@ -257,7 +300,7 @@ def dispatch_run(
     workload = populate(kantata, noko, n, seed=seed)
     kantata.public_url = DISPATCH_KANTATA
     noko.public_url = DISPATCH_NOKO
-    socket_path = str(tmp / f"dispatch-{n}.sock")
+    socket_path = str(tmp / f"dispatch-{n}-{cpus}.sock")
     server = DispatchServer(socket_path, {"kantata": kantata, "noko": noko})
     try:
         job = {
@@ -266,21 +309,26 @@ def dispatch_run(
             "noko_url": DISPATCH_NOKO,
             "kantata_token": KANTATA_TOKEN,
             "noko_token": NOKO_TOKEN,
-            "database": str(tmp / f"dispatch-{n}{'-profile' if profile else ''}.db"),
+            "database": str(tmp / f"dispatch-{n}-{cpus}{'-profile' if profile else ''}.db"),
             "settings": {
                 "noko_max_requests_per_second": UNLIMITED,
                 "kantata_max_requests_per_second": UNLIMITED,
+                "kantata_sync_cpus": cpus,
             },
             "cycles": ["backfill"],
             "dispatch": socket_path,
             "time_cap": time_cap,
             "profile": profile,
         }
-        out = _child(job, tmp / f"dispatch-{n}.log", timeout=7200)
+        out = _child(job, tmp / f"dispatch-{n}-{cpus}.log", timeout=7200)
     finally:
         server.close()
-    label = "in-process, no HTTP" + (" (profiled)" if profile else "")
-    run = Run(label, workload, out["cycles"], workers=out.get("workers"))
+    label = (
+        "in-process, no HTTP"
+        + (f", KANTATA_SYNC_CPUS={cpus}" if cpus != CPUS else "")
+        + (" (profiled)" if profile else "")
+    )
+    run = Run(label, workload, out["cycles"], workers=out.get("workers"), cpus=cpus)
     cycle = run.cycles[0]
     writes = cycle["kantata"]["by_endpoint"].get("PUT /invoices/{id}.json", 0)
     pushed = int(cycle["counts"].get("pushed", 0))
@@ -481,6 +529,14 @@ def targets(http_runs: list[Run], real: Run | None, dispatch_runs: list[Run]) ->
         if not r.pushed:
             continue
         per = 1000 * r.own_cpu / r.pushed
+        if run.cpus != CPUS:
+            lines.append(
+                f"       for comparison, KANTATA_SYNC_CPUS={run.cpus}: CPU without the HTTP "
+                f"stack, N={r.pushed:,}: {per:.2f} ms per invoice; the process spent "
+                f"{1000 * r.cpu / r.pushed:.2f}, of which {1000 * r.handoff / r.pushed:.2f} in "
+                "the hand-off"
+            )
+            continue
         memory.append((r.pushed, r.rss_peak_kb / 1024, rss_growth(run.cycles[0])))
         lines.append(
             f"{verdict(per < 1 and not run.problems)} CPU without the HTTP stack, "
@@ -490,7 +546,7 @@ def targets(http_runs: list[Run], real: Run | None, dispatch_runs: list[Run]) ->
             + (f"; problems: {'; '.join(run.problems)}" if run.problems else "")
         )
     if memory:
-        goal = max(run.workload.eligible for run in dispatch_runs)
+        goal = max(run.workload.eligible for run in dispatch_runs if run.cpus == CPUS)
         # The longest run has the most samples: its slope is the one to trust.
         done, peak, growth = max(memory, key=lambda m: m[0])
         slope = growth or 0.0
@@ -630,6 +686,9 @@ def main(argv: list[str] | None = None) -> int:
                 started,
             )
             dispatch_runs.append(dispatch_run(n, tmp, seed=seed, time_cap=cap))
+            if index == 0:
+                _progress(f"in-process backfill of {n:,} invoices, KANTATA_SYNC_CPUS=all", started)
+                dispatch_runs.append(dispatch_run(n, tmp, seed=seed, time_cap=None, cpus="all"))
         profile_path = None
         if args.profile:
             profile_path = str(tmp / "connector.prof")
@@ -641,7 +700,10 @@ def main(argv: list[str] | None = None) -> int:
         print(table([row for run in runs for row in run.rows]))
         print()
         workers = next((run.workers for run in runs if run.workers), None)
-        print(f"Targets (kantata_sync_workers={workers}, the default):")
+        print(
+            f"Targets (kantata_sync_workers={workers}, the default; "
+            f"kantata_sync_cpus={CPUS}, as deployed):"
+        )
         for line in targets(http_runs, real, dispatch_runs):
             print(f"  {line}")
         if side is not None:
@@ -703,6 +765,9 @@ def _notes(http_runs: list[Run], started: float) -> str:
         "  during the cycle (interpreter and imports included; in parentheses what the cycle",
         "  added to the RSS it started with).",
         f"  Total benchmark time: {time.monotonic() - started:.0f} s.",
+        f"  CPUs: the connector and the naive baseline run with KANTATA_SYNC_CPUS={CPUS} (the",
+        "  highest-numbered CPU), this process with the sandbox and the fakes on the others;",
+        "  the row marked KANTATA_SYNC_CPUS=all leaves both where the OS puts them.",
     ]
     for run in http_runs:
         if run.sandbox_requests is not None:

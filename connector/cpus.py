@@ -24,7 +24,7 @@ from typing import Literal
 
 from connector.errors import ConfigError
 
-__all__ = ["CpuChoice", "apply_cpus", "describe_cpus", "parse_cpus"]
+__all__ = ["CpuChoice", "apply_cpus", "describe_cpus", "parse_cpus", "pin_process"]
 
 CpuChoice = Literal["all", "one"] | frozenset[int]
 
@@ -94,16 +94,21 @@ def apply_cpus(choice: CpuChoice) -> frozenset[int] | None:
             )
         target = choice
     try:
-        os.sched_setaffinity(0, target)
+        pin_process(target)
     except OSError as exc:  # e.g. a seccomp filter that refuses the call (EPERM)
         raise ConfigError(
             f"KANTATA_SYNC_CPUS={describe_cpus(target)}: the process may not choose its CPUs "
             f"here ({exc.strerror or exc}); use all, or pin it from outside (taskset, "
             "systemd's CPUAffinity=)"
         ) from None
-    # Linux pins the calling thread; threads already running are moved too, best effort.
+    return target
+
+
+def pin_process(target: frozenset[int] | set[int]) -> None:
+    """Set the CPUs of the calling thread (OSError if refused), then of every other thread
+    already running, best effort: Linux pins one thread at a time, and new threads inherit."""
+    os.sched_setaffinity(0, target)
     with contextlib.suppress(OSError):
         for task in Path("/proc/self/task").iterdir():
             with contextlib.suppress(OSError, ValueError):
                 os.sched_setaffinity(int(task.name), target)
-    return target
