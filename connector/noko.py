@@ -51,6 +51,23 @@ class _Created(msgspec.Struct):
 _CREATED = msgspec.json.Decoder(_Created, strict=False)
 
 
+class _InvoiceCreated(msgspec.Struct):
+    """What the connector reads from a created invoice; a field Noko left out stays out."""
+
+    id: Any = msgspec.UNSET
+    reference: Any = msgspec.UNSET
+    state: Any = msgspec.UNSET
+    url: Any = msgspec.UNSET
+    total_amount: Any = msgspec.UNSET
+    tax_total_amount: Any = msgspec.UNSET
+
+
+_INVOICE_FIELDS = tuple(_InvoiceCreated.__struct_fields__)
+# The rest of the answer (projects, rates, customization, ...) is skipped, not built; the
+# fields read keep `decode_json`'s forms (numbers with a fraction as exact Decimals).
+_INVOICE_CREATED = msgspec.json.Decoder(_InvoiceCreated, float_hook=Decimal)
+
+
 def _ids(values: Sequence[int]) -> list[int]:
     return [int(v) for v in values]
 
@@ -264,9 +281,17 @@ class NokoClient:
     # -- invoices -----------------------------------------------------------------------------
 
     def create_invoice(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """`POST /invoices`; the created invoice with `Decimal` amounts."""
-        body = self._http.request_json("POST", "/invoices", body=dict(payload))
-        return _object(body, "POST", "/invoices", written=True)
+        """`POST /invoices`; of the created invoice, the fields the connector reads (`id`,
+        `reference`, `state`, `url`, `total_amount`, `tax_total_amount`, those present),
+        amounts as `Decimal`s. An answer that is not an object is an `AmbiguousWriteError`."""
+        created = self._http.request_typed(
+            "POST", "/invoices", _INVOICE_CREATED, body=dict(payload)
+        )
+        return {
+            name: value
+            for name in _INVOICE_FIELDS
+            if (value := getattr(created, name)) is not msgspec.UNSET
+        }
 
     def get_invoice(self, invoice_id: int) -> dict[str, Any] | None:
         """The invoice, or None when Noko has no such invoice."""

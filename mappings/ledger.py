@@ -90,17 +90,23 @@ class LedgerDocument:
 def _fields(value: Any) -> Any:
     """What `dataclasses.asdict` gives, with Decimals and dates already as `_plain` writes
     them: the same JSON, without asdict's deep copies or a Python call per leaf in `dumps`."""
-    if isinstance(value, tuple | list):
+    kind = type(value)
+    if kind is tuple or kind is list:
         return [_fields(v) for v in value]
-    names = _NAMES.get(type(value))
+    names = _NAMES.get(kind)
     if names is None:
         if not is_dataclass(value) or isinstance(value, type):
             return _plain(value) if isinstance(value, Decimal | date) else value
-        names = _NAMES.setdefault(type(value), tuple(f.name for f in fields(value)))
+        names = _NAMES.setdefault(kind, tuple(f.name for f in fields(value)))
     out = {}
     for name in names:
         item = getattr(value, name)
-        if isinstance(item, Decimal | date):
+        leaf = type(item)
+        if leaf in _AS_IS:  # by exact type: most fields, one set lookup
+            pass
+        elif leaf is Decimal:
+            item = format(item.normalize(), "f")
+        elif isinstance(item, Decimal | date):
             item = _plain(item)
         elif item is not None and not isinstance(item, str | int):
             item = _fields(item)
@@ -108,6 +114,7 @@ def _fields(value: Any) -> Any:
     return out
 
 
+_AS_IS = frozenset({str, int, bool, type(None)})
 _NAMES: dict[type, tuple[str, ...]] = {}
 
 

@@ -584,3 +584,27 @@ def test_created_expense_in_utf16_is_still_read(
         project_id=1, date="2024-03-01", price=Decimal("1.00"), taxable=False, description="d"
     )
     assert created == 7
+
+
+def test_created_invoice_keeps_the_fields_read_and_their_presence(
+    router: respx.MockRouter, client: NokoClient
+) -> None:
+    """Of a created invoice, the fields the connector reads, as `decode_json` gives them; one
+    Noko left out is absent (not None), and the rest of the answer is not kept."""
+    router.post("/invoices").mock(
+        return_value=raw_json(
+            '{"id": 7, "reference": "KS-1", "state": "unpaid", "total_amount": 1234.50,'
+            ' "url": "https://x.test/invoices/7", "projects": [{"id": 1, "rate": 1.5}],'
+            ' "customization": {"title": "T"}}',
+            status=201,
+        )
+    )
+    created = client.create_invoice({"invoice_date": "2024-03-01"})
+    assert created == {
+        "id": 7,
+        "reference": "KS-1",
+        "state": "unpaid",
+        "url": "https://x.test/invoices/7",
+        "total_amount": Decimal("1234.50"),
+    }
+    assert "tax_total_amount" not in created
