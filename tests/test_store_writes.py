@@ -118,18 +118,36 @@ def test_concurrent_durable_writes_all_land_once(tmp_path: Path) -> None:
     assert [e.event for e in other.events("3-7")] == ["push-started", "synced"]
 
 
-class _BeginFailsOnce:
-    """The store's engine, whose first transaction fails (the disk is full, say)."""
+class _CommitFailsOnce:
+    """The store's engine, whose first commit of the batched writes fails after its
+    statements ran (the disk is full, say)."""
 
     def __init__(self, engine: Any) -> None:
         self._engine = engine
         self.failed = False
 
-    def begin(self) -> Any:
-        if not self.failed:
-            self.failed = True
-            raise sqlite3.OperationalError("database or disk is full")
-        return self._engine.begin()
+    def raw_connection(self) -> Any:
+        outer = self
+        proxied = self._engine.raw_connection()
+        driver = proxied.driver_connection
+
+        class _Driver:
+            def commit(self) -> None:
+                if not outer.failed:
+                    outer.failed = True
+                    raise sqlite3.OperationalError("database or disk is full")
+                driver.commit()
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(driver, name)
+
+        class _Proxied:
+            driver_connection = _Driver()
+
+            def close(self) -> None:
+                proxied.close()
+
+        return _Proxied()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
@@ -140,7 +158,7 @@ def test_a_failed_commit_keeps_the_writes_for_the_next(
 ) -> None:
     store, url = _store(tmp_path)
     store.save_invoice(store.new_invoice("1"), durable=False, event="skipped")
-    flaky = _BeginFailsOnce(store.engine)
+    flaky = _CommitFailsOnce(store.engine)
     monkeypatch.setattr(store, "engine", flaky)
     with pytest.raises(sqlite3.OperationalError):
         store.save_invoice(store.new_invoice("2"), event="push-started")

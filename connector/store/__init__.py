@@ -80,6 +80,10 @@ class Store:
         self._queued = 0
         self._committed = 0
         self._lock_fd: int | None = None
+        # The connection the batched commits write on, checked out once and kept (under
+        # `_write_lock`): a commit is then the driver's statements and its commit, without a
+        # pool checkout, a transaction object and a reset on return each time.
+        self._writer: Any = None
         if self.path is not None:
             self._prepare_file(self.path)
             self.engine: Engine = create_engine(
@@ -135,7 +139,22 @@ class Store:
     def close(self) -> None:
         self.flush()
         self.release_writer_lock()
+        with self._write_lock:
+            self._drop_writer()
         self.engine.dispose()
+
+    def _writer_connection(self) -> Any:
+        """The driver connection of the batched commits (call with `_write_lock` held)."""
+        if self._writer is None:
+            self._writer = self.engine.raw_connection()
+        return self._writer.driver_connection
+
+    def _drop_writer(self) -> None:
+        """Give the writer connection back (after a failure: a new one is opened next time)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
 
     # ------------------------------------------------------------------ one writer
 
@@ -305,9 +324,8 @@ class Store:
             if not batch:
                 return
             try:
-                with self.engine.begin() as connection:
-                    raw = connection.connection.driver_connection
-                    assert raw is not None
+                raw = self._writer_connection()
+                try:
                     # One invoice saved several times in the batch (pushed, then synced) is
                     # written once, where it first appears, as it was saved last: one
                     # transaction, so the same rows on disk, for fewer statements.
@@ -318,6 +336,12 @@ class Store:
                             raw.execute(_UPSERT_SQL, newest)
                         if event_row is not None:
                             raw.execute(_EVENT_SQL, event_row)
+                    raw.commit()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        raw.rollback()
+                    self._drop_writer()
+                    raise
             except BaseException:
                 with self._pending_lock:  # not written: kept for the next commit, in order
                     self._pending[:0] = batch
