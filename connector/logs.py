@@ -7,12 +7,14 @@ anything that looks like a credential, whatever a caller passed in.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal
 
+import msgspec
 import structlog
 
 _SECRET_KEYS = re.compile(r"(token|secret|password|authorization|x-nokotoken)", re.IGNORECASE)
@@ -26,17 +28,45 @@ def register_secret(value: str) -> None:
 
 
 def _redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """Runs last before rendering: the exception, already text or a dict, is scrubbed too."""
     for key in list(event_dict):
-        if _SECRET_KEYS.search(key):
-            event_dict[key] = "[redacted]"
-            continue
-        value = event_dict[key]
-        if isinstance(value, str) and _redact_values:
-            for secret in _redact_values:
-                if secret in value:
-                    value = value.replace(secret, "[redacted]")
-            event_dict[key] = value
+        event_dict[key] = _scrub(key, event_dict[key])
     return event_dict
+
+
+def _scrub(key: Any, value: Any) -> Any:
+    """`value` with every registered secret replaced; anything under a key that names a
+    credential replaced whole. Into nested dicts and lists (a traceback's frames)."""
+    if isinstance(key, str) and _SECRET_KEYS.search(key):
+        return "[redacted]"
+    if isinstance(value, str):
+        for secret in _redact_values:
+            if secret in value:
+                value = value.replace(secret, "[redacted]")
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(k, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(None, v) for v in value]
+    return value
+
+
+def _log_value(value: Any) -> Any:
+    """A value JSON has no form for, as structlog's own fallback writes it."""
+    describe = getattr(value, "__structlog__", None)
+    return describe() if callable(describe) else repr(value)
+
+
+_LOG_ENCODER = msgspec.json.Encoder(enc_hook=_log_value)
+
+
+def _dumps(event_dict: Any, **kwargs: Any) -> str:
+    """One JSON line, by msgspec (in C); what it cannot write (keys that are not text, say)
+    goes through the standard library as before."""
+    try:
+        return _LOG_ENCODER.encode(event_dict).decode()
+    except (TypeError, ValueError, msgspec.EncodeError):
+        return json.dumps(event_dict, **kwargs)
 
 
 def configure_logging(
@@ -48,17 +78,23 @@ def configure_logging(
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         if use_console
-        else structlog.processors.JSONRenderer()
+        else structlog.processors.JSONRenderer(serializer=_dumps)
     )
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # Exceptions become data (JSON) or text (console) before the secrets are scrubbed,
+        # and without the frames' local variables: a frame holding request headers would
+        # otherwise print a token.
+        structlog.processors.format_exc_info
+        if use_console
+        else structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        ),
         _redact,
+        renderer,
     ]
-    if not use_console:
-        processors.append(structlog.processors.dict_tracebacks)
-    processors.append(renderer)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(

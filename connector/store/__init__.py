@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import operator
 import os
 import threading
 import time
@@ -102,6 +103,13 @@ class Store:
             (column.name, column.type.bind_processor(dialect)) for column in _INVOICES.columns
         )
         self._at = _EVENTS.c.at.type.bind_processor(dialect) or (lambda value: value)
+        # The record's values in column order in one call (C), then only the columns that
+        # need converting (the datetimes) converted.
+        self._column_names = tuple(name for name, _ in self._bind_processors)
+        self._read_columns = operator.attrgetter(*self._column_names)
+        self._converted = tuple(
+            (name, convert) for name, convert in self._bind_processors if convert is not None
+        )
 
     # ------------------------------------------------------------------ setup
 
@@ -283,10 +291,9 @@ class Store:
         writes share one commit (group commit). The record object stays the caller's."""
         now = utcnow()
         record.updated_at = now
-        values = {
-            name: (getattr(record, name) if convert is None else convert(getattr(record, name)))
-            for name, convert in self._bind_processors
-        }
+        values = dict(zip(self._column_names, self._read_columns(record), strict=True))
+        for name, convert in self._converted:
+            values[name] = convert(values[name])
         row = (
             values,
             (record.kantata_id, run_id, self._at(now), event, detail[:2000]) if event else None,
