@@ -47,12 +47,18 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
     workspace_titles = {ws.id: ws.title for ws in invoice.workspaces}
     default_workspace = invoice.workspaces[0] if invoice.workspaces else None
 
+    names: dict[str | None, str] = {}  # by the line's workspace id: lines share a few
+
     def project_of(line: KantataLine) -> str:
-        ws_id = line.workspace_id if line.workspace_id in workspace_titles else None
-        if ws_id is None and default_workspace is not None:
-            ws_id = default_workspace.id
-        title = workspace_titles.get(ws_id or "", "") or f"Kantata invoice {invoice.id}"
-        return profile.noko.project_name.format(workspace=title, workspace_id=ws_id or "")
+        name = names.get(line.workspace_id)
+        if name is None:
+            ws_id = line.workspace_id if line.workspace_id in workspace_titles else None
+            if ws_id is None and default_workspace is not None:
+                ws_id = default_workspace.id
+            title = workspace_titles.get(ws_id or "", "") or f"Kantata invoice {invoice.id}"
+            name = profile.noko.project_name.format(workspace=title, workspace_id=ws_id or "")
+            names[line.workspace_id] = name
+        return name
 
     subtotal = sum(line.amount_minor for line in invoice.lines)
     taxable_subtotal = sum(line.amount_minor for line in invoice.lines if line.taxable)
