@@ -358,7 +358,9 @@ def _per(total: int, n: int) -> str:
 def _cells(row: Row) -> list[str]:
     peak = row.rss_peak_kb / 1024
     delta = (
-        "" if row.rss_start_kb is None else f" (+{(row.rss_peak_kb - row.rss_start_kb) / 1024:.0f})"
+        ""
+        if row.rss_start_kb is None
+        else f" ({max(0.0, (row.rss_peak_kb - row.rss_start_kb) / 1024):+.0f})"
     )
     if row.quiet:
         return [

@@ -3,7 +3,7 @@
 CPython runs one thread's Python code at a time, so the connector's threads (the scan, the
 workers, the store's commits) gain nothing from several CPUs, and pay when the scheduler
 spreads them: every hand-over of the interpreter lock between threads on different CPUs
-crosses caches. Kept on one CPU, the same backfill costs about a third less CPU (see
+crosses caches. Kept on one CPU, the same backfill costs about 30% less CPU (see
 docs/PERFORMANCE.md). Waiting on the network or the disk needs no CPU either way.
 
 - `all` (the default): wherever the operating system schedules it.
