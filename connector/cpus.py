@@ -24,7 +24,15 @@ from typing import Literal
 
 from connector.errors import ConfigError
 
-__all__ = ["CpuChoice", "apply_cpus", "describe_cpus", "parse_cpus", "pin_process"]
+__all__ = [
+    "CpuChoice",
+    "apply_cpus",
+    "describe_cpus",
+    "parse_cpus",
+    "pin_process",
+    "probe_cpus",
+    "resolve_cpus",
+]
 
 CpuChoice = Literal["all", "one"] | frozenset[int]
 
@@ -71,10 +79,9 @@ def describe_cpus(cpus: frozenset[int] | set[int]) -> str:
     return ",".join(out)
 
 
-def apply_cpus(choice: CpuChoice) -> frozenset[int] | None:
-    """Keep this process (every thread it has, and those it starts) on the chosen CPUs.
-
-    Returns the CPUs it now runs on, or None for `all` (nothing changed)."""
+def resolve_cpus(choice: CpuChoice) -> frozenset[int] | None:
+    """The CPUs `choice` means for this process (None for `all`), without moving it;
+    `ConfigError` naming what is wrong when it cannot be done here."""
     if choice == "all":
         return None
     if not hasattr(os, "sched_setaffinity"):
@@ -93,6 +100,28 @@ def apply_cpus(choice: CpuChoice) -> frozenset[int] | None:
                 f"not use (it may use {describe_cpus(allowed)})"
             )
         target = choice
+    return target
+
+
+def probe_cpus() -> str | None:
+    """Why this process may not choose its CPUs (a system call filter, say), or None if it
+    may: it asks to stay where it is, which changes nothing."""
+    if not hasattr(os, "sched_setaffinity"):
+        return "this platform cannot keep a process on given CPUs"
+    try:
+        os.sched_setaffinity(0, os.sched_getaffinity(0))
+    except OSError as exc:
+        return f"the process may not choose its CPUs here ({exc.strerror or exc})"
+    return None
+
+
+def apply_cpus(choice: CpuChoice) -> frozenset[int] | None:
+    """Keep this process (every thread it has, and those it starts) on the chosen CPUs.
+
+    Returns the CPUs it now runs on, or None for `all` (nothing changed)."""
+    target = resolve_cpus(choice)
+    if target is None:
+        return None
     try:
         pin_process(target)
     except OSError as exc:  # e.g. a seccomp filter that refuses the call (EPERM)

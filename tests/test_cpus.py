@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import connector.cpus as cpus
 from connector.config import load_settings
 from connector.cpus import apply_cpus, describe_cpus, parse_cpus
+from connector.doctor import check_cpus
 from connector.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,3 +138,31 @@ print(sorted(target), sorted(seen["early"]), sorted(seen["late"]), sorted(os.sch
     ).stdout.split("]")
     highest = max(os.sched_getaffinity(0))
     assert [part.strip(" [\n") for part in out[:4]] == [str(highest)] * 4
+
+
+def _settings(value: str) -> Any:
+    return load_settings(None, environ={"KANTATA_SYNC_CPUS": value})
+
+
+def test_doctor_says_where_the_process_will_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeOs({0, 1, 2})
+    monkeypatch.setattr(cpus, "os", fake)
+    assert check_cpus(_settings("one")) == (True, "runs on CPU 2 (KANTATA_SYNC_CPUS=one)", "")
+    assert check_cpus(_settings("0-1"))[:2] == (True, "runs on CPU 0-1 (KANTATA_SYNC_CPUS=0-1)")
+    passed, found, _ = check_cpus(_settings("all"))
+    assert passed and "operating system" in found
+    # The probe asks to stay where it is: nothing moved.
+    assert all(target == frozenset({0, 1, 2}) for _, target in fake.pinned)
+
+
+def test_doctor_fails_a_cpu_not_allowed_and_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpus, "os", _FakeOs({0, 1}))
+    passed, found, fix = check_cpus(_settings("5"))
+    assert not passed
+    assert "names CPU 5" in found
+    assert "CPUs this process may use" in fix
+    monkeypatch.setattr(cpus, "os", _FakeOs({0, 1}, refuse=True))
+    passed, found, fix = check_cpus(_settings("one"))
+    assert not passed
+    assert "may not choose its CPUs here" in found
+    assert "CPUAffinity=" in fix
