@@ -33,7 +33,7 @@ from typing import Any
 from bench.dispatch import DispatchServer
 from bench.tap import TapCheck, check_tap
 from bench.workload import Workload, populate
-from connector.cpus import pin_process
+from connector.cpus import pin_process, probe_cpus
 from connector.sandbox import FakeKantata, FakeNoko, FaultConfig, Sandbox
 from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books
 
@@ -42,11 +42,14 @@ PER_PAGE = 200
 UNLIMITED = 1e9  # Settings wants a positive rate; this one never makes a request wait
 DISPATCH_KANTATA = "http://127.0.0.1:9/api/v1"  # never connected to: the dispatch transport
 DISPATCH_NOKO = "http://127.0.0.1:9/v2"  # answers instead (a failed hook fails loudly)
-CPUS = "one"
+CPUS_REFUSED = probe_cpus()
+"""Why a process may not choose its CPUs on this machine, or None."""
+CPUS = "one" if CPUS_REFUSED is None else "all"
 """KANTATA_SYNC_CPUS of the connector (and the naive baseline) in every run but one: the
 setting the deploy files use. Meanwhile the benchmark's own process (the sandbox, the fakes)
 moves to the other CPUs, so that it does not share the connector's. One in-process run repeats
-with `all`, as the operating system schedules it, for comparison."""
+with `all`, as the operating system schedules it, for comparison. Where a process may not
+choose its CPUs, every run uses `all`."""
 
 # lookback (300 s) + clock skew (60 s), the defaults, and a second: the window is past.
 QUIET_AFTER = "later:361"
@@ -688,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
                 started,
             )
             dispatch_runs.append(dispatch_run(n, tmp, seed=seed, time_cap=cap))
-            if index == 0:
+            if index == 0 and CPUS != "all":
                 _progress(f"in-process backfill of {n:,} invoices, KANTATA_SYNC_CPUS=all", started)
                 dispatch_runs.append(dispatch_run(n, tmp, seed=seed, time_cap=None, cpus="all"))
         profile_path = None
@@ -704,7 +707,8 @@ def main(argv: list[str] | None = None) -> int:
         workers = next((run.workers for run in runs if run.workers), None)
         print(
             f"Targets (kantata_sync_workers={workers}, the default; "
-            f"kantata_sync_cpus={CPUS}, as deployed):"
+            f"kantata_sync_cpus={CPUS}"
+            + (", as deployed):" if CPUS_REFUSED is None else ", the default):")
         )
         for line in targets(http_runs, real, dispatch_runs):
             print(f"  {line}")
@@ -767,10 +771,15 @@ def _notes(http_runs: list[Run], started: float) -> str:
         "  during the cycle (interpreter and imports included; in parentheses what the cycle",
         "  added to the RSS it started with).",
         f"  Total benchmark time: {time.monotonic() - started:.0f} s.",
-        f"  CPUs: the connector and the naive baseline run with KANTATA_SYNC_CPUS={CPUS} (the",
-        "  highest-numbered CPU), this process with the sandbox and the fakes on the others;",
-        "  the row marked KANTATA_SYNC_CPUS=all leaves both where the OS puts them.",
     ]
+    if CPUS_REFUSED is None:
+        lines += [
+            f"  CPUs: the connector and the naive baseline run with KANTATA_SYNC_CPUS={CPUS} (the",
+            "  highest-numbered CPU), this process with the sandbox and the fakes on the others;",
+            "  the row marked KANTATA_SYNC_CPUS=all leaves both where the OS puts them.",
+        ]
+    else:
+        lines.append(f"  CPUs: every run with KANTATA_SYNC_CPUS=all, as here {CPUS_REFUSED}.")
     for run in http_runs:
         if run.sandbox_requests is not None:
             counted = sum(c["kantata"]["requests"] + c["noko"]["requests"] for c in run.cycles)
