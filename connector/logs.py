@@ -39,6 +39,8 @@ def _scrub(key: Any, value: Any) -> Any:
     credential replaced whole. Into nested dicts and lists (a traceback's frames)."""
     if isinstance(key, str) and _SECRET_KEYS.search(key):
         return "[redacted]"
+    if isinstance(value, bytes | bytearray):
+        value = repr(value)  # as text, so that a secret in it is found (JSON has no bytes)
     if isinstance(value, str):
         for secret in _redact_values:
             if secret in value:

@@ -71,7 +71,14 @@ def test_json_exception_is_data(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_json_values_without_a_json_form(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("json", "info")
-    structlog.get_logger("test").info("odd values", error=KeyError("k"), keys={(1, 2): "x"})
+    register_secret(TOKEN)
+    structlog.get_logger("test").info(
+        "odd values",
+        error=KeyError("k"),
+        keys={(1, 2): "x"},
+        raw=f"X-NokoToken: {TOKEN}".encode(),
+    )
     line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert line["error"] == "KeyError('k')"
     assert line["keys"] == {"(1, 2)": "x"}
+    assert line["raw"] == "b'X-NokoToken: [redacted]'"
