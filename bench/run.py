@@ -33,7 +33,7 @@ from typing import Any
 from bench.dispatch import DispatchServer
 from bench.tap import TapCheck, check_tap
 from bench.workload import Workload, populate
-from connector.cpus import pin_process, probe_cpus
+from connector.cpus import parse_cpus, pin_process, probe_cpus, resolve_cpus
 from connector.sandbox import FakeKantata, FakeNoko, FaultConfig, Sandbox
 from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books
 
@@ -135,14 +135,15 @@ def _progress(message: str, started: float) -> None:
 
 @contextlib.contextmanager
 def _apart(cpus: str) -> Iterator[list[int] | None]:
-    """While a child runs with `cpus`, keep this process (every thread) off the CPU the child
-    takes (`one`: the highest-numbered). Yields the CPUs the child may widen itself back to:
+    """While a child runs with `cpus`, keep this process (every thread) off the CPUs the child
+    takes (`connector.cpus.resolve_cpus`). Yields the CPUs the child may widen itself back to:
     it inherits this process's narrowed set. Nothing changes for `all`, or with one CPU."""
-    if cpus != "one" or not hasattr(os, "sched_setaffinity"):
+    taken = resolve_cpus(parse_cpus(cpus)) if CPUS_REFUSED is None else None
+    if taken is None:
         yield None
         return
     allowed = frozenset(os.sched_getaffinity(0))
-    others = allowed - {max(allowed)}
+    others = allowed - taken
     if not others:
         yield None
         return

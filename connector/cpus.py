@@ -66,17 +66,13 @@ def parse_cpus(text: str) -> CpuChoice:
 
 def describe_cpus(cpus: frozenset[int] | set[int]) -> str:
     """`0,2-3` for {0, 2, 3}."""
-    out: list[str] = []
-    ordered = sorted(cpus)
-    start = previous = ordered[0] if ordered else 0
-    for cpu in ordered[1:]:
-        if cpu != previous + 1:
-            out.append(str(start) if start == previous else f"{start}-{previous}")
-            start = cpu
-        previous = cpu
-    if ordered:
-        out.append(str(start) if start == previous else f"{start}-{previous}")
-    return ",".join(out)
+    runs: list[list[int]] = []
+    for cpu in sorted(cpus):
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def resolve_cpus(choice: CpuChoice) -> frozenset[int] | None:
@@ -111,8 +107,12 @@ def probe_cpus() -> str | None:
     try:
         os.sched_setaffinity(0, os.sched_getaffinity(0))
     except OSError as exc:
-        return f"the process may not choose its CPUs here ({exc.strerror or exc})"
+        return _refused(exc)
     return None
+
+
+def _refused(exc: OSError) -> str:
+    return f"the process may not choose its CPUs here ({exc.strerror or exc})"
 
 
 def apply_cpus(choice: CpuChoice) -> frozenset[int] | None:
@@ -126,9 +126,8 @@ def apply_cpus(choice: CpuChoice) -> frozenset[int] | None:
         pin_process(target)
     except OSError as exc:  # e.g. a seccomp filter that refuses the call (EPERM)
         raise ConfigError(
-            f"KANTATA_SYNC_CPUS={describe_cpus(target)}: the process may not choose its CPUs "
-            f"here ({exc.strerror or exc}); use all, or pin it from outside (taskset, "
-            "systemd's CPUAffinity=)"
+            f"KANTATA_SYNC_CPUS (CPU {describe_cpus(target)}): {_refused(exc)}; use all, or "
+            "pin it from outside (taskset, systemd's CPUAffinity=)"
         ) from None
     return target
 

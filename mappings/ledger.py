@@ -104,8 +104,6 @@ def _fields(value: Any) -> Any:
         leaf = type(item)
         if leaf in _AS_IS:  # by exact type: most fields, one set lookup
             pass
-        elif leaf is Decimal:
-            item = format(item.normalize(), "f")
         elif isinstance(item, Decimal | date):
             item = _plain(item)
         elif item is not None and not isinstance(item, str | int):

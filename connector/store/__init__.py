@@ -99,16 +99,15 @@ class Store:
         # Each column's conversion to what the driver stores (aware datetimes to SQLite's
         # text form, as SQLAlchemy would write them), worked out once for the upsert.
         dialect = self.engine.dialect
-        self._bind_processors = tuple(
-            (column.name, column.type.bind_processor(dialect)) for column in _INVOICES.columns
-        )
         self._at = _EVENTS.c.at.type.bind_processor(dialect) or (lambda value: value)
         # The record's values in column order in one call (C), then only the columns that
         # need converting (the datetimes) converted.
-        self._column_names = tuple(name for name, _ in self._bind_processors)
+        self._column_names = tuple(column.name for column in _INVOICES.columns)
         self._read_columns = operator.attrgetter(*self._column_names)
         self._converted = tuple(
-            (name, convert) for name, convert in self._bind_processors if convert is not None
+            (column.name, convert)
+            for column in _INVOICES.columns
+            if (convert := column.type.bind_processor(dialect)) is not None
         )
 
     # ------------------------------------------------------------------ setup
