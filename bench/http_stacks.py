@@ -2,8 +2,7 @@
 
 `python -m bench.http_stacks [--requests N] [--repeats R]` sends a GET and a POST through each
 stack that is importable here (httpcore, as httpx uses it; urllib3; the standard library's
-`http.client`; pycurl; the connector's own `connector.wire`, sockets and httptools under httpx's
-request and response objects), one keep-alive connection each, to the minimal server of
+`http.client`; pycurl), one keep-alive connection each, to the minimal server of
 `bench.http_client` in a child process, and prints the median process CPU time per request in
 microseconds. Stacks that are not installed are named and skipped. It measures the wire layer
 alone: `bench.http_client` measures the connector's own `ApiTransport` on top of httpx.
@@ -85,26 +84,11 @@ def _pycurl(base: str, port: int) -> tuple[Callable[[], Any], Callable[[], Any]]
     )
 
 
-def _wire(base: str, port: int) -> tuple[Callable[[], Any], Callable[[], Any]]:
-    import httpx
-
-    from connector.wire import WireTransport
-
-    transport = WireTransport(httpx.URL(base))
-    get = httpx.Request("GET", base + GET_PATH, headers=HEADERS)
-    post = httpx.Request("POST", base + POST_PATH, headers=POST_HEADERS, content=BODY)
-    return (
-        lambda: transport.handle_request(get).read(),
-        lambda: transport.handle_request(post).read(),
-    )
-
-
 STACKS: dict[str, Callable[[str, int], tuple[Callable[[], Any], Callable[[], Any]]]] = {
     "httpcore (httpx)": _httpcore,
     "urllib3": _urllib3,
     "http.client": _http_client,
     "pycurl": _pycurl,
-    "connector.wire": _wire,
 }
 
 

@@ -22,13 +22,13 @@ import random
 import re
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta
+from datetime import UTC
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
-from urllib.parse import quote_plus, urlencode
 
 import httpx
 import msgspec
@@ -42,7 +42,6 @@ from connector.errors import (
     PermanentApiError,
     TransientApiError,
 )
-from connector.wire import WireTransport
 
 __all__ = [
     "ApiStats",
@@ -364,6 +363,32 @@ def _snippet(text: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Transport
 
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# The response status line and header block; httpcore's h11 refuses more than 100 KiB itself.
+MAX_HEADER_BYTES = 64 * 1024
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_DEADLINE = "kantata_sync.deadline"  # request extension: the monotonic time the attempt ends
+
+
+class ResponseTooLargeError(httpx.TransportError):
+    """A response over the size bound: refused while it streams, never held whole."""
+
+
+class StoppedError(httpx.TransportError):
+    """A stop was requested while the request waited (`sent` False) or its answer was
+    arriving (`sent` True)."""
+
+    def __init__(self, message: str, *, request: httpx.Request, sent: bool) -> None:
+        super().__init__(message, request=request)
+        self.sent = sent
+
+
+class _RedirectRefused(Exception):
+    def __init__(self, reason: str, *, sent: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.sent = sent
+
 
 @dataclass
 class _Failure:
@@ -377,6 +402,7 @@ class _Failure:
     retryable: bool = True  # False: a permanent refusal
     applied_maybe: bool = False  # the server may have acted on the request
     not_found: bool = False
+    final: bool = False  # transient, but not retried now (a stop was requested)
 
 
 def _secrets_of(headers: Mapping[str, str]) -> tuple[SecretStr, ...]:
@@ -393,160 +419,121 @@ def _secrets_of(headers: Mapping[str, str]) -> tuple[SecretStr, ...]:
     return tuple(sorted(found, key=lambda s: -len(s.get_secret_value())))
 
 
-# A path made of these characters only is in the canonical form httpx would parse it into: its
-# percent-encoding leaves it as it is. Dot segments ("/./", "/../") are left to httpx as well.
-_PLAIN_PATH = re.compile(r"[A-Za-z0-9._~/-]*")
-_MAX_ASSEMBLED = 8192  # httpx refuses URLs over 64 KiB; anything long is left to its parser
-_NO_BODY = httpx.ByteStream(b"")
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # httpx sends these with Content-Length: 0
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-
-
-def _assemble(base: httpx.URL, path: str, query: str | None) -> httpx.URL:
-    """`base` with another path and query, both already canonical, without parsing anything.
-
-    Parsing an URL costs httpx about 20 us (a regex per component, each percent-encoded
-    character by character); the connector's URLs are the base URL plus a plain path and a
-    query written as `urlencode` writes it, which are canonical as they stand."""
-    url = httpx.URL.__new__(httpx.URL)
-    url._uri_reference = base._uri_reference._replace(path=path, query=query)
-    return url
-
-
-def _assembly_base(base: httpx.URL) -> str | None:
-    """The canonical path of `base` when `_assemble` gives exactly what httpx parses under it,
-    with the httpx installed (it relies on httpx's parsed form of an URL, not a public
-    interface); None when it does not, or `base` has a query or fragment of its own."""
-    if base.query or base.fragment:
+def _environment_proxy(url: httpx.URL) -> str | None:
+    """The proxy the environment (HTTPS_PROXY, NO_PROXY, ...) names for `url`, if any."""
+    if urllib.request.proxy_bypass(url.host):
         return None
-    prefix = base.raw_path.decode("ascii")
-    text = f"{base}invoices/12.json?a=1&b=%5B+x%C3%9C&c=true"
-    try:
-        built = _assemble(base, prefix + "invoices/12.json", "a=1&b=%5B+x%C3%9C&c=true")
-        parsed = httpx.URL(text)
-        same = (
-            built == parsed
-            and str(built) == text
-            and built.raw_path == parsed.raw_path
-            and built.netloc == parsed.netloc
-            and built.params == parsed.params
+    return urllib.request.getproxies_environment().get(url.scheme)
+
+
+class PacedTransport(httpx.BaseTransport):
+    """httpx's transport for one API with its bounds: each attempt takes a token from the API's
+    `TokenBucket` first, ends by its deadline however slowly the answer trickles in (httpx's
+    timeouts apply to each read), and refuses a header block or body over its size bound while
+    it streams. A stop request ends a wait at once and an answer between two reads.
+
+    The body is read (and decoded, so the bound holds for what is kept) here, and the response
+    handed back holds it whole without its Content-Encoding."""
+
+    def __init__(
+        self,
+        inner: httpx.BaseTransport,
+        bucket: TokenBucket,
+        on_attempt: Callable[[httpx.Request, float], None],
+        *,
+        max_body: int,
+        clock: Callable[[], float],
+        stop: threading.Event | None,
+    ) -> None:
+        self._inner = inner
+        self._bucket = bucket
+        self._on_attempt = on_attempt
+        self._max_body = max_body
+        self._clock = clock
+        self._stop = stop
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self._on_attempt(request, self._bucket.acquire())
+        if self._stop is not None and self._stop.is_set():
+            raise StoppedError("stopped before the request was sent", request=request, sent=False)
+        deadline: float | None = request.extensions.get(_DEADLINE)
+        if deadline is not None:
+            left = deadline - self._clock()
+            if left <= 0:
+                raise httpx.PoolTimeout("no time left for the request", request=request)
+            timeout = request.extensions.get("timeout") or {}
+            request.extensions = {
+                **request.extensions,
+                "timeout": {
+                    phase: left if value is None else min(value, left)
+                    for phase, value in {
+                        "connect": None,
+                        "read": None,
+                        "write": None,
+                        "pool": None,
+                        **timeout,
+                    }.items()
+                },
+            }
+        response = self._inner.handle_request(request)
+        try:
+            return self._read(request, response, deadline)
+        finally:
+            response.close()
+
+    def _read(
+        self, request: httpx.Request, response: httpx.Response, deadline: float | None
+    ) -> httpx.Response:
+        head = sum(len(name) + len(value) + 4 for name, value in response.headers.raw)
+        if head > MAX_HEADER_BYTES:
+            raise ResponseTooLargeError(
+                f"response header block over {MAX_HEADER_BYTES} bytes", request=request
+            )
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self._max_body:
+                raise ResponseTooLargeError(
+                    f"response body over the limit of {self._max_body} bytes "
+                    "(KANTATA_SYNC_HTTP_MAX_BODY_BYTES)",
+                    request=request,
+                )
+            chunks.append(chunk)
+            if deadline is not None and self._clock() > deadline:
+                raise httpx.ReadTimeout(
+                    f"the answer took longer than the request's timeout ({size} bytes read)",
+                    request=request,
+                )
+            if self._stop is not None and self._stop.is_set():
+                raise StoppedError(
+                    "stopped while the answer was arriving", request=request, sent=True
+                )
+        headers = httpx.Headers(response.headers)
+        headers.pop("Content-Encoding", None)  # the body below is decoded already
+        return httpx.Response(
+            response.status_code,
+            headers=headers,
+            content=b"".join(chunks),
+            extensions=response.extensions,
+            request=request,
         )
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return prefix if same else None
 
-
-def _query_text(value: Any) -> str:
-    """A query value as httpx writes it (`true`/`false` for booleans)."""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    return str(value)
-
-
-# `quote_plus` of an ASCII string, in one `str.translate`: a space becomes "+", every other
-# character but letters, digits and "_.-~" its "%XX".
-_QUOTE_PLUS = {
-    code: "+" if code == 32 else f"%{code:02X}"
-    for code in range(128)
-    if not (chr(code).isalnum() or chr(code) in "_.-~")
-}
-_PLAIN_QUERY_PART = re.compile(r"[A-Za-z0-9_.~-]*")
-
-
-def _quote_plus(text: str) -> str:
-    """`urllib.parse.quote_plus(text)`, the common cases without its per-character loop."""
-    if _PLAIN_QUERY_PART.fullmatch(text):
-        return text
-    return text.translate(_QUOTE_PLUS) if text.isascii() else quote_plus(text)
-
-
-def _encode_query(query: Mapping[str, Any]) -> str:
-    """`urlencode(params)` with the values written as httpx writes them, without its
-    character-by-character quoting for ASCII keys and values."""
-    parts: list[str] = []
-    for key, value in query.items():
-        if isinstance(key, bytes):
-            parts.append(urlencode([(key, _query_text(value))]))
-        else:
-            parts.append(f"{_quote_plus(str(key))}={_quote_plus(_query_text(value))}")
-    return "&".join(parts)
-
-
-class _RedirectRefused(Exception):
-    def __init__(self, host: str) -> None:
-        super().__init__(host)
-        self.host = host
-
-
-def _redirect_target(request: httpx.Request, response: httpx.Response) -> tuple[str, httpx.URL]:
-    """The method and URL httpx's client redirects to (`Client._redirect_method`/`_url`)."""
-    method = request.method
-    status = response.status_code
-    if status in (302, 303) and method != "HEAD":
-        method = "GET"  # 303 by the RFC, 302 as browsers do
-    elif status == 301 and method == "POST":
-        method = "GET"
-    try:
-        url = httpx.URL(response.headers["Location"])
-    except httpx.InvalidURL as exc:
-        raise httpx.RemoteProtocolError(
-            f"Invalid URL in location header: {exc}.", request=request
-        ) from None
-    if url.scheme and not url.host:
-        url = url.copy_with(host=request.url.host)
-    if url.is_relative_url:
-        url = request.url.join(url)
-    if request.url.fragment and not url.fragment:
-        url = url.copy_with(fragment=request.url.fragment)
-    return method, url
-
-
-def _redirect_request(request: httpx.Request, method: str, url: httpx.URL) -> httpx.Request:
-    """The next hop to the same origin, as httpx's client builds it: the same headers and body,
-    except that a switch to GET drops the body and its length."""
-    headers = httpx.Headers(request.headers)
-    stream: httpx.SyncByteStream | None = request.stream  # type: ignore[assignment]
-    if method != request.method and method == "GET":
-        headers.pop("Content-Length", None)
-        headers.pop("Transfer-Encoding", None)
-        stream = None
-    headers.pop("Cookie", None)
-    return httpx.Request(method, url, headers=headers, stream=stream, extensions=request.extensions)
-
-
-def _read_body(response: httpx.Response) -> None:
-    """Read the whole body, as `response.read()` does: the connection is released and
-    `response.content` holds the bytes.
-
-    A body without Content-Encoding is joined from the transport's stream directly; httpx's
-    own reading path (content decoder lookup, chunker, per-chunk bookkeeping) costs several
-    times more than the bytes and is kept for encoded bodies."""
-    for key, _ in response.headers.raw:
-        if key.lower() == b"content-encoding":
-            response.read()
-            return
-    stream = response.stream
-    content = b"".join(stream)  # type: ignore[arg-type]  # a sync transport's stream
-    response.is_stream_consumed = True
-    response._num_bytes_downloaded = len(content)
-    response._content = content
-    response.is_closed = True
-    stream.close()  # type: ignore[union-attr]  # as `Response.close` does, for a sync stream
+    def close(self) -> None:
+        self._inner.close()
 
 
 class ApiTransport:
     """One API's HTTP client: base URL, headers, pacing, retries and error translation.
 
-    Requests are built here and handed straight to an httpx transport: httpx's `Client` spends
-    about 150 us of CPU merging, building and sending each request, several times what this
-    takes. The client is still made, once, for what it decides: the transport (the one given;
-    else httpx's pool through a proxy when the environment names one for this origin; else
-    `connector.wire.WireTransport`, HTTP/1.1 on sockets parsed by httptools, with httpx's TLS
-    verification), the default headers merged with ours, and the timeout. Requests
-    carry the headers the client would give them, in its order, and redirects are followed as
-    it would build them, by hand: same host only, each hop paced.
+    Built on `httpx.Client` with a `PacedTransport` around httpx's own transport (or the one
+    given, for tests), which paces every attempt and bounds its time and size. This class
+    decides what to do with each attempt's outcome: retry (and how long to wait), give up, or
+    report a write that may have been applied. Redirects are followed here, by hand: on the
+    same origin only (the token never travels elsewhere), each hop paced, and the request
+    repeated verbatim as Noko's documents ask; a 303 (which means "GET this instead") is
+    followed for a GET only. One request, its retries and waits included, ends by
+    `retry.max_total`; each attempt by `timeout`.
     """
 
     def __init__(
@@ -563,6 +550,8 @@ class ApiTransport:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         logger: Any = None,
+        stop: threading.Event | None = None,
+        max_body: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.service = service
         self.base_url = httpx.URL(base_url.rstrip("/") + "/")
@@ -570,40 +559,32 @@ class ApiTransport:
             raise ValueError(f"{service}: base URL must be an absolute http(s) URL")
         self._base_path = self.base_url.path.rstrip("/")
         self.retry = retry
+        self.timeout = timeout
         self.stats = ApiStats()
         self._sleep = sleep
-        self._bucket = TokenBucket(rate, burst, clock=clock, sleep=sleep)
+        self._clock = clock
+        self._stop = stop
+        self._bucket = TokenBucket(rate, burst, clock=clock, sleep=self._pause)
         self._log = logger if logger is not None else structlog.get_logger("kantata_sync.http")
         self._secrets = _secrets_of(headers)
-        self._base_text = str(self.base_url)
-        self._assembly_prefix = _assembly_base(self.base_url)
+        if transport is None:
+            transport = httpx.HTTPTransport(proxy=_environment_proxy(self.base_url))
         self._client = httpx.Client(
             base_url=self.base_url,
             headers=dict(headers),
             timeout=timeout,
-            transport=transport,
-            follow_redirects=False,  # followed by hand: same host only, each hop paced
+            transport=PacedTransport(
+                transport,
+                self._bucket,
+                self._record_attempt,
+                max_body=max_body,
+                clock=clock,
+                stop=stop,
+            ),
+            follow_redirects=False,  # followed by hand: same origin only, each hop paced
+            trust_env=False,  # the proxy, if any, is the inner transport's: every hop paced
         )
-        # Every request goes to the base URL's origin, so one transport serves them all.
-        self._transport = self._client._transport_for_url(self.base_url)
-        self._own_transport: WireTransport | None = None
-        if transport is None and self._transport is self._client._transport:
-            # Neither a transport given nor a proxy for this origin: HTTP/1.1 on sockets parsed
-            # in C (connector.wire), a fraction of httpcore's CPU per request.
-            self._own_transport = WireTransport(self.base_url)
-            self._transport = self._own_transport
-        self._timeout = self._client.timeout.as_dict()
-        self._closed = False
-        # The headers httpx would send, in its order: Host, Content-Length 0 for a bodiless
-        # POST/PUT/PATCH, the client's (its defaults updated with ours), then for a body its
-        # Content-Type and Content-Length.
-        merged = list(self._client.headers.raw)
-        host = [] if "Host" in self._client.headers else [(b"Host", self.base_url.netloc)]
-        self._headers = httpx.Headers(host + merged)
-        self._headers_empty_body = httpx.Headers([*host, (b"Content-Length", b"0"), *merged])
-        with_type = httpx.Headers(merged)
-        with_type["Content-Type"] = "application/json"
-        self._headers_json = httpx.Headers(host + with_type.raw)
+        self._timeouts = self._client.timeout.as_dict()
 
     def __repr__(self) -> str:
         return f"ApiTransport(service={self.service!r}, base_url={str(self.base_url)!r})"
@@ -676,9 +657,6 @@ class ApiTransport:
         return self._call("GET", self._own_url(absolute_url), None, None, True, True)
 
     def close(self) -> None:
-        self._closed = True
-        if self._own_transport is not None:
-            self._own_transport.close()
         self._client.close()
 
     # -- internals ----------------------------------------------------------------------------
@@ -700,49 +678,19 @@ class ApiTransport:
             self.base_url.port,
         )
 
-    def _url(self, target: str | httpx.URL, query: Mapping[str, Any] | None) -> httpx.URL:
-        """The absolute URL of a path under the base URL with its query.
+    def _pause(self, seconds: float) -> None:
+        """Wait `seconds` (pacing, backoff); a stop request ends the wait at once."""
+        stop = self._stop
+        if stop is not None and self._sleep is time.sleep:
+            stop.wait(seconds)
+        elif seconds > 0:
+            self._sleep(seconds)
 
-        The common case (a path without query or fragment, scalar params) is written here as
-        httpx writes it, and put together without parsing when the path is plain (httpx's
-        client parses it three times: the path, its merge with the base URL, the params);
-        anything else is left to the client's own merging."""
-        if (
-            not isinstance(target, str)
-            or "?" in target
-            or "#" in target
-            or (query and any(isinstance(v, list | tuple) for v in query.values()))
-        ):
-            if isinstance(target, httpx.URL) and not query:
-                return target
-            return self._client.build_request("GET", target, params=query or None).url
-        relative = target.lstrip("/")
-        text = _encode_query(query) if query else None
-        prefix = self._assembly_prefix
-        if (
-            prefix is not None
-            and len(relative) + len(text or "") < _MAX_ASSEMBLED
-            and _PLAIN_PATH.fullmatch(relative)
-            and not relative.startswith(".")
-            and "/." not in relative
-        ):
-            return _assemble(self.base_url, prefix + relative, text)
-        return httpx.URL(self._base_text + relative + ("?" + text if text else ""))
+    def _record_attempt(self, request: httpx.Request, waited: float) -> None:
+        self.stats.record_request(self._template(request.method, request.url), waited)
 
-    def _build(self, method: str, url: httpx.URL, content: bytes | None) -> httpx.Request:
-        """The request httpx's client would build: its headers, body and timeout."""
-        if content is None:
-            headers = self._headers_empty_body if method in _BODY_METHODS else self._headers
-            stream = _NO_BODY
-        else:
-            headers = httpx.Headers(self._headers_json)
-            headers["Content-Length"] = str(len(content))
-            stream = httpx.ByteStream(content)
-        request = httpx.Request(
-            method, url, headers=headers, stream=stream, extensions={"timeout": self._timeout}
-        )
-        request.read()  # as `httpx.Request(content=...)` does: `request.content` is readable
-        return request
+    def _stopped(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
 
     def _template(self, method: str, url: httpx.URL | str) -> str:
         if isinstance(url, httpx.URL):
@@ -775,18 +723,29 @@ class ApiTransport:
         template = self._template(method, target)
         content = encode_json(body) if body is not None else None
         query = {k: v for k, v in params.items() if v is not None} if params else None
-        request = self._build(method, self._url(target, query), content)
+        request = self._client.build_request(
+            method,
+            target,
+            params=query,
+            content=content,
+            headers={"Content-Type": "application/json"} if content is not None else None,
+        )
+        started = self._clock()
+        give_up_at = started + self.retry.max_total
         attempt = 0
-        slept = 0.0
         while True:
             attempt += 1
-            response, failure, decoded = self._attempt(request, template, expect_json, decoder)
+            response, failure, decoded = self._attempt(
+                request,
+                template,
+                expect_json,
+                decoder,
+                min(self._clock() + self.timeout, give_up_at),
+            )
             if failure is None:
                 assert response is not None
                 return response, decoded
             self.stats.record_error(status=failure.status)
-            if not failure.retryable:
-                raise self._error(failure, method, template)
             if failure.applied_maybe and not safe_to_repeat:
                 self._log.warning(
                     "http_ambiguous_write",
@@ -799,11 +758,15 @@ class ApiTransport:
                     request_id=failure.request_id,
                 )
                 raise self._error(failure, method, template, ambiguous=True)
+            if not failure.retryable:
+                raise self._error(failure, method, template)
+            if failure.final:
+                raise self._error(failure, method, template)
             delay = self.retry.delay(attempt, failure.retry_after)
             # A server asking for more than the rest of the budget is not slept through: the
             # caller gets the error now, with the server's own retry_after, and comes back later.
             wanted = max(delay, failure.retry_after or 0.0)
-            if attempt >= self.retry.max_attempts or slept + wanted > self.retry.max_total:
+            if attempt >= self.retry.max_attempts or self._clock() + wanted > give_up_at:
                 self._log.warning(
                     "http_gave_up",
                     service=self.service,
@@ -829,25 +792,22 @@ class ApiTransport:
                 request_id=failure.request_id,
             )
             self.stats.record_retry()
-            if delay > 0:
-                self._sleep(delay)
-            slept += delay
+            self._pause(delay)
 
     def _attempt(
         self,
         request: httpx.Request,
         template: str,
         expect_json: bool,
-        decoder: msgspec.json.Decoder[Any] | None = None,
+        decoder: msgspec.json.Decoder[Any] | None,
+        deadline: float,
     ) -> tuple[httpx.Response | None, _Failure | None, Any]:
+        if self._stopped():
+            return None, _Failure("stopped before the request was sent", final=True), None
         try:
-            response = self._send_following_redirects(request, template)
+            response = self._send_following_redirects(request, deadline)
         except _RedirectRefused as exc:
-            return (
-                None,
-                _Failure(f"redirect to another host refused ({exc.host})", retryable=False),
-                None,
-            )
+            return None, _Failure(exc.reason, retryable=False, applied_maybe=exc.sent), None
         except (
             httpx.ConnectError,
             httpx.ConnectTimeout,
@@ -858,6 +818,18 @@ class ApiTransport:
             return None, _Failure(self._transport_message(exc)), None
         except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
             return None, _Failure(self._transport_message(exc), retryable=False), None
+        except StoppedError as exc:
+            message = self._transport_message(exc)
+            return None, _Failure(message, final=True, applied_maybe=exc.sent), None
+        except ResponseTooLargeError as exc:
+            # Not retried: the same answer would come again. A write may have been applied.
+            message = self._transport_message(exc)
+            return None, _Failure(message, retryable=False, applied_maybe=True), None
+        except httpx.RemoteProtocolError as exc:
+            if "Receive buffer too long" in str(exc):  # h11's bound on the header block
+                message = f"response header block over {100 * 1024} bytes"
+                return None, _Failure(message, retryable=False, applied_maybe=True), None
+            return None, _Failure(self._transport_message(exc), applied_maybe=True), None
         except httpx.TransportError as exc:
             # Read timeouts, dropped connections: the server may have acted on it.
             return None, _Failure(self._transport_message(exc), applied_maybe=True), None
@@ -896,41 +868,53 @@ class ApiTransport:
             )
         return response, None, decoded
 
-    def _send_following_redirects(self, request: httpx.Request, template: str) -> httpx.Response:
+    def _send_following_redirects(self, request: httpx.Request, deadline: float) -> httpx.Response:
         current = request
-        hop_template = template
         for _ in range(MAX_REDIRECTS + 1):
-            waited = self._bucket.acquire()
-            self.stats.record_request(hop_template, waited)
-            response = self._send(current)
+            current.extensions = {"timeout": self._timeouts, _DEADLINE: deadline}
+            response = self._client.send(current)
             if response.status_code not in _REDIRECT_STATUSES or "Location" not in response.headers:
                 return response
-            method, url = _redirect_target(current, response)
-            if not self._same_origin(url):
-                raise _RedirectRefused(url.host or "no host")
-            current = _redirect_request(current, method, url)
-            hop_template = self._template(current.method, current.url)
+            current = self._redirect(current, response)
         return response  # the last redirect itself: reported as an unexpected status
 
-    def _send(self, request: httpx.Request) -> httpx.Response:
-        """One exchange, as `httpx.Client.send` makes it without following redirects: the
-        body read, the connection released, errors raised as httpx raises them."""
-        if self._closed:
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
-        if request.url.userinfo:
-            # As httpx's client does: credentials in the URL go out as Basic auth.
-            url = request.url
-            request = next(httpx.BasicAuth(url.username, url.password).sync_auth_flow(request))
-        started = time.perf_counter()
-        response = self._transport.handle_request(request)
-        response.request = request
+    def _redirect(self, request: httpx.Request, response: httpx.Response) -> httpx.Request:
+        """The next hop: the same request, verbatim, to the Location on the same origin.
+
+        Noko documents 301, 302 and 307 as "repeat the request verbatim"; a 308 says the same
+        by its RFC. A 303 means "GET this instead": followed for a GET or HEAD only, since
+        turning a write into a GET would report the write done when it was not."""
+        status = response.status_code
+        if status == 303 and request.method not in ("GET", "HEAD"):
+            raise _RedirectRefused(
+                f"redirect 303 would turn the {request.method} into a GET; not followed",
+                sent=True,
+            )
         try:
-            _read_body(response)
-        except BaseException:
-            response.close()
-            raise
-        response.elapsed = timedelta(seconds=time.perf_counter() - started)
-        return response
+            url = httpx.URL(response.headers["Location"])
+        except httpx.InvalidURL as exc:
+            raise httpx.RemoteProtocolError(
+                f"Invalid URL in location header: {exc}.", request=request
+            ) from None
+        if url.scheme and not url.host:
+            url = url.copy_with(host=request.url.host)
+        if url.is_relative_url:
+            url = request.url.join(url)
+        if request.url.fragment and not url.fragment:
+            url = url.copy_with(fragment=request.url.fragment)
+        if not self._same_origin(url):
+            # Refused, not stripped: the request means nothing to another host without its
+            # credentials, and sending them there would hand the token away.
+            raise _RedirectRefused(
+                f"redirect to another host refused ({url.host or 'no host'})", sent=False
+            )
+        return httpx.Request(
+            request.method,
+            url,
+            headers=request.headers,
+            content=request.content,
+            extensions=request.extensions,
+        )
 
     def _transport_message(self, exc: httpx.TransportError) -> str:
         detail = str(exc).strip()
@@ -987,9 +971,6 @@ class ApiTransport:
             "request_id": failure.request_id,
             "code": failure.code,
         }
-        if not failure.retryable:
-            kind = NotFoundError if failure.not_found else PermanentApiError
-            return kind(self.service, failure.message, **common)
         if ambiguous:
             return AmbiguousWriteError(
                 self.service,
@@ -997,6 +978,9 @@ class ApiTransport:
                 retry_after=failure.retry_after,
                 **common,
             )
+        if not failure.retryable:
+            kind = NotFoundError if failure.not_found else PermanentApiError
+            return kind(self.service, failure.message, **common)
         return TransientApiError(
             self.service,
             failure.message,
