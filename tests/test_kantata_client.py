@@ -50,7 +50,7 @@ def sleeps() -> list[float]:
 
 @pytest.fixture
 def client(sleeps: list[float]) -> Iterator[KantataClient]:
-    # httpx's own pool, which respx intercepts (the default, connector.wire, it does not).
+    # httpx's own pool, which respx intercepts.
     transport = httpx.HTTPTransport()
     with KantataClient(
         BASE, TOKEN, rate=None, retry=RETRY, sleep=sleeps.append, transport=transport

@@ -39,7 +39,7 @@ def sleeps() -> list[float]:
 
 @pytest.fixture
 def client(sleeps: list[float]) -> Iterator[NokoClient]:
-    # httpx's own pool, which respx intercepts (the default, connector.wire, it does not).
+    # httpx's own pool, which respx intercepts.
     transport = httpx.HTTPTransport()
     with NokoClient(
         BASE, TOKEN, rate=None, retry=RETRY, sleep=sleeps.append, transport=transport

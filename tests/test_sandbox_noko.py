@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-import simplejson
 
 from connector.sandbox import Sandbox
 
@@ -91,7 +90,7 @@ def admin(box: Sandbox) -> Iterator[httpx.Client]:
 
 def decimal_json(response: httpx.Response) -> Any:
     """Parse a body keeping numbers exact."""
-    return simplejson.loads(response.text, use_decimal=True)
+    return json.loads(response.text, parse_float=Decimal)
 
 
 def project(api: httpx.Client, name: str = "Acme", increment: int | None = None) -> int:

@@ -7,6 +7,7 @@ request statistics, routing — lives here, so the fakes only implement their AP
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
-import simplejson
+import msgspec
 
 from connector.sandbox.faults import FaultConfig, FaultInjector, RateLimiter
 
@@ -38,17 +39,17 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_WRITES_KEPT = 100_000
 
 
-_ENCODER = simplejson.JSONEncoder(use_decimal=True, separators=(",", ":"), ensure_ascii=False)
+_ENCODER = msgspec.json.Encoder(decimal_format="number")
 
 
 def dumps(value: object) -> bytes:
     """JSON bytes with Decimal written as exact numbers (never through float)."""
-    return _ENCODER.encode(value).encode("utf-8")
+    return _ENCODER.encode(value)
 
 
 def loads(body: bytes) -> Any:
     """Parse a JSON body; numbers with a fraction become Decimal, integers int."""
-    return simplejson.loads(body.decode("utf-8"), use_decimal=True)
+    return json.loads(body.decode("utf-8"), parse_float=Decimal)
 
 
 @dataclass
