@@ -296,16 +296,11 @@ def _run_naive(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _place(job: dict[str, Any]) -> None:
-    """Back on every CPU the benchmark may use (this process inherited its parent's narrowed
-    set); the connector then takes its own (`kantata_sync_cpus`), and the naive baseline the
-    same, so that both run alike."""
-    allowed = job.get("cpus_allowed")
-    if allowed:
-        os.sched_setaffinity(0, allowed)
-    if job["mode"] == "naive":
-        from connector.cpus import apply_cpus, parse_cpus
-
-        apply_cpus(parse_cpus(job.get("settings", {}).get("kantata_sync_cpus", "all")))
+    """On the CPUs the benchmark chose for the connector (and the naive baseline alike), as
+    an operator places it (taskset, systemd's CPUAffinity=); elsewhere where it inherited."""
+    placed = job.get("cpus_placed")
+    if placed:
+        os.sched_setaffinity(0, placed)
 
 
 def main() -> None:

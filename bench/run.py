@@ -33,7 +33,6 @@ from typing import Any
 from bench.dispatch import DispatchServer
 from bench.tap import TapCheck, check_tap
 from bench.workload import Workload, populate
-from connector.cpus import parse_cpus, pin_process, probe_cpus, resolve_cpus
 from connector.sandbox import FakeKantata, FakeNoko, FaultConfig, Sandbox
 from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books
 
@@ -42,14 +41,37 @@ PER_PAGE = 200
 UNLIMITED = 1e9  # Settings wants a positive rate; this one never makes a request wait
 DISPATCH_KANTATA = "http://127.0.0.1:9/api/v1"  # never connected to: the dispatch transport
 DISPATCH_NOKO = "http://127.0.0.1:9/v2"  # answers instead (a failed hook fails loudly)
-CPUS_REFUSED = probe_cpus()
+
+
+def _probe_cpus() -> str | None:
+    """Why this process may not choose its CPUs (a system call filter, say), or None."""
+    if not hasattr(os, "sched_setaffinity"):
+        return "(this platform cannot keep a process on given CPUs)"
+    try:
+        os.sched_setaffinity(0, os.sched_getaffinity(0))
+    except OSError as exc:
+        return f"(the process may not choose its CPUs here: {exc.strerror or exc})"
+    return None
+
+
+def _pin(target: frozenset[int] | set[int]) -> None:
+    """This process, every thread of it, on `target` (as `taskset -a -p` would)."""
+    os.sched_setaffinity(0, target)
+    with contextlib.suppress(OSError):
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                os.sched_setaffinity(int(task.name), target)
+
+
+CPUS_REFUSED = _probe_cpus()
 """Why a process may not choose its CPUs on this machine, or None."""
 CPUS = "one" if CPUS_REFUSED is None else "all"
-"""KANTATA_SYNC_CPUS of the connector (and the naive baseline) in every run but one: the
-setting the deploy files use. Meanwhile the benchmark's own process (the sandbox, the fakes)
-moves to the other CPUs, so that it does not share the connector's. One in-process run repeats
-with `all`, as the operating system schedules it, for comparison. Where a process may not
-choose its CPUs, every run uses `all`."""
+"""Where the benchmark places the connector (and the naive baseline) in every run but one, as
+an operator would with taskset or systemd's CPUAffinity=: `one` is the highest-numbered CPU.
+Meanwhile the benchmark's own process (the sandbox, the fakes) moves to the other CPUs, so that
+it does not share the connector's. One in-process run repeats with `all`, as the operating
+system schedules it, for comparison. Where a process may not choose its CPUs, every run uses
+`all`."""
 
 WIDE_WORKERS = 64
 """Workers of the extra scaled run: enough requests in flight for the scaled rate's bound."""
@@ -135,29 +157,30 @@ def _progress(message: str, started: float) -> None:
 
 @contextlib.contextmanager
 def _apart(cpus: str) -> Iterator[list[int] | None]:
-    """While a child runs with `cpus`, keep this process (every thread) off the CPUs the child
-    takes (`connector.cpus.resolve_cpus`). Yields the CPUs the child may widen itself back to:
-    it inherits this process's narrowed set. Nothing changes for `all`, or with one CPU."""
-    taken = resolve_cpus(parse_cpus(cpus)) if CPUS_REFUSED is None else None
-    if taken is None:
+    """While a child runs on `cpus` (`one`: the highest-numbered CPU), keep this process (every
+    thread) off the CPUs the child takes. Yields (the CPUs the child is placed on, all the
+    CPUs) or None: the child inherits this process's narrowed set and places itself. Nothing
+    changes for `all`, or with one CPU."""
+    if cpus == "all" or CPUS_REFUSED is not None:
         yield None
         return
     allowed = frozenset(os.sched_getaffinity(0))
+    taken = frozenset({max(allowed)})
     others = allowed - taken
     if not others:
         yield None
         return
-    pin_process(others)
+    _pin(others)
     try:
-        yield sorted(allowed)
+        yield sorted(taken)
     finally:
-        pin_process(allowed)
+        _pin(allowed)
 
 
 def _child(job: dict[str, Any], log: Path, timeout: float) -> dict[str, Any]:
-    cpus = str(job.setdefault("settings", {}).setdefault("kantata_sync_cpus", CPUS))
-    with _apart(cpus) as allowed:
-        job["cpus_allowed"] = allowed
+    cpus = str(job.setdefault("cpus", CPUS))
+    with _apart(cpus) as placed:
+        job["cpus_placed"] = placed
         return _spawn(job, log, timeout)
 
 
@@ -320,8 +343,8 @@ def dispatch_run(
             "settings": {
                 "noko_max_requests_per_second": UNLIMITED,
                 "kantata_max_requests_per_second": UNLIMITED,
-                "kantata_sync_cpus": cpus,
             },
+            "cpus": cpus,
             "cycles": ["backfill"],
             "dispatch": socket_path,
             "time_cap": time_cap,
@@ -332,7 +355,7 @@ def dispatch_run(
         server.close()
     label = (
         "in-process, no HTTP"
-        + (f", KANTATA_SYNC_CPUS={cpus}" if cpus != CPUS else "")
+        + (f", connector on CPUs {cpus}" if cpus != CPUS else "")
         + (" (profiled)" if profile else "")
     )
     run = Run(label, workload, out["cycles"], workers=out.get("workers"), cpus=cpus)
@@ -549,7 +572,7 @@ def targets(
         per = 1000 * r.own_cpu / r.pushed
         if run.cpus != CPUS:
             lines.append(
-                f"       for comparison, KANTATA_SYNC_CPUS={run.cpus}: CPU without the HTTP "
+                f"       for comparison, connector on CPUs {run.cpus}: CPU without the HTTP "
                 f"stack, N={r.pushed:,}: {per:.2f} ms per invoice; the process spent "
                 f"{1000 * r.cpu / r.pushed:.2f}, of which {1000 * r.handoff / r.pushed:.2f} in "
                 "the hand-off"
@@ -722,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             dispatch_runs.append(dispatch_run(n, tmp, seed=seed, time_cap=cap))
             if index == 0 and CPUS != "all":
-                _progress(f"in-process backfill of {n:,} invoices, KANTATA_SYNC_CPUS=all", started)
+                _progress(f"in-process backfill of {n:,} invoices, connector on CPUs all", started)
                 dispatch_runs.append(dispatch_run(n, tmp, seed=seed, time_cap=None, cpus="all"))
         profile_path = None
         if args.profile:
@@ -737,8 +760,8 @@ def main(argv: list[str] | None = None) -> int:
         workers = next((run.workers for run in runs if run.workers), None)
         print(
             f"Targets (kantata_sync_workers={workers}, the default; "
-            f"kantata_sync_cpus={CPUS}"
-            + (", as deployed):" if CPUS_REFUSED is None else ", the default):")
+            f"connector on CPUs {CPUS}"
+            + (", placed as deployed):" if CPUS_REFUSED is None else ", the default):")
         )
         for line in targets(http_runs, real, dispatch_runs, wide):
             print(f"  {line}")
@@ -804,12 +827,13 @@ def _notes(http_runs: list[Run], started: float) -> str:
     ]
     if CPUS_REFUSED is None:
         lines += [
-            f"  CPUs: the connector and the naive baseline run with KANTATA_SYNC_CPUS={CPUS} (the",
-            "  highest-numbered CPU), this process with the sandbox and the fakes on the others;",
-            "  the row marked KANTATA_SYNC_CPUS=all leaves both where the OS puts them.",
+            f"  CPUs: the benchmark places the connector and the naive baseline on CPUs {CPUS}",
+            "  (the highest-numbered CPU, as taskset would), this process with the sandbox and",
+            "  the fakes on the others; the row marked `on CPUs all` leaves both where the OS",
+            "  puts them.",
         ]
     else:
-        lines.append(f"  CPUs: every run with KANTATA_SYNC_CPUS=all, as here {CPUS_REFUSED}.")
+        lines.append(f"  CPUs: every run with connector on CPUs all, as here {CPUS_REFUSED}.")
     for run in http_runs:
         if run.sandbox_requests is not None:
             counted = sum(c["kantata"]["requests"] + c["noko"]["requests"] for c in run.cycles)

@@ -8,11 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-import structlog
-
 from connector import __version__
 from connector.config import Settings
-from connector.cpus import apply_cpus, describe_cpus
 from connector.engine import EngineSettings, SyncEngine
 from connector.http import RetryPolicy
 from connector.kantata import KantataClient
@@ -45,9 +42,6 @@ def open_connector(
 ) -> Iterator[Connector]:
     """Everything a sync needs, closed again on exit. Raises ConfigError on missing secrets."""
     profile = settings.profile()
-    pinned = apply_cpus(settings.cpus())
-    if pinned is not None:
-        structlog.get_logger("kantata_sync").info("running on CPUs", cpus=describe_cpus(pinned))
     kantata_token = settings.kantata_secret()
     noko_token = settings.noko_secret()
     register_secret(kantata_token)
@@ -61,6 +55,8 @@ def open_connector(
         retry=retry,
         timeout=settings.kantata_timeout,
         user_agent=USER_AGENT,
+        stop=stop,
+        max_body=settings.kantata_sync_http_max_body_bytes,
     )
     noko = NokoClient(
         settings.noko_base_url,
@@ -70,6 +66,8 @@ def open_connector(
         retry=retry,
         timeout=settings.noko_timeout,
         user_agent=USER_AGENT,
+        stop=stop,
+        max_body=settings.kantata_sync_http_max_body_bytes,
     )
     engine = SyncEngine(
         kantata=kantata,

@@ -6,7 +6,9 @@ retried later) or another process holds the state database; 2 usage or configura
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -97,12 +99,42 @@ def _settings(**overrides: Any) -> Settings:
     return settings
 
 
-def _install_stop_handlers(stop: threading.Event) -> None:
+STOP_GRACE = 7.0
+"""Seconds between SIGTERM and the process's end at the latest. Waits (pacing, retry backoff,
+the daemon's sleep) end at once and an answer arriving slowly is dropped between two reads;
+only a read that gets no byte at all outlasts the stop, and this bounds it."""
+
+
+def _exit_now(reason: str) -> None:
+    """End the process at once with exit 0. What was in flight is what recovery handles: the
+    state database commits atomically, and a create that got no answer is found by its
+    reference at the next run."""
+    structlog.get_logger("kantata_sync").warning(reason)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(0)
+
+
+def _install_stop_handlers(stop: threading.Event, *, grace: float = STOP_GRACE) -> None:
     def handler(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            _exit_now(f"second {name}; exiting now, work in flight is left to recovery")
         structlog.get_logger("kantata_sync").info(
-            "signal received; finishing the invoice in flight", signal=signal.Signals(signum).name
+            "signal received; ending the waits and requests in flight", signal=name
         )
         stop.set()
+        timer = threading.Timer(
+            grace,
+            _exit_now,
+            args=(
+                f"still running {grace:.0f} s after {name}; exiting, work in flight is left "
+                "to recovery",
+            ),
+        )
+        timer.daemon = True
+        timer.start()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

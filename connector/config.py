@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from connector.cpus import CpuChoice, parse_cpus
 from connector.errors import ConfigError
 from mappings.profile import Profile, ProfileError, default_profile, parse_profile
 
@@ -29,7 +28,10 @@ CONFIG_ENV = "KANTATA_SYNC_CONFIG"
 class Settings(BaseSettings):
     """Every setting of the connector; field names are the environment variables, lowercased."""
 
-    model_config = SettingsConfigDict(extra="forbid", case_sensitive=False, frozen=True)
+    # No infinite or NaN number is a setting: `KANTATA_TIMEOUT=inf` would be no timeout at all.
+    model_config = SettingsConfigDict(
+        extra="forbid", case_sensitive=False, frozen=True, allow_inf_nan=False
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -62,9 +64,9 @@ class Settings(BaseSettings):
     kantata_sync_retry_initial_delay: float = Field(default=2.0, ge=0)
     kantata_sync_retry_max_delay: float = Field(default=6 * 3600.0, gt=0)
     kantata_sync_http_max_attempts: int = Field(default=6, ge=1)
+    kantata_sync_http_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     kantata_sync_interval: float = Field(default=300.0, gt=0)
     kantata_sync_workers: int = Field(default=8, ge=1, le=64)
-    kantata_sync_cpus: str = "all"
     kantata_sync_lookback_seconds: float = Field(default=300.0, ge=0)
     kantata_sync_clock_skew_seconds: float = Field(default=60.0, ge=0)
     kantata_sync_mapping_profile: Path | None = None
@@ -75,16 +77,6 @@ class Settings(BaseSettings):
     kantata_sync_lock_wait: float = Field(default=30.0, ge=0)
     kantata_sync_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     kantata_sync_metrics_host: str = "127.0.0.1"
-
-    @field_validator("kantata_sync_cpus")
-    @classmethod
-    def _cpus_shape(cls, value: str) -> str:
-        parse_cpus(value)
-        return value.strip().lower()
-
-    def cpus(self) -> CpuChoice:
-        """Where the process runs (`KANTATA_SYNC_CPUS`): all, one, or a set of CPUs."""
-        return parse_cpus(self.kantata_sync_cpus)
 
     @field_validator("kantata_base_url", "noko_base_url")
     @classmethod

@@ -14,7 +14,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from connector.app import USER_AGENT, retry_policy
 from connector.config import Settings
-from connector.cpus import describe_cpus, probe_cpus, resolve_cpus
 from connector.errors import ApiError, ConfigError, NotFoundError, PermanentApiError
 from connector.http import RetryPolicy
 from connector.kantata import KantataClient
@@ -184,29 +183,9 @@ def check_clock(settings: Settings, get: Callable[[str], httpx.Response] | None 
     return False, "no API sent a Date header to compare the clock with", "Check the network."
 
 
-def check_cpus(settings: Settings) -> Check:
-    """Where the process will run (`KANTATA_SYNC_CPUS`), and whether it can be put there."""
-    setting = f"KANTATA_SYNC_CPUS={settings.kantata_sync_cpus}"
-    try:
-        target = resolve_cpus(settings.cpus())
-    except ConfigError as exc:
-        return False, str(exc), "Set KANTATA_SYNC_CPUS to all, one, or CPUs this process may use."
-    if target is None:
-        return True, f"runs on the CPUs the operating system chooses ({setting})", ""
-    refused = probe_cpus()
-    if refused is not None:
-        return (
-            False,
-            f"{setting}: {refused}",
-            "Use all, and pin the process from outside (taskset, systemd's CPUAffinity=).",
-        )
-    return True, f"runs on CPU {describe_cpus(target)} ({setting})", ""
-
-
 def run_checks(settings: Settings, console: Console) -> bool:
     checks: list[Check] = [(True, "configuration valid", "")]
     checks.append(check_profile(settings))
-    checks.append(check_cpus(settings))
     checks += check_kantata(settings)
     checks += check_noko(settings)
     checks.append(check_database(settings))

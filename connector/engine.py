@@ -36,7 +36,6 @@ import structlog
 
 from connector.errors import ApiError, ConnectorError, PermanentApiError, TransientApiError
 from connector.kantata import ExternalReferenceWrite, KantataClient, format_timestamp
-from connector.memory import release_free_memory
 from connector.noko import NokoClient
 from connector.push import (
     ENTRY_KEY,
@@ -322,7 +321,6 @@ class SyncEngine:
                 self.store.set_cursor(new_cursor)
                 result.cursor_after = new_cursor
         result.duration = time.monotonic() - started
-        release_free_memory()
         if run is not None:
             run.outcome = (
                 result.outcome
@@ -388,7 +386,6 @@ class SyncEngine:
                     scan.shrank = True
                 previous_count = page.count
                 runner.submit_all(decode_invoices(page.body), scan, until=until)
-                release_free_memory()
                 if self.stop.is_set():
                     return
             if not scan.shrank:
@@ -1101,7 +1098,6 @@ class SyncEngine:
             if len(batch) >= 500:
                 self._apply_noko(batch, run_id, log, result)
                 batch = []
-                release_free_memory()
         if batch:
             self._apply_noko(batch, run_id, log, result)
         # As for Kantata's cursor: Noko's clock at the first page when it gave it (every

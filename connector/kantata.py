@@ -7,6 +7,7 @@ fixed for the whole scan, so rows updated mid-scan keep their place and new rows
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -18,7 +19,7 @@ import httpx
 import msgspec
 
 from connector.errors import TransientApiError
-from connector.http import ApiStats, ApiTransport, RetryPolicy
+from connector.http import DEFAULT_MAX_BODY_BYTES, ApiStats, ApiTransport, RetryPolicy
 from connector.server_time import server_time
 
 __all__ = [
@@ -137,6 +138,8 @@ class KantataClient:
         burst: int = 1,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        stop: threading.Event | None = None,
+        max_body: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         if not token:
             raise ValueError("Kantata token is empty")
@@ -155,6 +158,8 @@ class KantataClient:
             transport=transport,
             sleep=sleep,
             clock=clock,
+            stop=stop,
+            max_body=max_body,
         )
 
     def __repr__(self) -> str:

@@ -20,7 +20,7 @@ import httpx
 import msgspec
 
 from connector.errors import AmbiguousWriteError, NotFoundError, TransientApiError
-from connector.http import ApiStats, ApiTransport, RetryPolicy
+from connector.http import DEFAULT_MAX_BODY_BYTES, ApiStats, ApiTransport, RetryPolicy
 from connector.server_time import server_time
 
 __all__ = ["DEFAULT_BASE_URL", "NokoClient"]
@@ -88,6 +88,8 @@ class NokoClient:
         user_agent: str = DEFAULT_USER_AGENT,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        stop: threading.Event | None = None,
+        max_body: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         if not token:
             raise ValueError("Noko token is empty")
@@ -108,6 +110,8 @@ class NokoClient:
             transport=transport,
             sleep=sleep,
             clock=clock,
+            stop=stop,
+            max_body=max_body,
         )
         self._projects_lock = threading.Lock()
         self._project_ids: dict[str, int] = {}

@@ -1,8 +1,8 @@
 """The daemon's clock: an APScheduler interval job running one cycle at a time.
 
 This is the only module that knows APScheduler. Overlapping cycles are impossible
-(`max_instances=1`), missed runs collapse into one (`coalesce=True`), and a stop request lets the
-cycle in flight finish its current invoice before the process exits.
+(`max_instances=1`), missed runs collapse into one (`coalesce=True`), and a stop request ends
+the sleep between cycles at once and the cycle in flight as soon as its requests give way.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def run_forever(
 
     def watch() -> None:
         stop.wait()
-        log.info("stop requested; finishing the invoice in flight")
+        log.info("stop requested; ending the cycle in flight")
         with contextlib.suppress(SchedulerNotRunningError):
             scheduler.shutdown(wait=True)
 

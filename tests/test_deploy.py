@@ -418,7 +418,7 @@ def test_unit_is_hardened() -> None:
         "EnvironmentFile": "/etc/kantata-sync/env",
         "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
         "KillSignal": "SIGTERM",
-        "TimeoutStopSec": "120",
+        "TimeoutStopSec": "30",
         "Restart": "on-failure",
     }
     for key, value in expected.items():

@@ -218,20 +218,3 @@ def test_without_a_date_header_the_cursor_is_the_newest_change_read(
         # The write-backs came after the scan read them; the newest read is from before.
         assert result.cursor_after is not None and result.cursor_after <= newest
         assert result.cursor_after < c.engine.clock() - timedelta(seconds=60)
-
-
-def test_free_memory_goes_back_after_every_page(
-    box: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The heap a page freed is handed back to the OS once the page is handed out, and once
-    more at the end of the cycle: memory does not grow with the number of pages read."""
-    import connector.engine as engine_module
-
-    calls: list[int] = []
-    monkeypatch.setattr(engine_module, "release_free_memory", lambda: calls.append(1) or True)
-    generate(box.kantata, seed=22, invoices=450)
-    with open_connector(settings_for(box, tmp_path, kantata_sync_workers=2)) as connector:
-        result = connector.engine.run_cycle()
-        assert result.exit_code == 0, result.failed
-    assert result.pages >= 3
-    assert len(calls) >= result.pages + 1
