@@ -14,6 +14,31 @@ class Last(bytes):
     """Bytes a reply sends just before closing the connection."""
 
 
+class Trickle(bytes):
+    """Bytes a reply sends slowly: the first `at_once` at once, then one every `interval` s."""
+
+    at_once: int = 0
+    interval: float = 1.0
+
+
+def trickle(data: bytes, *, at_once: int, interval: float) -> Trickle:
+    slow = Trickle(data)
+    slow.at_once = at_once
+    slow.interval = interval
+    return slow
+
+
+def response_bytes(status: int, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    """An HTTP/1.1 response with the given headers and a Content-Length of its own."""
+    lines = [f"HTTP/1.1 {status} X"] + [
+        f"{name}: {value}"
+        for name, value in headers
+        if name.lower() not in ("content-length", "transfer-encoding", "connection")
+    ]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
 def json_reply(body: bytes, *, extra: bytes = b"") -> bytes:
     return (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
@@ -59,6 +84,7 @@ class LoopbackServer:
         self._listener.listen(8)
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/v2"
+        self._closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -79,7 +105,13 @@ class LoopbackServer:
                     answer = self.replies[index](head, body)
                     if answer is None:
                         return
-                    if answer:
+                    if isinstance(answer, Trickle):
+                        connection.sendall(answer[: answer.at_once])
+                        for index in range(answer.at_once, len(answer)):
+                            if self._closed.wait(answer.interval):
+                                return
+                            connection.sendall(answer[index : index + 1])
+                    elif answer:
                         connection.sendall(answer)
                     if isinstance(answer, Last):
                         return
@@ -87,6 +119,7 @@ class LoopbackServer:
                 return
 
     def close(self) -> None:
+        self._closed.set()
         self._listener.close()
         for connection in self.connections:
             connection.close()
