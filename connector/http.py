@@ -29,6 +29,7 @@ from datetime import UTC
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
+from urllib.parse import urlencode
 
 import httpx
 import msgspec
@@ -419,6 +420,20 @@ def _secrets_of(headers: Mapping[str, str]) -> tuple[SecretStr, ...]:
     return tuple(sorted(found, key=lambda s: -len(s.get_secret_value())))
 
 
+# A path made of these characters only reads the same after httpx's percent-encoding and
+# dot-segment removal; any other is left to httpx's client to merge with the base URL.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9._~/-]*")
+
+
+def _query_text(value: Any) -> str:
+    """A query value as httpx writes it (`true`/`false` for booleans, empty for None)."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return "" if value is None else str(value)
+
+
 def _environment_proxy(url: httpx.URL) -> str | None:
     """The proxy the environment (HTTPS_PROXY, NO_PROXY, ...) names for `url`, if any."""
     if urllib.request.proxy_bypass(url.host):
@@ -491,7 +506,10 @@ class PacedTransport(httpx.BaseTransport):
             )
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_bytes():
+        # Without Content-Encoding the transport's own stream is the body; with it, httpx
+        # decodes, and the bound holds for the decoded bytes (a small gzip can unpack to GBs).
+        encoded = "Content-Encoding" in response.headers
+        for chunk in response.iter_bytes() if encoded else response.stream:  # type: ignore[union-attr]
             size += len(chunk)
             if size > self._max_body:
                 raise ResponseTooLargeError(
@@ -509,8 +527,10 @@ class PacedTransport(httpx.BaseTransport):
                 raise StoppedError(
                     "stopped while the answer was arriving", request=request, sent=True
                 )
-        headers = httpx.Headers(response.headers)
-        headers.pop("Content-Encoding", None)  # the body below is decoded already
+        headers = response.headers
+        if encoded:
+            headers = httpx.Headers(headers)
+            headers.pop("Content-Encoding", None)  # the body below is decoded already
         return httpx.Response(
             response.status_code,
             headers=headers,
@@ -567,6 +587,7 @@ class ApiTransport:
         self._bucket = TokenBucket(rate, burst, clock=clock, sleep=self._pause)
         self._log = logger if logger is not None else structlog.get_logger("kantata_sync.http")
         self._secrets = _secrets_of(headers)
+        self._base_text = str(self.base_url)
         if transport is None:
             transport = httpx.HTTPTransport(proxy=_environment_proxy(self.base_url))
         self._client = httpx.Client(
@@ -686,6 +707,24 @@ class ApiTransport:
         elif seconds > 0:
             self._sleep(seconds)
 
+    def _url(self, target: str | httpx.URL, query: Mapping[str, Any] | None) -> httpx.URL:
+        """The absolute URL of a path under the base URL with its query, as httpx's client
+        merges them. A plain path and scalar params (nearly every request) are written out and
+        parsed once, where the client would parse the path, the merge and the params apart."""
+        if isinstance(target, httpx.URL):
+            return target.copy_merge_params(query) if query else target
+        if (
+            _PLAIN_PATH.fullmatch(target)
+            and not target.startswith(".")
+            and "/." not in target
+            and not (query and any(isinstance(v, list | tuple) for v in query.values()))
+        ):
+            text = self._base_text + target.lstrip("/")
+            if query:
+                text += "?" + urlencode([(k, _query_text(v)) for k, v in query.items()])
+            return httpx.URL(text)
+        return self._client.build_request("GET", target, params=query).url
+
     def _record_attempt(self, request: httpx.Request, waited: float) -> None:
         self.stats.record_request(self._template(request.method, request.url), waited)
 
@@ -725,8 +764,7 @@ class ApiTransport:
         query = {k: v for k, v in params.items() if v is not None} if params else None
         request = self._client.build_request(
             method,
-            target,
-            params=query,
+            self._url(target, query),
             content=content,
             headers={"Content-Type": "application/json"} if content is not None else None,
         )
