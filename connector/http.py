@@ -368,7 +368,8 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 # The response status line and header block; httpcore's h11 refuses more than 100 KiB itself.
 MAX_HEADER_BYTES = 64 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_DEADLINE = "kantata_sync.deadline"  # request extension: the monotonic time the attempt ends
+# Request extension: (seconds the attempt may take once paced, monotonic time the request ends).
+_DEADLINE = "kantata_sync.deadline"
 
 
 class ResponseTooLargeError(httpx.TransportError):
@@ -471,8 +472,12 @@ class PacedTransport(httpx.BaseTransport):
         self._on_attempt(request, self._bucket.acquire())
         if self._stop is not None and self._stop.is_set():
             raise StoppedError("stopped before the request was sent", request=request, sent=False)
-        deadline: float | None = request.extensions.get(_DEADLINE)
-        if deadline is not None:
+        bounds: tuple[float, float] | None = request.extensions.get(_DEADLINE)
+        deadline = None
+        if bounds is not None:
+            # The attempt's time starts once it is paced: a wait for the rate limit is not
+            # taken from it (only from the request's total).
+            deadline = min(self._clock() + bounds[0], bounds[1])
             left = deadline - self._clock()
             if left <= 0:
                 raise httpx.PoolTimeout("no time left for the request", request=request)
@@ -778,7 +783,7 @@ class ApiTransport:
                 template,
                 expect_json,
                 decoder,
-                min(self._clock() + self.timeout, give_up_at),
+                give_up_at,
             )
             if failure is None:
                 assert response is not None
@@ -838,12 +843,12 @@ class ApiTransport:
         template: str,
         expect_json: bool,
         decoder: msgspec.json.Decoder[Any] | None,
-        deadline: float,
+        give_up_at: float,
     ) -> tuple[httpx.Response | None, _Failure | None, Any]:
         if self._stopped():
             return None, _Failure("stopped before the request was sent", final=True), None
         try:
-            response = self._send_following_redirects(request, deadline)
+            response = self._send_following_redirects(request, give_up_at)
         except _RedirectRefused as exc:
             return None, _Failure(exc.reason, retryable=False, applied_maybe=exc.sent), None
         except (
@@ -906,10 +911,12 @@ class ApiTransport:
             )
         return response, None, decoded
 
-    def _send_following_redirects(self, request: httpx.Request, deadline: float) -> httpx.Response:
+    def _send_following_redirects(
+        self, request: httpx.Request, give_up_at: float
+    ) -> httpx.Response:
         current = request
         for _ in range(MAX_REDIRECTS + 1):
-            current.extensions = {"timeout": self._timeouts, _DEADLINE: deadline}
+            current.extensions = {"timeout": self._timeouts, _DEADLINE: (self.timeout, give_up_at)}
             response = self._client.send(current)
             if response.status_code not in _REDIRECT_STATUSES or "Location" not in response.headers:
                 return response

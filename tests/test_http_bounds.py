@@ -291,3 +291,36 @@ def test_a_stop_ends_the_wait_for_the_rate_limit(serve: Callable[[Reply], Loopba
         api.close()
     assert elapsed < 1.5
     assert len(server.requests) == 1
+
+
+def test_a_wait_for_the_rate_limit_is_not_taken_from_the_attempt_s_timeout() -> None:
+    """At one request a second, the second request waits a second for its turn; its attempt
+    still gets the whole timeout (0.5 s) once it goes."""
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    seen: list[dict[str, float]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        return httpx.Response(200, json={})
+
+    api = ApiTransport(
+        "noko",
+        "https://noko.example.test/v2",
+        {"X-NokoToken": TOKEN, "User-Agent": "test/1.0"},
+        rate=1.0,
+        burst=1,
+        retry=RetryPolicy(max_attempts=1),
+        timeout=0.5,
+        transport=httpx.MockTransport(handler),
+        sleep=sleep,
+        clock=lambda: now[0],
+    )
+    for _ in range(3):
+        api.request_json("GET", "/invoices")
+    assert now[0] == pytest.approx(2.0)
+    assert [timeouts["read"] for timeouts in seen] == [0.5, 0.5, 0.5]
+    assert api.stats.snapshot()["errors"] == 0
