@@ -282,6 +282,11 @@ class ApiStats:
     retries: int = 0
     wait_seconds: float = 0.0
     by_endpoint: dict[str, int] = field(default_factory=dict)
+    observer: Callable[[float, int | None], None] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """Called after every exchange with its seconds and HTTP status (None when no answer came):
+    the daemon's request-duration metrics and liveness."""
     _lock: threading.Lock = field(
         default_factory=threading.Lock, repr=False, compare=False, init=False
     )
@@ -291,6 +296,11 @@ class ApiStats:
             self.requests += 1
             self.wait_seconds += waited
             self.by_endpoint[endpoint] = self.by_endpoint.get(endpoint, 0) + 1
+
+    def record_exchange(self, seconds: float, status: int | None) -> None:
+        observer = self.observer
+        if observer is not None:
+            observer(seconds, status)
 
     def record_error(self, *, status: int | None = None) -> None:
         with self._lock:
@@ -902,7 +912,13 @@ class ApiTransport:
         for _ in range(MAX_REDIRECTS + 1):
             waited = self._bucket.acquire()
             self.stats.record_request(hop_template, waited)
-            response = self._send(current)
+            sent = time.perf_counter()
+            try:
+                response = self._send(current)
+            except httpx.TransportError:
+                self.stats.record_exchange(time.perf_counter() - sent, None)
+                raise
+            self.stats.record_exchange(time.perf_counter() - sent, response.status_code)
             if response.status_code not in _REDIRECT_STATUSES or "Location" not in response.headers:
                 return response
             method, url = _redirect_target(current, response)
