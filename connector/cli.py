@@ -338,6 +338,7 @@ def run(
     finally:
         if server is not None:
             server.shutdown()
+            server.server_close()
         daemon.close()
     raise typer.Exit(0)
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import structlog
 
-from connector.logs import scrub_text
+from connector.logs import register_secret, scrub_text
 from connector.store import Store
 
 PROBLEM_STATES = ("failed", "conflict")
@@ -95,6 +95,7 @@ def notify(store: Store, url: str | None, *, post: Post = post_json) -> bool:
     Never raises: a failure is logged and the same news goes out after the next cycle."""
     if not url:
         return False
+    register_secret(url)  # a Slack webhook URL is its own key: never in a log line
     log = structlog.get_logger("kantata_sync.notify")
     try:
         changes = pending_changes(store)
