@@ -95,11 +95,7 @@ def test_summary_log_and_status_say_the_same_word(box: Sandbox, tmp_path: Path) 
     done = run_cli(["sync"], env, tmp_path)
     assert done.returncode == 1, done.stderr
     assert done.stdout.startswith("sync failed: "), done.stdout
-    finished = [
-        json.loads(line)
-        for line in done.stderr.splitlines()
-        if '"cycle finished"' in line
-    ]
+    finished = [json.loads(line) for line in done.stderr.splitlines() if '"cycle finished"' in line]
     assert [line["outcome"] for line in finished] == ["failed"]
     assert finished[0]["failed_invoices"] == 1
     run = status_json(env, tmp_path)["runs"][0]
@@ -306,9 +302,7 @@ def test_metrics_operators_expect(store: Store) -> None:
     assert float(success.split()[-1]) > 0
 
 
-def test_status_on_loopback_is_open_and_exposed_needs_a_token(
-    store: Store, tmp_path: Path
-) -> None:
+def test_status_on_loopback_is_open_and_exposed_needs_a_token(store: Store, tmp_path: Path) -> None:
     base, server, _ = _serve(store)
     try:
         assert _get(base + "/status.json")[0] == 200
@@ -432,10 +426,10 @@ def test_token_file_replaced_while_running_is_used_at_the_next_cycle(
         assert first is not None
         assert first.final_outcome == "ok"
         requests_before = daemon.stats.totals()["noko"]["requests"]
-        box.noko.token = "rotated-noko-token"  # noqa: S105 - the sandbox's new token
+        box.noko.token = "rotated-noko-token"
         token_file.write_text("rotated-noko-token\n")
-        generate_more = _eligible(box)[0]
-        box.kantata.update_invoice(generate_more, message="changed after the rotation")
+        changed = _eligible(box)[0]
+        box.kantata.update_invoice(changed, message="changed after the rotation")
         second = daemon.cycle()
         assert second is not None
         assert second.final_outcome == "ok", second.failed or second.error
