@@ -110,7 +110,18 @@ class Daemon:
         ]
         if not changed:
             if trigger == "SIGHUP":
-                self._log.info("token files read again; unchanged", trigger=trigger)
+                files = [
+                    name
+                    for name, path in (
+                        ("KANTATA_TOKEN_FILE", self.settings.kantata_token_file),
+                        ("NOKO_TOKEN_FILE", self.settings.noko_token_file),
+                    )
+                    if path is not None
+                ]
+                if files:
+                    self._log.info("token files read again; unchanged", files=files)
+                else:
+                    self._log.info("no token file to read again: the tokens come from variables")
             return []
         stack = contextlib.ExitStack()
         try:

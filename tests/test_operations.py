@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import structlog
 from rich.console import Console
@@ -28,6 +29,8 @@ from rich.console import Console
 from connector.app import open_connector
 from connector.daemon import Daemon
 from connector.engine import CYCLE_OUTCOMES, CycleResult
+from connector.errors import ApiError
+from connector.http import ApiTransport, RetryPolicy
 from connector.logs import configure_logging, register_secret
 from connector.notify import notify
 from connector.observe import DaemonHealth, Metrics, serve, stall_limit
@@ -224,6 +227,39 @@ def test_readiness_follows_the_last_outcome_liveness_does_not() -> None:
     assert health.liveness()[0]
     clock.advance(60 + stall_limit(60) + 1)  # no cycle started since: the scheduler is stuck
     assert not health.liveness()[0]
+
+
+def test_every_http_exchange_reaches_the_observer() -> None:
+    """The transport reports each exchange's seconds and status (None without an answer):
+    what feeds the request-duration histogram and the daemon's liveness."""
+    answers = iter([httpx.Response(503), httpx.Response(200, json={})])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/down"):
+            raise httpx.ConnectError("refused", request=request)
+        return next(answers)
+
+    seen: list[tuple[float, int | None]] = []
+    transport = ApiTransport(
+        "noko",
+        "https://api.example.test/v2",
+        {"X-NokoToken": SECRET},
+        rate=None,
+        burst=1,
+        retry=RetryPolicy(max_attempts=2, initial_delay=0, jitter=False),
+        timeout=5.0,
+        transport=httpx.MockTransport(handler),
+        sleep=lambda _seconds: None,
+    )
+    transport.stats.observer = lambda seconds, status: seen.append((seconds, status))
+    try:
+        transport.request_json("GET", "invoices")
+        with pytest.raises(ApiError):
+            transport.request_json("GET", "down")
+    finally:
+        transport.close()
+    assert [status for _, status in seen] == [503, 200, None, None]
+    assert all(seconds >= 0 for seconds, _ in seen)
 
 
 # --------------------------------------------------------------------------- endpoint
@@ -510,6 +546,12 @@ def _drive_daemon(proc: subprocess.Popen[str], seen: list[str]) -> None:
         status, body = _get(base + "/healthz")
         assert status == 200
         assert json.loads(body)["reason"].startswith("idle; last cycle ok")
+        status, body = _get(base + "/metrics")
+        assert status == 200
+        assert (
+            b'kantata_sync_api_request_duration_seconds_count{api="kantata",status_class="2xx"}'
+            in body
+        )
         proc.send_signal(signal.SIGHUP)
         _read_json_line(proc, "token files read again; unchanged", seen)
         proc.send_signal(signal.SIGTERM)
