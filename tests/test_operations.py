@@ -563,3 +563,19 @@ def _drive_daemon(proc: subprocess.Popen[str], seen: list[str]) -> None:
             proc.wait()
     assert proc.stderr is not None
     seen += proc.stderr.read().splitlines()
+
+
+def test_webhook_setting_is_checked_without_repeating_the_url() -> None:
+    """A Slack webhook URL is its own key: a bad one is named by its setting, never shown."""
+    from connector.config import load_settings
+    from connector.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"KANTATA_SYNC_WEBHOOK_URL": "ftp://hooks.example/T0/B0/key-123"})
+    assert "KANTATA_SYNC_WEBHOOK_URL" in str(caught.value)
+    assert "key-123" not in str(caught.value)
+    with pytest.raises(ConfigError, match="plain http"):
+        load_settings(environ={"KANTATA_SYNC_WEBHOOK_URL": "http://hooks.example/T0/B0/key-123"})
+    settings = load_settings(environ={"KANTATA_SYNC_WEBHOOK_URL": "https://hooks.example/x"})
+    assert settings.webhook_url() == "https://hooks.example/x"
+    assert "hooks.example" not in repr(settings)
