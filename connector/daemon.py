@@ -151,6 +151,7 @@ class Daemon:
                 with connector.store.writer(wait=0):
                     connector.store.close_stale_runs()
                     result = connector.engine.run_cycle(kind="sync")
+                    notify(connector.store, self.settings.webhook_url())
             except LockHeldError as exc:
                 self._log.warning("cycle skipped", reason=str(exc))
             finally:
@@ -158,8 +159,6 @@ class Daemon:
                     self.health.record(result.final_outcome, result.duration, result.error)
                 else:
                     self.health.cycle_ended()
-            if result is not None:
-                notify(connector.store, self.settings.webhook_url())
             return result
 
     def close(self) -> None:
