@@ -38,15 +38,17 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 @contextmanager
 def open_connector(
-    settings: Settings, *, stop: threading.Event | None = None
+    settings: Settings, *, stop: threading.Event | None = None, store: Store | None = None
 ) -> Iterator[Connector]:
-    """Everything a sync needs, closed again on exit. Raises ConfigError on missing secrets."""
+    """Everything a sync needs, closed again on exit. Raises ConfigError on missing secrets.
+    With `store`, that store is used and left open (the daemon keeps one across new clients)."""
     profile = settings.profile()
     kantata_token = settings.kantata_secret()
     noko_token = settings.noko_secret()
     register_secret(kantata_token)
     register_secret(noko_token)
-    store = Store(settings.kantata_sync_database_url)
+    own_store = store is None
+    store = store if store is not None else Store(settings.kantata_sync_database_url)
     retry = retry_policy(settings)
     kantata = KantataClient(
         settings.kantata_base_url,
@@ -91,4 +93,5 @@ def open_connector(
     finally:
         kantata.close()
         noko.close()
-        store.close()
+        if own_store:
+            store.close()

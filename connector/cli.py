@@ -30,6 +30,7 @@ from connector.config import Settings, load_settings
 from connector.engine import CycleResult
 from connector.errors import ApiError, ConfigError, ConnectorError, LockHeldError
 from connector.logs import configure_logging
+from connector.notify import notify
 from connector.report import build_report, render_table
 from connector.store import Store
 
@@ -142,9 +143,9 @@ def _install_stop_handlers(stop: threading.Event, *, grace: float = STOP_GRACE) 
 
 def _summary(result: CycleResult) -> str:
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()) if v) or "nothing"
-    line = f"{result.kind} {result.outcome}: {counts} in {result.duration:.1f} s"
+    line = f"{result.kind} {result.final_outcome}: {counts} in {result.duration:.1f} s"
     if result.failed:
-        line += f"; {len(result.failed)} failed (see `kantata-sync status`)"
+        line += "; see `kantata-sync status`"
     if result.error:
         line += f"; {result.error}"
     return line
@@ -241,10 +242,13 @@ def _run_once(
                 connector.engine.on_page = progress.page
                 connector.engine.on_progress = progress.advance
             try:
-                return connector.engine.run_cycle(**kwargs)
+                result = connector.engine.run_cycle(**kwargs)
             finally:
                 if progress is not None:
                     progress.close()
+            if not kwargs.get("dry_run"):
+                notify(connector.store, settings.webhook_url())
+            return result
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     except LockHeldError as exc:
@@ -323,49 +327,51 @@ def run(
         ),
     ] = None,
 ) -> None:
-    """Run as a daemon: one cycle every interval until SIGTERM or SIGINT."""
-    from connector.observe import DaemonHealth, serve
+    """Run as a daemon: one cycle every interval until SIGTERM or SIGINT; SIGHUP reads the
+    token files again."""
+    from connector.daemon import Daemon
+    from connector.observe import DaemonHealth, Metrics, serve
     from connector.scheduler import run_forever
 
     settings = _settings(kantata_sync_interval=interval)
     stop = threading.Event()
     _install_stop_handlers(stop)
     health = DaemonHealth(interval=settings.kantata_sync_interval)
+    metrics = Metrics()
     try:
-        with open_connector(settings, stop=stop) as connector:
-            log = structlog.get_logger("kantata_sync")
-            server = None
-            if settings.kantata_sync_metrics_port is not None:
-                server = serve(
-                    settings.kantata_sync_metrics_host,
-                    settings.kantata_sync_metrics_port,
-                    store=connector.store,
-                    stats={"kantata": connector.kantata.stats, "noko": connector.noko.stats},
-                    health=health,
-                    render_html=_html_renderer(),
-                )
-                log.info(
-                    "health and metrics endpoint listening",
-                    url=f"http://{settings.kantata_sync_metrics_host}:"
-                    f"{server.server_address[1]}/healthz",
-                )
-
-            def cycle() -> None:
-                try:
-                    with connector.store.writer(wait=0):
-                        connector.store.close_stale_runs()
-                        result = connector.engine.run_cycle(kind="sync")
-                        health.record(result.outcome, result.duration, result.error)
-                except LockHeldError as exc:
-                    log.warning("cycle skipped", reason=str(exc))
-
-            try:
-                run_forever(cycle, interval=settings.kantata_sync_interval, stop=stop)
-            finally:
-                if server is not None:
-                    server.shutdown()
+        daemon = Daemon(settings, stop=stop, health=health, metrics=metrics)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: daemon.reload_in_background())
+    log = structlog.get_logger("kantata_sync")
+    server = None
+    try:
+        if settings.kantata_sync_metrics_port is not None:
+            server = serve(
+                settings.kantata_sync_metrics_host,
+                settings.kantata_sync_metrics_port,
+                store=daemon.store,
+                stats=daemon.stats,
+                health=health,
+                render_html=_html_renderer(),
+                metrics=metrics,
+                status_token_file=settings.kantata_sync_status_token_file,
+                exposed=settings.status_exposed(),
+            )
+            log.info(
+                "health and metrics endpoint listening",
+                url=f"http://{settings.kantata_sync_metrics_host}:"
+                f"{server.server_address[1]}/healthz",
+                status_report="bearer token"
+                if settings.kantata_sync_status_token_file is not None
+                else ("refused (not on loopback)" if settings.status_exposed() else "loopback"),
+            )
+        run_forever(daemon.cycle, interval=settings.kantata_sync_interval, stop=stop)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        daemon.close()
     raise typer.Exit(0)
 
 

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     kantata_sync_lock_wait: float = Field(default=30.0, ge=0)
     kantata_sync_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     kantata_sync_metrics_host: str = "127.0.0.1"
+    kantata_sync_status_token_file: Path | None = None
+    kantata_sync_webhook_url: SecretStr | None = None
 
     @field_validator("kantata_base_url", "noko_base_url")
     @classmethod
@@ -86,10 +88,37 @@ class Settings(BaseSettings):
             raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
 
+    @field_validator("kantata_sync_webhook_url")
+    @classmethod
+    def _webhook_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parts = urlsplit(value.get_secret_value().strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            # The URL itself is a secret (a Slack webhook's path is its key): not repeated.
+            raise ValueError("must be an http(s) URL")
+        return SecretStr(value.get_secret_value().strip())
+
+    def webhook_url(self) -> str | None:
+        """Where notifications go (`KANTATA_SYNC_WEBHOOK_URL`), or None."""
+        url = self.kantata_sync_webhook_url
+        return url.get_secret_value() if url is not None else None
+
+    def status_exposed(self) -> bool:
+        """Whether the daemon's endpoint listens beyond loopback."""
+        return not _is_loopback(self.kantata_sync_metrics_host)
+
     @model_validator(mode="after")
     def _https_only(self) -> Settings:
         if self.kantata_sync_allow_insecure_http:
             return self
+        webhook = self.webhook_url()
+        if webhook is not None:
+            parts = urlsplit(webhook)
+            if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+                raise ValueError(
+                    "KANTATA_SYNC_WEBHOOK_URL uses plain http to a non-loopback host; use https"
+                )
         for name in ("kantata_base_url", "noko_base_url"):
             url = getattr(self, name)
             parts = urlsplit(url)

@@ -97,11 +97,24 @@ class EngineSettings:
     record_payments: bool = False
 
 
+CYCLE_OUTCOMES: dict[str, str] = {
+    "ok": "every invoice it handled is synced or deliberately skipped",
+    "failed": "the cycle ran through, but some invoices failed or are in conflict",
+    "aborted": "Kantata could not be read; nothing after that point was done",
+    "degraded": "reading Noko's changes (payment states) failed after the pushes, which are kept",
+    "interrupted": "stopped by a signal; the next start continues where this one stopped",
+}
+"""The one word for how a cycle went, the same in logs, the summary line, `status`, the state
+file's runs, `/healthz`, `/readyz` and the metrics (`CycleResult.final_outcome`)."""
+
+
 @dataclass
 class CycleResult:
     run_id: str
     kind: str
     outcome: str = "ok"
+    """How the cycle itself ran: ok | aborted | degraded | interrupted. What is reported is
+    `final_outcome`, which also says `failed` when invoices failed."""
     counts: Counter[str] = field(default_factory=Counter)
     failed: dict[str, str] = field(default_factory=dict)
     cursor_before: datetime | None = None
@@ -113,8 +126,25 @@ class CycleResult:
     """Dry runs: Kantata id -> (would-push | would-update | would-cancel, what)."""
 
     @property
+    def final_outcome(self) -> str:
+        """One of `CYCLE_OUTCOMES`: the cycle's own outcome, or `failed` when it ran through
+        but invoices failed or are in conflict."""
+        if self.outcome != "ok":
+            return self.outcome
+        return "failed" if self.failed else "ok"
+
+    @property
+    def conflicts(self) -> int:
+        return self.counts["conflict"]
+
+    @property
+    def failures(self) -> int:
+        """Invoices that ended failed (conflicts counted apart)."""
+        return max(0, len(self.failed) - self.counts["conflict"])
+
+    @property
     def exit_code(self) -> int:
-        return 0 if self.outcome == "ok" and not self.failed else 1
+        return 0 if self.final_outcome == "ok" else 1
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -322,25 +352,24 @@ class SyncEngine:
                 result.cursor_after = new_cursor
         result.duration = time.monotonic() - started
         if run is not None:
-            run.outcome = (
-                result.outcome
-                if not result.failed
-                else ("failed" if result.outcome == "ok" else result.outcome)
-            )
+            run.outcome = result.final_outcome
             run.seen = sum(result.counts.values())
             run.pushed = result.counts["pushed"]
+            run.updated = result.counts["updated"]
+            run.conflicts = result.conflicts
             run.unchanged = result.counts["unchanged"] + result.counts["repaired"]
             run.skipped = result.counts["skipped"]
-            run.failed = len(result.failed)
+            run.failed = result.failures
             run.pages = result.pages
             run.cursor_after = result.cursor_after
             run.error = result.error
             self.store.finish_run(run)
         log.info(
             "cycle finished",
-            outcome=result.outcome,
+            outcome=result.final_outcome,
             duration_s=round(result.duration, 3),
-            failed_invoices=len(result.failed),
+            failed_invoices=result.failures,
+            conflict_invoices=result.conflicts,
             **{k.replace("-", "_"): v for k, v in sorted(result.counts.items())},
         )
         return result

@@ -282,6 +282,11 @@ class ApiStats:
     retries: int = 0
     wait_seconds: float = 0.0
     by_endpoint: dict[str, int] = field(default_factory=dict)
+    observer: Callable[[float, int | None], None] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """Called after every exchange with its seconds and HTTP status (None when no answer came):
+    the daemon's request-duration metrics and liveness."""
     _lock: threading.Lock = field(
         default_factory=threading.Lock, repr=False, compare=False, init=False
     )
@@ -291,6 +296,11 @@ class ApiStats:
             self.requests += 1
             self.wait_seconds += waited
             self.by_endpoint[endpoint] = self.by_endpoint.get(endpoint, 0) + 1
+
+    def record_exchange(self, seconds: float, status: int | None) -> None:
+        observer = self.observer
+        if observer is not None:
+            observer(seconds, status)
 
     def record_error(self, *, status: int | None = None) -> None:
         with self._lock:
@@ -465,10 +475,12 @@ class PacedTransport(httpx.BaseTransport):
         max_body: int,
         clock: Callable[[], float],
         stop: threading.Event | None,
+        on_exchange: Callable[[float, int | None], None] | None = None,
     ) -> None:
         self._inner = inner
         self._bucket = bucket
         self._on_attempt = on_attempt
+        self._on_exchange = on_exchange
         self._max_body = max_body
         self._clock = clock
         self._stop = stop
@@ -500,11 +512,20 @@ class PacedTransport(httpx.BaseTransport):
                     }.items()
                 },
             }
-        response = self._inner.handle_request(request)
+        sent = time.perf_counter()
+        status: int | None = None
         try:
-            return self._read(request, response, deadline)
+            response = self._inner.handle_request(request)
+            try:
+                read = self._read(request, response, deadline)
+            finally:
+                response.close()
+            status = read.status_code
+            return read
         finally:
-            response.close()
+            # The exchange alone (not the pacing wait before it), answered or not.
+            if self._on_exchange is not None:
+                self._on_exchange(time.perf_counter() - sent, status)
 
     def _read(
         self, request: httpx.Request, response: httpx.Response, deadline: float | None
@@ -611,6 +632,7 @@ class ApiTransport:
                 max_body=max_body,
                 clock=clock,
                 stop=stop,
+                on_exchange=self.stats.record_exchange,
             ),
             follow_redirects=False,  # followed by hand: same origin only, each hop paced
             trust_env=False,  # the proxy, if any, is the inner transport's: every hop paced

@@ -27,6 +27,11 @@ def register_secret(value: str) -> None:
         _redact_values.add(value)
 
 
+def scrub_text(text: str) -> str:
+    """`text` with every registered secret replaced (for text that leaves the process)."""
+    return str(_scrub(None, text))
+
+
 def _redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
     """Runs last before rendering: the exception, already text or a dict, is scrubbed too."""
     for key in list(event_dict):
@@ -82,18 +87,22 @@ def configure_logging(
         if use_console
         else structlog.processors.JSONRenderer(serializer=_dumps)
     )
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        # Exceptions become data (JSON) or text (console) before the secrets are scrubbed,
-        # and without the frames' local variables: a frame holding request headers would
-        # otherwise print a token.
+    # Exceptions become data (JSON) or text (console) before the secrets are scrubbed, and
+    # without the frames' local variables: a frame holding request headers would otherwise
+    # print a token.
+    exceptions: Any = (
         structlog.processors.format_exc_info
         if use_console
         else structlog.processors.ExceptionRenderer(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-        ),
+        )
+    )
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        stamp,
+        exceptions,
         _redact,
         renderer,
     ]
@@ -105,5 +114,38 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    # Libraries that use the standard logging module: warnings only, on stderr.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+    _route_standard_logging(renderer, [stamp, exceptions, _redact], use_console)
+
+
+class _StandardHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one handler this module puts on the root logger (replaced on reconfiguration)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # the stderr of now (tests swap it), as structlog's lines
+        super().emit(record)
+
+
+def _route_standard_logging(renderer: Any, chain: list[Any], use_console: bool) -> None:
+    """Libraries that use the standard logging module (APScheduler, httpx): warnings and up,
+    rendered by the same structlog processors, so that a JSON stream holds only JSON lines and
+    their secrets are scrubbed the same way. The logger's name goes in `logger`."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.ExtraAdder(),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *chain,
+            renderer,
+        ],
+    )
+    handler = _StandardHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StandardHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)

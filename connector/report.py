@@ -111,8 +111,10 @@ def build_report(store: Store, *, now: datetime | None = None, limit: int = 200)
             "outcome": run.outcome,
             "seen": run.seen,
             "pushed": run.pushed,
+            "updated": run.updated,
             "unchanged": run.unchanged,
             "skipped": run.skipped,
+            "conflicts": run.conflicts,
             "failed": run.failed,
             "error": run.error,
         }
@@ -147,17 +149,16 @@ def render_table(report: dict[str, Any], console: Console) -> None:
     )
     if report["runs"]:
         runs = Table(title="Last cycles", header_style="bold")
-        for column in ("started", "kind", "outcome", "seconds", "seen", "pushed", "failed"):
-            runs.add_column(column)
+        counted = ("seen", "pushed", "updated", "conflicts", "failed")
+        for column in ("started", "kind", "outcome", "seconds", *counted):
+            runs.add_column(column, justify="right" if column in counted else "left")
         for run in report["runs"][:10]:
             runs.add_row(
                 run["started_at"] or "",
                 run["kind"],
                 run["outcome"],
                 "" if run["duration_seconds"] is None else f"{run['duration_seconds']:.1f}",
-                str(run["seen"]),
-                str(run["pushed"]),
-                str(run["failed"]),
+                *(str(run.get(key, 0)) for key in counted),
             )
         console.print(runs)
     for title, rows, key in (

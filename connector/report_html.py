@@ -455,11 +455,11 @@ def _runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
             f'<td class="num">{"" if duration is None else f"{duration:.1f}"}</td>'
             + "".join(
                 f'<td class="num">{_int(run.get(key))}</td>'
-                for key in ("seen", "pushed", "unchanged", "skipped")
+                for key in ("seen", "pushed", "updated", "unchanged", "skipped")
             )
-            + (
-                f'<td class="num{" bad" if _int(run.get("failed")) else ""}">'
-                f"{_int(run.get('failed'))}</td>"
+            + "".join(
+                f'<td class="num{" bad" if _int(run.get(key)) else ""}">{_int(run.get(key))}</td>'
+                for key in ("conflicts", "failed")
             )
             + f'<td class="wrap">{_e(run.get("error") or "")}</td></tr>'
         )
@@ -472,14 +472,16 @@ def _runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
             "seconds",
             "seen",
             "pushed",
+            "updated",
             "unchanged",
             "skipped",
+            "conflicts",
             "failed",
             "error",
         ),
         rows,
         "No sync cycles recorded yet.",
-        {3, 4, 5, 6, 7, 8},
+        {3, 4, 5, 6, 7, 8, 9, 10},
     )
 
 

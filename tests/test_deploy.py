@@ -275,10 +275,12 @@ def test_manifests_have_the_required_fields(path: Path) -> None:
 
 
 def test_expected_objects_exist() -> None:
-    """The manifests hold a Deployment, a CronJob, a PVC, a ConfigMap and a Secret."""
+    """The manifests hold a Deployment, a CronJob, the first backfill's Job, a PVC, a ConfigMap
+    and a Secret."""
     assert set(manifests()) == {
         "Deployment",
         "CronJob",
+        "Job",
         "PersistentVolumeClaim",
         "ConfigMap",
         "Secret",
@@ -297,12 +299,26 @@ def test_deployment_is_a_single_writer() -> None:
     assert container["args"] == ["run"]
 
 
-def test_deployment_probes_hit_healthz() -> None:
-    """Liveness and readiness probes ask /healthz on port 9108, which the container exposes."""
+def test_deployment_probes_hit_healthz_and_readyz() -> None:
+    """Liveness asks /healthz (progress), readiness /readyz (the last cycle), on port 9108,
+    which the container exposes. Before, both asked /healthz, which failed a long first sync."""
     container = pod_spec("Deployment")["containers"][0]
     assert {"containerPort": 9108, "name": "metrics", "protocol": "TCP"} in container["ports"]
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": 9108}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9108}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9108}
+
+
+def test_first_backfill_runs_as_a_job() -> None:
+    """The first full sync has a Job of its own, run once before the daemon, so that no
+    probe stands over it; it is not retried by Kubernetes (run again by hand)."""
+    job = manifests()["Job"]
+    assert job["spec"]["backoffLimit"] == 0
+    spec = pod_spec("Job")
+    assert spec["restartPolicy"] == "Never"
+    container = spec["containers"][0]
+    assert container["args"][0] == "backfill"
+    assert "livenessProbe" not in container
+    assert "backfill-job.yaml" in (DEPLOY / "README.md").read_text("utf-8")
 
 
 def test_cronjob_never_overlaps() -> None:
@@ -316,7 +332,7 @@ def test_cronjob_never_overlaps() -> None:
     assert spec["containers"][0]["args"] == ["sync"]
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "CronJob"])
+@pytest.mark.parametrize("kind", ["Deployment", "CronJob", "Job"])
 def test_pods_are_locked_down(kind: str) -> None:
     """Pods run as non-root with a read-only root filesystem; only /data and /tmp are writable."""
     spec = pod_spec(kind)
@@ -331,7 +347,7 @@ def test_pods_are_locked_down(kind: str) -> None:
     assert writable == {"/data", "/tmp"}
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "CronJob"])
+@pytest.mark.parametrize("kind", ["Deployment", "CronJob", "Job"])
 def test_pods_wire_state_config_and_tokens(kind: str, tmp_path: Path) -> None:
     """The PVC is /data, the ConfigMap's config.toml is the config, the Secret gives the tokens."""
     objects = manifests()
@@ -356,14 +372,18 @@ def test_pods_wire_state_config_and_tokens(kind: str, tmp_path: Path) -> None:
     assert settings.kantata_sync_database_url == "sqlite:////data/kantata-sync.db"
     assert settings.kantata_sync_metrics_port == 9108
     assert settings.kantata_sync_metrics_host == "0.0.0.0"  # noqa: S104 - probes reach the pod IP
-    tokens = {settings.kantata_token_file, settings.noko_token_file}
+    tokens = {
+        settings.kantata_token_file,
+        settings.noko_token_file,
+        settings.kantata_sync_status_token_file,
+    }
     assert tokens == {Path(token_dir) / key for key in secret["stringData"]}
 
 
 def test_secret_example_holds_placeholders_only() -> None:
     """The example Secret has both token keys with obvious placeholder values."""
     secret = manifests()["Secret"]
-    assert set(secret["stringData"]) == {"kantata-token", "noko-token"}
+    assert set(secret["stringData"]) == {"kantata-token", "noko-token", "status-token"}
     for value in secret["stringData"].values():
         assert value.startswith("REPLACE-WITH-")
 
@@ -390,6 +410,11 @@ def test_compose_runs_the_connector_against_the_sandbox() -> None:
     assert "state" in compose["volumes"]
     settings = load_settings(None, environ={k: str(v) for k, v in env.items()})
     assert settings.kantata_sync_interval > 0
+    # Published beyond loopback, /status needs a bearer token: compose gives it one.
+    assert settings.status_exposed()
+    token_file = str(settings.kantata_sync_status_token_file)
+    (mount,) = [c for c in connector["configs"] if c["target"] == token_file]
+    assert compose["configs"][mount["source"]]["content"]
 
 
 # --------------------------------------------------------------------------- systemd
@@ -425,6 +450,7 @@ def test_unit_is_hardened() -> None:
         assert unit.get(key) == [value], key
     assert "@system-service" in unit["SystemCallFilter"]
     assert unit["ExecStart"] == ["/opt/kantata-sync/bin/kantata-sync run"]
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # token files read again
     assert (
         "KANTATA_SYNC_DATABASE_URL=sqlite:////var/lib/kantata-sync/kantata-sync.db"
         in (unit["Environment"])

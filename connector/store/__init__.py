@@ -36,6 +36,7 @@ from connector.store.models import (
     InvoiceEvent,
     InvoiceRecord,
     InvoiceRow,
+    NotificationRecord,
     RunRecord,
 )
 
@@ -462,6 +463,36 @@ class Store:
         with self._session() as session:
             rows = session.exec(select(RunRecord).order_by(col(RunRecord.id).desc()).limit(limit))
             return list(rows)
+
+    def last_run_with_outcome(self, *outcomes: str) -> RunRecord | None:
+        """The most recent finished run whose outcome is one of `outcomes`."""
+        with self._session() as session:
+            return session.exec(
+                select(RunRecord)
+                .where(col(RunRecord.outcome).in_(outcomes))
+                .order_by(col(RunRecord.id).desc())
+                .limit(1)
+            ).first()
+
+    # ------------------------------------------------------------------ notifications
+
+    def notified(self) -> dict[str, str]:
+        """Kantata id -> the status (failed | conflict) the webhook was last told about."""
+        with self._session() as session:
+            return {n.kantata_id: n.status for n in session.exec(select(NotificationRecord))}
+
+    def set_notified(self, told: dict[str, str], cleared: Sequence[str]) -> None:
+        """Record what the webhook was just told: problems now notified, problems cleared."""
+        now = utcnow()
+        with self._tx() as session:
+            for kantata_id in cleared:
+                row = session.get(NotificationRecord, kantata_id)
+                if row is not None:
+                    session.delete(row)
+            for kantata_id, status in told.items():
+                session.merge(
+                    NotificationRecord(kantata_id=kantata_id, status=status, notified_at=now)
+                )
 
     def close_stale_runs(self) -> None:
         """Runs still marked running belong to a process that died: mark them interrupted."""

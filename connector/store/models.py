@@ -150,9 +150,11 @@ class RunRecord(SQLModel, table=True):
     started_at: datetime = _when()
     finished_at: datetime | None = _when(default=None)
     outcome: str = "running"
-    """running | ok | failed | aborted | interrupted"""
+    """running, or one of `connector.engine.CYCLE_OUTCOMES`"""
     seen: int = 0
     pushed: int = 0
+    updated: int = 0
+    conflicts: int = 0
     unchanged: int = 0
     skipped: int = 0
     failed: int = 0
@@ -160,3 +162,15 @@ class RunRecord(SQLModel, table=True):
     cursor_before: datetime | None = _when(default=None)
     cursor_after: datetime | None = _when(default=None)
     error: str | None = None
+
+
+class NotificationRecord(SQLModel, table=True):
+    """Invoices the webhook has been told about as failed or in conflict: one row while the
+    problem lasts, so that a retry or a restart does not tell it again."""
+
+    __tablename__ = "notifications"
+
+    kantata_id: str = Field(primary_key=True)
+    status: str
+    """failed | conflict, as notified"""
+    notified_at: datetime = _when()
