@@ -236,6 +236,8 @@ class SyncEngine:
         self._id_locks = tuple(threading.Lock() for _ in range(ID_LOCK_STRIPES))
         self.on_progress: Callable[[Counter[str]], None] | None = None
         self.on_page: Callable[[int, int], None] | None = None
+        # Called once per invoice handled, with its outcome and detail (`sync --json`).
+        self.on_invoice: Callable[[DecodedInvoice, str, str | None], None] | None = None
         """Called with (page number, Kantata's total count for the query) as pages arrive."""
 
     # ================================================================== cycle
@@ -249,8 +251,10 @@ class SyncEngine:
         dry_run: bool = False,
         only_ids: Iterable[str] | None = None,
         force: bool = False,
+        full_refresh: bool = False,
     ) -> CycleResult:
-        """Work through everything changed up to now (or the backfill window)."""
+        """Work through everything changed up to now (or the backfill window); with
+        `full_refresh`, a sync reads every invoice from the start instead of from the cursor."""
         run_id = uuid.uuid4().hex[:12]
         log = self.log.bind(run_id=run_id, kind=kind)
         started = time.monotonic()
@@ -259,7 +263,7 @@ class SyncEngine:
         run = None if dry_run else self.store.start_run(run_id, kind, cursor)
         scan_start = self.clock()
         if kind == "sync":
-            lower = None if cursor is None else cursor - self.settings.lookback
+            lower = None if cursor is None or full_refresh else cursor - self.settings.lookback
         else:
             lower = None if since is None else since - timedelta(seconds=1)
         log.info(
@@ -1424,6 +1428,9 @@ class _Runner:
                 progress = self.engine.on_progress
                 if progress is not None:
                     progress(self.result.counts)
+                on_invoice = self.engine.on_invoice
+                if on_invoice is not None:
+                    on_invoice(inv, outcome, error)
         finally:
             self.slots.release()
 
@@ -1509,7 +1516,7 @@ def _invoice_link(invoice: dict[str, Any], base_url: str, noko_id: int) -> str:
 
 def _describe(doc: LedgerDocument) -> str:
     return (
-        f"{doc.reference}: {len(doc.lines)} lines, "
+        f"{doc.reference}: {len(doc.lines)} line{'' if len(doc.lines) == 1 else 's'}, "
         f"{format_money(doc.total_minor, doc.exponent, doc.currency)}"
     )
 
