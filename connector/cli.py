@@ -795,15 +795,26 @@ def reconcile(
         console = Console()
         console.print(
             f"Compared {outcome.kantata_invoices} Kantata and {outcome.noko_invoices} Noko "
-            f"invoices: {len(outcome.differences)} differences.",
+            f"invoices: {len(outcome.differences)} "
+            f"difference{'' if len(outcome.differences) == 1 else 's'}.",
             highlight=False,
         )
         for diff in outcome.differences:
+            verdict = ""
+            if apply:
+                kid = diff.kantata_invoice_id
+                if kid is not None and kid in outcome.repaired:
+                    verdict = "  -> repaired"
+                elif kid is not None and kid in outcome.still_failing:
+                    verdict = f"  -> still failing: {outcome.still_failing[kid]}"
+                else:
+                    verdict = "  -> left alone (not repaired automatically)"
             console.print(
                 f"  {diff.kind:<18} kantata {diff.kantata_invoice_id or '-':<10} "
-                f"noko {diff.noko_invoice_id or '-':<8} {diff.detail}",
+                f"noko {diff.noko_invoice_id or '-':<8} {diff.detail}{verdict}",
                 highlight=False,
                 markup=False,
+                soft_wrap=True,
             )
         if apply:
             console.print(
