@@ -833,7 +833,25 @@ def sandbox(
     invoices: Annotated[int, typer.Option(help="Invoices to generate.", min=0)] = 120,
     seed: Annotated[int, typer.Option(help="Seed of the generated data.")] = 7,
 ) -> None:
-    """Serve a fake Kantata OX and a fake Noko on this machine, with generated data."""
+    """Serve a fake Kantata OX and a fake Noko on this machine, with generated data.
+
+    Break things on purpose through the admin API under /_sandbox/ on either port (no token,
+    never rate-limited or faulted), then run `sync` and `status` and watch what the connector
+    does. With the default ports:
+
+    \b
+      K=http://127.0.0.1:8701/_sandbox  N=http://127.0.0.1:8702/_sandbox
+      curl -s $K/state?invoices=false                  what the fake holds, request stats
+      curl -s -XPOST $N/faults -d '{"rate_429": 0.3, "rate_5xx": 0.1, "seed": 1}'
+      curl -s -XPOST $N/faults -d '{}'                 faults off again
+      curl -s -XPOST $K/invoices/4001/corrupt -d '{"field": "amount_in_cents", "value": "12.5"}'
+      curl -s -XDELETE $K/invoices/4001/corrupt        undo every corruption of 4001
+      curl -s -XPATCH $N/invoices/ID -d '{"add_expenses": [{"price": "9.99", "project_id": P}]}'
+      curl -s -XDELETE $N/invoices/ID                  delete a Noko invoice by hand
+      curl -s -XPOST $N/invoices/ID/state -d '{"state": "paid"}'
+
+    The README's "The sandbox" section lists every admin path.
+    """
     from connector.demo import SANDBOX_KANTATA_TOKEN, SANDBOX_NOKO_TOKEN
     from connector.sandbox import Sandbox, generate
 

@@ -1179,7 +1179,8 @@ class SyncEngine:
             except ValueError:
                 minor = None
             if minor != record.total_minor:
-                problems.append(f"total {got}, pushed {_fmt_total(record.total_minor, record)}")
+                shown = f"{got!r}" if minor is None else _fmt_total(minor, record)
+                problems.append(f"total {shown}, pushed {_fmt_total(record.total_minor, record)}")
         if record.noko_lines is not None:
             keys = list(json.loads(record.noko_lines))
             for label, wanted, count in (

@@ -182,3 +182,27 @@ def test_log_lines_print_above_the_progress_bar() -> None:
         assert "backfill" not in text[line_start:start], repr(text[line_start:start])
     # 95 left, at (6 * 10 + 0 sent) / (10 + 5 done) Noko requests each, 2 per second: 190 s.
     assert "about 3 min left" in text
+
+
+def test_hand_edit_message_uses_one_money_format(box: Sandbox, tmp_path: Path) -> None:
+    """A Noko total changed by hand is reported in the same form as the total pushed
+    (`1,234.56 USD` both), not one raw and one formatted."""
+    generate(box.kantata, seed=43, invoices=3, draft_rate=0, cancelled_rate=0)
+    env = cli_env(box, tmp_path)
+    assert run_cli(["sync"], env, tmp_path).returncode == 0
+    edited = box.noko.state()["invoices"][0]
+    box.noko.edit_invoice(
+        int(edited["id"]),
+        add_expenses=[
+            {
+                "price": "1000.00",
+                "description": "by hand",
+                "project_id": edited["projects"][0]["id"],
+            }
+        ],
+    )
+    run_cli(["sync"], env, tmp_path)
+    report = json.loads(run_cli(["status", "--json"], env, tmp_path).stdout)
+    (conflict,) = report["conflicts"]
+    money = r"[0-9]{1,3}(?:,[0-9]{3})*\.[0-9]{2} [A-Z]{3}"
+    assert re.search(rf"\(total {money}, pushed {money}[;)]", conflict["reason"]), conflict
