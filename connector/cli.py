@@ -835,20 +835,25 @@ def sandbox(
 ) -> None:
     """Serve a fake Kantata OX and a fake Noko on this machine, with generated data.
 
-    Break things on purpose through the admin API under /_sandbox/ on either port (no token,
-    never rate-limited or faulted), then run `sync` and `status` and watch what the connector
-    does. With the default ports:
+    Break things on purpose through the admin API under /_sandbox/ on either port
+    (no token, never rate-limited or faulted), then run `sync` and `status`.
+    With the default ports:
 
     \b
-      K=http://127.0.0.1:8701/_sandbox  N=http://127.0.0.1:8702/_sandbox
-      curl -s $K/state?invoices=false                  what the fake holds, request stats
-      curl -s -XPOST $N/faults -d '{"rate_429": 0.3, "rate_5xx": 0.1, "seed": 1}'
-      curl -s -XPOST $N/faults -d '{}'                 faults off again
-      curl -s -XPOST $K/invoices/4001/corrupt -d '{"field": "amount_in_cents", "value": "12.5"}'
-      curl -s -XDELETE $K/invoices/4001/corrupt        undo every corruption of 4001
-      curl -s -XPATCH $N/invoices/ID -d '{"add_expenses": [{"price": "9.99", "project_id": P}]}'
-      curl -s -XDELETE $N/invoices/ID                  delete a Noko invoice by hand
-      curl -s -XPOST $N/invoices/ID/state -d '{"state": "paid"}'
+    K=http://127.0.0.1:8701/_sandbox N=http://127.0.0.1:8702/_sandbox
+    # what a fake holds, and the requests it received:
+    curl -s "$K/state?invoices=false"
+    # Noko throttles 30% and fails 10% of requests (seeded); '{}' stops it:
+    curl -s -XPOST $N/faults -d '{"rate_429": 0.3, "rate_5xx": 0.1, "seed": 1}'
+    # a malformed amount on a line of Kantata invoice 4001, then undone:
+    curl -s -XPOST $K/invoices/4001/corrupt \\
+      -d '{"field": "amount_in_cents", "value": "12.5"}'
+    curl -s -XDELETE $K/invoices/4001/corrupt
+    # hand edits in Noko: an expense added, a state, a deletion:
+    curl -s -XPATCH $N/invoices/ID \\
+      -d '{"add_expenses": [{"price": "9.99", "project_id": PROJECT}]}'
+    curl -s -XPOST $N/invoices/ID/state -d '{"state": "paid"}'
+    curl -s -XDELETE $N/invoices/ID
 
     The README's "The sandbox" section lists every admin path.
     """
@@ -861,6 +866,12 @@ def sandbox(
     box.start()
     typer.echo(f"Kantata: {box.kantata_url}  token: {SANDBOX_KANTATA_TOKEN}")
     typer.echo(f"Noko:    {box.noko_url}  token: {SANDBOX_NOKO_TOKEN}")
+    kantata_admin = box.kantata_url.rsplit("/api/v1", 1)[0] + "/_sandbox"
+    noko_admin = box.noko_url.rsplit("/v2", 1)[0] + "/_sandbox"
+    typer.echo(
+        f"Admin:   {kantata_admin} and {noko_admin} (faults, corruption, hand edits: "
+        "see `kantata-sync sandbox --help`)"
+    )
     typer.echo("Ctrl-C stops it.")
     box.serve_forever()
 

@@ -206,3 +206,19 @@ def test_hand_edit_message_uses_one_money_format(box: Sandbox, tmp_path: Path) -
     (conflict,) = report["conflicts"]
     money = r"[0-9]{1,3}(?:,[0-9]{3})*\.[0-9]{2} [A-Z]{3}"
     assert re.search(rf"\(total {money}, pushed {money}[;)]", conflict["reason"]), conflict
+
+
+def test_sandbox_help_shows_the_admin_api(tmp_path: Path) -> None:
+    """`sandbox --help` says how to inject faults, corrupt an invoice and undo it, and edit
+    Noko by hand, with commands that can be copied."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "COLUMNS": "80"}
+    done = run_cli(["sandbox", "--help"], env, tmp_path)
+    assert done.returncode == 0
+    for needle in (
+        "/_sandbox",
+        "curl -s -XPOST $N/faults",
+        "curl -s -XPOST $K/invoices/4001/corrupt",
+        "curl -s -XDELETE $K/invoices/4001/corrupt",
+        "curl -s -XPATCH $N/invoices/ID",
+    ):
+        assert needle in done.stdout, needle
