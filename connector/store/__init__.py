@@ -479,6 +479,9 @@ class Store:
             "   OVER (PARTITION BY kantata_id ORDER BY id) AS delta"
             " FROM invoice_events WHERE event IN"
             "  ('failed', 'conflict', 'synced', 'skipped', 'resolved', 'cancelled', 'vanished')"
+            # Only invoices that ever failed can change the count: most never do.
+            "  AND kantata_id IN (SELECT kantata_id FROM invoice_events"
+            "   WHERE event IN ('failed', 'conflict'))"
             ") GROUP BY day ORDER BY day"
         )
         counts_sql = (
