@@ -258,7 +258,7 @@ def render_chart(report: Mapping[str, Any]) -> str:
             if d.open_failures is None
             else f'<span class="open-figure">{_compact(d.open_failures)}</span>'
         )
-        open_class = "open" + (" some" if d.open_failures else "")
+        open_class = "backlog" + (" some" if d.open_failures else "")
         if d.open_failures and top_open:
             open_class += " many" if d.open_failures * 2 > top_open else ""
         columns.append(
@@ -527,10 +527,10 @@ figure { margin: 0; }
 .chart .plot { height: 160px; display: flex; align-items: flex-end; justify-content: center;
   gap: 1px; border-bottom: 1.5px solid #8c959f; }
 .chart .bar { width: 42%; max-width: 16px; border-radius: 2px 2px 0 0; }
-.chart .open { height: 20px; margin-top: 3px; font-size: 12px; line-height: 20px;
+.chart .backlog { height: 20px; margin-top: 3px; font-size: 12px; line-height: 20px;
   text-align: center; color: var(--muted); border-radius: 3px; }
-.chart .open.some { background: #fff1cc; color: var(--warn); font-weight: 600; }
-.chart .open.many { background: #f5d48b; }
+.chart .backlog.some { background: #fff1cc; color: var(--warn); font-weight: 600; }
+.chart .backlog.many { background: #f5d48b; }
 .chart .date { font-size: 12px; text-align: center; color: var(--muted); line-height: 15px;
   padding-top: 2px; font-variant-numeric: tabular-nums; }
 .chart .month { display: block; font-weight: 600; color: var(--ink); }
@@ -560,7 +560,7 @@ td.action { min-width: 300px; }
   .facts dl { gap: 8px 24px; }
   .chart { padding: 8px 6px 4px; }
   .chart .day.old { display: none; }
-  .chart .figures, .chart .open, .chart .date { font-size: 11px; }
+  .chart .figures, .chart .backlog, .chart .date { font-size: 11px; }
   .chart .legend { font-size: 13px; }
   .days-desktop { display: none; }
   .days-phone { display: inline; }
