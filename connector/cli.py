@@ -353,10 +353,10 @@ def _json_lines(dry_run: bool) -> Any:
         from mappings.money import to_major
         from mappings.to_ledger import to_ledger
 
-        def on_invoice(inv: Any, outcome: str, detail: str | None) -> None:
-            record = connector.store.get_invoice(inv.id)
+        def on_invoice(kantata_id: str, outcome: str, detail: str | None, inv: Any) -> None:
+            record = connector.store.get_invoice(kantata_id)
             line: dict[str, Any] = {
-                "kantata_invoice_id": inv.id,
+                "kantata_invoice_id": kantata_id,
                 "action": outcome,
                 "noko_invoice_id": record.noko_invoice_id if record is not None else None,
                 "total": None,
@@ -373,7 +373,9 @@ def _json_lines(dry_run: bool) -> Any:
             ):
                 line["total"] = str(to_major(record.total_minor, record.exponent))
                 line["currency"] = record.currency
-            if outcome in ("failed", "waiting", "conflict") or outcome.startswith("would-"):
+            if outcome in ("failed", "waiting", "conflict", "state-written") or outcome.startswith(
+                "would-"
+            ):
                 line["detail"] = detail
             sys.stdout.write(json.dumps(line) + "\n")
             sys.stdout.flush()

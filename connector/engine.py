@@ -236,9 +236,10 @@ class SyncEngine:
         self._id_locks = tuple(threading.Lock() for _ in range(ID_LOCK_STRIPES))
         self.on_progress: Callable[[Counter[str]], None] | None = None
         self.on_page: Callable[[int, int], None] | None = None
-        # Called once per invoice handled, with its outcome and detail (`sync --json`).
-        self.on_invoice: Callable[[DecodedInvoice, str, str | None], None] | None = None
         """Called with (page number, Kantata's total count for the query) as pages arrive."""
+        self.on_invoice: Callable[[str, str, str | None, DecodedInvoice | None], None] | None = None
+        """Called once per invoice handled (`sync --json`): its Kantata id, the outcome, the
+        detail, and the Kantata invoice read (None for what Noko's changes brought)."""
 
     # ================================================================== cycle
 
@@ -1154,6 +1155,8 @@ class SyncEngine:
             outcome, message = self._conflict(record, "noko-edited", drift, run_id, log)
             result.counts[outcome] += 1
             result.failed[record.kantata_id] = message or drift
+            if self.on_invoice is not None:
+                self.on_invoice(record.kantata_id, outcome, message or drift, None)
             return
         state = str(invoice.get("state") or "")
         if not state or state == record.noko_state:
@@ -1165,6 +1168,8 @@ class SyncEngine:
             record.kantata_id, record, self._success_reference(record), run_id, log
         ):
             result.counts["state-written"] += 1
+            if self.on_invoice is not None:
+                self.on_invoice(record.kantata_id, "state-written", state, None)
         if state == "paid":
             self._record_payment(record, run_id, log)
 
@@ -1431,7 +1436,7 @@ class _Runner:
                     progress(self.result.counts)
                 on_invoice = self.engine.on_invoice
                 if on_invoice is not None:
-                    on_invoice(inv, outcome, error)
+                    on_invoice(inv.id, outcome, error, inv)
         finally:
             self.slots.release()
 

@@ -186,7 +186,8 @@ def test_log_lines_print_above_the_progress_bar() -> None:
 
 def test_hand_edit_message_uses_one_money_format(box: Sandbox, tmp_path: Path) -> None:
     """A Noko total changed by hand is reported in the same form as the total pushed
-    (`1,234.56 USD` both), not one raw and one formatted."""
+    (`1,234.56 USD` both), not one raw and one formatted; `sync --json` reports the conflict
+    found in Noko's changes as a line of its own."""
     generate(box.kantata, seed=43, invoices=3, draft_rate=0, cancelled_rate=0)
     env = cli_env(box, tmp_path)
     assert run_cli(["sync"], env, tmp_path).returncode == 0
@@ -201,7 +202,12 @@ def test_hand_edit_message_uses_one_money_format(box: Sandbox, tmp_path: Path) -
             }
         ],
     )
-    run_cli(["sync"], env, tmp_path)
+    second = run_cli(["sync", "--json"], env, tmp_path)
+    rows = [json.loads(line) for line in second.stdout.splitlines()]
+    # What Noko's changes brought is a line of its own too.
+    (found,) = [r for r in rows if r["action"] == "conflict"]
+    assert found["noko_invoice_id"] == int(edited["id"])
+    assert "changed by hand" in found["detail"]
     report = json.loads(run_cli(["status", "--json"], env, tmp_path).stdout)
     (conflict,) = report["conflicts"]
     money = r"[0-9]{1,3}(?:,[0-9]{3})*\.[0-9]{2} [A-Z]{3}"
