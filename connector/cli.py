@@ -726,18 +726,36 @@ def cursor_set(
             help="YYYY-MM-DD (midnight UTC) or YYYY-MM-DDTHH:MM:SSZ; not in the future.",
         ),
     ],
+    skip: Annotated[
+        bool,
+        typer.Option(
+            "--skip",
+            help="Allow moving the cursor forward (or setting the first one): `sync` then "
+            "never reads invoices updated before it; a backfill can.",
+        ),
+    ] = False,
 ) -> None:
-    """Move the cursor, backwards to read a stretch of history again (invoices found unchanged
-    cost no writes) or forwards to skip it."""
+    """Move the cursor: backwards to read a stretch of history again (invoices found unchanged
+    cost no writes), or with --skip forwards, past history `sync` should not read."""
     value = _parse_moment(moment)
     now = datetime.now(UTC)
     if value > now:
         raise _fail(f"cursor set: {_stamp(value)} is in the future (now is {_stamp(now)})")
     settings = _settings()
-    store = _existing_store(settings)
+    try:
+        store = Store(settings.kantata_sync_database_url)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
     try:
         with store.writer(wait=settings.kantata_sync_lock_wait):
             before = store.get_cursor()
+            if not skip and (before is None or value > before):
+                since = f"the cursor ({_stamp(before)})" if before else "the start"
+                raise _fail(
+                    f"cursor set: {_stamp(value)} is after {since}: sync would never read "
+                    "the invoices updated in between; add --skip if that is what you mean "
+                    "(`backfill --since` can read them later)"
+                )
             store.set_cursor(value)
     except LockHeldError as exc:
         raise _fail(str(exc), code=1) from None

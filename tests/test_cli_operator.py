@@ -35,8 +35,9 @@ def test_cursor_show_set_and_full_refresh_write_nothing_unchanged(
     box: Sandbox, tmp_path: Path
 ) -> None:
     """`cursor show` names the cursor, `cursor set` refuses the future and bad dates in one
-    line, and moving it back (or `sync --full-refresh`) re-reads every invoice without a write
-    to Noko or Kantata for the ones that did not change."""
+    line, moves it forward only with --skip, and moving it back (or `sync --full-refresh`)
+    re-reads every invoice without a write to Noko or Kantata for the ones that did not
+    change."""
     generate(box.kantata, seed=41, invoices=20)
     env = cli_env(box, tmp_path)
     missing = run_cli(["cursor", "show"], env, tmp_path)
@@ -59,6 +60,16 @@ def test_cursor_show_set_and_full_refresh_write_nothing_unchanged(
     assert "is not a date" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
     assert run_cli(["cursor", "show"], env, tmp_path).stdout == shown.stdout  # unchanged
+
+    # Forward, past changes sync has not read: only when asked for.
+    ahead = (datetime.now(UTC) - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    forward = run_cli(["cursor", "set", ahead], env, tmp_path)
+    assert forward.returncode == 2
+    assert "add --skip" in forward.stderr and len(forward.stderr.strip().splitlines()) == 1
+    assert run_cli(["cursor", "show"], env, tmp_path).stdout == shown.stdout
+    skipped = run_cli(["cursor", "set", "--skip", ahead], env, tmp_path)
+    assert skipped.returncode == 0, skipped.stderr
+    assert skipped.stdout.startswith(f"cursor: {ahead} (was ")
 
     writes = _writes(box)
     moved = run_cli(["cursor", "set", "2001-01-01"], env, tmp_path)
