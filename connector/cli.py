@@ -554,8 +554,10 @@ def retry(
         ),
     ] = False,
 ) -> None:
-    """Retry invoices now, without waiting for their next retry time (conflicts only with
-    --force)."""
+    """Retry invoices now, without waiting for their next retry time.
+
+    A conflict is overwritten only with --force.
+    """
     settings = _settings()
     chosen = list(ids or [])
     if all_failed:
@@ -586,8 +588,11 @@ def retry(
 def resolve(
     ids: Annotated[list[str], typer.Argument(help="Kantata invoice ids in conflict.")],
 ) -> None:
-    """Settle conflicts by keeping each Noko invoice as it is now (after a correction made by
-    hand in Noko, say); the Kantata invoice is taken as in step with it from then on."""
+    """Settle conflicts by keeping each Noko invoice as it is now.
+
+    After a correction made by hand in Noko, say: the Kantata invoice is taken as in step with
+    it from then on.
+    """
     bad = [i for i in ids if not i.strip().isdigit()]
     if bad:
         raise _fail(f"not a Kantata invoice id: {', '.join(bad)}")
@@ -735,8 +740,11 @@ def cursor_set(
         ),
     ] = False,
 ) -> None:
-    """Move the cursor: backwards to read a stretch of history again (invoices found unchanged
-    cost no writes), or with --skip forwards, past history `sync` should not read."""
+    """Move the cursor (back to read history again; forward only with --skip).
+
+    Invoices read again that did not change cost no writes. Moved forward, `sync` never reads
+    the invoices updated in between.
+    """
     value = _parse_moment(moment)
     now = datetime.now(UTC)
     if value > now:
