@@ -234,13 +234,15 @@ def render_chart(report: Mapping[str, Any]) -> str:
     flatten the days of a few; every bar carries its exact figure."""
     days = _chart_days(report)
     top = max([max(d.synced, d.failed) for d in days] + [0])
+    # A phone shows the last PHONE_DAYS only: their bars are scaled to their own largest.
+    top_recent = max([max(d.synced, d.failed) for d in days[-PHONE_DAYS:]] + [0])
     top_open = max([d.open_failures or 0 for d in days] + [0])
     active = sum(1 for d in days if d.synced or d.failed)
 
     def height(value: int, most: int) -> str:
         if value <= 0 or most <= 0:
             return "0"
-        return f"{max(math.sqrt(value) / math.sqrt(most) * 100, 2.5):.1f}"
+        return f"{min(max(math.sqrt(value) / math.sqrt(most) * 100, 2.5), 100):.1f}"
 
     columns = []
     for index, d in enumerate(days):
@@ -270,8 +272,10 @@ def render_chart(report: Mapping[str, Any]) -> str:
             f'<span class="figure synced">{_compact(d.synced) if d.synced else ""}</span>'
             f'<span class="figure failed">{_compact(d.failed) if d.failed else ""}</span></div>'
             '<div class="plot">'
-            f'<div class="bar synced" style="height:{height(d.synced, top)}%"></div>'
-            f'<div class="bar failed" style="height:{height(d.failed, top)}%"></div>'
+            f'<div class="bar synced" style="--h:{height(d.synced, top)}%;'
+            f'--h-recent:{height(d.synced, top_recent)}%"></div>'
+            f'<div class="bar failed" style="--h:{height(d.failed, top)}%;'
+            f'--h-recent:{height(d.failed, top_recent)}%"></div>'
             "</div>"
             f'<div class="{open_class}">{open_cell}</div>'
             f'<div class="date">{d.day.day}{month}</div></div>'
@@ -526,7 +530,7 @@ figure { margin: 0; }
 .chart .figure.failed { color: var(--bad); font-weight: 700; }
 .chart .plot { height: 160px; display: flex; align-items: flex-end; justify-content: center;
   gap: 1px; border-bottom: 1.5px solid #8c959f; }
-.chart .bar { width: 42%; max-width: 16px; border-radius: 2px 2px 0 0; }
+.chart .bar { width: 42%; max-width: 16px; border-radius: 2px 2px 0 0; height: var(--h); }
 .chart .backlog { height: 20px; margin-top: 3px; font-size: 12px; line-height: 20px;
   text-align: center; color: var(--muted); border-radius: 3px; }
 .chart .backlog.some { background: #fff1cc; color: var(--warn); font-weight: 600; }
@@ -560,6 +564,7 @@ td.action { min-width: 300px; }
   .facts dl { gap: 8px 24px; }
   .chart { padding: 8px 6px 4px; }
   .chart .day.old { display: none; }
+  .chart .bar { height: var(--h-recent); }
   .chart .figures, .chart .backlog, .chart .date { font-size: 11px; }
   .chart .legend { font-size: 13px; }
   .days-desktop { display: none; }

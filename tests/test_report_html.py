@@ -264,12 +264,14 @@ def test_chart_has_one_column_per_day_of_the_last_four_weeks() -> None:
 
 
 def test_chart_heights_grow_with_the_square_root_and_figures_are_exact() -> None:
-    """A backfill day of 100 does not flatten a day of 4 (20% of the height, not 4%); a
-    figure too wide for a column is written short."""
-    page = render_html(daily_report([("2024-04-20", 100, 0, 0), ("2024-04-29", 4, 1, 1)]))
-    assert '<div class="bar synced" style="height:100.0%">' in page
-    assert '<div class="bar synced" style="height:20.0%">' in page
-    assert '<div class="bar failed" style="height:10.0%">' in page
+    """A backfill day of 100 does not flatten a day of 4 (20% of the height, not 4%); on a
+    phone the last two weeks are scaled to their own largest; a figure too wide for a column
+    is written short."""
+    page = render_html(daily_report([("2024-04-10", 100, 0, 0), ("2024-04-29", 4, 1, 1)]))
+    assert '<div class="bar synced" style="--h:100.0%;--h-recent:100.0%">' in page  # hidden
+    # On a phone only the last two weeks show, scaled to their own largest figure.
+    assert '<div class="bar synced" style="--h:20.0%;--h-recent:100.0%">' in page
+    assert '<div class="bar failed" style="--h:10.0%;--h-recent:50.0%">' in page
     assert '<span class="figure synced">100</span>' in page
     assert '<span class="figure failed">1</span>' in page
     big = render_html(daily_report([("2024-04-20", 1234, 0, 0), ("2024-04-21", 56789, 0, 0)]))
