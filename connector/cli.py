@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import structlog
 import typer
 from rich.console import Console
+from typer.core import TyperOption
 
 from connector import __version__
 from connector.app import open_connector
@@ -33,6 +34,15 @@ from connector.logs import configure_logging
 from connector.notify import notify
 from connector.report import build_report, render_table
 from connector.store import Store
+
+
+def _flag_type(self: TyperOption, ctx: Any) -> str | None:
+    """No `<bool>` beside a flag in `--help`: a flag takes no value."""
+    return None if self.is_bool_flag else _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="kantata-sync",
@@ -151,26 +161,85 @@ def _summary(result: CycleResult) -> str:
     return line
 
 
+# What one invoice costs on each side, before a backfill has measured it: about one Noko
+# request per line plus one for the invoice (a few lines each), one Kantata write-back.
+EXPECTED_NOKO_REQUESTS = 6.0
+EXPECTED_KANTATA_REQUESTS = 1.0
+# How many invoices the expectation weighs against what the run has measured so far.
+PRIOR_WEIGHT = 10.0
+
+
+class Pace:
+    """Time left from the paced rate: the remaining invoices times the requests each costs
+    (measured so far, weighed against the expectation while few are done) divided by each
+    API's configured requests per second; the slower side sets the pace. Early samples of a
+    rate (the first invoices are skipped drafts, or a burst) would say anything."""
+
+    def __init__(
+        self,
+        noko_rate: float,
+        kantata_rate: float,
+        requests: Any = None,
+    ) -> None:
+        self.noko_rate = noko_rate
+        self.kantata_rate = kantata_rate
+        # () -> (Noko requests, Kantata requests) sent so far in this run.
+        self.requests = requests
+
+    def seconds_left(self, done: int, total: int | None) -> float | None:
+        if total is None:
+            return None
+        remaining = max(total - done, 0)
+        noko_sent, kantata_sent = self.requests() if self.requests is not None else (0, 0)
+        per_noko = (EXPECTED_NOKO_REQUESTS * PRIOR_WEIGHT + noko_sent) / (PRIOR_WEIGHT + done)
+        per_kantata = (EXPECTED_KANTATA_REQUESTS * PRIOR_WEIGHT + kantata_sent) / (
+            PRIOR_WEIGHT + done
+        )
+        return remaining * max(per_noko / self.noko_rate, per_kantata / self.kantata_rate)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "time left unknown"
+    whole = round(seconds)
+    if whole < 60:
+        return f"about {whole} s left"
+    hours, rest = divmod(whole, 3600)
+    minutes = round(rest / 60) if hours else max(round(rest / 60), 1)
+    if hours:
+        return f"about {hours} h {minutes} min left"
+    return f"about {minutes} min left"
+
+
 class Progress:
     """Backfill progress on stderr: a live bar on a terminal, a plain line every few seconds
-    otherwise (so logs collected by a service manager stay readable)."""
+    otherwise (so logs collected by a service manager stay readable).
 
-    def __init__(self, label: str) -> None:
+    The bar draws on the console the log lines print through (`stderr_console`), so a log
+    line lands above the bar; the time left comes from `Pace`."""
+
+    def __init__(
+        self,
+        label: str,
+        pace: Pace | None = None,
+        console: Console | None = None,
+        clock: Any = time.monotonic,
+    ) -> None:
+        from connector.logs import stderr_console
+
         self.label = label
+        self.pace = pace
+        self.clock = clock
         self.total: int | None = None
         self.done = 0
         self.counts: dict[str, int] = {}
-        self.started = time.monotonic()
+        self.started = clock()
         self.last_line = 0.0
         self.lock = threading.Lock()
         self.bar: Any = None
-        if sys.stderr.isatty():
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeRemainingColumn,
-            )
+        console = console if console is not None else stderr_console()
+        if console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
             from rich.progress import Progress as RichProgress
 
             self.bar = RichProgress(
@@ -179,33 +248,42 @@ class Progress:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]:.1f}/s"),
                 TextColumn("{task.fields[detail]}"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
+                TextColumn("{task.fields[left]}"),
+                console=console,
                 transient=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
             )
-            self.task = self.bar.add_task(label, total=None, rate=0.0, detail="")
+            self.task = self.bar.add_task(label, total=None, rate=0.0, detail="", left="")
             self.bar.start()
+
+    def left(self) -> str:
+        seconds = None if self.pace is None else self.pace.seconds_left(self.done, self.total)
+        return _duration(seconds)
 
     def page(self, _number: int, total: int) -> None:
         with self.lock:
             self.total = max(total, self.total or 0)
             if self.bar is not None:
-                self.bar.update(self.task, total=self.total)
+                self.bar.update(self.task, total=self.total, left=self.left())
 
     def advance(self, counts: Any) -> None:
         with self.lock:
             self.counts = dict(counts)
             self.done = sum(self.counts.values())
-            elapsed = max(time.monotonic() - self.started, 1e-6)
-            rate = self.done / elapsed
+            now = self.clock()
+            rate = self.done / max(now - self.started, 1e-6)
             detail = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()) if v)
             if self.bar is not None:
-                self.bar.update(self.task, completed=self.done, rate=rate, detail=detail)
-            elif time.monotonic() - self.last_line >= 5.0:
-                self.last_line = time.monotonic()
+                self.bar.update(
+                    self.task, completed=self.done, rate=rate, detail=detail, left=self.left()
+                )
+            elif now - self.last_line >= 5.0:
+                self.last_line = now
                 of = f"/{self.total}" if self.total else ""
                 sys.stderr.write(
-                    f"{self.label}: {self.done}{of} invoices ({detail}), {rate:.1f}/s\n"
+                    f"{self.label}: {self.done}{of} invoices ({detail}), {rate:.1f}/s, "
+                    f"{self.left()}\n"
                 )
                 sys.stderr.flush()
 
@@ -230,6 +308,7 @@ def _run_once(
     settings: Settings,
     stop: threading.Event,
     progress: Progress | None = None,
+    on_invoice: Any = None,
     **kwargs: Any,
 ) -> CycleResult:
     try:
@@ -241,6 +320,11 @@ def _run_once(
             if progress is not None:
                 connector.engine.on_page = progress.page
                 connector.engine.on_progress = progress.advance
+                if progress.pace is not None:
+                    noko, kantata = connector.noko.stats, connector.kantata.stats
+                    progress.pace.requests = lambda: (noko.requests, kantata.requests)
+            if on_invoice is not None:
+                connector.engine.on_invoice = on_invoice(connector)
             try:
                 result = connector.engine.run_cycle(**kwargs)
             finally:
@@ -256,14 +340,85 @@ def _run_once(
 
 
 @app.command()
-def sync() -> None:
+def sync(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be pushed; write nothing anywhere.")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON line per invoice handled on stdout (id, action, Noko id, total); "
+            "the summary goes to stderr.",
+        ),
+    ] = False,
+    full_refresh: Annotated[
+        bool,
+        typer.Option(
+            "--full-refresh",
+            help="Read every invoice from the start, not from the cursor; unchanged invoices "
+            "cost no writes.",
+        ),
+    ] = False,
+) -> None:
     """Run one cycle: everything changed in Kantata up to now."""
     settings = _settings()
     stop = threading.Event()
     _install_stop_handlers(stop)
-    result = _run_once(settings, stop, kind="sync")
-    typer.echo(_summary(result))
+    result = _run_once(
+        settings,
+        stop,
+        on_invoice=_json_lines(dry_run) if as_json else None,
+        kind="sync",
+        dry_run=dry_run,
+        full_refresh=full_refresh,
+    )
+    if dry_run and not as_json:
+        _print_plan(result)
+    typer.echo(_summary(result), err=as_json)
     raise typer.Exit(result.exit_code)
+
+
+def _json_lines(dry_run: bool) -> Any:
+    """For `sync --json`: a hook per connector that writes one JSON line per invoice handled:
+    its Kantata id, the action, the Noko invoice id and the total (a decimal string) with its
+    currency, and the reason when it failed or waits."""
+
+    def hook(connector: Any) -> Any:
+        from mappings.kantata import KantataInvoice
+        from mappings.money import to_major
+        from mappings.to_ledger import to_ledger
+
+        def on_invoice(kantata_id: str, outcome: str, detail: str | None, inv: Any) -> None:
+            record = connector.store.get_invoice(kantata_id)
+            line: dict[str, Any] = {
+                "kantata_invoice_id": kantata_id,
+                "action": outcome,
+                "noko_invoice_id": record.noko_invoice_id if record is not None else None,
+                "total": None,
+                "currency": None,
+            }
+            if dry_run and outcome.startswith("would-") and isinstance(inv, KantataInvoice):
+                doc = to_ledger(inv, connector.engine.profile)
+                line["total"] = str(to_major(doc.total_minor, doc.exponent))
+                line["currency"] = doc.currency
+            elif (
+                record is not None
+                and record.total_minor is not None
+                and record.exponent is not None
+            ):
+                line["total"] = str(to_major(record.total_minor, record.exponent))
+                line["currency"] = record.currency
+            if outcome in ("failed", "waiting", "conflict", "state-written") or outcome.startswith(
+                "would-"
+            ):
+                line["detail"] = detail
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+
+        return on_invoice
+
+    return hook
 
 
 @app.command()
@@ -286,10 +441,11 @@ def backfill(
     settings = _settings()
     stop = threading.Event()
     _install_stop_handlers(stop)
+    pace = Pace(settings.noko_max_requests_per_second, settings.kantata_max_requests_per_second)
     result = _run_once(
         settings,
         stop,
-        Progress("backfill"),
+        Progress("backfill", pace),
         kind="backfill",
         since=start,
         until=end,
@@ -305,7 +461,8 @@ def _print_plan(result: CycleResult) -> None:
     """What a dry run would do, invoice by invoice, with the totals."""
     labels = {"would-push": "create", "would-update": "update", "would-cancel": "delete"}
     for kantata_id, (outcome, what) in sorted(result.planned.items(), key=lambda i: int(i[0])):
-        typer.echo(f"would {labels.get(outcome, outcome):<6} Kantata invoice {kantata_id}: {what}")
+        label = labels.get(outcome, outcome)
+        typer.echo(f"would {label:<6} Noko invoice for Kantata invoice {kantata_id}: {what}")
     for kantata_id, why in sorted(result.failed.items(), key=lambda i: int(i[0])):
         typer.echo(f"would fail   Kantata invoice {kantata_id}: {why}")
     counts = dict.fromkeys(labels.values(), 0)
@@ -435,8 +592,10 @@ def retry(
         ),
     ] = False,
 ) -> None:
-    """Retry invoices now, without waiting for their next retry time (conflicts only with
-    --force)."""
+    """Retry invoices now, without waiting for their next retry time.
+
+    A conflict is overwritten only with --force.
+    """
     settings = _settings()
     chosen = list(ids or [])
     if all_failed:
@@ -467,8 +626,11 @@ def retry(
 def resolve(
     ids: Annotated[list[str], typer.Argument(help="Kantata invoice ids in conflict.")],
 ) -> None:
-    """Settle conflicts by keeping each Noko invoice as it is now (after a correction made by
-    hand in Noko, say); the Kantata invoice is taken as in step with it from then on."""
+    """Settle conflicts by keeping each Noko invoice as it is now.
+
+    After a correction made by hand in Noko, say: the Kantata invoice is taken as in step with
+    it from then on.
+    """
     bad = [i for i in ids if not i.strip().isdigit()]
     if bad:
         raise _fail(f"not a Kantata invoice id: {', '.join(bad)}")
@@ -496,6 +658,9 @@ def resolve(
 @app.command()
 def show(kantata_invoice_id: Annotated[str, typer.Argument(help="Kantata invoice id.")]) -> None:
     """One invoice: its state, both sides' ids and links, and its history."""
+    if not kantata_invoice_id.strip().isdigit():
+        raise _fail(f"not a Kantata invoice id: {kantata_invoice_id}")
+    kantata_invoice_id = kantata_invoice_id.strip()
     settings = _settings()
     store = Store(settings.kantata_sync_database_url)
     try:
@@ -533,6 +698,119 @@ def show(kantata_invoice_id: Annotated[str, typer.Argument(help="Kantata invoice
         console.print(
             f"  {ev.at:%Y-%m-%d %H:%M:%S} {ev.event:<16} {ev.detail}", highlight=False, markup=False
         )
+    raise typer.Exit(0)
+
+
+cursor_app = typer.Typer(
+    help="Show or move the incremental cursor (where the next `sync` starts reading).",
+    no_args_is_help=True,
+)
+app.add_typer(cursor_app, name="cursor")
+
+
+def _parse_moment(value: str) -> datetime:
+    """`YYYY-MM-DD` (midnight UTC) or an ISO 8601 moment; without an offset it is UTC."""
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return datetime(day.year, day.month, day.day, tzinfo=UTC)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise _fail(
+            f"cursor set: {value!r} is not a date (YYYY-MM-DD) or a moment (YYYY-MM-DDTHH:MM:SSZ)"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _existing_store(settings: Settings) -> Store:
+    """The state file, which must exist already: reading it never creates one."""
+    from connector.store import sqlite_path
+
+    path = sqlite_path(settings.kantata_sync_database_url)
+    if path is not None and not path.exists():
+        raise _fail(f"no state file at {path} (KANTATA_SYNC_DATABASE_URL)")
+    try:
+        return Store(settings.kantata_sync_database_url)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+@cursor_app.command("show")
+def cursor_show() -> None:
+    """Print the cursor: the next `sync` reads invoices updated after it, less the look-back."""
+    settings = _settings()
+    store = _existing_store(settings)
+    try:
+        cursor = store.get_cursor()
+    finally:
+        store.close()
+    if cursor is None:
+        typer.echo("cursor: none (the next sync reads every invoice)")
+    else:
+        lookback = settings.kantata_sync_lookback_seconds
+        typer.echo(
+            f"cursor: {_stamp(cursor)} (the next sync reads invoices updated after "
+            f"{_stamp(cursor - timedelta(seconds=lookback))}, {lookback:g} s of look-back)"
+        )
+    raise typer.Exit(0)
+
+
+@cursor_app.command("set")
+def cursor_set(
+    moment: Annotated[
+        str,
+        typer.Argument(
+            metavar="DATE",
+            help="YYYY-MM-DD (midnight UTC) or YYYY-MM-DDTHH:MM:SSZ; not in the future.",
+        ),
+    ],
+    skip: Annotated[
+        bool,
+        typer.Option(
+            "--skip",
+            help="Allow moving the cursor forward (or setting the first one): `sync` then "
+            "never reads invoices updated before it; a backfill can.",
+        ),
+    ] = False,
+) -> None:
+    """Move the cursor (back to read history again; forward only with --skip).
+
+    Invoices read again that did not change cost no writes. Moved forward, `sync` never reads
+    the invoices updated in between.
+    """
+    value = _parse_moment(moment)
+    now = datetime.now(UTC)
+    if value > now:
+        raise _fail(f"cursor set: {_stamp(value)} is in the future (now is {_stamp(now)})")
+    settings = _settings()
+    try:
+        store = Store(settings.kantata_sync_database_url)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        with store.writer(wait=settings.kantata_sync_lock_wait):
+            before = store.get_cursor()
+            if not skip and (before is None or value > before):
+                since = f"the cursor ({_stamp(before)})" if before else "the start"
+                raise _fail(
+                    f"cursor set: {_stamp(value)} is after {since}: sync would never read "
+                    "the invoices updated in between; add --skip if that is what you mean "
+                    "(`backfill --since` can read them later)"
+                )
+            store.set_cursor(value)
+    except LockHeldError as exc:
+        raise _fail(str(exc), code=1) from None
+    finally:
+        store.close()
+    structlog.get_logger("kantata_sync").info(
+        "cursor set", before=_stamp(before) if before else None, after=_stamp(value)
+    )
+    typer.echo(f"cursor: {_stamp(value)} (was {_stamp(before) if before else 'none'})")
     raise typer.Exit(0)
 
 
@@ -583,15 +861,26 @@ def reconcile(
         console = Console()
         console.print(
             f"Compared {outcome.kantata_invoices} Kantata and {outcome.noko_invoices} Noko "
-            f"invoices: {len(outcome.differences)} differences.",
+            f"invoices: {len(outcome.differences)} "
+            f"difference{'' if len(outcome.differences) == 1 else 's'}.",
             highlight=False,
         )
         for diff in outcome.differences:
+            verdict = ""
+            if apply:
+                kid = diff.kantata_invoice_id
+                if kid is not None and kid in outcome.repaired:
+                    verdict = "  -> repaired"
+                elif kid is not None and kid in outcome.still_failing:
+                    verdict = f"  -> still failing: {outcome.still_failing[kid]}"
+                else:
+                    verdict = "  -> left alone (not repaired automatically)"
             console.print(
                 f"  {diff.kind:<18} kantata {diff.kantata_invoice_id or '-':<10} "
-                f"noko {diff.noko_invoice_id or '-':<8} {diff.detail}",
+                f"noko {diff.noko_invoice_id or '-':<8} {diff.detail}{verdict}",
                 highlight=False,
                 markup=False,
+                soft_wrap=True,
             )
         if apply:
             console.print(
@@ -610,7 +899,30 @@ def sandbox(
     invoices: Annotated[int, typer.Option(help="Invoices to generate.", min=0)] = 120,
     seed: Annotated[int, typer.Option(help="Seed of the generated data.")] = 7,
 ) -> None:
-    """Serve a fake Kantata OX and a fake Noko on this machine, with generated data."""
+    """Serve a fake Kantata OX and a fake Noko on this machine, with generated data.
+
+    Break things on purpose through the admin API under /_sandbox/ on either port
+    (no token, never rate-limited or faulted), then run `sync` and `status`.
+    With the default ports:
+
+    \b
+    K=http://127.0.0.1:8701/_sandbox N=http://127.0.0.1:8702/_sandbox
+    # what a fake holds, and the requests it received:
+    curl -s "$K/state?invoices=false"
+    # Noko throttles 30% and fails 10% of requests (seeded); '{}' stops it:
+    curl -s -XPOST $N/faults -d '{"rate_429": 0.3, "rate_5xx": 0.1, "seed": 1}'
+    # a malformed amount on a line of Kantata invoice 4001, then undone:
+    curl -s -XPOST $K/invoices/4001/corrupt \\
+      -d '{"field": "amount_in_cents", "value": "12.5"}'
+    curl -s -XDELETE $K/invoices/4001/corrupt
+    # hand edits in Noko: an expense added, a state, a deletion:
+    curl -s -XPATCH $N/invoices/ID \\
+      -d '{"add_expenses": [{"price": "9.99", "project_id": PROJECT}]}'
+    curl -s -XPOST $N/invoices/ID/state -d '{"state": "paid"}'
+    curl -s -XDELETE $N/invoices/ID
+
+    The README's "The sandbox" section lists every admin path.
+    """
     from connector.demo import SANDBOX_KANTATA_TOKEN, SANDBOX_NOKO_TOKEN
     from connector.sandbox import Sandbox, generate
 
@@ -620,6 +932,12 @@ def sandbox(
     box.start()
     typer.echo(f"Kantata: {box.kantata_url}  token: {SANDBOX_KANTATA_TOKEN}")
     typer.echo(f"Noko:    {box.noko_url}  token: {SANDBOX_NOKO_TOKEN}")
+    kantata_admin = box.kantata_url.rsplit("/api/v1", 1)[0] + "/_sandbox"
+    noko_admin = box.noko_url.rsplit("/v2", 1)[0] + "/_sandbox"
+    typer.echo(
+        f"Admin:   {kantata_admin} and {noko_admin} (faults, corruption, hand edits: "
+        "see `kantata-sync sandbox --help`)"
+    )
     typer.echo("Ctrl-C stops it.")
     box.serve_forever()
 

@@ -266,6 +266,9 @@ class SyncEngine:
         self.on_progress: Callable[[Counter[str]], None] | None = None
         self.on_page: Callable[[int, int], None] | None = None
         """Called with (page number, Kantata's total count for the query) as pages arrive."""
+        self.on_invoice: Callable[[str, str, str | None, DecodedInvoice | None], None] | None = None
+        """Called once per invoice handled (`sync --json`): its Kantata id, the outcome, the
+        detail, and the Kantata invoice read (None for what Noko's changes brought)."""
 
     # ================================================================== cycle
 
@@ -278,8 +281,10 @@ class SyncEngine:
         dry_run: bool = False,
         only_ids: Iterable[str] | None = None,
         force: bool = False,
+        full_refresh: bool = False,
     ) -> CycleResult:
-        """Work through everything changed up to now (or the backfill window)."""
+        """Work through everything changed up to now (or the backfill window); with
+        `full_refresh`, a sync reads every invoice from the start instead of from the cursor."""
         run_id = uuid.uuid4().hex[:12]
         log = self.log.bind(run_id=run_id, kind=kind)
         started = time.monotonic()
@@ -288,7 +293,7 @@ class SyncEngine:
         run = None if dry_run else self.store.start_run(run_id, kind, cursor)
         scan_start = self.clock()
         if kind == "sync":
-            lower = None if cursor is None else cursor - self.settings.lookback
+            lower = None if cursor is None or full_refresh else cursor - self.settings.lookback
         else:
             lower = None if since is None else since - timedelta(seconds=1)
         log.info(
@@ -1175,6 +1180,8 @@ class SyncEngine:
             outcome, message = self._conflict(record, "noko-edited", drift, run_id, log)
             result.counts[outcome] += 1
             result.failed[record.kantata_id] = message or drift
+            if self.on_invoice is not None:
+                self.on_invoice(record.kantata_id, outcome, message or drift, None)
             return
         state = str(invoice.get("state") or "")
         if not state or state == record.noko_state:
@@ -1186,6 +1193,8 @@ class SyncEngine:
             record.kantata_id, record, self._success_reference(record), run_id, log
         ):
             result.counts["state-written"] += 1
+            if self.on_invoice is not None:
+                self.on_invoice(record.kantata_id, "state-written", state, None)
         if state == "paid":
             self._record_payment(record, run_id, log)
 
@@ -1200,7 +1209,8 @@ class SyncEngine:
             except ValueError:
                 minor = None
             if minor != record.total_minor:
-                problems.append(f"total {got}, pushed {_fmt_total(record.total_minor, record)}")
+                shown = f"{got!r}" if minor is None else _fmt_total(minor, record)
+                problems.append(f"total {shown}, pushed {_fmt_total(record.total_minor, record)}")
         if record.noko_lines is not None:
             keys = list(json.loads(record.noko_lines))
             for label, wanted, count in (
@@ -1449,6 +1459,9 @@ class _Runner:
                 progress = self.engine.on_progress
                 if progress is not None:
                     progress(self.result.counts)
+                on_invoice = self.engine.on_invoice
+                if on_invoice is not None:
+                    on_invoice(inv.id, outcome, error, inv)
         finally:
             self.slots.release()
 
@@ -1534,7 +1547,7 @@ def _invoice_link(invoice: dict[str, Any], base_url: str, noko_id: int) -> str:
 
 def _describe(doc: LedgerDocument) -> str:
     return (
-        f"{doc.reference}: {len(doc.lines)} lines, "
+        f"{doc.reference}: {len(doc.lines)} line{'' if len(doc.lines) == 1 else 's'}, "
         f"{format_money(doc.total_minor, doc.exponent, doc.currency)}"
     )
 

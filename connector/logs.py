@@ -11,11 +11,14 @@ import json
 import logging
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
-from typing import Any, Literal
+from typing import Any, Literal, TextIO, cast
 
 import msgspec
 import structlog
+from rich.console import Console
+from rich.text import Text
 
 _SECRET_KEYS = re.compile(r"(token|secret|password|authorization|x-nokotoken)", re.IGNORECASE)
 _redact_values: set[str] = set()
@@ -76,14 +79,54 @@ def _dumps(event_dict: Any, **kwargs: Any) -> str:
         return json.dumps(event_dict, **kwargs)
 
 
+_stderr_console: Console | None = None
+
+
+def stderr_console() -> Console:
+    """The one rich console on stderr: the progress bar draws on it and, on a terminal, log
+    lines print through it, so that a log line lands above a live bar instead of after it."""
+    global _stderr_console
+    if _stderr_console is None:
+        _stderr_console = Console(stderr=True)
+    return _stderr_console
+
+
+class ConsoleFile:
+    """A file for structlog's printer that hands each complete line to a rich console (which
+    clears and redraws a live progress bar around it)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._partial += text
+            *lines, self._partial = self._partial.split("\n")
+            for line in lines:
+                self.console.print(Text.from_ansi(line), soft_wrap=True, highlight=False)
+        return len(text)
+
+    def flush(self) -> None:
+        """Lines are handed over whole as they end; nothing is held back."""
+
+
 def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto",
     level: str = "info",
+    *,
+    console: Console | None = None,
 ) -> None:
-    """Configure structlog once per process; logs go to stderr so stdout stays for output."""
-    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    """Configure structlog once per process; logs go to stderr so stdout stays for output.
+
+    On a terminal (or with `console` given), lines go through the shared rich console."""
+    if console is None and sys.stderr.isatty():
+        console = stderr_console()
+    terminal = console.is_terminal if console is not None else sys.stderr.isatty()
+    use_console = fmt == "console" or (fmt == "auto" and terminal)
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.dev.ConsoleRenderer(colors=terminal)
         if use_console
         else structlog.processors.JSONRenderer(serializer=_dumps)
     )
@@ -111,7 +154,9 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(
+            file=cast(TextIO, ConsoleFile(console)) if console is not None else sys.stderr
+        ),
         cache_logger_on_first_use=False,
     )
     _route_standard_logging(renderer, [stamp, exceptions, _redact], use_console)

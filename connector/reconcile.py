@@ -8,12 +8,18 @@ Read-only unless asked to apply. Differences found:
                       cancelled, or unknown
   reference_missing   in Noko, but the Kantata invoice has no successful reference to it
   conflict            the store holds an unresolved conflict
+  unmappable          Kantata's record cannot be read or mapped (a field named in the detail);
+                      with the Noko invoice it already has, if any (never repaired automatically:
+                      fix the field in Kantata)
+Each invoice is listed once, under its first difference. Drafts and cancelled invoices are
+never unmappable: they are not for the books, however malformed.
 Repairs (`--apply`) go through the normal engine with `force`, so every rule of a push, an
 update in place or a cancellation holds; paid or locked Noko invoices are never changed.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -21,7 +27,7 @@ from typing import Any
 
 from connector.engine import SyncEngine
 from mappings.errors import MappingError
-from mappings.kantata import KantataInvoice, decode_invoices
+from mappings.kantata import KantataInvoice, UndecodableInvoice, decode_invoices
 from mappings.money import format_money, to_minor
 from mappings.to_ledger import to_ledger
 
@@ -74,6 +80,22 @@ def _reference_prefix(template: str) -> str:
     return template.split("{", 1)[0]
 
 
+def _reference_id(template: str) -> re.Pattern[str]:
+    """Matches a reference made by `template`; its group `id` is the Kantata invoice id. For
+    invoices whose number is unknown (an unreadable record) when the template uses it."""
+    parts = []
+    named = False
+    for part in re.split(r"(\{id\}|\{number\})", template):
+        if part == "{id}":
+            parts.append("(?P=id)" if named else "(?P<id>[0-9]+)")
+            named = True
+        elif part == "{number}":
+            parts.append(".*?")
+        else:
+            parts.append(re.escape(part))
+    return re.compile("".join(parts))
+
+
 def reconcile(
     engine: SyncEngine,
     *,
@@ -86,7 +108,7 @@ def reconcile(
     result = Reconciliation()
 
     kantata: dict[str, KantataInvoice] = {}
-    unreadable: dict[str, str] = {}
+    unreadable: dict[str, UndecodableInvoice] = {}
     after = None if since is None else since
     for page in engine.kantata.iter_invoice_pages(updated_after=after):
         for inv in decode_invoices(page.body):
@@ -94,7 +116,7 @@ def reconcile(
                 if until is None or inv.updated_at < until:
                     kantata[inv.id] = inv
             else:
-                unreadable[inv.id] = str(inv.error)
+                unreadable[inv.id] = inv
     result.kantata_invoices = len(kantata) + len(unreadable)
 
     prefix = _reference_prefix(profile.noko.reference)
@@ -164,7 +186,7 @@ def reconcile(
                     "total_mismatch",
                     kid,
                     noko_id,
-                    f"Noko {total}, Kantata "
+                    f"Noko {_money(noko_minor, total, doc.exponent, doc.currency)}, Kantata "
                     f"{format_money(doc.total_minor, doc.exponent, doc.currency)}",
                     repairable=str(noko_invoice.get("state")) not in ("paid", "in_progress"),
                 )
@@ -182,8 +204,36 @@ def reconcile(
                     else f"Kantata reference is {ref.status} for {ref.service_model_ref}",
                 )
             )
-    for kid, error in sorted(unreadable.items()):
-        result.differences.append(Difference("unmappable", kid, None, error, repairable=False))
+    by_kantata_id: dict[str, list[dict[str, Any]]] = {}
+    pattern = _reference_id(profile.noko.reference)
+    for reference, found in by_reference.items():
+        matched = pattern.fullmatch(reference)
+        if matched is not None:
+            by_kantata_id.setdefault(matched["id"], []).extend(found)
+    for kid, bad in sorted(unreadable.items(), key=lambda item: int(item[0])):
+        found = by_kantata_id.get(kid, [])
+        seen_references.update(str(f.get("reference") or "") for f in found)
+        noko_id = _int(found[0].get("id")) if len(found) == 1 else None
+        record = records.get(kid)
+        if record is not None and record.status == "conflict":
+            result.differences.append(
+                Difference("conflict", kid, record.noko_invoice_id, record.last_error or "")
+            )
+        elif bad.draft is True or (bad.status or "").strip().lower() == "cancelled":
+            if found:  # not for the books, malformed or not: the engine takes it out of Noko
+                state = "a draft" if bad.draft is True else "cancelled"
+                result.differences.append(
+                    Difference("not_in_kantata", kid, noko_id, f"{state} in Kantata, in Noko")
+                )
+        else:
+            where = (
+                "; its Noko invoice stays as it is until the field is fixed in Kantata"
+                if found
+                else ""
+            )
+            result.differences.append(
+                Difference("unmappable", kid, noko_id, str(bad.error) + where, repairable=False)
+            )
     if since is None and until is None:
         for reference, found in sorted(by_reference.items()):
             if reference not in seen_references:
@@ -212,6 +262,13 @@ def reconcile(
             result.still_failing = dict(cycle.failed)
             result.repaired = [i for i in ids if i not in cycle.failed]
     return result
+
+
+def _money(minor: int | None, raw: Any, exponent: int, currency: str) -> str:
+    """Noko's total in the same form as Kantata's (`1,234.50 USD`), or as given if unreadable."""
+    if minor is None:
+        return f"{raw!r} (not an amount in {currency})"
+    return format_money(minor, exponent, currency)
 
 
 def _int(value: Any) -> int | None:

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.console import Console
@@ -17,6 +17,8 @@ from connector.store import InvoiceRecord, Store
 from mappings.money import format_money
 
 STATES = ("synced", "failed", "conflict", "pending", "skipped")
+DAYS_CHARTED = 28
+"""The report's `daily` series covers this many UTC days, today included."""
 
 ACTIONS = {
     "mapping": "Fix the field named in the error in Kantata; the invoice is retried as soon as "
@@ -120,6 +122,13 @@ def build_report(store: Store, *, now: datetime | None = None, limit: int = 200)
         }
         for run in store.runs(limit=20)
     ]
+    first_day = (now - timedelta(days=DAYS_CHARTED - 1)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    daily = [
+        {"day": day, "synced": synced, "failed": failed, "open_failures": still_open}
+        for day, synced, failed, still_open in store.daily_activity(first_day)
+    ]
     return {
         "generated_at": _iso(now),
         "counts": counts,
@@ -129,6 +138,7 @@ def build_report(store: Store, *, now: datetime | None = None, limit: int = 200)
         "conflicts": conflicts,
         "warnings": warnings,
         "runs": runs,
+        "daily": daily,
     }
 
 

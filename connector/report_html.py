@@ -1,21 +1,23 @@
 """The status report as one self-contained HTML page (`status --html FILE`).
 
 `render_html` takes the dict of `connector.report.build_report` and returns a page with inline CSS
-and an inline SVG chart: no scripts, no fonts, no images, nothing fetched, so it opens offline,
+and a chart of plain HTML: no scripts, no fonts, no images, nothing fetched, so it opens offline,
 from a mail attachment or a CI artefact alike. Every value from the report is escaped.
 
 Stable hooks for tests and scrapers: `body[data-verdict]`, `#verdict`, `#count-<state>[data-count]`,
-`#cursor`, `#cursor-lag[data-seconds]`, `#chart` (an `<svg>` with one `circle.point-pushed` and one
-`circle.point-failed` per cycle, `data-points` = cycles drawn), and the tables `#runs`, `#failures`,
-`#conflicts`, `#warnings` whose body rows carry `data-run-id` / `data-kantata-id`.
+`#cursor`, `#cursor-lag[data-seconds]`, `#chart` (one `.day[data-day][data-synced][data-failed]
+[data-open]` per UTC day of the last four weeks, oldest first), and the tables `#runs`,
+`#failures`, `#conflicts`, `#warnings` whose body rows carry `data-run-id` / `data-kantata-id`
+and whose cells carry `data-label` (their column: a row is a card on a narrow screen).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from html import escape
 from typing import Any
 
@@ -38,13 +40,6 @@ STATE_HINTS = {
 }
 STALE_AFTER_SECONDS = 3600.0
 """A cursor further behind than this makes the page say "attention needed"."""
-
-# Chart geometry (SVG user units; the SVG scales to the page width).
-WIDTH, HEIGHT = 960, 320
-LEFT, RIGHT, TOP, BOTTOM = 64, 24, 44, 64
-X_PAD = 16
-PUSHED_COLOUR = "#1a7f37"
-FAILED_COLOUR = "#cf222e"
 
 
 def _e(value: object) -> str:
@@ -174,205 +169,138 @@ def verdict(
 
 # --------------------------------------------------------------------------- chart
 
+DAYS = 28  # the chart's span, today included; a phone shows the last PHONE_DAYS of them
+PHONE_DAYS = 14
+
 
 @dataclass(frozen=True)
-class _Point:
-    run_id: str
-    kind: str
-    outcome: str
-    at: datetime
-    pushed: int
+class _Day:
+    day: date
+    synced: int
     failed: int
+    open_failures: int | None  # None: nothing known of that day
 
 
-def _chart_points(runs: Iterable[Mapping[str, Any]]) -> list[_Point]:
-    points = []
-    for run in runs:
-        at = _when(run.get("started_at"))
-        if at is None or run.get("outcome") == "running":
-            continue  # a running cycle's figures are only written when it finishes
-        points.append(
-            _Point(
-                run_id=str(run.get("run_id") or ""),
-                kind=str(run.get("kind") or ""),
-                outcome=str(run.get("outcome") or ""),
-                at=at,
-                pushed=max(_int(run.get("pushed")), 0),
-                failed=max(_int(run.get("failed")), 0),
+def _chart_days(report: Mapping[str, Any]) -> list[_Day]:
+    """The last DAYS UTC days up to the report's day, oldest first, from `report["daily"]`
+    (days without activity are zero; the open failures carry over from the day before)."""
+    known: dict[date, Mapping[str, Any]] = {}
+    for given in _rows(report.get("daily")):
+        try:
+            known[date.fromisoformat(str(given.get("day")))] = given
+        except ValueError:
+            continue
+    generated = _when(report.get("generated_at"))
+    last = generated.date() if generated is not None else max(known, default=None)
+    if last is None:
+        last = datetime.now(UTC).date()
+    days = []
+    carried: int | None = None
+    earlier = [d for d in known if d <= last - timedelta(days=DAYS)]
+    if earlier:
+        carried = max(_int(known[max(earlier)].get("open_failures")), 0)
+    for offset in range(DAYS - 1, -1, -1):
+        day = last - timedelta(days=offset)
+        row: Mapping[str, Any] | None = known.get(day)
+        if row is not None and "open_failures" in row:
+            carried = max(_int(row.get("open_failures")), 0)
+        days.append(
+            _Day(
+                day=day,
+                synced=max(_int(row.get("synced")), 0) if row else 0,
+                failed=max(_int(row.get("failed")), 0) if row else 0,
+                open_failures=carried,
             )
         )
-    points.sort(key=lambda point: point.at)  # oldest first, left to right
-    return points
+    return days
 
 
-def _nice_step(top: int, ticks: int = 5) -> int:
-    raw = max(top / ticks, 1.0)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    for factor in (1, 2, 5, 10):
-        if factor * magnitude >= raw:
-            return int(factor * magnitude)
-    return int(10 * magnitude)  # pragma: no cover - the loop always returns
+def _compact(value: int) -> str:
+    """A bar's figure in at most four characters: 987, 1.2k, 12k, 1.2M."""
+    if value < 1000:
+        return str(value)
+    if value < 10_000:
+        return f"{value / 1000:.1f}k".replace(".0k", "k")
+    if value < 1_000_000:
+        return f"{value // 1000}k"
+    return f"{value / 1_000_000:.1f}M".replace(".0M", "M")
 
 
-TIME_STEPS = (
-    1, 2, 5, 10, 15, 30,
-    60, 120, 300, 600, 900, 1800,
-    3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600,
-    86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400, 91 * 86400, 364 * 86400,
-)  # fmt: skip
+def render_chart(report: Mapping[str, Any]) -> str:
+    """Invoices synced and failed per UTC day over the last four weeks, as bars of plain HTML
+    (text stays at its CSS size at any width), with the open failures at each day's end.
 
+    Heights are on a square-root scale, so that the day of a backfill of thousands does not
+    flatten the days of a few; every bar carries its exact figure."""
+    days = _chart_days(report)
+    top = max([max(d.synced, d.failed) for d in days] + [0])
+    # A phone shows the last PHONE_DAYS only: their bars are scaled to their own largest.
+    top_recent = max([max(d.synced, d.failed) for d in days[-PHONE_DAYS:]] + [0])
+    top_open = max([d.open_failures or 0 for d in days] + [0])
+    active = sum(1 for d in days if d.synced or d.failed)
 
-def _time_ticks(start: datetime, end: datetime, most: int = 6) -> tuple[list[datetime], str]:
-    """Round-numbered times between start and end (every 5 min, 1 h, 1 day...) and their format."""
-    span = (end - start).total_seconds()
-    if span <= 0:
-        return [start], "%H:%M"
-    step = next((step for step in TIME_STEPS if span / step <= most), TIME_STEPS[-1])
-    first = math.ceil(start.timestamp() / step) * step
-    ticks = [
-        datetime.fromtimestamp(first + i * step, UTC)
-        for i in range(int((end.timestamp() - first) // step) + 1)
-    ]
-    if step >= 86400:
-        label_format = "%Y-%m-%d" if step >= 28 * 86400 else "%m-%d"
-    elif start.date() != end.date():
-        label_format = "%m-%d %H:%M"
-    else:
-        label_format = "%H:%M:%S" if step < 60 else "%H:%M"
-    if len(ticks) < 2:  # too short a span for round numbers: label both ends
-        ticks = [start, end]
-    return ticks, label_format
+    def height(value: int, most: int) -> str:
+        if value <= 0 or most <= 0:
+            return "0"
+        return f"{min(max(math.sqrt(value) / math.sqrt(most) * 100, 2.5), 100):.1f}"
 
-
-def _svg_text(x: float, y: float, text: str, anchor: str = "middle", cls: str = "") -> str:
-    klass = f' class="{cls}"' if cls else ""
-    return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{klass}>{_e(text)}</text>'
-
-
-def render_chart(runs: Sequence[Mapping[str, Any]]) -> str:
-    """Pushed and failed invoices per cycle, oldest to newest, as an inline SVG line chart."""
-    points = _chart_points(runs)
-    plot_w = WIDTH - LEFT - RIGHT
-    plot_h = HEIGHT - TOP - BOTTOM
-    bottom = TOP + plot_h
-    out = [
-        f'<svg id="chart" data-points="{len(points)}" viewBox="0 0 {WIDTH} {HEIGHT}" '
-        'role="img" aria-labelledby="chart-title chart-desc" '
-        'xmlns="http://www.w3.org/2000/svg" preserveAspectRatio="xMidYMid meet">',
-        '<title id="chart-title">Invoices pushed and failed per sync cycle</title>',
-        f'<desc id="chart-desc">{_plural(len(points), "cycle", "cycles")}, oldest on the left; '
-        "green: invoices pushed to Noko, red: invoices that failed.</desc>",
-    ]
-    # Legend, top left, above the plot.
-    out.append('<g id="chart-legend" class="legend">')
-    for offset, (name, colour) in enumerate(
-        (("synced (pushed to Noko)", PUSHED_COLOUR), ("failed", FAILED_COLOUR))
-    ):
-        lx = LEFT + offset * 220
-        out.append(
-            f'<line x1="{lx + 6}" y1="28" x2="{lx + 6}" y2="14" stroke="{colour}" '
-            'stroke-width="3"/>'
-            f'<circle cx="{lx + 6}" cy="13" r="4.5" fill="{colour}"/>'
-            + _svg_text(lx + 18, 24, name, "start")
+    columns = []
+    for index, d in enumerate(days):
+        old = index < DAYS - PHONE_DAYS
+        label = f"{d.day:%Y-%m-%d}: {d.synced} synced, {d.failed} failed"
+        if d.open_failures is not None:
+            label += f", {d.open_failures} open at the day's end"
+        month = (
+            f'<span class="month">{d.day:%b}</span>'
+            if d.day.day == 1 or index in (0, DAYS - PHONE_DAYS)
+            else ""
         )
-    out.append("</g>")
-
-    top_value = max([max(p.pushed, p.failed) for p in points] + [0])
-    step = _nice_step(top_value)
-    y_max = max(step * math.ceil(top_value / step), step)
-
-    def y_of(value: int) -> float:
-        return bottom - plot_h * value / y_max
-
-    if not points:
-        out.append(
-            f'<line x1="{LEFT}" y1="{bottom}" x2="{LEFT + plot_w}" y2="{bottom}" class="baseline"/>'
-            + _svg_text(
-                LEFT + plot_w / 2, TOP + plot_h / 2, "No sync cycles recorded yet", cls="empty"
-            )
-            + "</svg>"
+        open_cell = (
+            ""
+            if d.open_failures is None
+            else f'<span class="open-figure">{_compact(d.open_failures)}</span>'
         )
-        return "".join(out)
-
-    # Y axis: grid lines and labels.
-    out.append('<g id="chart-y-axis" class="axis">')
-    for value in range(0, y_max + 1, step):
-        y = y_of(value)
-        out.append(
-            f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + plot_w}" y2="{y:.1f}" class="grid"/>'
-            + _svg_text(LEFT - 8, y + 4, str(value), "end")
+        open_class = "backlog" + (" some" if d.open_failures else "")
+        if d.open_failures and top_open:
+            open_class += " many" if d.open_failures * 2 > top_open else ""
+        columns.append(
+            f'<div class="day{" old" if old else ""}{" weekend" if d.day.weekday() >= 5 else ""}"'
+            f' data-day="{d.day.isoformat()}" data-synced="{d.synced}" data-failed="{d.failed}"'
+            f' data-open="{"" if d.open_failures is None else d.open_failures}"'
+            f' title="{_e(label)}">'
+            '<div class="figures">'
+            f'<span class="figure synced">{_compact(d.synced) if d.synced else ""}</span>'
+            f'<span class="figure failed">{_compact(d.failed) if d.failed else ""}</span></div>'
+            '<div class="plot">'
+            f'<div class="bar synced" style="--h:{height(d.synced, top)}%;'
+            f'--h-recent:{height(d.synced, top_recent)}%"></div>'
+            f'<div class="bar failed" style="--h:{height(d.failed, top)}%;'
+            f'--h-recent:{height(d.failed, top_recent)}%"></div>'
+            "</div>"
+            f'<div class="{open_class}">{open_cell}</div>'
+            f'<div class="date">{d.day.day}{month}</div></div>'
         )
-    out.append(
-        f'<text x="16" y="{TOP + plot_h / 2:.1f}" text-anchor="middle" class="axis-title" '
-        f'transform="rotate(-90 16 {TOP + plot_h / 2:.1f})">invoices per cycle</text>'
+    summary = (
+        f"{sum(d.synced for d in days):,} invoices synced and "
+        f"{sum(d.failed for d in days):,} failed over {DAYS} days up to "
+        f"{days[-1].day:%Y-%m-%d}"
     )
-    out.append("</g>")
-
-    start, end = points[0].at, points[-1].at
-    span = (end - start).total_seconds()
-
-    def x_of(moment: datetime) -> float:
-        if span <= 0:
-            return LEFT + plot_w / 2
-        inner = plot_w - 2 * X_PAD  # keep the first and last cycle clear of the axes
-        return LEFT + X_PAD + inner * (moment - start).total_seconds() / span
-
-    # X axis: time ticks. One day or less: HH:MM (the date goes in the axis title).
-    same_day = start.date() == end.date()
-    ticks, label_format = _time_ticks(start, end)
-    out.append('<g id="chart-x-axis" class="axis">')
-    out.append(
-        f'<line x1="{LEFT}" y1="{bottom}" x2="{LEFT + plot_w}" y2="{bottom}" class="baseline"/>'
+    empty = (
+        '<p class="none" id="chart-none">No invoice was synced or failed in the last four weeks.'
+        "</p>"
+        if not active
+        else ""
     )
-    for tick in ticks:
-        x = x_of(tick)
-        label = tick.strftime(label_format)
-        half = len(label) * 3.8  # about half the label's width at 13 px
-        anchor = "middle"
-        if x + half > WIDTH - 4:
-            anchor = "end"
-        elif x - half < 4:
-            anchor = "start"
-        out.append(
-            f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 6}" class="tick"/>'
-            + _svg_text(x, bottom + 22, label, anchor)
-        )
-    day = start.strftime("%Y-%m-%d") if same_day else f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"
-    out.append(
-        _svg_text(LEFT + plot_w / 2, HEIGHT - 12, f"cycle start (UTC), {day}", cls="axis-title")
+    return (
+        f'<div id="chart" class="chart" data-days="{len(days)}" data-active-days="{active}"'
+        f' data-max="{top}" role="img" aria-label="{_e(summary)}">'
+        '<div class="legend" id="chart-legend">'
+        '<span><i class="key synced"></i>synced</span>'
+        '<span><i class="key failed"></i>failed (each invoice once a day)</span>'
+        '<span><i class="key open"></i>open failures at the day\'s end</span></div>'
+        f"{empty}"
+        f'<div class="days">{"".join(columns)}</div></div>'
     )
-    out.append("</g>")
-
-    # Series: each cycle is a separate event, so a stem from zero up to its count with a dot on
-    # top (no line joining cycles, which would suggest values in between). Pushed and failed
-    # stand side by side.
-    labels: list[str] = []
-    for series, colour, shift in (("pushed", PUSHED_COLOUR, -4), ("failed", FAILED_COLOUR, 4)):
-        coords = [(x_of(p.at) + shift, y_of(getattr(p, series))) for p in points]
-        out.append(f'<g id="chart-{series}" class="series" data-series="{series}">')
-        for point, (x, y) in zip(points, coords, strict=True):
-            if y < bottom:
-                out.append(
-                    f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{y:.1f}" '
-                    f'stroke="{colour}" stroke-width="3" class="stem stem-{series}"/>'
-                )
-            value = getattr(point, series)
-            label = (
-                f"{point.at:%Y-%m-%d %H:%M:%S} UTC, {point.kind} cycle ({point.outcome}): "
-                f"{value} {series}"
-            )
-            out.append(
-                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4.5" fill="{colour}" '
-                f'class="point point-{series}" data-run-id="{_e(point.run_id)}" '
-                f'data-started-at="{_e(point.at.isoformat())}" data-value="{value}">'
-                f"<title>{_e(label)}</title></circle>"
-            )
-            if series == "failed" and value:
-                # Failures are few beside hundreds pushed: say how many, above the point.
-                labels.append(_svg_text(x, y - 10, str(value), cls="failed-label"))
-        out.append("</g>")
-    out.append(f'<g id="chart-failed-labels">{"".join(labels)}</g></svg>')
-    return "".join(out)
 
 
 # --------------------------------------------------------------------------- page parts
@@ -437,9 +365,16 @@ def _table(
         for i, h in enumerate(headers)
     )
     return (
-        f'<div class="scroll"><table id="{table_id}"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></div>"
+        f'<div class="scroll"><table id="{table_id}" class="cards"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(_labelled(row, headers) for row in rows)}</tbody></table></div>"
     )
+
+
+def _labelled(row: str, headers: Sequence[str]) -> str:
+    """Each cell of a row with its column's name (`data-label`): on a narrow screen a row is a
+    card, and each value shows its name beside it."""
+    cells = iter(headers)
+    return re.sub(r"<td(?=[ >])", lambda _m: f'<td data-label="{_e(next(cells))}"', row)
 
 
 def _runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
@@ -578,18 +513,34 @@ h2 .n { color: var(--muted); font-weight: 400; }
 .facts dd { margin: 0; font-size: 16px; font-weight: 600; }
 .stale, td.bad { color: var(--bad); font-weight: 600; }
 figure { margin: 0; }
-#chart { width: 100%; height: auto; max-height: 360px; display: block;
-  border: 1px solid var(--line); border-radius: 8px; background: #fff; }
-#chart text { font-size: 13px; fill: var(--muted);
-  font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
-#chart .legend text { font-size: 14px; fill: var(--ink); }
-#chart .axis-title { font-size: 13px; fill: var(--ink); }
-#chart .empty { font-size: 18px; }
-#chart .failed-label { fill: #cf222e; font-size: 14px; font-weight: 700;
-  paint-order: stroke; stroke: #fff; stroke-width: 4px; stroke-linejoin: round; }
-#chart .grid { stroke: #eaeef2; stroke-width: 1; }
-#chart .baseline { stroke: #8c959f; stroke-width: 1.5; }
-#chart .tick { stroke: #8c959f; }
+.chart { border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px 6px;
+  background: #fff; }
+.chart .legend { display: flex; flex-wrap: wrap; gap: 4px 18px; font-size: 14px;
+  margin-bottom: 6px; }
+.chart .key { display: inline-block; width: 12px; height: 12px; border-radius: 2px;
+  margin-right: 6px; vertical-align: -1px; }
+.key.synced, .bar.synced { background: var(--ok); }
+.key.failed, .bar.failed { background: var(--bad); }
+.key.open { background: #f5d48b; border: 1px solid var(--warn); }
+.chart .days { display: flex; align-items: stretch; gap: 2px; }
+.chart .day { flex: 1 1 0; min-width: 0; display: flex; flex-direction: column; }
+.chart .day.weekend .plot { background: #f6f8fa; }
+.chart .figures { display: flex; flex-direction: column; align-items: center;
+  font-size: 12px; line-height: 15px; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.chart .figure { min-height: 15px; }
+.chart .figure.synced { color: var(--ok); }
+.chart .figure.failed { color: var(--bad); font-weight: 700; }
+.chart .plot { height: 160px; display: flex; align-items: flex-end; justify-content: center;
+  gap: 1px; border-bottom: 1.5px solid #8c959f; }
+.chart .bar { width: 42%; max-width: 16px; border-radius: 2px 2px 0 0; height: var(--h); }
+.chart .backlog { height: 20px; margin-top: 3px; font-size: 12px; line-height: 20px;
+  text-align: center; color: var(--muted); border-radius: 3px; }
+.chart .backlog.some { background: #fff1cc; color: var(--warn); font-weight: 600; }
+.chart .backlog.many { background: #f5d48b; }
+.chart .date { font-size: 12px; text-align: center; color: var(--muted); line-height: 15px;
+  padding-top: 2px; font-variant-numeric: tabular-nums; }
+.chart .month { display: block; font-weight: 600; color: var(--ink); }
+.days-phone { display: none; }
 figcaption { font-size: 13px; color: var(--muted); margin-top: 4px; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; font-size: 14px; }
@@ -603,6 +554,42 @@ tbody tr:nth-child(even) { background: #fbfcfd; }
 td.id { font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
 td.why { min-width: 200px; }
 td.action { min-width: 300px; }
+@media (max-width: 700px) {
+  body { padding: 12px 10px 32px; }
+  h2 { font-size: 17px; }
+  .verdict .headline { font-size: 24px; }
+  .counts { grid-template-columns: repeat(auto-fit, minmax(96px, 1fr)); gap: 8px; }
+  .count { padding: 8px 10px; }
+  .count .figure { font-size: 28px; }
+  .count .label { font-size: 13px; }
+  .count .hint { font-size: 12px; }
+  .facts dl { gap: 8px 24px; }
+  .chart { padding: 8px 6px 4px; }
+  .chart .day.old { display: none; }
+  .chart .bar { height: var(--h-recent); }
+  .chart .figures, .chart .backlog, .chart .date { font-size: 11px; }
+  .chart .legend { font-size: 13px; }
+  .days-desktop { display: none; }
+  .days-phone { display: inline; }
+  .scroll { overflow-x: visible; }
+  table.cards, table.cards tbody, table.cards tr, table.cards td { display: block; }
+  table.cards thead { position: absolute; width: 1px; height: 1px; overflow: hidden;
+    clip: rect(0 0 0 0); }
+  table.cards tr { border: 1px solid var(--line); border-radius: 8px; margin: 0 0 10px;
+    padding: 4px 10px; background: #fff; }
+  table.cards tbody tr:nth-child(even) { background: #fff; }
+  table.cards td { border: 0; padding: 3px 0 3px 8.5em; position: relative; min-width: 0;
+    text-align: left; white-space: normal; overflow-wrap: anywhere; }
+  table.cards td::before { content: attr(data-label); position: absolute; left: 0; top: 3px;
+    width: 8.5em; color: var(--muted); white-space: nowrap;
+    font: 600 13px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
+    overflow: hidden; text-overflow: ellipsis; }
+  table.cards td.why, table.cards td.action, table.cards td.wrap { padding-left: 0; }
+  table.cards td.why::before, table.cards td.action::before, table.cards td.wrap::before {
+    position: static; display: block; width: auto; }
+  table.cards td:empty { display: none; }
+  code { white-space: normal; overflow-wrap: anywhere; }
+}
 code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 13px;
   background: #eff1f3; padding: 1px 4px; border-radius: 4px; white-space: nowrap; }
 .badge { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 13px;
@@ -645,8 +632,6 @@ def render_html(report: dict[str, Any], *, stale_after: float = STALE_AFTER_SECO
             f'<p class="sub">{_e(_plural(len(warnings), "warning", "warnings"))} '
             "to review (see Warnings below).</p>"
         )
-    drawn = len(_chart_points(runs))
-    span_note = f"last {_plural(drawn, 'cycle', 'cycles')}" if drawn else "no cycles yet"
     title = f"kantata-sync status: {headline.lower()}"
     return "".join(
         [
@@ -661,13 +646,16 @@ def render_html(report: dict[str, Any], *, stale_after: float = STALE_AFTER_SECO
             f'<p class="headline">{_e(headline)}</p>{detail}</section>',
             _counts(report),
             _cursor(report, stale_after),
-            "<h2>Invoices pushed and failed per cycle "
-            f'<span class="n">({_e(span_note)})</span></h2>',
+            "<h2>Invoices synced and failed per day "
+            f'<span class="n">(UTC, <span class="days-desktop">last {DAYS} days</span>'
+            f'<span class="days-phone">last {PHONE_DAYS} days</span>)</span></h2>',
             "<figure>",
-            render_chart(runs),
-            "<figcaption>Each point is one finished sync cycle, placed at its start time; "
-            "hover a point for its figures. A cycle still running is drawn once it "
-            "finishes.</figcaption></figure>",
+            render_chart(report),
+            "<figcaption>Green: invoices synced to Noko that day; red: invoices that failed "
+            "that day, each counted once however often it was tried; amber: invoices failed or "
+            "in conflict at the day's end (the backlog). Bar heights grow with the square root "
+            "of the figure, so that a backfill day does not flatten the others; the figures "
+            "are exact. Today's column counts so far.</figcaption></figure>",
             f'<h2>Failed invoices <span class="n">({len(failures)})</span></h2>',
             _failures_table(failures),
             f'<h2>Conflicts <span class="n">({len(conflicts)})</span></h2>',

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,3 +57,62 @@ def test_reconcile_finds_and_repairs_differences(box: Sandbox, tmp_path: Path) -
     again = run_cli(["reconcile", "--json"], env, tmp_path)
     assert again.returncode == 0, again.stdout
     assert json.loads(again.stdout)["differences"] == []
+
+
+def test_reconcile_lists_each_invoice_once_and_never_a_draft_as_unmappable(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """An invoice made unmappable after it reached Noko is listed once, as unmappable with its
+    Noko invoice (not also as a Noko invoice matching no Kantata invoice); a malformed draft is
+    not listed at all; a hand-edited total reads in one money format; `--apply` prints each
+    invoice once, with what became of it."""
+    generate(box.kantata, seed=32, invoices=8, draft_rate=0, cancelled_rate=0)
+    workspace = box.kantata.state()["workspaces"][0]
+    draft = box.kantata.add_invoice(
+        workspace_ids=[int(workspace["id"])],
+        currency="USD",
+        draft=True,
+        lines=[{"kind": "fixed_fee_item", "amount_in_cents": 1000, "taxable": False}],
+    )
+    box.kantata.corrupt_invoice(draft, "currency", "XX1")
+    env = cli_env(box, tmp_path)
+    assert run_cli(["sync"], env, tmp_path).returncode == 0
+    ids = sorted(box.kantata.invoice_ids())
+    broken = ids[0]
+    box.kantata.corrupt_invoice(broken, "currency", "XX1")
+    noko = {str(i["reference"]): i for i in box.noko.state()["invoices"]}
+    broken_noko = int(noko[f"KS-{broken}"]["id"])
+    assert run_cli(["sync"], env, tmp_path).returncode == 1  # the unmappable one fails
+    edited = noko[f"KS-{ids[1]}"]
+    box.noko.edit_invoice(
+        int(edited["id"]),
+        add_expenses=[
+            {
+                "price": "1000.00",
+                "description": "by hand",
+                "project_id": edited["projects"][0]["id"],
+            }
+        ],
+    )
+
+    listed = run_cli(["reconcile", "--json"], env, tmp_path)
+    differences = json.loads(listed.stdout)["differences"]
+    by_kind = {(d["kind"], d["kantata_invoice_id"], d["noko_invoice_id"]) for d in differences}
+    assert ("unmappable", str(broken), broken_noko) in by_kind
+    assert not any(d["kind"] == "not_in_kantata" for d in differences), differences
+    assert not any(d["kantata_invoice_id"] == str(draft) for d in differences), differences
+    kantata_ids = [d["kantata_invoice_id"] for d in differences]
+    assert len(kantata_ids) == len(set(kantata_ids))
+    mismatch = next(d for d in differences if d["kind"] == "total_mismatch")
+    assert re.fullmatch(r"Noko [0-9,]+\.\d\d USD, Kantata [0-9,]+\.\d\d USD", mismatch["detail"])
+
+    applied = run_cli(["reconcile", "--apply"], env, tmp_path)
+    lines = applied.stdout.splitlines()
+    assert lines[0] == "Compared 9 Kantata and 8 Noko invoices: 2 differences."
+    assert len([line for line in lines if f"kantata {broken} " in line]) == 1
+    assert any(f"kantata {ids[1]} " in line and line.endswith("-> repaired") for line in lines), (
+        lines
+    )
+    assert any(f"kantata {broken} " in line and "left alone" in line for line in lines), lines
+    assert lines[-1] == "Repaired 1; still failing 0."
+    assert applied.returncode == 1  # the unmappable one remains

@@ -224,57 +224,106 @@ def test_page_is_self_contained() -> None:
     assert "<style>" in page
 
 
-def test_chart_has_one_point_per_run_oldest_first() -> None:
-    """The SVG has a pushed and a failed point per cycle, left to right from oldest to newest."""
-    report = sample_report(runs=6)
-    page = render_html(report)
-    tags = check(page)
-    assert tags.ids["chart"]["data-points"] == "6"
-    pushed = re.findall(r'<circle cx="([\d.]+)"[^>]*class="point point-pushed"[^>]*'
-                        r'data-run-id="([^"]+)"[^>]*data-value="(\d+)"', page)  # fmt: skip
-    failed = re.findall(r'class="point point-failed"', page)
-    assert len(pushed) == 6
-    assert len(failed) == 6
-    xs = [float(x) for x, _, _ in pushed]
-    assert xs == sorted(xs)
-    assert xs[0] < xs[-1]
-    assert [run_id for _, run_id, _ in pushed] == [f"run-{i}" for i in range(6)]
-    assert [int(value) for _, _, value in pushed] == [10 * i + 1 for i in range(6)]
-    assert page.count('class="stem stem-pushed"') == 6  # a stem for every non-zero count
-    assert page.count('class="stem stem-failed"') == 4
-    assert "<polyline" not in page  # cycles are separate events, not joined by a line
-    assert page.count('class="failed-label"') == 4  # cycles 1, 2, 4 and 5 had failures
-    assert "synced (pushed to Noko)" in page
-    assert "invoices per cycle" in page
-    assert "cycle start (UTC), 2024-05-01" in page
+def daily_report(rows: list[tuple[str, int, int, int]]) -> dict[str, Any]:
+    report = sample_report()
+    report["daily"] = [
+        {"day": day, "synced": synced, "failed": failed, "open_failures": still_open}
+        for day, synced, failed, still_open in rows
+    ]
+    return report
 
 
-def test_chart_x_axis_uses_round_times() -> None:
-    """X-axis ticks fall on round times (every 5 minutes for a 25-minute history)."""
-    page = render_html(sample_report(runs=6))
-    axis = page[page.index('id="chart-x-axis"') : page.index('id="chart-pushed"')]
-    labels = re.findall(r">(\d\d:\d\d)</text>", axis)
-    assert labels == ["09:00", "09:05", "09:10", "09:15", "09:20", "09:25"]
+def days_of(page: str) -> list[dict[str, str]]:
+    return [
+        dict(re.findall(r'(data-[a-z]+)="([^"]*)"', found))
+        for found in re.findall(r'<div class="day(?: [^"]*)?"([^>]*)>', page)
+    ]
 
 
-def test_chart_with_one_run() -> None:
-    """A single cycle is drawn as one point per series in the middle of the time axis."""
-    report = sample_report(runs=1)
-    page = render_html(report)
-    tags = check(page)
-    assert tags.ids["chart"]["data-points"] == "1"
-    assert page.count('class="point point-pushed"') == 1
-    (x,) = re.findall(r'<circle cx="([\d.]+)"[^>]*class="point point-pushed"', page)
-    assert float(x) == pytest.approx(64 + (960 - 64 - 24) / 2 - 4)  # the middle, left of failed
+def test_chart_has_one_column_per_day_of_the_last_four_weeks() -> None:
+    """28 UTC days up to the report's day, oldest first; days without activity are zero and
+    the open failures carry over; days before anything is known show no backlog."""
+    page = render_html(
+        daily_report([("2024-04-20", 100, 0, 0), ("2024-04-29", 3, 2, 2), ("2024-05-01", 1, 0, 1)])
+    )
+    check(page)
+    days = days_of(page)
+    assert len(days) == 28
+    assert days[0]["data-day"] == "2024-04-04" and days[-1]["data-day"] == "2024-05-01"
+    by_day = {d["data-day"]: d for d in days}
+    assert (by_day["2024-04-20"]["data-synced"], by_day["2024-04-20"]["data-failed"]) == (
+        "100",
+        "0",
+    )
+    assert by_day["2024-04-19"]["data-open"] == ""  # nothing known yet
+    assert by_day["2024-04-21"]["data-open"] == "0"
+    assert by_day["2024-04-30"]["data-open"] == "2"  # carried over from the day before
+    assert by_day["2024-04-30"]["data-synced"] == "0"
+    assert by_day["2024-05-01"]["data-open"] == "1"
+    assert page.count('class="day old') == 14  # hidden on a phone: the last two weeks stay
 
 
-def test_chart_skips_runs_without_a_start_time() -> None:
-    """A cycle without a readable start time is left out of the chart but kept in the table."""
-    report = sample_report(runs=3)
-    report["runs"][0]["started_at"] = "not a time"
-    page = render_html(report)
-    assert 'data-points="2"' in page
-    assert page.count('<tr data-run-id="run-') == 3
+def test_chart_heights_grow_with_the_square_root_and_figures_are_exact() -> None:
+    """A backfill day of 100 does not flatten a day of 4 (20% of the height, not 4%); on a
+    phone the last two weeks are scaled to their own largest; a figure too wide for a column
+    is written short."""
+    page = render_html(daily_report([("2024-04-10", 100, 0, 0), ("2024-04-29", 4, 1, 1)]))
+    assert '<div class="bar synced" style="--h:100.0%;--h-recent:100.0%">' in page  # hidden
+    # On a phone only the last two weeks show, scaled to their own largest figure.
+    assert '<div class="bar synced" style="--h:20.0%;--h-recent:100.0%">' in page
+    assert '<div class="bar failed" style="--h:10.0%;--h-recent:50.0%">' in page
+    assert '<span class="figure synced">100</span>' in page
+    assert '<span class="figure failed">1</span>' in page
+    big = render_html(daily_report([("2024-04-20", 1234, 0, 0), ("2024-04-21", 56789, 0, 0)]))
+    assert '<span class="figure synced">1.2k</span>' in big
+    assert '<span class="figure synced">56k</span>' in big
+    assert 'data-synced="56789"' in big and "56,789" not in big.split('id="chart"')[0]
+
+
+def test_daily_activity_counts_each_invoice_once_a_day_and_the_backlog() -> None:
+    """From the invoice histories: invoices synced and failed per day (an invoice tried twice
+    counts once), and the open failures (failed or in conflict) at each day's end."""
+    store = Store("sqlite://")
+    clock = [datetime(2024, 4, 28, 9, tzinfo=UTC)]
+    events = [
+        (datetime(2024, 4, 28, 9, tzinfo=UTC), "A", "synced"),
+        (datetime(2024, 4, 28, 10, tzinfo=UTC), "B", "failed"),
+        (datetime(2024, 4, 28, 11, tzinfo=UTC), "B", "failed"),
+        (datetime(2024, 4, 28, 12, tzinfo=UTC), "C", "failed"),
+        (datetime(2024, 4, 29, 9, tzinfo=UTC), "B", "synced"),
+        (datetime(2024, 4, 29, 10, tzinfo=UTC), "C", "failed"),
+        (datetime(2024, 4, 29, 11, tzinfo=UTC), "D", "conflict"),
+        (datetime(2024, 5, 1, 9, tzinfo=UTC), "C", "skipped"),
+    ]
+    import connector.store as store_module
+
+    original = store_module.utcnow
+    store_module.utcnow = lambda: clock[0]
+    try:
+        for at, kantata_id, event in events:
+            clock[0] = at
+            record = store.get_invoice(kantata_id) or store.new_invoice(kantata_id)
+            store.save_invoice(record, run_id="r", event=event, detail="")
+        rows = store.daily_activity(datetime(2024, 4, 4, tzinfo=UTC))
+        assert rows == [
+            ("2024-04-28", 1, 2, 2),
+            ("2024-04-29", 1, 1, 2),
+            ("2024-05-01", 0, 0, 1),
+        ]
+        assert store.daily_activity(datetime(2024, 4, 30, tzinfo=UTC)) == [("2024-05-01", 0, 0, 1)]
+        report = build_report(store, now=datetime(2024, 5, 1, 12, tzinfo=UTC))
+    finally:
+        store_module.utcnow = original
+        store.close()
+    assert report["daily"][0] == {
+        "day": "2024-04-28",
+        "synced": 1,
+        "failed": 2,
+        "open_failures": 2,
+    }
+    days = {d["data-day"]: d for d in days_of(render_html(report))}
+    assert days["2024-04-30"]["data-open"] == "2"
+    assert days["2024-05-01"]["data-open"] == "1"
 
 
 @pytest.mark.parametrize("report", [{}, {"counts": {}, "runs": None, "failures": "junk"}])
@@ -282,7 +331,7 @@ def test_missing_or_malformed_parts_still_render(report: dict[str, Any]) -> None
     """A report with parts missing or of the wrong type still renders a page."""
     page = render_html(report)
     check(page)
-    assert 'data-points="0"' in page
+    assert 'data-active-days="0"' in page
     assert 'id="count-synced" data-count="0"' in page
 
 
@@ -297,12 +346,12 @@ def test_empty_store_report_renders() -> None:
     tags = check(page)
     for state in ("synced", "failed", "conflict", "pending", "skipped"):
         assert tags.ids[f"count-{state}"]["data-count"] == "0"
-    assert tags.ids["chart"]["data-points"] == "0"
+    assert tags.ids["chart"]["data-active-days"] == "0"
+    assert "No invoice was synced or failed in the last four weeks." in page
     assert "No sync cycles recorded yet" in page
     assert "none yet: the next sync reads everything" in page
     assert "no sync cycle has run yet" in page
     assert "No failed invoices." in page
-    assert "<circle" not in page.split('id="chart-legend"')[1].split("</g>", 1)[1]
 
 
 def test_running_cycle_is_listed_but_not_drawn() -> None:
@@ -312,7 +361,6 @@ def test_running_cycle_is_listed_but_not_drawn() -> None:
     report["counts"].update(failed=0, conflict=0)
     report["runs"][0].update(outcome="running", pushed=0, failed=0, duration_seconds=None)
     page = render_html(report)
-    assert 'data-points="2"' in page
     assert '<tr data-run-id="run-2" data-outcome="running">' in page
     assert "a cycle is running since 2024-05-01 09:10:00 UTC" in page
     assert '<body data-verdict="healthy">' in page

@@ -526,6 +526,45 @@ def test_corrupt_line_shows_a_malformed_amount(box: Sandbox, api: httpx.Client) 
     assert body["invoices"][str(invoice_id)]["balance_in_cents"] == 1000
 
 
+def test_corruption_is_undone_over_the_admin_api(
+    box: Sandbox, api: httpx.Client, admin: httpx.Client
+) -> None:
+    """`DELETE /_sandbox/invoices/{id}/corrupt` puts back what every corruption of the invoice
+    changed (a field, a line's value, a line it added, the total), bumps `updated_at`, and is
+    refused for an invoice that was not corrupted."""
+    generate(box.kantata, seed=5, invoices=3, draft_rate=0, cancelled_rate=0)
+    invoice_id = box.kantata.invoice_ids()[0]
+    include = {"include": "additional_items,expenses,fixed_fee_items,time_entries"}
+    before = api.get(f"/invoices/{invoice_id}", params=include).json()
+    assert admin.delete(f"/invoices/{invoice_id}/corrupt").status_code == 422
+
+    added = admin.post(
+        f"/invoices/{invoice_id}/corrupt", json={"field": "no_such_field", "value": "x"}
+    )
+    assert added.status_code == 200
+    admin.post(f"/invoices/{invoice_id}/corrupt", json={"field": "amount_in_cents", "value": "1.5"})
+    admin.post(
+        f"/invoices/{invoice_id}/corrupt",
+        json={"target": "invoice", "field": "tax_rate", "value": "lots"},
+    )
+    broken = api.get(f"/invoices/{invoice_id}", params=include).json()
+    assert broken["invoices"][str(invoice_id)]["tax_rate"] == "lots", broken
+    assert broken != before
+
+    undone = admin.delete(f"/invoices/{invoice_id}/corrupt")
+    assert undone.status_code == 200, undone.text
+    after = api.get(f"/invoices/{invoice_id}", params=include).json()
+    restored = after["invoices"][str(invoice_id)]
+    original = before["invoices"][str(invoice_id)]
+    assert restored["updated_at"] > original["updated_at"]
+    assert {k: v for k, v in restored.items() if k != "updated_at"} == {
+        k: v for k, v in original.items() if k != "updated_at"
+    }
+    for kind in ("additional_items", "expenses", "fixed_fee_items", "time_entries"):
+        assert after.get(kind) == before.get(kind), kind
+    assert admin.delete(f"/invoices/{invoice_id}/corrupt").status_code == 422
+
+
 def test_generate_is_deterministic_and_realistic() -> None:
     """The same seed gives the same data; it mixes currencies, statuses, kinds and credits."""
     first, second = FakeKantata(), FakeKantata()

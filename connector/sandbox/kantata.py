@@ -200,6 +200,15 @@ class _Line:
     rendered: dict[str, Any] | None = None
 
 
+class _Undo:
+    """How an invoice was before it was first corrupted (see `FakeKantata.uncorrupt`)."""
+
+    def __init__(self, balance_override: int | None, raw_overrides: dict[str, Any]) -> None:
+        self.balance_override = balance_override
+        self.raw_overrides = raw_overrides
+        self.lines: dict[int, dict[str, Any] | None] = {}
+
+
 @dataclass
 class _Invoice:
     id: int
@@ -326,6 +335,9 @@ class FakeKantata(Service):
         self._default_workspaces: dict[str, int] = {}
         self._garble: tuple[str, int] | None = None
         self.garbled = 0
+        # What `uncorrupt` puts back, per invoice: its balance override and raw overrides
+        # before the first corruption, and each corrupted line's fields before (None: added).
+        self._corrupted: dict[int, _Undo] = {}
         self._register_routes()
 
     # ===== in-process admin API ==============================================================
@@ -595,6 +607,7 @@ class FakeKantata(Service):
         """
         with self.mutex:
             invoice = self._invoice_or_404(invoice_id)
+            undo = self._undo_for(invoice)
             if invoice.balance_override is None:
                 invoice.balance_override = self._totals(invoice)["total"]
             line = next(
@@ -607,6 +620,9 @@ class FakeKantata(Service):
                 spec: dict[str, Any] = {"kind": kind, "amount_in_cents": 0, "time_in_minutes": 0}
                 line = self._make_line(invoice, spec, self.now())
                 self._attach(invoice, line)
+                undo.lines.setdefault(line.id, None)
+            else:
+                undo.lines.setdefault(line.id, dict(line.fields))
             line.fields = {**line.fields, field_name: value}
             line.rendered = None
             self._lines_version += 1
@@ -619,7 +635,40 @@ class FakeKantata(Service):
         included, so it may name a line absent from the included map. Bumps `updated_at`."""
         with self.mutex:
             invoice = self._invoice_or_404(invoice_id)
+            self._undo_for(invoice)
             invoice.raw_overrides[field_name] = value
+            self._touch(invoice, self.now())
+
+    def _undo_for(self, invoice: _Invoice) -> _Undo:
+        undo = self._corrupted.get(invoice.id)
+        if undo is None:
+            undo = _Undo(invoice.balance_override, dict(invoice.raw_overrides))
+            self._corrupted[invoice.id] = undo
+        return undo
+
+    def uncorrupt(self, invoice_id: int) -> None:
+        """Undo every `corrupt_line` and `corrupt_invoice` of the invoice: the fields, lines
+        and total are as before the first of them (lines they added are gone). Bumps
+        `updated_at`, so the next sync reads the invoice again. 422 if it was not corrupted."""
+        with self.mutex:
+            invoice = self._invoice_or_404(invoice_id)
+            undo = self._corrupted.pop(invoice_id, None)
+            if undo is None:
+                _fail(422, f"invoice {invoice_id} has no corruption to undo", field="id")
+            assert undo is not None
+            invoice.raw_overrides = undo.raw_overrides
+            for line_id, fields_before in reversed(undo.lines.items()):
+                line = self._lines.get(line_id)
+                if line is None:
+                    continue
+                if fields_before is None:
+                    self._detach(invoice, line)
+                    self._lines.pop(line_id, None)
+                else:
+                    line.fields = fields_before
+                    line.rendered = None
+            invoice.balance_override = undo.balance_override
+            self._lines_version += 1
             self._touch(invoice, self.now())
 
     def garble_pages(self, count: int, kind: str = "html") -> None:
@@ -1219,6 +1268,7 @@ class FakeKantata(Service):
         admin(Route("POST", "/touch", self._admin_touch))
         admin(Route("POST", "/tokens", self._admin_add_token))
         admin(Route("POST", "/invoices/{id}/corrupt", self._admin_corrupt))
+        admin(Route("DELETE", "/invoices/{id}/corrupt", self._admin_uncorrupt))
         admin(Route("POST", "/garble", self._admin_garble))
         admin(Route("POST", "/workspaces", self._admin_add_workspace))
         admin(Route("POST", "/users", self._admin_add_user))
@@ -1660,6 +1710,10 @@ class FakeKantata(Service):
             return Response.json(200, self.invoice_state(invoice_id))
         line_id = self.corrupt_line(invoice_id, str(body["field"]), value)
         return Response.json(200, {"line_id": line_id, "invoice": self.invoice_state(invoice_id)})
+
+    def _admin_uncorrupt(self, request: Request, params: dict[str, str]) -> Response:
+        self.uncorrupt(int(params["id"]))
+        return Response.json(200, self.invoice_state(int(params["id"])))
 
     def _admin_garble(self, request: Request, params: dict[str, str]) -> Response:
         body = self.admin_body(request)
