@@ -1,0 +1,119 @@
+"""Only a total Kantata agrees with goes to Noko, and a wrong total never stays there.
+
+Against the sandbox, in process: non-billable time is not billed; an invoice whose
+`balance_in_cents` differs from its lines is not pushed and fails naming both figures; a create
+whose Noko totals differ from the ledger is removed from Noko again before it fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.app import open_connector
+from connector.sandbox import Sandbox, generate
+from tests.e2e import check_books
+from tests.test_engine_cursor import settings_for
+
+
+@pytest.fixture
+def box() -> Iterator[Sandbox]:
+    with Sandbox() as sandbox:
+        yield sandbox
+
+
+def _invoice(box: Sandbox, **extra: Any) -> int:
+    workspace = box.kantata.add_workspace("Harbour redesign", currency="USD")
+    fields: dict[str, Any] = {
+        "workspace_ids": [workspace],
+        "currency": "USD",
+        "tax_rate": "10",
+        "lines": [
+            {"kind": "time_entry", "time_in_minutes": 90, "rate_in_cents": 15000, "taxable": True},
+            {"kind": "expense", "amount_in_cents": 4250, "notes": "Train", "taxable": False},
+        ],
+    }
+    fields.update(extra)
+    return box.kantata.add_invoice(**fields)
+
+
+def _noko(box: Sandbox, kid: int) -> list[dict[str, Any]]:
+    return [i for i in box.noko.state()["invoices"] if i["reference"] == f"KS-{kid}"]
+
+
+def test_non_billable_time_is_not_billed(box: Sandbox, tmp_path: Path) -> None:
+    """A non-billable entry at a real rate is no line: Noko's total is Kantata's balance."""
+    kid = _invoice(
+        box,
+        lines=[
+            {"kind": "time_entry", "time_in_minutes": 60, "rate_in_cents": 12000, "taxable": True},
+            {
+                "kind": "time_entry",
+                "time_in_minutes": 120,
+                "rate_in_cents": 12000,
+                "taxable": True,
+                "billable": False,
+                "notes": "Internal review",
+            },
+        ],
+    )
+    assert box.kantata.invoice_state(kid)["balance_in_cents"] == 13200  # 120.00 + 10 % tax
+    with open_connector(settings_for(box, tmp_path)) as c:
+        assert c.engine.run_cycle().failed == {}
+    (noko,) = _noko(box, kid)
+    assert Decimal(str(noko["total_amount"])) == Decimal("132.00")
+    assert noko["expenses"] == 1
+    assert not any("Internal review" in e["description"] for e in box.noko.state()["expenses"])
+
+
+def test_balance_one_minor_unit_off_is_not_pushed_and_names_both(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """Kantata's balance one cent above its lines: nothing in Noko, a mapping failure naming
+    both figures with the currency, in the report's failures; the others sync."""
+    good = _invoice(box)
+    off = _invoice(box)
+    total = box.kantata.invoice_totals(off)["total"]
+    box.kantata.update_invoice(off, balance_in_cents=total + 1)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        result = c.engine.run_cycle()
+        assert set(result.failed) == {str(off)}
+        record = c.store.get_invoice(str(off))
+        assert record is not None
+        assert (record.status, record.error_kind) == ("failed", "mapping")
+        assert record.noko_invoice_id is None
+        message = record.last_error or ""
+        assert "Kantata states 290.01 USD (balance_in_cents)" in message
+        assert "but its lines add up to 290.00 USD (with 22.50 USD tax at 10%)" in message
+        # Nothing changed in Kantata: the next cycle does not push it either.
+        c.engine.run_cycle()
+    assert _noko(box, off) == []
+    assert len(_noko(box, good)) == 1
+    (reference,) = [r for r in box.kantata.external_references(off) if r["service_name"] == "noko"]
+    assert reference["status"] == "failed"
+    assert "290.01 USD" in reference["external_message"]
+
+
+def test_generated_balance_off_fails_alone(box: Sandbox, tmp_path: Path) -> None:
+    """`generate(balance_off=1)`: that one invoice fails naming both figures; every other
+    eligible invoice (non-billable entries included) is in Noko with Kantata's total."""
+    generate(box.kantata, seed=23, invoices=40, balance_off=1)
+    state = box.kantata.state()["invoices"]
+    off = [str(i["id"]) for i in state if i["balance_in_cents"] != i["totals"]["total"]]
+    assert len(off) == 1
+    assert any(
+        line["kind"] == "time_entry" and line["billable"] is False and line["rate_in_cents"] > 0
+        for i in state
+        for line in i["lines"]
+    ), "the generated data has non-billable time at a real rate"
+    with open_connector(settings_for(box, tmp_path)) as c:
+        result = c.engine.run_cycle()
+    assert sorted(result.failed) == off
+    assert "(balance_in_cents) but its lines add up to" in result.failed[off[0]]
+    books = check_books(box)
+    assert [p for p in books.problems if not p.startswith(f"{off[0]}:")] == []
+    assert _noko(box, int(off[0])) == []
