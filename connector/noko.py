@@ -58,6 +58,7 @@ class _InvoiceCreated(msgspec.Struct):
     reference: Any = msgspec.UNSET
     state: Any = msgspec.UNSET
     url: Any = msgspec.UNSET
+    share_url: Any = msgspec.UNSET
     total_amount: Any = msgspec.UNSET
     tax_total_amount: Any = msgspec.UNSET
 
@@ -282,8 +283,9 @@ class NokoClient:
 
     def create_invoice(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """`POST /invoices`; of the created invoice, the fields the connector reads (`id`,
-        `reference`, `state`, `url`, `total_amount`, `tax_total_amount`, those present),
-        amounts as `Decimal`s. An answer that is not an object is an `AmbiguousWriteError`."""
+        `reference`, `state`, `url`, `share_url`, `total_amount`, `tax_total_amount`, those
+        present), amounts as `Decimal`s. An answer that is not an object is an
+        `AmbiguousWriteError`."""
         created = self._http.request_typed(
             "POST", "/invoices", _INVOICE_CREATED, body=dict(payload)
         )

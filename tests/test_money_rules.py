@@ -117,3 +117,49 @@ def test_generated_balance_off_fails_alone(box: Sandbox, tmp_path: Path) -> None
     books = check_books(box)
     assert [p for p in books.problems if not p.startswith(f"{off[0]}:")] == []
     assert _noko(box, int(off[0])) == []
+
+
+def test_external_link_is_the_share_url(box: Sandbox, tmp_path: Path) -> None:
+    """The Kantata reference links to the page a person can open (`share_url`), never to
+    Noko's token-protected API `url`."""
+    kid = _invoice(box)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        assert c.engine.run_cycle().failed == {}
+        record = c.store.get_invoice(str(kid))
+    (noko,) = _noko(box, kid)
+    assert noko["share_url"] != noko["url"]
+    (reference,) = [r for r in box.kantata.external_references(kid) if r["service_name"] == "noko"]
+    assert reference["external_link"] == noko["share_url"]
+    assert record is not None and record.noko_url == noko["share_url"]
+
+
+def test_a_create_answer_without_share_url_gets_its_link_from_the_listing(
+    box: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Noko's create answer without `share_url`: the reference gets no link at first (not the
+    API address), and the same cycle's read of Noko's changes fills in the share_url."""
+    from connector.noko import NokoClient
+
+    real = NokoClient.create_invoice
+
+    def without_share_url(self: NokoClient, payload: Any) -> dict[str, Any]:
+        answer = real(self, payload)
+        answer.pop("share_url", None)
+        return answer
+
+    monkeypatch.setattr(NokoClient, "create_invoice", without_share_url)
+    kid = _invoice(box)
+    written: list[Any] = []
+    with open_connector(settings_for(box, tmp_path)) as c:
+        original = c.engine.kantata.write_external_reference
+
+        def spy(kantata_id: str, reference: Any) -> Any:
+            written.append(reference.external_link)
+            return original(kantata_id, reference)
+
+        monkeypatch.setattr(c.engine.kantata, "write_external_reference", spy)
+        assert c.engine.run_cycle().failed == {}
+    (noko,) = _noko(box, kid)
+    assert written == [None, noko["share_url"]]
+    (reference,) = [r for r in box.kantata.external_references(kid) if r["service_name"] == "noko"]
+    assert reference["external_link"] == noko["share_url"]

@@ -595,7 +595,7 @@ def test_created_invoice_keeps_the_fields_read_and_their_presence(
         return_value=raw_json(
             '{"id": 7, "reference": "KS-1", "state": "unpaid", "total_amount": 1234.50,'
             ' "url": "https://x.test/invoices/7", "projects": [{"id": 1, "rate": 1.5}],'
-            ' "customization": {"title": "T"}}',
+            ' "share_url": "https://app.x.test/i/abc", "customization": {"title": "T"}}',
             status=201,
         )
     )
@@ -605,6 +605,7 @@ def test_created_invoice_keeps_the_fields_read_and_their_presence(
         "reference": "KS-1",
         "state": "unpaid",
         "url": "https://x.test/invoices/7",
+        "share_url": "https://app.x.test/i/abc",
         "total_amount": Decimal("1234.50"),
     }
     assert "tax_total_amount" not in created
