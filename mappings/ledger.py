@@ -67,6 +67,9 @@ class LedgerDocument:
     """When set, time lines are Noko time entries billed at this standard hourly rate."""
     time_note: str = ""
     """Why time entries mode did not apply to this invoice (empty when it did or was off)."""
+    issuer_name: str = ""
+    """The company issuing the invoice (the profile's `[noko] company_name`); the customer is
+    `customer_name`, the recipient."""
 
     def fingerprint(self) -> str:
         """sha256 of everything the document says except Kantata's untrusted balance."""
@@ -77,6 +80,8 @@ class LedgerDocument:
         # pushed before them keep their fingerprints (and are not pushed again).
         if data["hourly_rate_minor"] is None:
             data.pop("hourly_rate_minor")
+        if not data["issuer_name"]:
+            data.pop("issuer_name")
         for line in data["lines"]:
             if line["minutes"] is None:
                 line.pop("minutes")

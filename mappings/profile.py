@@ -64,6 +64,17 @@ class TaxSettings(_Section):
 class NokoSettings(_Section):
     project_name: str = Field(default="{workspace}", min_length=1)
     reference: str = Field(default="KS-{id}", min_length=1)
+    company_name: str = Field(default="", max_length=255)
+    """The company issuing the invoices (Noko's `company_name`); empty: none is named."""
+
+    @field_validator("company_name")
+    @classmethod
+    def _company_name_plain(cls, value: str) -> str:
+        if value and not value.strip():
+            raise ValueError("must not be blank; leave the key out to name no issuing company")
+        if any(ch < " " or ch == "\x7f" for ch in value):
+            raise ValueError("must be one line of text, without control characters")
+        return value.strip()
 
     @field_validator("reference")
     @classmethod

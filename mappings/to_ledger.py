@@ -128,6 +128,7 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
         balance_in_cents=invoice.balance_in_cents,
         hourly_rate_minor=hourly_rate,
         time_note=time_note,
+        issuer_name=profile.noko.company_name,
     )
 
 

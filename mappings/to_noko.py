@@ -157,8 +157,11 @@ def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
         "invoice_date": doc.invoice_date.isoformat(),
         "reference": doc.reference,
         "project_name": ", ".join(doc.projects),
-        "company_name": doc.customer_name,
-        "recipient_details": doc.customer_details,
+        # Noko's docs: `company_name` is "the company issuing the invoice", and
+        # `recipient_details` "the mailing address and other information for the invoice's
+        # recipient": the customer goes there, the issuer (a profile setting) in company_name.
+        "company_name": doc.issuer_name,
+        "recipient_details": _recipient(doc),
         "description": _description(doc),
         "footer": _footer(doc),
         "show_hours_worked": False,
@@ -183,6 +186,11 @@ def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
         currency=doc.currency,
         entries=tuple(entries),
     )
+
+
+def _recipient(doc: LedgerDocument) -> str:
+    """The customer's name, then the recipient's email, one per line."""
+    return "\n".join(part for part in (doc.customer_name, doc.customer_details) if part)
 
 
 def _description(doc: LedgerDocument) -> str:

@@ -291,3 +291,27 @@ def test_plan_uses_only_documented_invoice_fields() -> None:
     assert set(tax) == set(NOKO_CREATE_FIELDS["taxes"][0])
     assert tax["percentage"] == Decimal("7.50")
     assert create["expense_ids"] == [101, 102]
+
+
+# The fingerprints the release before the issuer/recipient split computed for the recorded
+# invoices with the built-in profile (commit cb6711a): a store written by it must still match.
+FIRST_RELEASE_FINGERPRINTS = {
+    "280315": "bdf19f7c76f8859da59e56940478cbafd02f8bb667358281dfcd637f58e4acfe",
+    "280335": "ca85b1ba6f175cbe5793a5a9bca6054966b550aae0233ad73fed50662f81b4ec",
+}
+
+
+def test_stored_fingerprints_still_match_after_the_issuer_recipient_split() -> None:
+    """Moving the customer to `recipient_details` and adding the issuer changes the Noko
+    payload, not the ledger document's fingerprint: nothing synced is pushed again."""
+    profile = default_profile()
+    for invoice_id, stored in FIRST_RELEASE_FINGERPRINTS.items():
+        doc = to_ledger(_recorded_invoice(invoice_id), profile)
+        assert doc.fingerprint() == stored
+        plan = plan_invoice(doc)
+        assert plan.fields["company_name"] == ""
+        assert plan.fields["recipient_details"].startswith(doc.customer_name)
+    issuer = parse_profile('[noko]\ncompany_name = "Northwind Consulting Ltd"\n')
+    doc = to_ledger(_recorded_invoice("280315"), issuer)
+    assert doc.fingerprint() != FIRST_RELEASE_FINGERPRINTS["280315"]  # a real change of issuer
+    assert plan_invoice(doc).fields["company_name"] == "Northwind Consulting Ltd"

@@ -346,6 +346,8 @@ def _fingerprint_as_first_released(doc: LedgerDocument) -> str:
         data.pop(name)
     if data["hourly_rate_minor"] is None:
         data.pop("hourly_rate_minor")
+    if not data["issuer_name"]:  # added later: left out while unset, as hourly_rate_minor
+        data.pop("issuer_name")
     for line in data["lines"]:
         if line["minutes"] is None:
             line.pop("minutes")

@@ -163,3 +163,20 @@ def test_a_create_answer_without_share_url_gets_its_link_from_the_listing(
     assert written == [None, noko["share_url"]]
     (reference,) = [r for r in box.kantata.external_references(kid) if r["service_name"] == "noko"]
     assert reference["external_link"] == noko["share_url"]
+
+
+def test_issuer_in_company_name_and_customer_in_recipient_details(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """Noko's `company_name` is the issuer (the profile's), the customer goes to
+    `recipient_details` with the recipient's email."""
+    client = box.kantata.add_user("Jane Lead", "jane@harbour.example")
+    kid = _invoice(box, recipient_id=client)
+    profile = tmp_path / "profile.toml"
+    profile.write_text('[noko]\ncompany_name = "Northwind Consulting Ltd"\n')
+    settings = settings_for(box, tmp_path, kantata_sync_mapping_profile=str(profile))
+    with open_connector(settings) as c:
+        assert c.engine.run_cycle().failed == {}
+    (noko,) = _noko(box, kid)
+    assert noko["company_name"] == "Northwind Consulting Ltd"
+    assert noko["recipient_details"] == "Jane Lead\njane@harbour.example"

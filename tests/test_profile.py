@@ -199,3 +199,19 @@ def test_customer_table_names_the_company() -> None:
     assert to_ledger(invoice, by_email).customer_name == "Client Co"
     assert to_ledger(invoice, by_workspace).customer_name == "Harbour Ltd"
     assert to_ledger(invoice, parse_profile("", SOURCE)).customer_name == "Jane Lead"
+
+
+def test_issuing_company_is_validated() -> None:
+    """`[noko] company_name`: one line, not blank, at most 255 characters; trimmed."""
+    ok = parse_profile('[noko]\ncompany_name = "  Northwind Consulting Ltd "\n', SOURCE)
+    assert ok.noko.company_name == "Northwind Consulting Ltd"
+    assert parse_profile("", SOURCE).noko.company_name == ""
+    for bad, why in (
+        ('"   "', "must not be blank"),
+        ('"Northwind\\nLtd"', "one line of text"),
+        ('"' + "N" * 256 + '"', "at most 255 characters"),
+    ):
+        with pytest.raises(ProfileError) as caught:
+            parse_profile(f"[noko]\ncompany_name = {bad}\n", SOURCE)
+        assert "line 2, key noko.company_name" in str(caught.value)
+        assert why in str(caught.value)
