@@ -777,7 +777,9 @@ class SyncEngine:
         record.noko_lines = (
             None if pushed.adopted else json.dumps(pushed.expense_ids, sort_keys=True)
         )
-        mismatch = self._verify(plan, noko_invoice, record, "", run_id, log)
+        mismatch = self._verify(
+            plan, noko_invoice, record, "", run_id, log, created=None if pushed.adopted else noko_id
+        )
         if mismatch is not None:
             return mismatch
         record.stage = "pushed"
@@ -804,14 +806,33 @@ class SyncEngine:
         when: str,
         run_id: str,
         log: Any,
+        *,
+        created: int | None = None,
     ) -> tuple[Outcome, str | None] | None:
         """None when Noko's totals are Kantata's to the minor unit; else the recorded failure.
-        A mismatch is not retried by itself: it needs a person (or a change in Kantata)."""
+        A mismatch is not retried by itself: it needs a person (or a change in Kantata).
+        `created`: the Noko invoice this attempt has just created; with wrong totals it is
+        deleted again, with the lines made for it, so that no wrong total stays in the books."""
         problems = check_totals(plan, noko_invoice)
         if not problems:
             return None
         record.stage = ""
         message = f"{when}Noko's totals differ from Kantata's: " + "; ".join(problems)
+        if created is not None:
+            try:
+                removed = self.pusher.discard(plan.reference, created)
+            except (ApiError, NokoRefusedError) as exc:
+                message += (
+                    f"; deleting Noko invoice {created} failed ({exc}): delete it in Noko, "
+                    "then run retry"
+                )
+            else:
+                self._forget_noko(record, recover=False)
+                message += (
+                    f"; Noko invoice {created} and the {removed} expenses and time entries "
+                    "made for it were deleted again, so no wrong total is left in Noko"
+                )
+                log.warning("deleted a Noko invoice created with wrong totals", noko_id=created)
         outcome = self._fail(record, "verify", message, run_id, log, retry=False)
         self._write_failure(record.kantata_id, record, message, run_id, log)
         return outcome

@@ -549,6 +549,19 @@ class NokoPusher:
         self.sweep_reference(reference)
         return "deleted"
 
+    def discard(self, reference: str, noko_id: int) -> int:
+        """Delete an invoice this attempt has just created (its totals are wrong, so it must
+        not stay in the books), then the expenses and time entries made for it, which its
+        deletion freed. Returns how many of those were deleted. Raises `NokoRefusedError` when
+        Noko refuses (paid, locked), an `ApiError` when the deletion fails otherwise."""
+        try:
+            self.noko.delete_invoice(noko_id)
+        except PermanentApiError as exc:
+            if exc.code in ("paid", "locked"):
+                raise NokoRefusedError(noko_id, exc.code, str(exc)) from exc
+            raise
+        return self.sweep_reference(reference)
+
     def leftovers(self, text: str) -> list[Leftover]:
         """Uninvoiced expenses and time entries whose description holds `text` and ends in a
         marker: what a create applied after its invoice was done leaves behind."""

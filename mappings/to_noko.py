@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from mappings.ledger import LedgerDocument
-from mappings.money import tax_amount, to_major, to_minor
+from mappings.money import format_money, tax_amount, to_major, to_minor
 
 DESCRIPTION_LIMIT = 240
 TAX_LINE_KEY = "tax"
@@ -224,20 +224,29 @@ def _amount(value: Any, exponent: int) -> int | None:
 
 
 def check_totals(plan: NokoInvoicePlan, invoice: Mapping[str, Any]) -> list[str]:
-    """Differences between Noko's invoice totals and the plan's; empty when they agree."""
+    """Differences between Noko's invoice totals and the plan's, each naming both figures as
+    money with the currency; empty when they agree."""
     problems: list[str] = []
     exp = plan.exponent
+
+    def shown(field: str) -> str:
+        minor = _amount(invoice.get(field), exp)
+        if minor is None:
+            return f"{invoice.get(field)!r}" if field in invoice else "missing"
+        return format_money(minor, exp, plan.currency)
+
     expected = to_minor(plan.expected_total, exp)
     got = _amount(invoice.get("total_amount"), exp)
     if got != expected:
         problems.append(
-            f"total_amount is {invoice.get('total_amount')!r}, expected {plan.expected_total}"
+            f"Noko's total_amount is {shown('total_amount')} but Kantata's total is "
+            f"{format_money(expected, exp, plan.currency)}"
         )
     tax_expected = to_minor(plan.expected_tax_total, exp)
     tax_got = _amount(invoice.get("tax_total_amount"), exp)
     if "tax_total_amount" in invoice and tax_got != tax_expected:
         problems.append(
-            f"tax_total_amount is {invoice.get('tax_total_amount')!r}, "
-            f"expected {plan.expected_tax_total}"
+            f"Noko's tax_total_amount is {shown('tax_total_amount')} but the tax it should "
+            f"charge is {format_money(tax_expected, exp, plan.currency)}"
         )
     return problems

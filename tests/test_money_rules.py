@@ -180,3 +180,33 @@ def test_issuer_in_company_name_and_customer_in_recipient_details(
     (noko,) = _noko(box, kid)
     assert noko["company_name"] == "Northwind Consulting Ltd"
     assert noko["recipient_details"] == "Jane Lead\njane@harbour.example"
+
+
+def test_a_create_with_a_wrong_noko_total_is_removed_again(box: Sandbox, tmp_path: Path) -> None:
+    """Noko computing one cent more than Kantata: the invoice just created is deleted again
+    with the expenses made for it, and the failure names both figures; no wrong total stays
+    in the books, and nothing is pushed again until Kantata changes or an operator retries."""
+    kid = _invoice(box)
+    other = _invoice(box)
+    box.noko.skew_totals(1, [f"KS-{kid}"])
+    with open_connector(settings_for(box, tmp_path)) as c:
+        result = c.engine.run_cycle()
+        assert set(result.failed) == {str(kid)}
+        record = c.store.get_invoice(str(kid))
+        assert record is not None
+        assert (record.status, record.error_kind) == ("failed", "verify")
+        assert record.noko_invoice_id is None
+        message = record.last_error or ""
+        assert "Noko's total_amount is 290.01 USD but Kantata's total is 290.00 USD" in message
+        assert "were deleted again" in message
+        writes = len(box.noko.state()["stats"]["writes"])
+        c.engine.run_cycle()
+        assert len(box.noko.state()["stats"]["writes"]) == writes
+    assert _noko(box, kid) == []
+    assert len(_noko(box, other)) == 1
+    leftovers = [e for e in box.noko.state()["expenses"] if f"[KS-{kid}/" in e["description"]]
+    assert leftovers == []
+    (reference,) = [r for r in box.kantata.external_references(kid) if r["service_name"] == "noko"]
+    assert reference["status"] == "failed"
+    assert "290.01 USD" in reference["external_message"]
+    assert "290.00 USD" in reference["external_message"]

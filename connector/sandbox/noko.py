@@ -249,6 +249,7 @@ class FakeNoko(Service):
         self._next = {"project": 37_001, "entry": 1_711_001, "expense": 2_201, "invoice": 26_601}
         self._next_tax = 88_201
         self._reference_seq = 0
+        self._skew: tuple[int, frozenset[str]] = (0, frozenset())
         self.account_user_id = self.add_user("Sandbox", "Owner", "owner@sandbox.example", 5538)
         self._register_routes()
 
@@ -413,6 +414,13 @@ class FakeNoko(Service):
             for expense in [self._expenses[i] for i in self._project_expenses.get(project.id, ())]:
                 self.delete_expense(expense.id)
             del self._projects[project.id]
+
+    def skew_totals(self, minor: int, references: Iterable[str] = ()) -> None:
+        """A Noko whose arithmetic is not money.md's: invoices with these references (every
+        invoice when none is given) get a `total_amount` `minor` minor units off. 0 stops it."""
+        with self.mutex:
+            self._skew = (int(minor), frozenset(references))
+            self._totals_cache.clear()
 
     def invoice_totals(self, invoice_id: int) -> NokoTotals:
         """The invoice's computed amounts (minor units)."""
@@ -891,6 +899,9 @@ class FakeNoko(Service):
             round_minor(Decimal(taxable) * tax.percentage / Decimal(100)) for tax in invoice.taxes
         )
         tax_total = sum(taxes)
+        skew, skewed = self._skew
+        if skewed and invoice.reference not in skewed:
+            skew = 0
         result = NokoTotals(
             exponent=exponent,
             entries=entries_minor,
@@ -899,7 +910,7 @@ class FakeNoko(Service):
             taxfree=taxfree_expenses,
             taxes=taxes,
             tax_total=tax_total,
-            total=entries_minor + taxable_expenses + taxfree_expenses + tax_total,
+            total=entries_minor + taxable_expenses + taxfree_expenses + tax_total + skew,
         )
         self._totals_cache[invoice.id] = (invoice.version, result)
         return result
