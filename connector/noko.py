@@ -112,6 +112,7 @@ class NokoClient:
         )
         self._projects_lock = threading.Lock()
         self._project_ids: dict[str, int] = {}
+        self._project_increments: dict[str, int | None] = {}
         self._project_locks: dict[str, threading.Lock] = {}
 
     def __repr__(self) -> str:
@@ -195,12 +196,23 @@ class NokoClient:
         enabled = [p for p in matches if p.get("enabled") is not False]
         return (enabled or matches)[0]
 
-    def create_project(self, name: str) -> dict[str, Any]:
-        body = self._http.request_json("POST", "/projects", body={"name": name})
+    def create_project(self, name: str, billing_increment: int | None = None) -> dict[str, Any]:
+        """`POST /projects`; without `billing_increment`, Noko gives the account's default."""
+        payload: dict[str, Any] = {"name": name}
+        if billing_increment is not None:
+            payload["billing_increment"] = int(billing_increment)
+        body = self._http.request_json("POST", "/projects", body=payload)
         return _object(body, "POST", "/projects", written=True)
 
-    def ensure_project(self, name: str) -> int:
-        """The id of the project with this name, created when missing; cached per client.
+    def project_billing_increment(self, name: str) -> int | None:
+        """The billing increment (minutes) of a project `ensure_project` found or created,
+        as Noko gave it; None when unknown."""
+        with self._projects_lock:
+            return self._project_increments.get(name)
+
+    def ensure_project(self, name: str, billing_increment: int | None = None) -> int:
+        """The id of the project with this name, created when missing (with `billing_increment`
+        when given); cached per client, with the project's billing increment.
 
         Concurrent callers for one name wait for a single lookup (and create). After an
         ambiguous create the project is looked up again before it is created again.
@@ -218,12 +230,18 @@ class NokoClient:
             project = self.find_project(name)
             if project is None:
                 try:
-                    project = self.create_project(name)
+                    project = self.create_project(name, billing_increment)
                 except AmbiguousWriteError:
-                    project = self.find_project(name) or self.create_project(name)
+                    project = self.find_project(name) or self.create_project(
+                        name, billing_increment
+                    )
             project_id = int(project["id"])
+            increment = project.get("billing_increment")
+            if isinstance(increment, bool) or not isinstance(increment, int) or increment < 1:
+                increment = None
             with self._projects_lock:
                 self._project_ids[name] = project_id
+                self._project_increments[name] = increment
             return project_id
 
     # -- expenses and entries -----------------------------------------------------------------

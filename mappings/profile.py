@@ -12,7 +12,14 @@ import tomllib
 from importlib import resources
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from mappings.money import MoneyError, exponent_for_code
 
@@ -30,10 +37,25 @@ class LinesSettings(_Section):
     include_zero_amount: bool = False
 
 
+NOKO_BILLING_INCREMENTS = (1, 5, 6, 10, 15, 20, 30, 60)
+"""The values Noko's docs accept for a project's `billing_increment`."""
+
+
 class TimeSettings(_Section):
     mode: Literal["amounts", "entries"] = "amounts"
     billing_increment: int = Field(default=15, ge=1, le=1440)
-    """Minutes: the billing increment of the Noko projects the connector books time on."""
+    """Minutes: the billing increment of the Noko projects the connector books time on, and
+    that the projects it creates get (with `mode = "entries"`)."""
+
+    @field_validator("billing_increment")
+    @classmethod
+    def _noko_accepts(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("mode") == "entries" and value not in NOKO_BILLING_INCREMENTS:
+            raise ValueError(
+                'with mode = "entries" it must be one Noko accepts for a project: '
+                + ", ".join(str(v) for v in NOKO_BILLING_INCREMENTS)
+            )
+        return value
 
 
 class CustomerSettings(_Section):
@@ -113,6 +135,17 @@ class Profile(_Section):
     tax: TaxSettings = TaxSettings()
     noko: NokoSettings = NokoSettings()
     currencies: CurrencySettings = CurrencySettings()
+
+    @field_validator("noko")
+    @classmethod
+    def _marker_survives_hashtags(cls, value: NokoSettings, info: ValidationInfo) -> NokoSettings:
+        time = info.data.get("time")
+        if isinstance(time, TimeSettings) and time.mode == "entries" and "#" in value.reference:
+            raise ValueError(
+                'reference must not contain # with time.mode = "entries": Noko parses '
+                "hashtags out of time entry descriptions, which end in the reference's marker"
+            )
+        return value
 
 
 def _check_placeholders(template: str, allowed: set[str]) -> set[str]:

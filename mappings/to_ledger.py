@@ -128,6 +128,9 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
         balance_in_cents=invoice.balance_in_cents,
         hourly_rate_minor=hourly_rate,
         time_note=time_note,
+        billing_increment=profile.time.billing_increment
+        if profile.time.mode == "entries"
+        else None,
         issuer_name=profile.noko.company_name,
     )
 

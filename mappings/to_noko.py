@@ -60,6 +60,9 @@ class NokoInvoicePlan:
     exponent: int
     currency: str
     entries: tuple[NokoEntryPlan, ...] = ()
+    billing_increment: int | None = None
+    """Minutes: the billing increment of projects created for this plan (time entries mode);
+    None leaves it to the account's default."""
 
     def create_body(
         self, expense_ids: list[int], entry_ids: list[int] | None = None
@@ -96,6 +99,17 @@ def _marked(text: str, reference: str, line_key: str) -> str:
     return plain[: max(DESCRIPTION_LIMIT - len(suffix), 0)] + suffix
 
 
+HASH = "#"
+HASH_STANDIN = "\uff03"  # FULLWIDTH NUMBER SIGN: reads as "#", is not a hashtag
+
+
+def _no_hashtags(text: str) -> str:
+    """Noko parses "tags or hashtags" out of a time entry's description (its docs), and the
+    description it gives back then differs from what was sent (its own example: "noko" with the
+    tag "#noko"). A time entry must come back exactly as planned, so its text carries no "#"."""
+    return text.replace(HASH, HASH_STANDIN)
+
+
 def _noko_can_hold(rate: Decimal) -> bool:
     try:
         return rate == rate.quantize(Decimal("0.01"))
@@ -116,7 +130,7 @@ def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
                     project=line.project,
                     date=(line.date or doc.invoice_date).isoformat(),
                     minutes=line.minutes,
-                    description=_marked(line.description, doc.reference, line.key),
+                    description=_marked(_no_hashtags(line.description), doc.reference, line.key),
                 )
             )
             continue
@@ -185,6 +199,7 @@ def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
         exponent=exp,
         currency=doc.currency,
         entries=tuple(entries),
+        billing_increment=doc.billing_increment,
     )
 
 

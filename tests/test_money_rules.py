@@ -210,3 +210,86 @@ def test_a_create_with_a_wrong_noko_total_is_removed_again(box: Sandbox, tmp_pat
     assert reference["status"] == "failed"
     assert "290.01 USD" in reference["external_message"]
     assert "290.00 USD" in reference["external_message"]
+
+
+def _entries_settings(box: Sandbox, tmp_path: Path, increment: int) -> Any:
+    profile = tmp_path / "entries.toml"
+    profile.write_text(f'[time]\nmode = "entries"\nbilling_increment = {increment}\n')
+    return settings_for(box, tmp_path, kantata_sync_mapping_profile=str(profile))
+
+
+def _time_invoice(box: Sandbox, project: str, minutes: tuple[int, ...], note: str = "") -> int:
+    workspace = box.kantata.add_workspace(project, currency="USD")
+    return box.kantata.add_invoice(
+        workspace_ids=[workspace],
+        currency="USD",
+        tax_rate="10",
+        lines=[
+            {
+                "kind": "time_entry",
+                "time_in_minutes": m,
+                "rate_in_cents": 13333,
+                "taxable": True,
+                "notes": note,
+            }
+            for m in minutes
+        ],
+    )
+
+
+def test_projects_created_for_time_entries_get_the_profile_increment(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """With time entries, a project the connector creates gets the profile's billing
+    increment (30), not the account's default (15): the entries keep their minutes."""
+    kid = _time_invoice(box, "Atlas build", (30, 90))
+    with open_connector(_entries_settings(box, tmp_path, 30)) as c:
+        assert c.engine.run_cycle().failed == {}
+    (project,) = [p for p in box.noko.state()["projects"] if p["name"] == "Atlas build"]
+    assert project["billing_increment"] == 30
+    (noko,) = _noko(box, kid)
+    assert noko["entries"] == 2
+    total = Decimal(box.kantata.invoice_state(kid)["balance_in_cents"]) / 100
+    assert Decimal(str(noko["total_amount"])) == total
+
+
+def test_an_existing_project_with_another_increment_is_not_used_for_entries(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """A Noko project that rounds to 60 minutes would turn a 90-minute entry into 120: the
+    invoice fails before anything is created, naming the project and both increments."""
+    box.noko.add_project("Hourly client", billing_increment=60)
+    kid = _time_invoice(box, "Hourly client", (90,))
+    with open_connector(_entries_settings(box, tmp_path, 15)) as c:
+        result = c.engine.run_cycle()
+    assert set(result.failed) == {str(kid)}
+    message = result.failed[str(kid)]
+    assert "'Hourly client' rounds time up to multiples of 60 minutes" in message
+    assert "time.billing_increment is 15" in message
+    state = box.noko.state()
+    assert _noko(box, kid) == []
+    assert [e for e in state["entries"] if f"[KS-{kid}/" in e["description"]] == []
+    assert [e for e in state["expenses"] if f"[KS-{kid}/" in e["description"]] == []
+
+
+def test_entry_descriptions_survive_hashtag_parsing(box: Sandbox, tmp_path: Path) -> None:
+    """Kantata notes with hashtags: Noko parses "#tags" out of entry descriptions, so the
+    connector sends none; its entries match their plan, and an update keeps them."""
+    kid = _time_invoice(box, "Tagged work", (60, 30), note="Fix #123 for #design review")
+    with open_connector(_entries_settings(box, tmp_path, 15)) as c:
+        assert c.engine.run_cycle().failed == {}
+        entries = [e for e in box.noko.state()["entries"] if f"[KS-{kid}/" in e["description"]]
+        assert len(entries) == 2
+        assert all(e["tags"] == [] for e in entries)
+        assert all("\uff03123" in e["description"] for e in entries)
+        before = sorted(e["id"] for e in entries)
+        box.kantata.update_invoice(kid, message="Revised")
+        result = c.engine.run_cycle()
+        assert result.failed == {}
+        assert result.counts["updated"] == 1
+    after = sorted(
+        e["id"] for e in box.noko.state()["entries"] if f"[KS-{kid}/" in e["description"]
+    )
+    assert after == before
+    (noko,) = _noko(box, kid)
+    assert noko["entries"] == 2

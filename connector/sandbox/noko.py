@@ -103,6 +103,18 @@ CURRENCY_NAMES = {
     "AUD": "Australian dollar",
 }
 _LOCALE = re.compile(r"^[a-z]{2}(-[A-Z]{2})?$")
+# A hashtag: "#" then a word, not inside a word ("a#b" is no tag). The docs say only that
+# "any tags or hashtags will be automatically parsed"; their example entry reads "noko" with
+# the tag "#noko", so the sandbox gives the description back without the "#" of each hashtag.
+_HASHTAG = re.compile(r"(?<![\w#])#([^\W_][\w-]*)")
+
+
+def parse_hashtags(description: str) -> tuple[str, list[str]]:
+    """(the description as Noko gives it back, the tag names) of an entry's description."""
+    tags = list(dict.fromkeys(m.group(1) for m in _HASHTAG.finditer(description)))
+    return _HASHTAG.sub(lambda m: m.group(1), description), tags
+
+
 _TWO_PLACES = Decimal("0.01")
 
 
@@ -147,6 +159,7 @@ class _Entry:
     source_url: str | None = None
     invoice_id: int | None = None
     invoiced_at: datetime | None = None
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -996,7 +1009,16 @@ class FakeNoko(Service):
             "minutes": entry.minutes,
             "description": entry.description,
             "project": self._render_project(project) if project else None,
-            "tags": [],
+            "tags": [
+                {
+                    "id": self._tag_id(tag),
+                    "name": tag,
+                    "billable": True,
+                    "formatted_name": f"#{tag}",
+                    "url": self._url(f"/tags/{self._tag_id(tag)}"),
+                }
+                for tag in entry.tags
+            ],
             "source_url": entry.source_url,
             "invoiced_at": _fmt(entry.invoiced_at) if entry.invoiced_at else None,
             "invoice": self._invoice_summary(invoice) if invoice else None,
@@ -1010,6 +1032,10 @@ class FakeNoko(Service):
             "created_at": _fmt(entry.created_at),
             "updated_at": _fmt(entry.updated_at),
         }
+
+    @staticmethod
+    def _tag_id(name: str) -> int:
+        return 249_000 + int(hashlib.sha256(name.lower().encode()).hexdigest()[:6], 16)
 
     def _render_expense(self, expense: _Expense) -> dict[str, Any]:
         project = self._projects.get(expense.project_id)
@@ -1418,12 +1444,14 @@ class FakeNoko(Service):
             increment = project.billing_increment
             minutes = -(-minutes // increment) * increment
         now = self.now()
+        description, tags = parse_hashtags(str(body.get("description") or ""))
         entry = _Entry(
             id=self._id("entry"),
             date=str(date),
             user_id=user_id,
             minutes=minutes,
-            description=str(body.get("description") or ""),
+            description=description,
+            tags=tags,
             project_id=project.id if project else None,
             billable=project.billable if project else True,
             created_at=now,
