@@ -814,6 +814,15 @@ class SyncEngine:
         `created`: the Noko invoice this attempt has just created; with wrong totals it is
         deleted again, with the lines made for it, so that no wrong total stays in the books."""
         problems = check_totals(plan, noko_invoice)
+        if problems and created is not None and "total_amount" not in noko_invoice:
+            # An answer without the total proves nothing wrong: read the invoice once (only
+            # then) before deleting what was just created.
+            try:
+                fresh = self.pusher.noko.get_invoice(created)
+            except ApiError:
+                fresh = None
+            if fresh is not None:
+                problems = check_totals(plan, fresh)
         if not problems:
             return None
         record.stage = ""

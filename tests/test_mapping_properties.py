@@ -348,6 +348,7 @@ def _fingerprint_as_first_released(doc: LedgerDocument) -> str:
         data.pop("hourly_rate_minor")
     if not data["issuer_name"]:  # added later: left out while unset, as hourly_rate_minor
         data.pop("issuer_name")
+    data.pop("billing_increment")  # added later: a profile setting, never fingerprinted
     for line in data["lines"]:
         if line["minutes"] is None:
             line.pop("minutes")

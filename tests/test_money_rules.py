@@ -293,3 +293,27 @@ def test_entry_descriptions_survive_hashtag_parsing(box: Sandbox, tmp_path: Path
     assert after == before
     (noko,) = _noko(box, kid)
     assert noko["entries"] == 2
+
+
+def test_a_create_answer_without_totals_is_checked_by_one_read_not_deleted(
+    box: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer that leaves the totals out proves nothing wrong: the invoice is read once and
+    verified from that, and stays."""
+    from connector.noko import NokoClient
+
+    real = NokoClient.create_invoice
+
+    def without_totals(self: NokoClient, payload: Any) -> dict[str, Any]:
+        answer = real(self, payload)
+        answer.pop("total_amount", None)
+        answer.pop("tax_total_amount", None)
+        return answer
+
+    monkeypatch.setattr(NokoClient, "create_invoice", without_totals)
+    kid = _invoice(box)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        assert c.engine.run_cycle().failed == {}
+        record = c.store.get_invoice(str(kid))
+        assert record is not None and record.status == "synced"
+    assert len(_noko(box, kid)) == 1
