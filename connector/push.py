@@ -30,6 +30,7 @@ from mappings.to_noko import (
     marker,
     marker_prefix,
     parse_marker,
+    same_entry_text,
 )
 
 Kind = Literal["expense", "entry"]
@@ -181,7 +182,7 @@ def _matches_entry(entry: Mapping[str, Any], planned: NokoEntryPlan) -> bool:
     return (
         _int_or_none(entry.get("minutes")) == planned.minutes
         and (project_name is None or project_name == planned.project)
-        and str(entry.get("description") or "") == planned.description
+        and same_entry_text(str(entry.get("description") or ""), planned.description)
     )
 
 

@@ -110,6 +110,17 @@ def _no_hashtags(text: str) -> str:
     return text.replace(HASH, HASH_STANDIN)
 
 
+def same_entry_text(noko: str, planned: str) -> bool:
+    """Whether a time entry's description as Noko gives it back is the planned one: equal but
+    for "#" signs (Noko's hashtag parsing may drop them; entries made before the stand-in was
+    used carry "#" in place of it)."""
+
+    def key(text: str) -> str:
+        return text.replace(HASH, "").replace(HASH_STANDIN, "")
+
+    return noko == planned or key(noko) == key(planned)
+
+
 def _noko_can_hold(rate: Decimal) -> bool:
     try:
         return rate == rate.quantize(Decimal("0.01"))

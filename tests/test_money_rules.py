@@ -317,3 +317,24 @@ def test_a_create_answer_without_totals_is_checked_by_one_read_not_deleted(
         record = c.store.get_invoice(str(kid))
         assert record is not None and record.status == "synced"
     assert len(_noko(box, kid)) == 1
+
+
+def test_entries_pushed_with_hashtags_by_an_earlier_release_are_kept(
+    box: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries an earlier release sent with a "#" (which Noko parsed away) still match their
+    plan: an update after the upgrade keeps them instead of replacing them."""
+    import mappings.to_noko as to_noko
+
+    kid = _time_invoice(box, "Legacy tags", (60,), note="Sprint #12")
+    with open_connector(_entries_settings(box, tmp_path, 15)) as c:
+        monkeypatch.setattr(to_noko, "_no_hashtags", lambda text: text)  # the earlier release
+        assert c.engine.run_cycle().failed == {}
+        (before,) = [e for e in box.noko.state()["entries"] if f"[KS-{kid}/" in e["description"]]
+        assert before["description"].startswith("Time 1:00 h at 133.33/h: Sprint 12 ")
+        monkeypatch.undo()
+        box.kantata.update_invoice(kid, message="Revised")
+        result = c.engine.run_cycle()
+        assert result.failed == {}
+    (after,) = [e for e in box.noko.state()["entries"] if f"[KS-{kid}/" in e["description"]]
+    assert after["id"] == before["id"]
