@@ -408,6 +408,30 @@ def test_ensure_project_existing(router: respx.MockRouter, client: NokoClient) -
     assert not create.called
 
 
+def test_ensure_project_creates_with_a_billing_increment_and_remembers_it(
+    router: respx.MockRouter, client: NokoClient
+) -> None:
+    """A project created for time entries gets the given billing increment; the increment of
+    a project found or created is remembered (none for an unknown one)."""
+    router.get("/projects", params={"name": "Atlas"}).respond(200, json=[])
+    router.get("/projects", params={"name": "Hourly"}).respond(
+        200, json=[{"id": 3, "name": "Hourly", "billing_increment": 60}]
+    )
+    create = router.post("/projects").respond(
+        201, json={"id": 42, "name": "Atlas", "billing_increment": 30}
+    )
+    assert client.ensure_project("Atlas", billing_increment=30) == 42
+    assert json.loads(create.calls.last.request.content) == {
+        "name": "Atlas",
+        "billing_increment": 30,
+    }
+    assert client.ensure_project("Hourly", billing_increment=30) == 3
+    assert create.call_count == 1
+    assert client.project_billing_increment("Atlas") == 30
+    assert client.project_billing_increment("Hourly") == 60
+    assert client.project_billing_increment("Unknown") is None
+
+
 def test_ensure_project_refinds_after_ambiguous_create(
     router: respx.MockRouter, client: NokoClient
 ) -> None:
