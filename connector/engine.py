@@ -26,7 +26,7 @@ import uuid
 from array import array
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -802,13 +802,15 @@ class SyncEngine:
             )
         log = log.bind(noko_invoice_id=noko_id)
         record.noko_invoice_id = noko_id
-        record.noko_url = _invoice_link(noko_invoice, self.settings.noko_base_url, noko_id)
+        record.noko_url = _invoice_link(noko_invoice)
         record.noko_state = str(noko_invoice.get("state") or "") or None
         # The lines as pushed, for the hand-edit check; unknown for an adopted invoice.
         record.noko_lines = (
             None if pushed.adopted else json.dumps(pushed.expense_ids, sort_keys=True)
         )
-        mismatch = self._verify(plan, noko_invoice, record, "", run_id, log)
+        mismatch = self._verify(
+            plan, noko_invoice, record, "", run_id, log, created=None if pushed.adopted else noko_id
+        )
         if mismatch is not None:
             return mismatch
         record.stage = "pushed"
@@ -835,14 +837,42 @@ class SyncEngine:
         when: str,
         run_id: str,
         log: Any,
+        *,
+        created: int | None = None,
     ) -> tuple[Outcome, str | None] | None:
         """None when Noko's totals are Kantata's to the minor unit; else the recorded failure.
-        A mismatch is not retried by itself: it needs a person (or a change in Kantata)."""
+        A mismatch is not retried by itself: it needs a person (or a change in Kantata).
+        `created`: the Noko invoice this attempt has just created; with wrong totals it is
+        deleted again, with the lines made for it, so that no wrong total stays in the books."""
         problems = check_totals(plan, noko_invoice)
+        if problems and created is not None and "total_amount" not in noko_invoice:
+            # An answer without the total proves nothing wrong: read the invoice once (only
+            # then) before deleting what was just created.
+            try:
+                fresh = self.pusher.noko.get_invoice(created)
+            except ApiError:
+                fresh = None
+            if fresh is not None:
+                problems = check_totals(plan, fresh)
         if not problems:
             return None
         record.stage = ""
         message = f"{when}Noko's totals differ from Kantata's: " + "; ".join(problems)
+        if created is not None:
+            try:
+                removed = self.pusher.discard(plan.reference, created)
+            except (ApiError, NokoRefusedError) as exc:
+                message += (
+                    f"; deleting Noko invoice {created} failed ({exc}): delete it in Noko, "
+                    "then run retry"
+                )
+            else:
+                self._forget_noko(record, recover=False)
+                message += (
+                    f"; Noko invoice {created} and the {removed} expenses and time entries "
+                    "made for it were deleted again, so no wrong total is left in Noko"
+                )
+                log.warning("deleted a Noko invoice created with wrong totals", noko_id=created)
         outcome = self._fail(record, "verify", message, run_id, log, retry=False)
         self._write_failure(record.kantata_id, record, message, run_id, log)
         return outcome
@@ -928,6 +958,7 @@ class SyncEngine:
             self._write_failure(inv.id, record, f"Noko refused the update: {exc}", run_id, log)
             return outcome
         record.noko_state = str(updated.invoice.get("state") or "") or record.noko_state
+        record.noko_url = _invoice_link(updated.invoice) or record.noko_url
         record.noko_lines = json.dumps(updated.line_ids, sort_keys=True)
         mismatch = self._verify(plan, updated.invoice, record, "after the update ", run_id, log)
         if mismatch is not None:
@@ -1184,7 +1215,18 @@ class SyncEngine:
                 self.on_invoice(record.kantata_id, outcome, message or drift, None)
             return
         state = str(invoice.get("state") or "")
+        # A link Noko's create answer left out (or an API address an earlier release stored)
+        # is taken from the listing: written with the next reference, at once if none is due.
+        link = _invoice_link(invoice)
+        relinked = link is not None and link != record.noko_url
+        if link is not None and relinked:
+            record.noko_url = link
         if not state or state == record.noko_state:
+            if link is not None and relinked:
+                self.store.save_invoice(record, run_id=run_id, event="noko-link", detail=link)
+                self._write_reference(
+                    record.kantata_id, record, self._success_reference(record), run_id, log
+                )
             return
         record.noko_state = state
         self.store.save_invoice(record, run_id=run_id, event="noko-state", detail=state)
@@ -1270,7 +1312,7 @@ class SyncEngine:
             service_model=SERVICE_MODEL,
             service_model_ref=str(record.noko_invoice_id),
             status="successful",
-            external_link=record.noko_url,
+            external_link=_people_link(record.noko_url, self.settings.noko_base_url),
             external_status=record.noko_state,
             external_message=f"Noko invoice {record.reference} for {total}".strip(),
         )
@@ -1334,7 +1376,7 @@ class SyncEngine:
             if record.noko_invoice_id is not None
             else (record.reference or reference_for_id(kantata_id, self.profile)),
             status="failed",
-            external_link=record.noko_url,
+            external_link=_people_link(record.noko_url, self.settings.noko_base_url),
             external_message=message[:1000],
         )
         self._write_reference(kantata_id, record, reference, run_id, log)
@@ -1538,11 +1580,21 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _invoice_link(invoice: dict[str, Any], base_url: str, noko_id: int) -> str:
-    url = invoice.get("url")
+def _invoice_link(invoice: Mapping[str, Any]) -> str | None:
+    """The page a person can open: the invoice's `share_url`. Never its API `url`, which
+    answers only with a token. None when Noko's answer carries no `share_url`: the reference
+    then has no link (it still names the Noko invoice) until an answer that carries one."""
+    url = invoice.get("share_url")
     if isinstance(url, str) and url.startswith(("http://", "https://")):
         return url
-    return f"{base_url.rstrip('/')}/invoices/{noko_id}"
+    return None
+
+
+def _people_link(url: str | None, api_base: str) -> str | None:
+    """`url` unless it is an address of Noko's API (what releases before share_url stored)."""
+    if not url or url.startswith(api_base.rstrip("/") + "/"):
+        return None
+    return url
 
 
 def _describe(doc: LedgerDocument) -> str:

@@ -58,6 +58,7 @@ class _InvoiceCreated(msgspec.Struct):
     reference: Any = msgspec.UNSET
     state: Any = msgspec.UNSET
     url: Any = msgspec.UNSET
+    share_url: Any = msgspec.UNSET
     total_amount: Any = msgspec.UNSET
     tax_total_amount: Any = msgspec.UNSET
 
@@ -115,6 +116,7 @@ class NokoClient:
         )
         self._projects_lock = threading.Lock()
         self._project_ids: dict[str, int] = {}
+        self._project_increments: dict[str, int | None] = {}
         self._project_locks: dict[str, threading.Lock] = {}
 
     def __repr__(self) -> str:
@@ -198,12 +200,23 @@ class NokoClient:
         enabled = [p for p in matches if p.get("enabled") is not False]
         return (enabled or matches)[0]
 
-    def create_project(self, name: str) -> dict[str, Any]:
-        body = self._http.request_json("POST", "/projects", body={"name": name})
+    def create_project(self, name: str, billing_increment: int | None = None) -> dict[str, Any]:
+        """`POST /projects`; without `billing_increment`, Noko gives the account's default."""
+        payload: dict[str, Any] = {"name": name}
+        if billing_increment is not None:
+            payload["billing_increment"] = int(billing_increment)
+        body = self._http.request_json("POST", "/projects", body=payload)
         return _object(body, "POST", "/projects", written=True)
 
-    def ensure_project(self, name: str) -> int:
-        """The id of the project with this name, created when missing; cached per client.
+    def project_billing_increment(self, name: str) -> int | None:
+        """The billing increment (minutes) of a project `ensure_project` found or created,
+        as Noko gave it; None when unknown."""
+        with self._projects_lock:
+            return self._project_increments.get(name)
+
+    def ensure_project(self, name: str, billing_increment: int | None = None) -> int:
+        """The id of the project with this name, created when missing (with `billing_increment`
+        when given); cached per client, with the project's billing increment.
 
         Concurrent callers for one name wait for a single lookup (and create). After an
         ambiguous create the project is looked up again before it is created again.
@@ -221,12 +234,18 @@ class NokoClient:
             project = self.find_project(name)
             if project is None:
                 try:
-                    project = self.create_project(name)
+                    project = self.create_project(name, billing_increment)
                 except AmbiguousWriteError:
-                    project = self.find_project(name) or self.create_project(name)
+                    project = self.find_project(name) or self.create_project(
+                        name, billing_increment
+                    )
             project_id = int(project["id"])
+            increment = project.get("billing_increment")
+            if isinstance(increment, bool) or not isinstance(increment, int) or increment < 1:
+                increment = None
             with self._projects_lock:
                 self._project_ids[name] = project_id
+                self._project_increments[name] = increment
             return project_id
 
     # -- expenses and entries -----------------------------------------------------------------
@@ -286,8 +305,9 @@ class NokoClient:
 
     def create_invoice(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """`POST /invoices`; of the created invoice, the fields the connector reads (`id`,
-        `reference`, `state`, `url`, `total_amount`, `tax_total_amount`, those present),
-        amounts as `Decimal`s. An answer that is not an object is an `AmbiguousWriteError`."""
+        `reference`, `state`, `url`, `share_url`, `total_amount`, `tax_total_amount`, those
+        present), amounts as `Decimal`s. An answer that is not an object is an
+        `AmbiguousWriteError`."""
         created = self._http.request_typed(
             "POST", "/invoices", _INVOICE_CREATED, body=dict(payload)
         )

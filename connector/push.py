@@ -30,6 +30,7 @@ from mappings.to_noko import (
     marker,
     marker_prefix,
     parse_marker,
+    same_entry_text,
 )
 
 Kind = Literal["expense", "entry"]
@@ -41,7 +42,8 @@ ENTRY_KEY = "entry:"
 class NokoApi(Protocol):
     """What the pusher needs of `connector.noko.NokoClient`."""
 
-    def ensure_project(self, name: str) -> int: ...
+    def ensure_project(self, name: str, billing_increment: int | None = None) -> int: ...
+    def project_billing_increment(self, name: str) -> int | None: ...
     def create_expense(
         self, *, project_id: int, date: str, price: Decimal, taxable: bool, description: str
     ) -> int: ...
@@ -89,6 +91,20 @@ class WriteInDoubtError(TransientApiError):
             request_id=exc.request_id,
             code=exc.code,
             retry_after=exc.retry_after,
+        )
+
+
+class BillingIncrementError(PermanentApiError):
+    """A time entry would not keep its minutes: Noko rounds them up to its project's billing
+    increment, which is not the one the plan was made for. Nothing is created."""
+
+    def __init__(self, project: str, increment: int, planned: NokoEntryPlan, wanted: int | None):
+        super().__init__(
+            "noko",
+            f"Noko project {project!r} rounds time up to multiples of {increment} minutes, so "
+            f"time entry {planned.line_key} of {planned.minutes} minutes would change the total "
+            f"(the profile's time.billing_increment is {wanted}): set the project's billing "
+            f'increment in Noko to {wanted}, or use time.mode = "amounts"',
         )
 
 
@@ -166,7 +182,7 @@ def _matches_entry(entry: Mapping[str, Any], planned: NokoEntryPlan) -> bool:
     return (
         _int_or_none(entry.get("minutes")) == planned.minutes
         and (project_name is None or project_name == planned.project)
-        and str(entry.get("description") or "") == planned.description
+        and same_entry_text(str(entry.get("description") or ""), planned.description)
     )
 
 
@@ -224,7 +240,8 @@ class NokoPusher:
         else:
             reused_entries = {}
 
-        project_ids = {name: self.noko.ensure_project(name) for name in self._projects(plan)}
+        project_ids = {name: self._project(plan, name) for name in self._projects(plan)}
+        self._check_increments(plan, plan.entries)
         ids: dict[str, int] = {}
         for planned in plan.expenses:
             if planned.line_key in reused:
@@ -260,6 +277,21 @@ class NokoPusher:
             return PushResult(found, adopted=True, deleted=deleted)
         ids.update({ENTRY_KEY + key: value for key, value in entry_ids.items()})
         return PushResult(invoice, ids, reused=len(reused) + len(reused_entries), deleted=deleted)
+
+    def _project(self, plan: NokoInvoicePlan, name: str) -> int:
+        """The Noko project's id; one the connector creates gets the plan's billing increment
+        (time entries mode), not the account's default."""
+        if plan.billing_increment is None:
+            return self.noko.ensure_project(name)
+        return self.noko.ensure_project(name, billing_increment=plan.billing_increment)
+
+    def _check_increments(self, plan: NokoInvoicePlan, entries: Sequence[NokoEntryPlan]) -> None:
+        """Before anything is created: every entry keeps its minutes on its project (Noko rounds
+        an entry's minutes up to the project's billing increment)."""
+        for entry in entries:
+            increment = self.noko.project_billing_increment(entry.project)
+            if increment is not None and entry.minutes % increment:
+                raise BillingIncrementError(entry.project, increment, entry, plan.billing_increment)
 
     @staticmethod
     def _projects(plan: NokoInvoicePlan) -> list[str]:
@@ -447,7 +479,7 @@ class NokoPusher:
         if missing:
             reused, _ = self._sweep(plan, reuse=True, keep=set(present))
             project_ids = {
-                name: self.noko.ensure_project(name)
+                name: self._project(plan, name)
                 for name in dict.fromkeys(p.project for p in missing if p.line_key not in reused)
             }
             new_ids = [
@@ -519,11 +551,15 @@ class NokoPusher:
         if missing:
             reused, _ = self._sweep_entries(plan, reuse=True, keep=set(present))
             new_ids = []
+            creating = [e for e in missing if e.line_key not in reused]
+            for name in dict.fromkeys(e.project for e in creating):
+                self._project(plan, name)
+            self._check_increments(plan, creating)
             for wanted_entry in missing:
                 if wanted_entry.line_key in reused:
                     new_ids.append(reused[wanted_entry.line_key])
                 else:
-                    project_id = self.noko.ensure_project(wanted_entry.project)
+                    project_id = self._project(plan, wanted_entry.project)
                     new_ids.append(self._create_entry(plan.reference, wanted_entry, project_id))
             self.noko.add_entries(noko_id, new_ids)
             result.added += len(new_ids)
@@ -548,6 +584,19 @@ class NokoPusher:
                 raise
         self.sweep_reference(reference)
         return "deleted"
+
+    def discard(self, reference: str, noko_id: int) -> int:
+        """Delete an invoice this attempt has just created (its totals are wrong, so it must
+        not stay in the books), then the expenses and time entries made for it, which its
+        deletion freed. Returns how many of those were deleted. Raises `NokoRefusedError` when
+        Noko refuses (paid, locked), an `ApiError` when the deletion fails otherwise."""
+        try:
+            self.noko.delete_invoice(noko_id)
+        except PermanentApiError as exc:
+            if exc.code in ("paid", "locked"):
+                raise NokoRefusedError(noko_id, exc.code, str(exc)) from exc
+            raise
+        return self.sweep_reference(reference)
 
     def leftovers(self, text: str) -> list[Leftover]:
         """Uninvoiced expenses and time entries whose description holds `text` and ends in a

@@ -27,8 +27,9 @@ ACTIONS = {
     "`kantata-sync retry {id}`.",
     "transient": "Retried automatically{when}; if it keeps failing, run `kantata-sync doctor`.",
     "writeback": "It is in Noko; writing the reference to Kantata is retried automatically{when}.",
-    "verify": "Noko's totals differ from Kantata's: compare the two invoices; correct the Noko "
-    "invoice, then run `kantata-sync retry {id} --force`.",
+    "verify": "Noko's totals differ from Kantata's (the error names both, and whether the Noko "
+    "invoice just created was deleted again): find why Noko computes differently and correct "
+    "it (or the Noko invoice, if it is still there), then run `kantata-sync retry {id} --force`.",
     "duplicate": "Delete the extra Noko invoices named in the error, then run "
     "`kantata-sync retry {id}`.",
     "refused": "Kantata changed after Noko was paid or locked: correct the books in Noko by hand "

@@ -88,6 +88,9 @@ class KantataLine:
     minutes: int | None = None
     rate_minor: int | None = None
     category: str | None = None
+    billable: bool = True
+    """False for a time entry whose `billable` (or `is_billable`) is false: money.md bills it
+    not at all, so it is no line of the ledger document."""
 
     @property
     def key(self) -> str:
@@ -519,6 +522,8 @@ def _decode_line(
         amount = time_amount(minutes, rate)
         if abs(amount) > MAX_ABS_MINOR:
             raise lr.fail("rate_in_cents", "amount exceeds the limit of ±10^13 minor units")
+        # money.md: a time entry whose `billable` (or `is_billable`) is false is not billed.
+        billable = lr.flag("billable", default=True) and lr.flag("is_billable", default=True)
         return KantataLine(
             kind,
             line_id,
@@ -531,6 +536,7 @@ def _decode_line(
             user_id,
             minutes=minutes,
             rate_minor=rate,
+            billable=billable,
         )
     amount = lr.amount("amount_in_cents")
     if kind == "expense":

@@ -67,16 +67,25 @@ class LedgerDocument:
     """When set, time lines are Noko time entries billed at this standard hourly rate."""
     time_note: str = ""
     """Why time entries mode did not apply to this invoice (empty when it did or was off)."""
+    billing_increment: int | None = None
+    """With `time.mode = "entries"`: the billing increment (minutes) the Noko projects the
+    connector creates get. A setting of the profile, not part of the fingerprint."""
+    issuer_name: str = ""
+    """The company issuing the invoice (the profile's `[noko] company_name`); the customer is
+    `customer_name`, the recipient."""
 
     def fingerprint(self) -> str:
         """sha256 of everything the document says except Kantata's untrusted balance."""
         data = _fields(self)
         data.pop("balance_in_cents")
         data.pop("time_note")
+        data.pop("billing_increment")
         # Fields added after the first release are left out while unset, so that documents
         # pushed before them keep their fingerprints (and are not pushed again).
         if data["hourly_rate_minor"] is None:
             data.pop("hourly_rate_minor")
+        if not data["issuer_name"]:
+            data.pop("issuer_name")
         for line in data["lines"]:
             if line["minutes"] is None:
                 line.pop("minutes")

@@ -12,7 +12,14 @@ import tomllib
 from importlib import resources
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from mappings.money import MoneyError, exponent_for_code
 
@@ -30,10 +37,25 @@ class LinesSettings(_Section):
     include_zero_amount: bool = False
 
 
+NOKO_BILLING_INCREMENTS = (1, 5, 6, 10, 15, 20, 30, 60)
+"""The values Noko's docs accept for a project's `billing_increment`."""
+
+
 class TimeSettings(_Section):
     mode: Literal["amounts", "entries"] = "amounts"
     billing_increment: int = Field(default=15, ge=1, le=1440)
-    """Minutes: the billing increment of the Noko projects the connector books time on."""
+    """Minutes: the billing increment of the Noko projects the connector books time on, and
+    that the projects it creates get (with `mode = "entries"`)."""
+
+    @field_validator("billing_increment")
+    @classmethod
+    def _noko_accepts(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("mode") == "entries" and value not in NOKO_BILLING_INCREMENTS:
+            raise ValueError(
+                'with mode = "entries" it must be one Noko accepts for a project: '
+                + ", ".join(str(v) for v in NOKO_BILLING_INCREMENTS)
+            )
+        return value
 
 
 class CustomerSettings(_Section):
@@ -64,6 +86,17 @@ class TaxSettings(_Section):
 class NokoSettings(_Section):
     project_name: str = Field(default="{workspace}", min_length=1)
     reference: str = Field(default="KS-{id}", min_length=1)
+    company_name: str = Field(default="", max_length=255)
+    """The company issuing the invoices (Noko's `company_name`); empty: none is named."""
+
+    @field_validator("company_name")
+    @classmethod
+    def _company_name_plain(cls, value: str) -> str:
+        if value and not value.strip():
+            raise ValueError("must not be blank; leave the key out to name no issuing company")
+        if any(ch < " " or ch == "\x7f" for ch in value):
+            raise ValueError("must be one line of text, without control characters")
+        return value.strip()
 
     @field_validator("reference")
     @classmethod
@@ -102,6 +135,17 @@ class Profile(_Section):
     tax: TaxSettings = TaxSettings()
     noko: NokoSettings = NokoSettings()
     currencies: CurrencySettings = CurrencySettings()
+
+    @field_validator("noko")
+    @classmethod
+    def _marker_survives_hashtags(cls, value: NokoSettings, info: ValidationInfo) -> NokoSettings:
+        time = info.data.get("time")
+        if isinstance(time, TimeSettings) and time.mode == "entries" and "#" in value.reference:
+            raise ValueError(
+                'reference must not contain # with time.mode = "entries": Noko parses '
+                "hashtags out of time entry descriptions, which end in the reference's marker"
+            )
+        return value
 
 
 def _check_placeholders(template: str, allowed: set[str]) -> set[str]:

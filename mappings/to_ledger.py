@@ -60,18 +60,21 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
             names[line.workspace_id] = name
         return name
 
-    subtotal = sum(line.amount_minor for line in invoice.lines)
-    taxable_subtotal = sum(line.amount_minor for line in invoice.lines if line.taxable)
+    # money.md: a non-billable time entry is not billed; it is no line at all.
+    billed = tuple(line for line in invoice.lines if line.billable)
+    subtotal = sum(line.amount_minor for line in billed)
+    taxable_subtotal = sum(line.amount_minor for line in billed if line.taxable)
     tax_minor = tax_amount(taxable_subtotal, invoice.tax_rate) if invoice.tax_rate else 0
     total = subtotal + tax_minor
     for label, value in (("subtotal", subtotal), ("total", total)):
         if abs(value) > MAX_ABS_MINOR:
             raise MappingError(invoice.id, label, f"{value} exceeds ±10^13 minor units")
+    _check_balance(invoice, total, tax_minor)
 
     def describe(line: KantataLine) -> str:
         return _describe(line, invoice.exponent)
 
-    lines = _lines(invoice.lines, profile, project_of, describe, invoice.invoice_date)
+    lines = _lines(billed, profile, project_of, describe, invoice.invoice_date)
     if not profile.lines.include_zero_amount:
         lines = [line for line in lines if line.amount_minor != 0]
 
@@ -85,9 +88,7 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
     if profile.time.mode == "entries":
         hourly_rate, time_note = _entries_rate(invoice, profile, lines, tax)
         if hourly_rate is not None:
-            minutes = {
-                line.key: line.minutes for line in invoice.lines if line.kind == "time_entry"
-            }
+            minutes = {line.key: line.minutes for line in billed if line.kind == "time_entry"}
             lines = [
                 replace(line, minutes=minutes[line.key]) if line.key in minutes else line
                 for line in lines
@@ -95,7 +96,7 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
 
     customer = _customer(invoice, profile)
     due = _due_date(invoice)
-    projects = tuple(dict.fromkeys(project_of(line) for line in invoice.lines)) or tuple(
+    projects = tuple(dict.fromkeys(project_of(line) for line in billed)) or tuple(
         dict.fromkeys(
             profile.noko.project_name.format(workspace=ws.title, workspace_id=ws.id)
             for ws in invoice.workspaces
@@ -127,6 +128,33 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
         balance_in_cents=invoice.balance_in_cents,
         hourly_rate_minor=hourly_rate,
         time_note=time_note,
+        billing_increment=profile.time.billing_increment
+        if profile.time.mode == "entries"
+        else None,
+        issuer_name=profile.noko.company_name,
+    )
+
+
+def _check_balance(invoice: KantataInvoice, total: int, tax_minor: int) -> None:
+    """money.md: `balance_in_cents` is Kantata's own statement of the invoice total. Where it
+    differs from the total of the lines, the invoice is not pushed: a `MappingError` names both
+    figures. An invoice without a balance has nothing to disagree with."""
+    balance = invoice.balance_in_cents
+    if balance is None or balance == total:
+        return
+    stated = format_money(balance, invoice.exponent, invoice.currency)
+    computed = format_money(total, invoice.exponent, invoice.currency)
+    with_tax = (
+        f" (with {format_money(tax_minor, invoice.exponent, invoice.currency)} tax at "
+        f"{format(invoice.tax_rate.normalize(), 'f')}%)"
+        if tax_minor
+        else ""
+    )
+    raise MappingError(
+        invoice.id,
+        "balance_in_cents",
+        f"Kantata states {stated} (balance_in_cents) but its lines add up to {computed}"
+        f"{with_tax}; not pushed until Kantata and the lines agree",
     )
 
 

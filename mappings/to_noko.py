@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from mappings.ledger import LedgerDocument
-from mappings.money import tax_amount, to_major, to_minor
+from mappings.money import format_money, tax_amount, to_major, to_minor
 
 DESCRIPTION_LIMIT = 240
 TAX_LINE_KEY = "tax"
@@ -60,6 +60,9 @@ class NokoInvoicePlan:
     exponent: int
     currency: str
     entries: tuple[NokoEntryPlan, ...] = ()
+    billing_increment: int | None = None
+    """Minutes: the billing increment of projects created for this plan (time entries mode);
+    None leaves it to the account's default."""
 
     def create_body(
         self, expense_ids: list[int], entry_ids: list[int] | None = None
@@ -96,6 +99,28 @@ def _marked(text: str, reference: str, line_key: str) -> str:
     return plain[: max(DESCRIPTION_LIMIT - len(suffix), 0)] + suffix
 
 
+HASH = "#"
+HASH_STANDIN = "\uff03"  # FULLWIDTH NUMBER SIGN: reads as "#", is not a hashtag
+
+
+def _no_hashtags(text: str) -> str:
+    """Noko parses "tags or hashtags" out of a time entry's description (its docs), and the
+    description it gives back then differs from what was sent (its own example: "noko" with the
+    tag "#noko"). A time entry must come back exactly as planned, so its text carries no "#"."""
+    return text.replace(HASH, HASH_STANDIN)
+
+
+def same_entry_text(noko: str, planned: str) -> bool:
+    """Whether a time entry's description as Noko gives it back is the planned one: equal but
+    for "#" signs (Noko's hashtag parsing may drop them; entries made before the stand-in was
+    used carry "#" in place of it)."""
+
+    def key(text: str) -> str:
+        return text.replace(HASH, "").replace(HASH_STANDIN, "")
+
+    return noko == planned or key(noko) == key(planned)
+
+
 def _noko_can_hold(rate: Decimal) -> bool:
     try:
         return rate == rate.quantize(Decimal("0.01"))
@@ -116,7 +141,7 @@ def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
                     project=line.project,
                     date=(line.date or doc.invoice_date).isoformat(),
                     minutes=line.minutes,
-                    description=_marked(line.description, doc.reference, line.key),
+                    description=_marked(_no_hashtags(line.description), doc.reference, line.key),
                 )
             )
             continue
@@ -157,8 +182,11 @@ def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
         "invoice_date": doc.invoice_date.isoformat(),
         "reference": doc.reference,
         "project_name": ", ".join(doc.projects),
-        "company_name": doc.customer_name,
-        "recipient_details": doc.customer_details,
+        # Noko's docs: `company_name` is "the company issuing the invoice", and
+        # `recipient_details` "the mailing address and other information for the invoice's
+        # recipient": the customer goes there, the issuer (a profile setting) in company_name.
+        "company_name": doc.issuer_name,
+        "recipient_details": _recipient(doc),
         "description": _description(doc),
         "footer": _footer(doc),
         "show_hours_worked": False,
@@ -182,7 +210,13 @@ def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
         exponent=exp,
         currency=doc.currency,
         entries=tuple(entries),
+        billing_increment=doc.billing_increment,
     )
+
+
+def _recipient(doc: LedgerDocument) -> str:
+    """The customer's name, then the recipient's email, one per line."""
+    return "\n".join(part for part in (doc.customer_name, doc.customer_details) if part)
 
 
 def _description(doc: LedgerDocument) -> str:
@@ -216,20 +250,29 @@ def _amount(value: Any, exponent: int) -> int | None:
 
 
 def check_totals(plan: NokoInvoicePlan, invoice: Mapping[str, Any]) -> list[str]:
-    """Differences between Noko's invoice totals and the plan's; empty when they agree."""
+    """Differences between Noko's invoice totals and the plan's, each naming both figures as
+    money with the currency; empty when they agree."""
     problems: list[str] = []
     exp = plan.exponent
+
+    def shown(field: str) -> str:
+        minor = _amount(invoice.get(field), exp)
+        if minor is None:
+            return f"{invoice.get(field)!r}" if field in invoice else "missing"
+        return format_money(minor, exp, plan.currency)
+
     expected = to_minor(plan.expected_total, exp)
     got = _amount(invoice.get("total_amount"), exp)
     if got != expected:
         problems.append(
-            f"total_amount is {invoice.get('total_amount')!r}, expected {plan.expected_total}"
+            f"Noko's total_amount is {shown('total_amount')} but Kantata's total is "
+            f"{format_money(expected, exp, plan.currency)}"
         )
     tax_expected = to_minor(plan.expected_tax_total, exp)
     tax_got = _amount(invoice.get("tax_total_amount"), exp)
     if "tax_total_amount" in invoice and tax_got != tax_expected:
         problems.append(
-            f"tax_total_amount is {invoice.get('tax_total_amount')!r}, "
-            f"expected {plan.expected_tax_total}"
+            f"Noko's tax_total_amount is {shown('tax_total_amount')} but the tax it should "
+            f"charge is {format_money(tax_expected, exp, plan.currency)}"
         )
     return problems

@@ -148,12 +148,15 @@ def test_recorded_ledger_document() -> None:
     assert [line.key for line in doc.lines] == ["te8571775", "ex8509845"]
 
 
-def test_recorded_zero_amount_time_is_kept_when_the_profile_asks() -> None:
-    """The non-billable rate-0 entry becomes a 0.00 line only with include_zero_amount."""
+def test_recorded_non_billable_time_is_no_line_even_with_zero_amounts_kept() -> None:
+    """money.md: the recorded non-billable entry is not billed, so it is no line even with
+    include_zero_amount (which keeps billable lines of amount zero)."""
     profile = parse_profile("[lines]\ninclude_zero_amount = true\n")
-    doc = to_ledger(_recorded_invoice("280315"), profile)
-    assert [line.amount_minor for line in doc.lines] == [0, 12500, 20000]
-    assert doc.total_minor == 32500
+    invoice = _recorded_invoice("280315")
+    assert [line.billable for line in invoice.lines if line.kind == "time_entry"] == [False, True]
+    doc = to_ledger(invoice, profile)
+    assert [line.amount_minor for line in doc.lines] == [12500, 20000]
+    assert doc.total_minor == 32500 == invoice.balance_in_cents
 
 
 def test_same_recorded_invoice_has_one_fingerprint() -> None:
@@ -275,6 +278,7 @@ def test_plan_uses_only_documented_invoice_fields() -> None:
     """The create body's fields, customization keys and tax shape are all in Noko's docs."""
     body = copy.deepcopy(RESPONSES[2])
     body["invoices"]["280315"]["tax_rate"] = Decimal("7.5")
+    body["invoices"]["280315"]["balance_in_cents"] = 34000  # 325.00 + 7.5 % of 200.00
     body["expenses"]["8509845"]["taxable"] = True
     (invoice,) = _decoded(body)
     plan = plan_invoice(to_ledger(invoice, default_profile()))
@@ -287,3 +291,27 @@ def test_plan_uses_only_documented_invoice_fields() -> None:
     assert set(tax) == set(NOKO_CREATE_FIELDS["taxes"][0])
     assert tax["percentage"] == Decimal("7.50")
     assert create["expense_ids"] == [101, 102]
+
+
+# The fingerprints the release before the issuer/recipient split computed for the recorded
+# invoices with the built-in profile (commit cb6711a): a store written by it must still match.
+FIRST_RELEASE_FINGERPRINTS = {
+    "280315": "bdf19f7c76f8859da59e56940478cbafd02f8bb667358281dfcd637f58e4acfe",
+    "280335": "ca85b1ba6f175cbe5793a5a9bca6054966b550aae0233ad73fed50662f81b4ec",
+}
+
+
+def test_stored_fingerprints_still_match_after_the_issuer_recipient_split() -> None:
+    """Moving the customer to `recipient_details` and adding the issuer changes the Noko
+    payload, not the ledger document's fingerprint: nothing synced is pushed again."""
+    profile = default_profile()
+    for invoice_id, stored in FIRST_RELEASE_FINGERPRINTS.items():
+        doc = to_ledger(_recorded_invoice(invoice_id), profile)
+        assert doc.fingerprint() == stored
+        plan = plan_invoice(doc)
+        assert plan.fields["company_name"] == ""
+        assert plan.fields["recipient_details"].startswith(doc.customer_name)
+    issuer = parse_profile('[noko]\ncompany_name = "Northwind Consulting Ltd"\n')
+    doc = to_ledger(_recorded_invoice("280315"), issuer)
+    assert doc.fingerprint() != FIRST_RELEASE_FINGERPRINTS["280315"]  # a real change of issuer
+    assert plan_invoice(doc).fields["company_name"] == "Northwind Consulting Ltd"

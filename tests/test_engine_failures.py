@@ -107,7 +107,9 @@ def test_total_mismatch_is_recorded_not_hidden(
     box: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When Noko's totals differ from Kantata's, the invoice is failed with both figures, the
-    Kantata reference says so, and it is not pushed again by itself."""
+    Kantata reference says so, and it is not pushed again by itself. The invoice just created
+    with the wrong totals is deleted again (it used to stay in Noko, recorded as the invoice's
+    Noko id: that was the bug), with its expenses."""
     generate(box.kantata, seed=44, invoices=3, draft_rate=0, cancelled_rate=0)
     victim = _eligible_ids(box)[0]
     real = engine_module.check_totals
@@ -124,7 +126,8 @@ def test_total_mismatch_is_recorded_not_hidden(
         record = c.store.get_invoice(victim)
         assert record is not None
         assert record.error_kind == "verify"
-        assert record.noko_invoice_id is not None
+        assert record.noko_invoice_id is None
+        assert not [i for i in box.noko.state()["invoices"] if i["reference"] == f"KS-{victim}"]
         assert record.next_attempt_at is None
         refs = box.kantata.external_references(int(victim))
         assert refs[0]["status"] == "failed"

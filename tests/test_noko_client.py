@@ -408,6 +408,30 @@ def test_ensure_project_existing(router: respx.MockRouter, client: NokoClient) -
     assert not create.called
 
 
+def test_ensure_project_creates_with_a_billing_increment_and_remembers_it(
+    router: respx.MockRouter, client: NokoClient
+) -> None:
+    """A project created for time entries gets the given billing increment; the increment of
+    a project found or created is remembered (none for an unknown one)."""
+    router.get("/projects", params={"name": "Atlas"}).respond(200, json=[])
+    router.get("/projects", params={"name": "Hourly"}).respond(
+        200, json=[{"id": 3, "name": "Hourly", "billing_increment": 60}]
+    )
+    create = router.post("/projects").respond(
+        201, json={"id": 42, "name": "Atlas", "billing_increment": 30}
+    )
+    assert client.ensure_project("Atlas", billing_increment=30) == 42
+    assert json.loads(create.calls.last.request.content) == {
+        "name": "Atlas",
+        "billing_increment": 30,
+    }
+    assert client.ensure_project("Hourly", billing_increment=30) == 3
+    assert create.call_count == 1
+    assert client.project_billing_increment("Atlas") == 30
+    assert client.project_billing_increment("Hourly") == 60
+    assert client.project_billing_increment("Unknown") is None
+
+
 def test_ensure_project_refinds_after_ambiguous_create(
     router: respx.MockRouter, client: NokoClient
 ) -> None:
@@ -595,7 +619,7 @@ def test_created_invoice_keeps_the_fields_read_and_their_presence(
         return_value=raw_json(
             '{"id": 7, "reference": "KS-1", "state": "unpaid", "total_amount": 1234.50,'
             ' "url": "https://x.test/invoices/7", "projects": [{"id": 1, "rate": 1.5}],'
-            ' "customization": {"title": "T"}}',
+            ' "share_url": "https://app.x.test/i/abc", "customization": {"title": "T"}}',
             status=201,
         )
     )
@@ -605,6 +629,7 @@ def test_created_invoice_keeps_the_fields_read_and_their_presence(
         "reference": "KS-1",
         "state": "unpaid",
         "url": "https://x.test/invoices/7",
+        "share_url": "https://app.x.test/i/abc",
         "total_amount": Decimal("1234.50"),
     }
     assert "tax_total_amount" not in created

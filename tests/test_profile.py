@@ -199,3 +199,36 @@ def test_customer_table_names_the_company() -> None:
     assert to_ledger(invoice, by_email).customer_name == "Client Co"
     assert to_ledger(invoice, by_workspace).customer_name == "Harbour Ltd"
     assert to_ledger(invoice, parse_profile("", SOURCE)).customer_name == "Jane Lead"
+
+
+def test_issuing_company_is_validated() -> None:
+    """`[noko] company_name`: one line, not blank, at most 255 characters; trimmed."""
+    ok = parse_profile('[noko]\ncompany_name = "  Northwind Consulting Ltd "\n', SOURCE)
+    assert ok.noko.company_name == "Northwind Consulting Ltd"
+    assert parse_profile("", SOURCE).noko.company_name == ""
+    for bad, why in (
+        ('"   "', "must not be blank"),
+        ('"Northwind\\nLtd"', "one line of text"),
+        ('"' + "N" * 256 + '"', "at most 255 characters"),
+    ):
+        with pytest.raises(ProfileError) as caught:
+            parse_profile(f"[noko]\ncompany_name = {bad}\n", SOURCE)
+        assert "line 2, key noko.company_name" in str(caught.value)
+        assert why in str(caught.value)
+
+
+def test_time_entries_need_an_increment_noko_accepts_and_no_hash_in_the_reference() -> None:
+    """With time entries, the billing increment is one Noko's docs accept for a project (the
+    connector creates projects with it), and the reference has no "#" (Noko parses hashtags
+    out of entry descriptions, which end in the marker); amounts mode is unaffected."""
+    entries = '[time]\nmode = "entries"\n'
+    assert parse_profile(entries + "billing_increment = 6\n", SOURCE).time.billing_increment == 6
+    with pytest.raises(ProfileError) as caught:
+        parse_profile(entries + "billing_increment = 45\n", SOURCE)
+    assert "line 3, key time.billing_increment" in str(caught.value)
+    assert "1, 5, 6, 10, 15, 20, 30, 60" in str(caught.value)
+    assert parse_profile("[time]\nbilling_increment = 45\n", SOURCE).time.billing_increment == 45
+    with pytest.raises(ProfileError) as caught:
+        parse_profile(entries + '[noko]\nreference = "INV#{id}"\n', SOURCE)
+    assert "key noko: reference must not contain #" in str(caught.value)
+    assert parse_profile('[noko]\nreference = "INV#{id}"\n', SOURCE).noko.reference == "INV#{id}"

@@ -45,8 +45,11 @@ class LateNoko:
         self.next_id += 1
         return self.next_id
 
-    def ensure_project(self, name: str) -> int:
+    def ensure_project(self, name: str, billing_increment: int | None = None) -> int:
         return 1
+
+    def project_billing_increment(self, name: str) -> int | None:
+        return None
 
     def create_expense(
         self, *, project_id: int, date: str, price: Decimal, taxable: bool, description: str

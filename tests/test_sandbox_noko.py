@@ -201,6 +201,38 @@ def test_entry_minutes_round_up_to_the_billing_increment(api: httpx.Client) -> N
     assert api.get("/projects", params={"name": "brand"}).json()[0]["name"] == "Brand New"
 
 
+def test_entry_hashtags_are_parsed_out_of_the_description(api: httpx.Client) -> None:
+    """As the docs' example entry ("noko" with the tag "#noko"): each hashtag becomes a tag and
+    the description comes back without its "#"; other text is kept as sent."""
+    acme = project(api, "Tags")
+    created = api.post(
+        "/entries",
+        json={
+            "date": "2024-03-01",
+            "project_id": acme,
+            "minutes": 15,
+            "description": "Fix #123 for #design-review, a#b [KS-1/te5]",
+        },
+    ).json()
+    assert created["description"] == "Fix 123 for design-review, a#b [KS-1/te5]"
+    assert [t["formatted_name"] for t in created["tags"]] == ["#123", "#design-review"]
+    plain = api.post(
+        "/entries",
+        json={"date": "2024-03-01", "project_id": acme, "minutes": 15, "description": "No tags"},
+    ).json()
+    assert (plain["description"], plain["tags"]) == ("No tags", [])
+
+
+def test_skewed_totals_differ_by_the_minor_units_asked(api: httpx.Client, box: Sandbox) -> None:
+    """`skew_totals`: a Noko whose arithmetic is not money.md's, for chosen references."""
+    acme = project(api, "Skew")
+    body = invoice(api, reference="R-1", expense_ids=[expense(api, acme, "10.00")]).json()
+    box.noko.skew_totals(1, ["R-1"])
+    assert str(api.get(f"/invoices/{body['id']}").json()["total_amount"]) == "10.01"
+    box.noko.skew_totals(0)
+    assert str(api.get(f"/invoices/{body['id']}").json()["total_amount"]) == "10.0"
+
+
 def test_usd_invoice_totals_follow_money_rules_exactly(api: httpx.Client) -> None:
     """USD totals: per-entry half-up, taxable/taxfree split, each tax half-up, 2 decimals."""
     project_id = project(api, increment=1)

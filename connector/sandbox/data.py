@@ -269,7 +269,9 @@ def _line(
             "workspace_id": workspace_id,
             "date_performed": day,
             "time_in_minutes": rng.choice(_MINUTES),
-            "rate_in_cents": rate if billable else 0,
+            # Non-billable work keeps its rate, as in Kantata: only `billable` keeps it off the
+            # bill (money.md), so a connector that bills it gets the total wrong.
+            "rate_in_cents": rate,
             "billable": billable,
             "taxable": rng.random() < 0.5,
             "notes": rng.choice(_TASKS),
@@ -349,15 +351,18 @@ def generate(
     paid_rate: float = 0.15,
     multi_project_rate: float = 0.04,
     existing_reference_rate: float = 0.02,
+    balance_off: int = 0,
 ) -> None:
     """Fill `kantata` with `invoices` realistic invoices, deterministically for `seed`.
 
     Invoices are created over the last `days` days up to the fake's clock (ids in creation
     order, `updated_at` at or after `created_at`). `same_updated_at=N` gives N of them one
     identical `updated_at` (a bulk edit an hour ago), more than a page of 200 when N > 200.
+    `balance_off=N` gives N eligible invoices (active, not drafts) a `balance_in_cents` one
+    minor unit above the total of their lines, as a Kantata whose own figure disagrees.
     """
-    if invoices < 0 or same_updated_at < 0:
-        raise ValueError("invoices and same_updated_at must not be negative")
+    if invoices < 0 or same_updated_at < 0 or balance_off < 0:
+        raise ValueError("invoices, same_updated_at and balance_off must not be negative")
     rng = random.Random(seed)
     now = kantata.now()
     start = now - timedelta(days=days)
@@ -404,6 +409,7 @@ def generate(
     span = max(1, int((now - start).total_seconds()))
     created_offsets = sorted(rng.randint(0, span - 3600) for _ in range(invoices))
     created_ids: list[int] = []
+    active: dict[int, datetime] = {}  # eligible invoice id -> its updated_at
     for offset in created_offsets:
         created = start + timedelta(seconds=offset)
         currency = _weighted(rng, CURRENCY_WEIGHTS)
@@ -464,6 +470,8 @@ def generate(
             updated_at=updated,
         )
         created_ids.append(invoice_id)
+        if not draft and status != "cancelled":
+            active[invoice_id] = updated
         if rng.random() < existing_reference_rate:
             kantata.upsert_external_reference(
                 {
@@ -476,6 +484,16 @@ def generate(
                 }
             )
             kantata.touch([invoice_id], updated_at=updated)
+
+    if balance_off:
+        # Drawn from a generator of its own, so the rest of the data stays as without it.
+        pick = random.Random(f"balance-off-{seed}")
+        eligible_ids = sorted(active)
+        for invoice_id in sorted(pick.sample(eligible_ids, k=min(balance_off, len(eligible_ids)))):
+            total = kantata.invoice_totals(invoice_id)["total"]
+            kantata.update_invoice(
+                invoice_id, balance_in_cents=total + 1, updated_at=active[invoice_id]
+            )
 
     if same_updated_at:
         bulk_at = now - timedelta(hours=1)

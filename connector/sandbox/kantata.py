@@ -142,10 +142,15 @@ def _safe_amount(line: _Line) -> int | None:
 
 
 def totals(lines: Iterable[tuple[str, Mapping[str, Any]]], tax_rate: Decimal) -> dict[str, int]:
-    """subtotal, taxable_subtotal, tax and total (minor units) of (kind, fields) lines."""
+    """subtotal, taxable_subtotal, tax and total (minor units) of (kind, fields) lines; a
+    non-billable time entry is no part of them (money.md)."""
     subtotal = 0
     taxable = 0
     for kind, fields in lines:
+        if kind == "time_entry" and (
+            fields.get("billable") is False or fields.get("is_billable") is False
+        ):
+            continue  # money.md: a non-billable time entry is not billed
         amount = line_amount(kind, fields)
         subtotal += amount
         if fields.get("taxable") is True:

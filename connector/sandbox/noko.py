@@ -103,6 +103,18 @@ CURRENCY_NAMES = {
     "AUD": "Australian dollar",
 }
 _LOCALE = re.compile(r"^[a-z]{2}(-[A-Z]{2})?$")
+# A hashtag: "#" then a word, not inside a word ("a#b" is no tag). The docs say only that
+# "any tags or hashtags will be automatically parsed"; their example entry reads "noko" with
+# the tag "#noko", so the sandbox gives the description back without the "#" of each hashtag.
+_HASHTAG = re.compile(r"(?<![\w#])#([^\W_][\w-]*)")
+
+
+def parse_hashtags(description: str) -> tuple[str, list[str]]:
+    """(the description as Noko gives it back, the tag names) of an entry's description."""
+    tags = list(dict.fromkeys(m.group(1) for m in _HASHTAG.finditer(description)))
+    return _HASHTAG.sub(lambda m: m.group(1), description), tags
+
+
 _TWO_PLACES = Decimal("0.01")
 
 
@@ -147,6 +159,7 @@ class _Entry:
     source_url: str | None = None
     invoice_id: int | None = None
     invoiced_at: datetime | None = None
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -249,6 +262,7 @@ class FakeNoko(Service):
         self._next = {"project": 37_001, "entry": 1_711_001, "expense": 2_201, "invoice": 26_601}
         self._next_tax = 88_201
         self._reference_seq = 0
+        self._skew: tuple[int, frozenset[str]] = (0, frozenset())
         self.account_user_id = self.add_user("Sandbox", "Owner", "owner@sandbox.example", 5538)
         self._register_routes()
 
@@ -413,6 +427,13 @@ class FakeNoko(Service):
             for expense in [self._expenses[i] for i in self._project_expenses.get(project.id, ())]:
                 self.delete_expense(expense.id)
             del self._projects[project.id]
+
+    def skew_totals(self, minor: int, references: Iterable[str] = ()) -> None:
+        """A Noko whose arithmetic is not money.md's: invoices with these references (every
+        invoice when none is given) get a `total_amount` `minor` minor units off. 0 stops it."""
+        with self.mutex:
+            self._skew = (int(minor), frozenset(references))
+            self._totals_cache.clear()
 
     def invoice_totals(self, invoice_id: int) -> NokoTotals:
         """The invoice's computed amounts (minor units)."""
@@ -891,6 +912,9 @@ class FakeNoko(Service):
             round_minor(Decimal(taxable) * tax.percentage / Decimal(100)) for tax in invoice.taxes
         )
         tax_total = sum(taxes)
+        skew, skewed = self._skew
+        if skewed and invoice.reference not in skewed:
+            skew = 0
         result = NokoTotals(
             exponent=exponent,
             entries=entries_minor,
@@ -899,7 +923,7 @@ class FakeNoko(Service):
             taxfree=taxfree_expenses,
             taxes=taxes,
             tax_total=tax_total,
-            total=entries_minor + taxable_expenses + taxfree_expenses + tax_total,
+            total=entries_minor + taxable_expenses + taxfree_expenses + tax_total + skew,
         )
         self._totals_cache[invoice.id] = (invoice.version, result)
         return result
@@ -985,7 +1009,16 @@ class FakeNoko(Service):
             "minutes": entry.minutes,
             "description": entry.description,
             "project": self._render_project(project) if project else None,
-            "tags": [],
+            "tags": [
+                {
+                    "id": self._tag_id(tag),
+                    "name": tag,
+                    "billable": True,
+                    "formatted_name": f"#{tag}",
+                    "url": self._url(f"/tags/{self._tag_id(tag)}"),
+                }
+                for tag in entry.tags
+            ],
             "source_url": entry.source_url,
             "invoiced_at": _fmt(entry.invoiced_at) if entry.invoiced_at else None,
             "invoice": self._invoice_summary(invoice) if invoice else None,
@@ -999,6 +1032,10 @@ class FakeNoko(Service):
             "created_at": _fmt(entry.created_at),
             "updated_at": _fmt(entry.updated_at),
         }
+
+    @staticmethod
+    def _tag_id(name: str) -> int:
+        return 249_000 + int(hashlib.sha256(name.lower().encode()).hexdigest()[:6], 16)
 
     def _render_expense(self, expense: _Expense) -> dict[str, Any]:
         project = self._projects.get(expense.project_id)
@@ -1407,12 +1444,14 @@ class FakeNoko(Service):
             increment = project.billing_increment
             minutes = -(-minutes // increment) * increment
         now = self.now()
+        description, tags = parse_hashtags(str(body.get("description") or ""))
         entry = _Entry(
             id=self._id("entry"),
             date=str(date),
             user_id=user_id,
             minutes=minutes,
-            description=str(body.get("description") or ""),
+            description=description,
+            tags=tags,
             project_id=project.id if project else None,
             billable=project.billable if project else True,
             created_at=now,
