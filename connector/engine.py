@@ -376,6 +376,7 @@ class SyncEngine:
         for attempt in range(1, MAX_SCAN_PASSES + 1):
             scan.shrank = False
             previous_count: int | None = None
+            unseen = 0
             for page in self.kantata.iter_invoice_pages(
                 updated_after=lower, per_page=self.settings.per_page
             ):
@@ -384,13 +385,31 @@ class SyncEngine:
                     scan.server_time = page.server_time
                 if self.on_page is not None:
                     self.on_page(page.page, page.count)
+                if page.note is not None:
+                    log.warning(
+                        "Kantata's paging signals disagree", page=page.page, detail=page.note
+                    )
                 if previous_count is not None and page.count < previous_count:
                     scan.shrank = True
                 previous_count = page.count
+                unseen = page.unseen
                 runner.submit_all(decode_invoices(page.body), scan, until=until)
                 release_free_memory()
                 if self.stop.is_set():
                     return
+            if unseen and not scan.shrank:
+                # Rows Kantata counted were never served: what was read is handled, but the
+                # cursor must not move past the rest.
+                scan.complete = False
+                log.warning(
+                    "Kantata did not serve every invoice it counted; the cursor stays put",
+                    unseen=unseen,
+                )
+                runner.result.error = (
+                    f"Kantata counted {unseen} more invoice(s) than it served; "
+                    "the cursor stays put until a scan reads them all"
+                )
+                return
             if not scan.shrank:
                 scan.complete = True
                 return

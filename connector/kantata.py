@@ -56,6 +56,13 @@ class KantataPage:
     page_count: int | None
     server_time: datetime | None = None
     """Kantata's clock when it answered (its `Date` header), if it said."""
+    note: str | None = None
+    """Set when the paging signals of this page disagree (a short page while `count` says
+    more, a `page_count` that ends before `count` is reached, ...): what was seen and what the
+    scan does about it."""
+    unseen: int = 0
+    """On the last page of a scan: how many rows Kantata's `count` promised that were never
+    served. Nonzero means the scan is incomplete, and nothing read may move a cursor."""
 
 
 @dataclass(frozen=True)
@@ -190,8 +197,13 @@ class KantataClient:
     ) -> Iterator[KantataPage]:
         """Every page of `GET /invoices.json` in `id:asc` order, with all line associations.
 
-        Stops at the first page shorter than `per_page` or at `meta.page_count`. `extra` adds
-        filters (e.g. `without_drafts`); it cannot change order, includes or paging.
+        A server may serve fewer rows a page than asked for, and `meta.page_count` may be
+        wrong, so neither a short page nor `page_count` alone ends the scan. It ends when the
+        signals agree: an empty page, or as many rows received as Kantata's `count` with the
+        last page by `page_count` read (or no `page_count` given). When they disagree, the scan
+        reads on and says so in the page's `note`. A last page that leaves rows of `count`
+        unserved, or a server that serves no new rows, ends the scan with `unseen` set.
+        `extra` adds filters (e.g. `without_drafts`); it cannot change order, includes or paging.
         """
         if not 1 <= per_page <= MAX_PER_PAGE:
             raise ValueError(f"per_page must be between 1 and {MAX_PER_PAGE}")
@@ -206,6 +218,8 @@ class KantataClient:
             per_page=per_page,
         )
         page = 1
+        received = 0
+        highest: int | None = None
         while True:
             params["page"] = page
             response, body = self._http.request_json_response(
@@ -213,15 +227,36 @@ class KantataClient:
             )
             results = self._results(body, page)
             page_count = _page_count(body)
-            count = body.get("count")
+            count = _count(body)
+            received += len(results)
+            page_highest = _highest_id(results)
+            stalled = (
+                bool(results)
+                and highest is not None
+                and page_highest is not None
+                and page_highest <= highest
+            )
+            if page_highest is not None and (highest is None or page_highest > highest):
+                highest = page_highest
+            last, note, unseen = _paging_verdict(
+                page=page,
+                rows=len(results),
+                per_page=per_page,
+                received=received,
+                count=count,
+                page_count=page_count,
+                stalled=stalled,
+            )
             yield KantataPage(
                 body=body,
                 page=page,
-                count=count if isinstance(count, int) else len(results),
+                count=count if count is not None else received,
                 page_count=page_count,
                 server_time=server_time(response),
+                note=note,
+                unseen=unseen,
             )
-            if len(results) < per_page or (page_count is not None and page >= page_count):
+            if last:
                 return
             page += 1
 
@@ -307,6 +342,82 @@ class _AnyObject(msgspec.Struct):
 
 
 _ANY_OBJECT = msgspec.json.Decoder(_AnyObject)
+
+
+def _paging_verdict(
+    *,
+    page: int,
+    rows: int,
+    per_page: int,
+    received: int,
+    count: int | None,
+    page_count: int | None,
+    stalled: bool,
+) -> tuple[bool, str | None, int]:
+    """(is this the last page, a note when the signals disagree, rows promised but unseen)."""
+    missing = 0 if count is None else max(count - received, 0)
+    if stalled:
+        return (
+            True,
+            f"page {page} served only invoices already read: the server does not page on; "
+            f"{received} rows received of {count if count is not None else 'an unknown count'}",
+            max(missing, 1),
+        )
+    if rows == 0:
+        if missing:
+            return (
+                True,
+                f"page {page} is empty, yet Kantata counts {count} invoices and "
+                f"{received} were served",
+                missing,
+            )
+        return True, None, 0
+    if count is None:
+        return False, None, 0  # only an empty page can end the scan
+    if received >= count:
+        if page_count is None or page >= page_count:
+            return True, None, 0
+        return (
+            False,
+            f"all {count} counted invoices received by page {page}, but meta.page_count says "
+            f"{page_count}: reading on",
+            0,
+        )
+    if page_count is not None and page >= page_count:
+        return (
+            False,
+            f"meta.page_count says {page_count} pages, but {received} of {count} invoices "
+            "were received: reading on",
+            0,
+        )
+    if rows < per_page:
+        return (
+            False,
+            f"page {page} held {rows} invoices, fewer than the {per_page} asked for, but "
+            f"{received} of {count} were received: reading on",
+            0,
+        )
+    return False, None, 0
+
+
+def _count(body: Mapping[str, Any]) -> int | None:
+    value = body.get("count")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _highest_id(results: Sequence[Any]) -> int | None:
+    """The highest numeric id among a page's results (None when there is none)."""
+    highest: int | None = None
+    for result in results:
+        raw = result.get("id") if isinstance(result, Mapping) else None
+        text = str(raw) if isinstance(raw, str | int) and not isinstance(raw, bool) else ""
+        if text.isdigit():
+            value = int(text)
+            if highest is None or value > highest:
+                highest = value
+    return highest
 
 
 def _page_count(body: Mapping[str, Any]) -> int | None:

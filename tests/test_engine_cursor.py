@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
@@ -235,3 +236,46 @@ def test_free_memory_goes_back_after_every_page(
         assert result.exit_code == 0, result.failed
     assert result.pages >= 3
     assert len(calls) >= result.pages + 1
+
+
+@pytest.mark.parametrize("page_count_offset", [0, -1, -2, 2])
+def test_pages_capped_at_100_lose_no_invoice(
+    box: Sandbox, tmp_path: Path, page_count_offset: int
+) -> None:
+    """Kantata serving 100 a page although 200 were asked for, with a right, too low or too
+    high `meta.page_count`: every invoice is read and synced, and the cursor moves."""
+    generate(box.kantata, seed=28, invoices=330, draft_rate=0.0, cancelled_rate=0.0)
+    box.kantata.set_paging(max_per_page=100, page_count_offset=page_count_offset)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        result = c.engine.run_cycle()
+        assert result.exit_code == 0, result.failed
+        assert result.error is None
+        assert result.pages >= 4
+        assert _synced(c) == _eligible(box)
+        assert result.cursor_after is not None
+    assert check_books(box).problems == []
+
+
+def test_invoices_counted_but_never_served_keep_the_cursor(box: Sandbox, tmp_path: Path) -> None:
+    """A scan whose last page leaves counted rows unserved handles what it read, but the
+    cursor stays where it was, and the cycle says why."""
+    generate(box.kantata, seed=29, invoices=30)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        first = c.engine.run_cycle()
+        assert first.exit_code == 0
+        cursor = c.store.get_cursor()
+        assert cursor is not None
+        _shift_clocks(box, c, 3600)
+        generate_more(box)
+        original = c.kantata.iter_invoice_pages
+
+        def short_of_rows(**kwargs: Any) -> Iterator[KantataPage]:
+            for page in original(**kwargs):
+                yield dataclasses.replace(page, unseen=7)
+
+        c.kantata.iter_invoice_pages = short_of_rows  # type: ignore[method-assign]
+        result = c.engine.run_cycle()
+        assert result.counts["pushed"] == 3
+        assert c.store.get_cursor() == cursor
+        assert result.cursor_after == cursor
+        assert result.error is not None and "7 more invoice" in result.error

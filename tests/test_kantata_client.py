@@ -132,6 +132,126 @@ def test_window_and_extra_filters(router: respx.MockRouter, client: KantataClien
     assert params["page"] == "1"
 
 
+# -- paging signals that disagree (a page cap, a wrong page_count, a lying count) --------------
+
+
+def serve(ids: list[int], *, cap: int, page_count: Any = "true", count: Any = "true") -> Any:
+    """A fake page source: `ids` in pages of at most `cap` rows, whatever per_page asks for;
+    `page_count`/`count` "true" give the right figures, None leaves them out, a number lies."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params["page"])
+        chosen = ids[(page - 1) * cap : page * cap]
+        total = len(ids) if count == "true" else count
+        pages = -(-len(ids) // cap) if page_count == "true" else page_count
+        body: dict[str, Any] = {
+            "results": [{"key": "invoices", "id": str(i)} for i in chosen],
+            "invoices": {str(i): {"id": str(i)} for i in chosen},
+        }
+        if total is not None:
+            body["count"] = total
+        if pages is not None:
+            body["meta"] = {"count": total, "page_count": pages, "page_number": page}
+        return httpx.Response(200, json=body)
+
+    return answer
+
+
+def read_all(client: KantataClient) -> tuple[list[str], list[Any]]:
+    pages = list(client.iter_invoice_pages(updated_after=None, per_page=200))
+    return [r["id"] for p in pages for r in p.body["results"]], pages
+
+
+def test_a_server_serving_100_a_page_is_read_to_the_end(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """per_page=200 is asked for, 100 come: a short page is not the end while count says more.
+    No request more than the pages there are."""
+    ids = list(range(1, 251))
+    route = router.get("/invoices.json").mock(side_effect=serve(ids, cap=100, page_count=None))
+    got, pages = read_all(client)
+    assert got == [str(i) for i in ids]
+    assert route.call_count == 3
+    assert pages[0].note is not None and "fewer than the 200" in pages[0].note
+    assert pages[-1].note is None and pages[-1].unseen == 0
+
+
+def test_a_page_count_too_low_does_not_end_the_scan(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """meta.page_count computed for 200 a page (2) while 100 come: page 3 is read too."""
+    ids = list(range(1, 251))
+    router.get("/invoices.json").mock(side_effect=serve(ids, cap=100, page_count=2))
+    got, pages = read_all(client)
+    assert got == [str(i) for i in ids]
+    assert pages[1].note is not None and "page_count says 2" in pages[1].note
+    assert pages[-1].unseen == 0
+
+
+def test_a_page_count_too_high_reads_until_an_empty_page(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """Every counted row received, page_count says more: read on; an empty page ends it."""
+    ids = list(range(1, 401))
+    route = router.get("/invoices.json").mock(side_effect=serve(ids, cap=200, page_count=5))
+    got, pages = read_all(client)
+    assert got == [str(i) for i in ids]
+    assert route.call_count == 3
+    assert pages[-1].body["results"] == [] and pages[-1].unseen == 0
+
+
+def test_agreeing_signals_cost_no_extra_request(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """count and page_count agree: exactly the pages there are, no empty page asked for."""
+    ids = list(range(1, 401))
+    route = router.get("/invoices.json").mock(side_effect=serve(ids, cap=200))
+    got, pages = read_all(client)
+    assert len(got) == 400
+    assert route.call_count == 2
+    assert all(p.note is None for p in pages)
+
+
+def test_rows_counted_but_never_served_are_reported(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """An empty page while count promised more: the scan ends with `unseen` set."""
+    ids = list(range(1, 151))
+    router.get("/invoices.json").mock(side_effect=serve(ids, cap=100, page_count=None, count=180))
+    got, pages = read_all(client)
+    assert len(got) == 150
+    assert pages[-1].unseen == 30
+    assert pages[-1].note is not None and "empty" in pages[-1].note
+
+
+def test_a_server_that_ignores_page_stops_with_rows_unseen(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """The same page served again and again: the scan stops on the second, incomplete."""
+    route = router.get("/invoices.json").mock(
+        side_effect=lambda request: httpx.Response(
+            200, json=page_body(list(range(1, 101)), count=300, page_count=None)
+        )
+    )
+    _, pages = read_all(client)
+    assert route.call_count == 2
+    assert pages[-1].unseen > 0
+
+
+def test_without_a_count_only_an_empty_page_ends_the_scan(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """No count at all: short pages say nothing, the scan reads until a page is empty."""
+    ids = list(range(1, 151))
+    route = router.get("/invoices.json").mock(
+        side_effect=serve(ids, cap=100, page_count=None, count=None)
+    )
+    got, pages = read_all(client)
+    assert len(got) == 150
+    assert route.call_count == 3
+    assert pages[-1].unseen == 0
+
+
 @pytest.mark.parametrize(
     "body",
     [

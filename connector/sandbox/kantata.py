@@ -326,6 +326,8 @@ class FakeKantata(Service):
         self._default_workspaces: dict[str, int] = {}
         self._garble: tuple[str, int] | None = None
         self.garbled = 0
+        self._max_per_page: int | None = None
+        self._page_count_offset = 0
         self._register_routes()
 
     # ===== in-process admin API ==============================================================
@@ -631,6 +633,16 @@ class FakeKantata(Service):
             raise ValueError("count must not be negative")
         with self.mutex:
             self._garble = (kind, count) if count else None
+
+    def set_paging(self, *, max_per_page: int | None = None, page_count_offset: int = 0) -> None:
+        """Misbehave on `GET /invoices` as real servers may: serve at most `max_per_page` rows a
+        page whatever `per_page` asks for (None: up to 200), and report a `meta.page_count`
+        off by `page_count_offset` pages (never below 0)."""
+        if max_per_page is not None and not 1 <= max_per_page <= 200:
+            raise ValueError("max_per_page must be between 1 and 200")
+        with self.mutex:
+            self._max_per_page = max_per_page
+            self._page_count_offset = page_count_offset
 
     def mark_paid(self, invoice_id: int) -> None:
         """Set status `accepted payment`; bumps `updated_at`."""
@@ -1220,6 +1232,7 @@ class FakeKantata(Service):
         admin(Route("POST", "/tokens", self._admin_add_token))
         admin(Route("POST", "/invoices/{id}/corrupt", self._admin_corrupt))
         admin(Route("POST", "/garble", self._admin_garble))
+        admin(Route("POST", "/paging", self._admin_paging))
         admin(Route("POST", "/workspaces", self._admin_add_workspace))
         admin(Route("POST", "/users", self._admin_add_user))
         admin(Route("POST", "/generate", self._admin_generate))
@@ -1370,12 +1383,17 @@ class FakeKantata(Service):
             return Response(200, body, content_type=content_type, fault=f"garbled-{kind}")
         query = request.query
         page, per_page = self._page_params(query)
+        if self._max_per_page is not None:
+            per_page = min(per_page, self._max_per_page)
         includes = self._includes(query)
         ids = self._query_invoice_ids(query)
         page_ids = ids[(page - 1) * per_page : page * per_page]
         payload = self._invoices_payload(
             page_ids, includes, count=len(ids), page=page, per_page=per_page
         )
+        if self._page_count_offset:
+            meta = payload["meta"]
+            meta["page_count"] = max(meta["page_count"] + self._page_count_offset, 0)
         return Response.json(200, payload)
 
     def _single(self, invoice: _Invoice, request: Request) -> Response:
@@ -1669,6 +1687,18 @@ class FakeKantata(Service):
         kind = str(body.get("kind", "html"))
         self.garble_pages(count, kind)
         return Response.json(200, {"count": count, "kind": kind, "garbled": self.garbled})
+
+    def _admin_paging(self, request: Request, params: dict[str, str]) -> Response:
+        """`POST /_sandbox/paging {"max_per_page": 100, "page_count_offset": -1}`; `{}` resets."""
+        body = self.admin_body(request)
+        cap = body.get("max_per_page")
+        offset = body.get("page_count_offset", 0)
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int)):
+            raise ValueError("max_per_page must be an integer or null")
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise ValueError("page_count_offset must be an integer")
+        self.set_paging(max_per_page=cap, page_count_offset=offset)
+        return Response.json(200, {"max_per_page": cap, "page_count_offset": offset})
 
     def _admin_add_token(self, request: Request, params: dict[str, str]) -> Response:
         body = self.admin_body(request)
