@@ -315,7 +315,7 @@ class SyncEngine:
             and scan.complete
             and not dry_run
             and only_ids is None
-            and (kind == "sync" or until is None)
+            and (kind == "sync" or self._covers_from_cursor(cursor, lower, until))
         ):
             new_cursor = self._next_cursor(cursor, scan, scan_start)
             if new_cursor is not None and (cursor is None or new_cursor > cursor):
@@ -346,6 +346,18 @@ class SyncEngine:
             **{k.replace("-", "_"): v for k, v in sorted(result.counts.items())},
         )
         return result
+
+    def _covers_from_cursor(
+        self, cursor: datetime | None, lower: datetime | None, until: datetime | None
+    ) -> bool:
+        """Whether a backfill's window holds every change a sync would read from the cursor
+        on (its lookback included), so that the cursor may move past them. A window starting
+        later, or ending before now, leaves changes unread: the cursor stays where it is."""
+        if until is not None:
+            return False
+        if lower is None:
+            return True
+        return cursor is not None and lower <= cursor - self.settings.lookback
 
     def _next_cursor(
         self, cursor: datetime | None, scan: _Scan, scan_start: datetime

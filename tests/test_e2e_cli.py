@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,24 @@ def test_backfill_never_moves_cursor_backwards(box: Sandbox, tmp_path: Path) -> 
     assert status_json(env, tmp_path)["cursor"] == cursor
     bad = run_cli(["backfill", "--since", "yesterday"], env, tmp_path)
     assert bad.returncode == 2
+
+
+def test_backfill_since_a_future_day_is_refused(box: Sandbox, tmp_path: Path) -> None:
+    """`--since` a day still to come: one clear line, exit 2, nothing read, cursor untouched."""
+    generate(box.kantata, seed=17, invoices=5)
+    env = cli_env(box, tmp_path)
+    assert run_cli(["sync"], env, tmp_path).returncode == 0
+    cursor = status_json(env, tmp_path)["cursor"]
+    box.kantata.reset_stats()
+    tomorrow = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
+    done = run_cli(["backfill", "--since", tomorrow], env, tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"kantata-sync: --since {tomorrow} is in the future (UTC): there is nothing to backfill yet"
+    ]
+    assert "Traceback" not in done.stderr
+    assert box.kantata.stats.snapshot()["total"] == 0
+    assert status_json(env, tmp_path)["cursor"] == cursor
 
 
 def test_sigterm_during_run_exits_zero_and_next_start_continues(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +279,52 @@ def test_invoices_counted_but_never_served_keep_the_cursor(box: Sandbox, tmp_pat
         assert c.store.get_cursor() == cursor
         assert result.cursor_after == cursor
         assert result.error is not None and "7 more invoice" in result.error
+
+
+def _at_new_year(box: Sandbox) -> None:
+    box.kantata.set_clock(datetime(2026, 1, 1, 9, 0, tzinfo=UTC), frozen=False)
+    box.noko.set_clock(datetime(2026, 1, 1, 9, 0, tzinfo=UTC), frozen=False)
+
+
+def test_a_backfill_starting_after_the_cursor_leaves_it_where_it_was(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """A backfill whose window starts after the cursor reads nothing of what changed in
+    between: it must not move the cursor past those changes, and the next sync finds them."""
+    _at_new_year(box)
+    generate(box.kantata, seed=30, invoices=20)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        assert c.engine.run_cycle().exit_code == 0
+        cursor = c.store.get_cursor()
+        assert cursor is not None and cursor < datetime(2026, 1, 2, tzinfo=UTC)
+        box.kantata.advance_clock(3600)
+        generate_more(box)  # three invoices changed an hour after the sync
+        box.kantata.advance_clock(2 * 86400)
+        later = c.engine.run_cycle("backfill", since=datetime(2026, 1, 3, tzinfo=UTC))
+        assert later.exit_code == 0
+        assert later.counts["pushed"] == 0
+        assert c.store.get_cursor() == cursor
+        assert later.cursor_after == cursor
+        found = c.engine.run_cycle()
+        assert found.counts["pushed"] == 3
+    assert check_books(box).problems == []
+
+
+def test_a_backfill_covering_the_cursor_moves_it(box: Sandbox, tmp_path: Path) -> None:
+    """A backfill from before the cursor (its lookback included) to now reads everything a
+    sync would: it moves the cursor as a sync does. Without a cursor, a window with a start
+    leaves older changes unread, so it sets none."""
+    _at_new_year(box)
+    generate(box.kantata, seed=31, invoices=20)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        first = c.engine.run_cycle("backfill", since=datetime(2025, 12, 20, tzinfo=UTC))
+        assert first.exit_code == 0
+        assert c.store.get_cursor() is None
+        assert c.engine.run_cycle().exit_code == 0
+        cursor = c.store.get_cursor()
+        assert cursor is not None
+        box.kantata.advance_clock(86400)
+        covering = c.engine.run_cycle("backfill", since=datetime(2025, 12, 31, tzinfo=UTC))
+        assert covering.exit_code == 0
+        assert covering.cursor_after is not None and covering.cursor_after > cursor
+        assert c.store.get_cursor() == covering.cursor_after
