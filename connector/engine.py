@@ -1283,6 +1283,22 @@ class SyncEngine:
             and (not wanted.external_link or current.external_link == wanted.external_link)
         )
 
+    def _stale_reference(
+        self, inv: KantataInvoice, reference: ExternalReferenceWrite
+    ) -> str | None:
+        """The id of our reference on the invoice as read when it names another object (an
+        earlier Noko id, or the natural key a failure before any push wrote): it must be
+        removed before the new one is written."""
+        current = inv.reference_for(self.settings.service_name)
+        if current is None or not current.id:
+            return None
+        if (current.service_model, current.service_model_ref) == (
+            reference.service_model,
+            reference.service_model_ref,
+        ):
+            return None
+        return current.id
+
     def _write_success(
         self, inv: KantataInvoice, record: InvoiceRecord, run_id: str, log: Any
     ) -> tuple[Outcome, str | None]:
@@ -1291,7 +1307,9 @@ class SyncEngine:
         already = record.writeback_hash == digest and self._reference_in_place(inv, record)
         try:
             if not already:
-                self.kantata.write_external_reference(inv.id, reference)
+                self.kantata.write_external_reference(
+                    inv.id, reference, replace=self._stale_reference(inv, reference)
+                )
         except (TransientApiError, PermanentApiError) as exc:
             record.stage = "pushed"
             return self._fail(

@@ -17,7 +17,7 @@ from typing import Any, Self
 import httpx
 import msgspec
 
-from connector.errors import TransientApiError
+from connector.errors import NotFoundError, PermanentApiError, TransientApiError
 from connector.http import ApiStats, ApiTransport, RetryPolicy
 from connector.server_time import server_time
 
@@ -43,6 +43,9 @@ INVOICE_INCLUDES = (
     "external_references",
 )
 REFERENCE_STATUSES = frozenset({"pending", "successful", "failed"})
+REFERENCE_UPSERT_PATH = "/external_references/create_or_update"
+REFERENCE_UPSERT = f"POST {REFERENCE_UPSERT_PATH}"
+"""The write-back's endpoint, as request statistics name it."""
 
 
 @dataclass(frozen=True)
@@ -288,14 +291,96 @@ class KantataClient:
         merged["count"] = len(merged["results"])
         return merged
 
-    def write_external_reference(self, invoice_id: str, ref: ExternalReferenceWrite) -> None:
-        """Set our external reference on an invoice; the body holds that and nothing else.
+    def write_external_reference(
+        self, invoice_id: str, ref: ExternalReferenceWrite, *, replace: str | None = None
+    ) -> None:
+        """Create or update our external reference on an invoice, by the documented upsert
+        (`POST /external_references/create_or_update`): one request.
 
-        `PUT /invoices/{id}` overwrites any line-item id list it is given, so none is sent.
-        The answer must be a JSON object; nothing in it is read (nor decoded).
+        The documents do not say whether the upsert may change a reference's
+        `service_model_ref` (a new Noko id) or how it finds the one to update, and the
+        nested `external_reference` of `PUT /invoices/{id}` is documented for adding one,
+        not for rewriting it. So a reference of ours that names another object is removed
+        first (`DELETE /external_references/{id}`): `replace` is its id when the caller
+        knows it. When the caller does not and Kantata refuses the upsert (422), the
+        invoice's references of this service are read, those naming another object
+        removed, and the upsert sent once more. The answer must be a JSON object; nothing
+        in it is read.
         """
-        body = {"invoice": {"external_reference": ref.to_body()}}
-        self._http.request_typed("PUT", _invoice_path(invoice_id), _ANY_OBJECT, body=body)
+        _invoice_path(invoice_id)  # validates
+        if replace is not None:
+            self.delete_external_reference(replace)
+        try:
+            self._create_or_update(invoice_id, ref)
+        except PermanentApiError as exc:
+            if exc.status != 422 or replace is not None:
+                raise
+            stale = [
+                other["id"]
+                for other in self.list_external_references(invoice_id, ref.service_name)
+                if other.get("service_model_ref") != ref.service_model_ref
+                or other.get("service_model") != ref.service_model
+            ]
+            if not stale:
+                raise
+            for ref_id in stale:
+                self.delete_external_reference(ref_id)
+            self._create_or_update(invoice_id, ref)
+
+    def _create_or_update(self, invoice_id: str, ref: ExternalReferenceWrite) -> None:
+        body = {
+            "external_reference": {
+                "subject_type": "Invoice",
+                "subject_id": int(invoice_id),
+                **ref.to_body(),
+            }
+        }
+        self._http.request_typed(
+            "POST", REFERENCE_UPSERT_PATH, _ANY_OBJECT, body=body, idempotent=True
+        )
+
+    def delete_external_reference(self, reference_id: str) -> None:
+        """`DELETE /external_references/{id}`; one already gone (404) is no error."""
+        text = str(reference_id).strip()
+        if not text.isdigit():
+            raise ValueError(f"Kantata external reference id must be numeric, got {reference_id!r}")
+        try:
+            self._http.request("DELETE", f"/external_references/{text}")
+        except NotFoundError:
+            return
+
+    def list_external_references(self, invoice_id: str, service_name: str) -> list[dict[str, Any]]:
+        """The invoice's external references of one service (`GET /external_references`)."""
+        _invoice_path(invoice_id)  # validates
+        body = self._http.request_json(
+            "GET",
+            "/external_references",
+            params={
+                "subject_type": "Invoice",
+                "subject_id": str(invoice_id).strip(),
+                "service_name": service_name,
+                "per_page": MAX_PER_PAGE,
+            },
+        )
+        results = self._results(body, None)
+        records = body.get("external_references") if isinstance(body, dict) else None
+        if not isinstance(records, Mapping):
+            records = {}
+        found: list[dict[str, Any]] = []
+        for result in results:
+            ref_id = str(result.get("id")) if isinstance(result, Mapping) else ""
+            record = records.get(ref_id)
+            if ref_id.isdigit() and isinstance(record, Mapping):
+                if str(record.get("service_name")) != service_name:
+                    continue  # the filter is the server's; check it
+                found.append(
+                    {
+                        "id": ref_id,
+                        "service_model": _text(record.get("service_model")),
+                        "service_model_ref": _text(record.get("service_model_ref")),
+                    }
+                )
+        return found
 
     def record_external_payment(
         self, invoice_id: str, workspace_id: str, amount_in_cents: int
@@ -398,6 +483,13 @@ def _paging_verdict(
             0,
         )
     return False, None, 0
+
+
+def _text(value: Any) -> str | None:
+    """A reference field as Kantata sent it, ids compared as text (None when absent)."""
+    if value is None or isinstance(value, bool):
+        return None
+    return str(value)
 
 
 def _count(body: Mapping[str, Any]) -> int | None:

@@ -298,10 +298,12 @@ def test_balance_is_the_total_with_half_up_tax_in_each_currency(box: Sandbox) ->
     )
 
 
-def test_put_nested_external_reference_upserts_one_per_service(
+def test_put_nested_external_reference_adds_one_and_refuses_a_second_of_a_service(
     box: Sandbox, api: httpx.Client
 ) -> None:
-    """A nested `external_reference` upserts one reference per service and bumps updated_at."""
+    """A nested `external_reference` adds a reference and bumps updated_at; a second nested
+    write of the same service is refused (422), since the documents describe the nested form
+    for adding one only ("the service_name must be unique"). (It used to update the first.)"""
     box.kantata.set_clock(SUMMER)
     invoice_id = _simple_invoice(box.kantata)
     box.kantata.advance_clock(30)
@@ -324,11 +326,20 @@ def test_put_nested_external_reference_upserts_one_per_service(
     assert stored["service_model_ref"] == "26601"
     assert stored["subject_id"] == str(invoice_id)
     update = {**ref, "status": "successful", "external_link": "https://noko.example/i/1"}
-    api.put(f"/invoices/{invoice_id}", json={"invoice": {"external_reference": update}})
+    again = api.put(f"/invoices/{invoice_id}", json={"invoice": {"external_reference": update}})
+    assert again.status_code == 422
+    assert again.json()["errors"][0]["field"] == "service_name"
     refs = box.kantata.external_references(invoice_id)
     assert len(refs) == 1
-    assert refs[0]["status"] == "successful"
-    assert refs[0]["external_link"] == "https://noko.example/i/1"
+    assert refs[0]["status"] == "pending"
+    other = {**ref, "service_name": "xero"}
+    assert (
+        api.put(
+            f"/invoices/{invoice_id}", json={"invoice": {"external_reference": other}}
+        ).status_code
+        == 200
+    )
+    assert len(box.kantata.external_references(invoice_id)) == 2
     bad = api.put(
         f"/invoices/{invoice_id}",
         json={"invoice": {"external_reference": {**ref, "status": "done"}}},
@@ -415,8 +426,12 @@ def test_list_filters_select_the_right_invoices(box: Sandbox, api: httpx.Client)
     assert ids(without_external_reference_service_name="xero") == everything
 
 
-def test_external_reference_endpoints_upsert_and_filter(box: Sandbox, api: httpx.Client) -> None:
-    """create_or_update upserts by (subject, service_name); the list filters by subject."""
+def test_external_reference_endpoints_upsert_delete_and_filter(
+    box: Sandbox, api: httpx.Client
+) -> None:
+    """create_or_update creates a reference, then updates it while it names the same object;
+    one naming another object is refused (422) until the first is deleted
+    (`DELETE /external_references/{id}`, 204); the list filters by subject."""
     first = _simple_invoice(box.kantata)
     second = _simple_invoice(box.kantata)
     body = {
@@ -431,9 +446,19 @@ def test_external_reference_endpoints_upsert_and_filter(box: Sandbox, api: httpx
     created = api.post("/external_references/create_or_update", json=body).json()
     ref_id = created["results"][0]["id"]
     assert created["external_references"][ref_id]["service_model_ref"] == "7"
-    body["external_reference"]["service_model_ref"] = "8"
+    body["external_reference"]["status"] = "successful"
     again = api.post("/external_references/create_or_update", json=body).json()
     assert again["results"][0]["id"] == ref_id
+    assert again["external_references"][ref_id]["status"] == "successful"
+    body["external_reference"]["service_model_ref"] = "8"
+    refused = api.post("/external_references/create_or_update", json=body)
+    assert refused.status_code == 422
+    assert box.kantata.external_references(first)[0]["service_model_ref"] == "7"
+    assert api.delete(f"/external_references/{ref_id}").status_code == 204
+    assert api.delete(f"/external_references/{ref_id}").status_code == 404
+    assert box.kantata.external_references(first) == []
+    replaced = api.post("/external_references/create_or_update", json=body).json()
+    ref_id = replaced["results"][0]["id"]
     missing = api.post("/external_references/create_or_update", json={"external_reference": {}})
     assert missing.status_code == 400
     listed = api.get(
@@ -605,3 +630,32 @@ def test_ten_thousand_invoices_list_fast() -> None:
         )
     )
     assert time.perf_counter() - started < 0.05
+
+
+def test_create_or_update_takes_the_documented_request_and_answers_its_shape(
+    box: Sandbox, api: httpx.Client
+) -> None:
+    """The request of the published client's spec is taken as it is, and the answer has the
+    keys and types of that spec's stubbed answer."""
+    import json
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures" / "kantata" / "mavenlink_gem"
+    request = json.loads(
+        (fixtures / "external_reference_create_or_update_request.json").read_text()
+    )
+    documented = json.loads(
+        (fixtures / "external_reference_create_or_update_response.json").read_text()
+    )
+    invoice_id = _simple_invoice(box.kantata)
+    request["external_reference"].update(subject_type="Invoice", subject_id=invoice_id)
+    answer = api.post("/external_references/create_or_update", json=request)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert set(documented) <= set(body)
+    ref_id = body["results"][0]["id"]
+    assert body["results"][0]["key"] == "external_references"
+    record = body["external_references"][ref_id]
+    sample = next(iter(documented["external_references"].values()))
+    assert set(sample) <= set(record)
+    assert {k: type(record[k]) for k in sample} == {k: type(v) for k, v in sample.items()}

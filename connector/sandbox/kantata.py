@@ -1218,6 +1218,7 @@ class FakeKantata(Service):
                 creating=True,
             )
         )
+        add(Route("DELETE", "/external_references/{id}", self._http_delete_ref))
         add(Route("POST", "/external_payments", self._http_external_payment, creating=True))
         add(Route("GET", "/users/me", self._http_me))
         add(Route("GET", "/workspaces", self._http_list_workspaces))
@@ -1470,6 +1471,16 @@ class FakeKantata(Service):
         if ref is not None:
             ref_data = {**ref, "subject_type": "Invoice", "subject_id": str(invoice.id)}
             self._validate_ref(ref_data)
+            if self._has_ref(invoice, str(ref.get("service_name"))):
+                # The documents describe the nested reference for adding one ("the
+                # service_name must be unique"), not what a second one of a service does.
+                _fail(
+                    422,
+                    "external_reference.service_name has already been taken: if you are adding "
+                    "multiple external references to the same object, the service_name must be "
+                    "unique",
+                    field="service_name",
+                )
         # Apply (field changes first: they are the only part that can still be refused).
         if changes:
             self.update_invoice(invoice.id, **changes)
@@ -1561,6 +1572,24 @@ class FakeKantata(Service):
                 kind="syntax",
             )
         assert isinstance(data, dict)
+        subject = (str(data["subject_type"]), str(data["subject_id"]))
+        existing = self._refs_by_subject.get(subject, {}).get(str(data["service_name"]))
+        if existing is not None:
+            current = self._refs[existing]
+            if (current["service_model"], current["service_model_ref"]) != (
+                str(data["service_model"]),
+                str(data["service_model_ref"]),
+            ):
+                # Whether the upsert re-points a reference at another object, or adds a second
+                # one of the same service, is not documented: refused, so that a client must
+                # delete the old reference first.
+                _fail(
+                    422,
+                    f"an external reference of {data['service_name']} on this subject already "
+                    f"names {current['service_model']} {current['service_model_ref']}: the "
+                    "service_name must be unique",
+                    field="service_model_ref",
+                )
         ref_id = self._upsert_ref(data)
         record = self._render_ref(self._refs[ref_id])
         payload = {
@@ -1569,6 +1598,21 @@ class FakeKantata(Service):
             "external_references": {str(ref_id): record},
         }
         return Response.json(200, payload)
+
+    def _http_delete_ref(self, request: Request, params: dict[str, str]) -> Response:
+        ref_id = int(params["id"]) if params["id"].isdigit() else -1
+        ref = self._refs.pop(ref_id, None)
+        if ref is None:
+            _fail(404, "Not found", kind="system")
+        assert ref is not None
+        by_service = self._refs_by_subject.get((ref["subject_type"], ref["subject_id"]), {})
+        if by_service.get(ref["service_name"]) == ref_id:
+            del by_service[ref["service_name"]]
+        if ref["subject_type"] == "Invoice" and str(ref["subject_id"]).isdigit():
+            invoice = self._invoices.get(int(ref["subject_id"]))
+            if invoice is not None:
+                self._touch(invoice, self.now())
+        return Response.empty(204)
 
     def _http_external_payment(self, request: Request, params: dict[str, str]) -> Response:
         data = self._body_object(request, "external_payment")
