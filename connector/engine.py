@@ -1234,9 +1234,8 @@ class SyncEngine:
         if record.total_minor is None:
             return
         try:
-            self.kantata.record_external_payment(
-                record.kantata_id, record.workspace_id, record.total_minor
-            )
+            # In full: Kantata records the invoice's balance, whatever amount is named.
+            self.kantata.record_external_payment(record.kantata_id, record.workspace_id)
         except PermanentApiError as exc:
             # Kantata refuses a second payment: the invoice is no longer pending.
             log.info("Kantata did not take the external payment", error=str(exc))

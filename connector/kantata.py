@@ -382,16 +382,16 @@ class KantataClient:
                 )
         return found
 
-    def record_external_payment(
-        self, invoice_id: str, workspace_id: str, amount_in_cents: int
-    ) -> dict[str, Any]:
-        """Record a payment made outside Kantata (`POST /external_payments`). Not idempotent:
-        the caller makes sure it happens once per invoice."""
+    def record_external_payment(self, invoice_id: str, workspace_id: str) -> dict[str, Any]:
+        """Record a payment in full made outside Kantata (`POST /external_payments`).
+
+        A payment naming an invoice is recorded by Kantata for the invoice's whole balance
+        (it ignores `amount_in_cents` then), so none is sent: the connector records payments
+        in full only. Not idempotent: the caller makes sure it happens once per invoice."""
         body = {
             "external_payment": {
                 "invoice_id": int(invoice_id),
                 "workspace_id": int(workspace_id),
-                "amount_in_cents": amount_in_cents,
             }
         }
         decoded = self._http.request_json("POST", "/external_payments.json", body=body)

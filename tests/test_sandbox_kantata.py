@@ -659,3 +659,26 @@ def test_create_or_update_takes_the_documented_request_and_answers_its_shape(
     sample = next(iter(documented["external_references"].values()))
     assert set(sample) <= set(record)
     assert {k: type(record[k]) for k in sample} == {k: type(v) for k, v in sample.items()}
+
+
+def test_an_external_payment_naming_an_invoice_settles_its_whole_balance(
+    box: Sandbox, api: httpx.Client
+) -> None:
+    """`amount_in_cents` is ignored on a payment that names an invoice: Kantata records the
+    invoice's balance, and the invoice is paid."""
+    invoice_id = _simple_invoice(box.kantata)
+    state = box.kantata.invoice_state(invoice_id)
+    answer = api.post(
+        "/external_payments",
+        json={
+            "external_payment": {
+                "invoice_id": invoice_id,
+                "workspace_id": int(state["workspace_ids"][0]),
+                "amount_in_cents": 1,
+            }
+        },
+    )
+    assert answer.status_code == 200
+    payment = next(iter(answer.json()["external_payments"].values()))
+    assert payment["amount_in_cents"] == state["balance_in_cents"] != 1
+    assert box.kantata.invoice_state(invoice_id)["status"] == "accepted payment"

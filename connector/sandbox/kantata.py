@@ -1629,7 +1629,9 @@ class FakeKantata(Service):
             "id": str(payment_id),
             "invoice_id": str(invoice.id),
             "workspace_id": str(workspace_id),
-            "amount_in_cents": data.get("amount_in_cents", self._balance(invoice)),
+            # A payment naming an invoice settles its whole balance: amount_in_cents is
+            # ignored (as Kantata does), so a partial payment cannot be recorded this way.
+            "amount_in_cents": self._balance(invoice),
             "currency": invoice.currency,
             "created_at": _fmt(now),
             "updated_at": _fmt(now),
