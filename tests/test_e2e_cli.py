@@ -54,16 +54,21 @@ def test_sync_puts_every_eligible_invoice_in_noko_once_and_second_sync_writes_no
 
 
 def test_write_back_sends_only_the_reference(box: Sandbox, tmp_path: Path) -> None:
-    """Kantata write-backs carry the external reference and no invoice field or id list."""
+    """Kantata write-backs are the documented reference upsert and write no invoice field or
+    id list (they used to be a nested reference in `PUT /invoices/{id}`)."""
     generate(box.kantata, seed=12, invoices=15)
     done = run_cli(["sync"], cli_env(box, tmp_path), tmp_path)
     assert done.returncode == 0, done.stderr
     writes = box.kantata.state()["stats"]["writes"]
     assert writes
     for write in writes:
+        assert (write["method"], write["template"]) == (
+            "POST",
+            "/external_references/create_or_update",
+        )
         body = write["body"]
-        assert list(body) == ["invoice"], body
-        assert list(body["invoice"]) == ["external_reference"], body
+        assert list(body) == ["external_reference"], body
+        assert body["external_reference"]["subject_type"] == "Invoice"
 
 
 def test_bad_invoice_fails_alone_with_a_named_field(box: Sandbox, tmp_path: Path) -> None:
