@@ -689,3 +689,22 @@ def test_an_external_payment_naming_an_invoice_settles_its_whole_balance(
     payment = next(iter(answer.json()["external_payments"].values()))
     assert payment["amount_in_cents"] == state["balance_in_cents"] != 1
     assert box.kantata.invoice_state(invoice_id)["status"] == "accepted payment"
+
+
+def test_paging_can_be_capped_and_page_count_made_wrong(
+    box: Sandbox, api: httpx.Client, admin: httpx.Client
+) -> None:
+    """`POST /_sandbox/paging`: at most `max_per_page` rows a page whatever per_page asks,
+    and `meta.page_count` off by `page_count_offset`; `{}` puts both back."""
+    generate(box.kantata, seed=5, invoices=250)
+    assert admin.post("/paging", json={"max_per_page": 100, "page_count_offset": -1}).is_success
+    first = api.get("/invoices", params={"per_page": 200, "order": "id:asc"}).json()
+    assert len(first["results"]) == 100
+    assert first["count"] == 250
+    assert first["meta"]["page_count"] == 2
+    third = api.get("/invoices", params={"per_page": 200, "page": 3, "order": "id:asc"}).json()
+    assert len(third["results"]) == 50
+    assert admin.post("/paging", json={"max_per_page": "many"}).status_code >= 400
+    assert admin.post("/paging", json={}).is_success
+    whole = api.get("/invoices", params={"per_page": 200}).json()
+    assert len(whole["results"]) == 200 and whole["meta"]["page_count"] == 2
