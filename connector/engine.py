@@ -389,6 +389,7 @@ class SyncEngine:
             scan.shrank = False
             previous_count: int | None = None
             unseen = 0
+            noted = 0
             for page in self.kantata.iter_invoice_pages(
                 updated_after=lower, per_page=self.settings.per_page
             ):
@@ -398,8 +399,13 @@ class SyncEngine:
                 if self.on_page is not None:
                     self.on_page(page.page, page.count)
                 if page.note is not None:
-                    log.warning(
-                        "Kantata's paging signals disagree", page=page.page, detail=page.note
+                    # At warning level once a pass: a server serving fewer rows than asked
+                    # for disagrees on every page.
+                    noted += 1
+                    (log.warning if noted == 1 else log.info)(
+                        "Kantata's paging signals disagree; reading on",
+                        page=page.page,
+                        detail=page.note,
                     )
                 if previous_count is not None and page.count < previous_count:
                     scan.shrank = True

@@ -493,10 +493,12 @@ def _text(value: Any) -> str | None:
 
 
 def _count(body: Mapping[str, Any]) -> int | None:
-    value = body.get("count")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return None
-    return value
+    """Kantata's total for the query: the top-level `count`, else `meta.count`."""
+    meta = body.get("meta")
+    for value in (body.get("count"), meta.get("count") if isinstance(meta, Mapping) else None):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
 
 
 def _highest_id(results: Sequence[Any]) -> int | None:

@@ -669,3 +669,27 @@ def test_write_external_reference_answered_without_an_object(
         client.write_external_reference("77", ref)
     assert "Expected `object`" in str(info.value)
     assert route.call_count == RETRY.max_attempts
+
+
+def test_meta_count_stands_in_for_a_missing_top_level_count(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """Only `meta.count` given: it is the count, and no empty page is asked for."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params["page"])
+        ids = list(range(1, 151))[(page - 1) * 100 : page * 100]
+        return httpx.Response(
+            200,
+            json={
+                "results": [{"key": "invoices", "id": str(i)} for i in ids],
+                "invoices": {str(i): {"id": str(i)} for i in ids},
+                "meta": {"count": 150, "page_number": page},
+            },
+        )
+
+    route = router.get("/invoices.json").mock(side_effect=answer)
+    got, pages = read_all(client)
+    assert len(got) == 150
+    assert route.call_count == 2
+    assert pages[-1].count == 150 and pages[-1].unseen == 0
