@@ -238,3 +238,21 @@ def test_logs_are_json_lines_with_run_and_invoice_ids(box: Sandbox, tmp_path: Pa
     pushes = [line for line in lines if line["event"] == "pushed to Noko"]
     assert len(pushes) == 6
     assert all(p["kantata_invoice_id"] and p["noko_invoice_id"] for p in pushes)
+
+
+def test_sync_against_pages_capped_at_100_books_every_invoice(box: Sandbox, tmp_path: Path) -> None:
+    """Kantata serving 100 invoices a page (per_page=200 asked for) with a page_count
+    computed for 200: every eligible invoice is pushed once, and the log says why the scan
+    read past the short page."""
+    generate(box.kantata, seed=18, invoices=260)
+    box.kantata.set_paging(max_per_page=100, page_count_offset=-1)
+    env = cli_env(box, tmp_path)
+    done = run_cli(["sync"], env, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "paging signals disagree" in done.stderr
+    books = check_books(box)
+    assert books.problems == []
+    assert books.noko_invoices == books.eligible > 200
+    again = run_cli(["sync"], env, tmp_path)
+    assert again.returncode == 0 and "pushed" not in again.stdout
+    assert check_books(box).problems == []
