@@ -7,6 +7,7 @@ fixed for the whole scan, so rows updated mid-scan keep their place and new rows
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -309,7 +310,10 @@ class KantataClient:
         """
         _invoice_path(invoice_id)  # validates
         if replace is not None:
-            self.delete_external_reference(replace)
+            with contextlib.suppress(PermanentApiError):
+                # Refused (not merely gone): the upsert may still re-point the reference;
+                # if it does not either, its own error is the one reported.
+                self.delete_external_reference(replace)
         try:
             self._create_or_update(invoice_id, ref)
         except PermanentApiError as exc:

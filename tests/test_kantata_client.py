@@ -693,3 +693,20 @@ def test_meta_count_stands_in_for_a_missing_top_level_count(
     assert len(got) == 150
     assert route.call_count == 2
     assert pages[-1].count == 150 and pages[-1].unseen == 0
+
+
+def test_a_refused_delete_of_the_stale_reference_still_tries_the_upsert(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """A server that refuses the DELETE (405) may still re-point the reference by its upsert:
+    it is tried, and its answer decides."""
+    router.delete("/external_references/701").respond(
+        405, json={"errors": [{"type": "system", "message": "Method not allowed"}]}
+    )
+    upsert = router.post("/external_references/create_or_update").respond(
+        200, json=_upsert_answer("701")
+    )
+    client.write_external_reference(
+        "77", ExternalReferenceWrite("noko", "invoice", "9", "successful"), replace="701"
+    )
+    assert upsert.call_count == 1
