@@ -33,6 +33,7 @@ from typing import Any
 from bench.dispatch import DispatchServer
 from bench.tap import TapCheck, check_tap
 from bench.workload import Workload, populate
+from connector.kantata import REFERENCE_UPSERT
 from connector.sandbox import FakeKantata, FakeNoko, FaultConfig, Sandbox
 from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books
 
@@ -360,7 +361,7 @@ def dispatch_run(
     )
     run = Run(label, workload, out["cycles"], workers=out.get("workers"), cpus=cpus)
     cycle = run.cycles[0]
-    writes = cycle["kantata"]["by_endpoint"].get("PUT /invoices/{id}.json", 0)
+    writes = cycle["kantata"]["by_endpoint"].get(REFERENCE_UPSERT, 0)
     pushed = int(cycle["counts"].get("pushed", 0))
     if cycle["outcome"] != "interrupted" and pushed != workload.eligible:
         run.problems.append(f"pushed {pushed} of {workload.eligible}")
@@ -501,7 +502,7 @@ def targets(
         pages = _endpoint(backfill, "kantata", "GET /invoices.json")
         expected_pages = math.ceil(run.workload.total / PER_PAGE)
         singles = _endpoint(backfill, "kantata", "GET /invoices/{id}.json")
-        writes = _endpoint(backfill, "kantata", "PUT /invoices/{id}.json")
+        writes = _endpoint(backfill, "kantata", REFERENCE_UPSERT)
         lines.append(
             f"{verdict(pages == expected_pages and not singles)} Kantata reads, {run.label} "
             f"N={pushed:,}: {pages} page requests for {run.workload.total:,} invoices "

@@ -438,6 +438,8 @@ def backfill(
         end += timedelta(days=1)
     if start is not None and end is not None and end <= start:
         raise _fail("--until must not be before --since")
+    if start is not None and start > datetime.now(UTC):
+        raise _fail(f"--since {since} is in the future (UTC): there is nothing to backfill yet")
     settings = _settings()
     stop = threading.Event()
     _install_stop_handlers(stop)

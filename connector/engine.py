@@ -349,7 +349,7 @@ class SyncEngine:
             and scan.complete
             and not dry_run
             and only_ids is None
-            and (kind == "sync" or until is None)
+            and (kind == "sync" or self._covers_from_cursor(cursor, lower, until))
         ):
             new_cursor = self._next_cursor(cursor, scan, scan_start)
             if new_cursor is not None and (cursor is None or new_cursor > cursor):
@@ -378,6 +378,18 @@ class SyncEngine:
             **{k.replace("-", "_"): v for k, v in sorted(result.counts.items())},
         )
         return result
+
+    def _covers_from_cursor(
+        self, cursor: datetime | None, lower: datetime | None, until: datetime | None
+    ) -> bool:
+        """Whether a backfill's window holds every change a sync would read from the cursor
+        on (its lookback included), so that the cursor may move past them. A window starting
+        later, or ending before now, leaves changes unread: the cursor stays where it is."""
+        if until is not None:
+            return False
+        if lower is None:
+            return True
+        return cursor is not None and lower <= cursor - self.settings.lookback
 
     def _next_cursor(
         self, cursor: datetime | None, scan: _Scan, scan_start: datetime
@@ -408,6 +420,8 @@ class SyncEngine:
         for attempt in range(1, MAX_SCAN_PASSES + 1):
             scan.shrank = False
             previous_count: int | None = None
+            unseen = 0
+            noted = 0
             for page in self.kantata.iter_invoice_pages(
                 updated_after=lower, per_page=self.settings.per_page
             ):
@@ -416,12 +430,35 @@ class SyncEngine:
                     scan.server_time = page.server_time
                 if self.on_page is not None:
                     self.on_page(page.page, page.count)
+                if page.note is not None:
+                    # At warning level once a pass: a server serving fewer rows than asked
+                    # for disagrees on every page.
+                    noted += 1
+                    (log.warning if noted == 1 else log.info)(
+                        "Kantata's paging signals disagree; reading on",
+                        page=page.page,
+                        detail=page.note,
+                    )
                 if previous_count is not None and page.count < previous_count:
                     scan.shrank = True
                 previous_count = page.count
+                unseen = page.unseen
                 runner.submit_all(decode_invoices(page.body), scan, until=until)
                 if self.stop.is_set():
                     return
+            if unseen and not scan.shrank:
+                # Rows Kantata counted were never served: what was read is handled, but the
+                # cursor must not move past the rest.
+                scan.complete = False
+                log.warning(
+                    "Kantata did not serve every invoice it counted; the cursor stays put",
+                    unseen=unseen,
+                )
+                runner.result.error = (
+                    f"Kantata counted {unseen} more invoice(s) than it served; "
+                    "the cursor stays put until a scan reads them all"
+                )
+                return
             if not scan.shrank:
                 scan.complete = True
                 return
@@ -1280,9 +1317,8 @@ class SyncEngine:
         if record.total_minor is None:
             return
         try:
-            self.kantata.record_external_payment(
-                record.kantata_id, record.workspace_id, record.total_minor
-            )
+            # In full: Kantata records the invoice's balance, whatever amount is named.
+            self.kantata.record_external_payment(record.kantata_id, record.workspace_id)
         except PermanentApiError as exc:
             # Kantata refuses a second payment: the invoice is no longer pending.
             log.info("Kantata did not take the external payment", error=str(exc))
@@ -1329,6 +1365,22 @@ class SyncEngine:
             and (not wanted.external_link or current.external_link == wanted.external_link)
         )
 
+    def _stale_reference(
+        self, inv: KantataInvoice, reference: ExternalReferenceWrite
+    ) -> str | None:
+        """The id of our reference on the invoice as read when it names another object (an
+        earlier Noko id, or the natural key a failure before any push wrote): it must be
+        removed before the new one is written."""
+        current = inv.reference_for(self.settings.service_name)
+        if current is None or not current.id:
+            return None
+        if (current.service_model, current.service_model_ref) == (
+            reference.service_model,
+            reference.service_model_ref,
+        ):
+            return None
+        return current.id
+
     def _write_success(
         self, inv: KantataInvoice, record: InvoiceRecord, run_id: str, log: Any
     ) -> tuple[Outcome, str | None]:
@@ -1337,7 +1389,9 @@ class SyncEngine:
         already = record.writeback_hash == digest and self._reference_in_place(inv, record)
         try:
             if not already:
-                self.kantata.write_external_reference(inv.id, reference)
+                self.kantata.write_external_reference(
+                    inv.id, reference, replace=self._stale_reference(inv, reference)
+                )
         except (TransientApiError, PermanentApiError) as exc:
             record.stage = "pushed"
             return self._fail(

@@ -7,6 +7,7 @@ fixed for the whole scan, so rows updated mid-scan keep their place and new rows
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,7 +19,7 @@ from typing import Any, Self
 import httpx
 import msgspec
 
-from connector.errors import TransientApiError
+from connector.errors import NotFoundError, PermanentApiError, TransientApiError
 from connector.http import DEFAULT_MAX_BODY_BYTES, ApiStats, ApiTransport, RetryPolicy
 from connector.server_time import server_time
 
@@ -44,6 +45,9 @@ INVOICE_INCLUDES = (
     "external_references",
 )
 REFERENCE_STATUSES = frozenset({"pending", "successful", "failed"})
+REFERENCE_UPSERT_PATH = "/external_references/create_or_update"
+REFERENCE_UPSERT = f"POST {REFERENCE_UPSERT_PATH}"
+"""The write-back's endpoint, as request statistics name it."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,13 @@ class KantataPage:
     page_count: int | None
     server_time: datetime | None = None
     """Kantata's clock when it answered (its `Date` header), if it said."""
+    note: str | None = None
+    """Set when the paging signals of this page disagree (a short page while `count` says
+    more, a `page_count` that ends before `count` is reached, ...): what was seen and what the
+    scan does about it."""
+    unseen: int = 0
+    """On the last page of a scan: how many rows Kantata's `count` promised that were never
+    served. Nonzero means the scan is incomplete, and nothing read may move a cursor."""
 
 
 @dataclass(frozen=True)
@@ -195,8 +206,13 @@ class KantataClient:
     ) -> Iterator[KantataPage]:
         """Every page of `GET /invoices.json` in `id:asc` order, with all line associations.
 
-        Stops at the first page shorter than `per_page` or at `meta.page_count`. `extra` adds
-        filters (e.g. `without_drafts`); it cannot change order, includes or paging.
+        A server may serve fewer rows a page than asked for, and `meta.page_count` may be
+        wrong, so neither a short page nor `page_count` alone ends the scan. It ends when the
+        signals agree: an empty page, or as many rows received as Kantata's `count` with the
+        last page by `page_count` read (or no `page_count` given). When they disagree, the scan
+        reads on and says so in the page's `note`. A last page that leaves rows of `count`
+        unserved, or a server that serves no new rows, ends the scan with `unseen` set.
+        `extra` adds filters (e.g. `without_drafts`); it cannot change order, includes or paging.
         """
         if not 1 <= per_page <= MAX_PER_PAGE:
             raise ValueError(f"per_page must be between 1 and {MAX_PER_PAGE}")
@@ -211,6 +227,8 @@ class KantataClient:
             per_page=per_page,
         )
         page = 1
+        received = 0
+        highest: int | None = None
         while True:
             params["page"] = page
             response, body = self._http.request_json_response(
@@ -218,15 +236,36 @@ class KantataClient:
             )
             results = self._results(body, page)
             page_count = _page_count(body)
-            count = body.get("count")
+            count = _count(body)
+            received += len(results)
+            page_highest = _highest_id(results)
+            stalled = (
+                bool(results)
+                and highest is not None
+                and page_highest is not None
+                and page_highest <= highest
+            )
+            if page_highest is not None and (highest is None or page_highest > highest):
+                highest = page_highest
+            last, note, unseen = _paging_verdict(
+                page=page,
+                rows=len(results),
+                per_page=per_page,
+                received=received,
+                count=count,
+                page_count=page_count,
+                stalled=stalled,
+            )
             yield KantataPage(
                 body=body,
                 page=page,
-                count=count if isinstance(count, int) else len(results),
+                count=count if count is not None else received,
                 page_count=page_count,
                 server_time=server_time(response),
+                note=note,
+                unseen=unseen,
             )
-            if len(results) < per_page or (page_count is not None and page >= page_count):
+            if last:
                 return
             page += 1
 
@@ -258,25 +297,110 @@ class KantataClient:
         merged["count"] = len(merged["results"])
         return merged
 
-    def write_external_reference(self, invoice_id: str, ref: ExternalReferenceWrite) -> None:
-        """Set our external reference on an invoice; the body holds that and nothing else.
+    def write_external_reference(
+        self, invoice_id: str, ref: ExternalReferenceWrite, *, replace: str | None = None
+    ) -> None:
+        """Create or update our external reference on an invoice, by the documented upsert
+        (`POST /external_references/create_or_update`): one request.
 
-        `PUT /invoices/{id}` overwrites any line-item id list it is given, so none is sent.
-        The answer must be a JSON object; nothing in it is read (nor decoded).
+        The documents do not say whether the upsert may change a reference's
+        `service_model_ref` (a new Noko id) or how it finds the one to update, and the
+        nested `external_reference` of `PUT /invoices/{id}` is documented for adding one,
+        not for rewriting it. So a reference of ours that names another object is removed
+        first (`DELETE /external_references/{id}`): `replace` is its id when the caller
+        knows it. When the caller does not and Kantata refuses the upsert (422), the
+        invoice's references of this service are read, those naming another object
+        removed, and the upsert sent once more. The answer must be a JSON object; nothing
+        in it is read.
         """
-        body = {"invoice": {"external_reference": ref.to_body()}}
-        self._http.request_typed("PUT", _invoice_path(invoice_id), _ANY_OBJECT, body=body)
+        _invoice_path(invoice_id)  # validates
+        if replace is not None:
+            with contextlib.suppress(PermanentApiError):
+                # Refused (not merely gone): the upsert may still re-point the reference;
+                # if it does not either, its own error is the one reported.
+                self.delete_external_reference(replace)
+        try:
+            self._create_or_update(invoice_id, ref)
+        except PermanentApiError as exc:
+            if exc.status != 422 or replace is not None:
+                raise
+            stale = [
+                other["id"]
+                for other in self.list_external_references(invoice_id, ref.service_name)
+                if other.get("service_model_ref") != ref.service_model_ref
+                or other.get("service_model") != ref.service_model
+            ]
+            if not stale:
+                raise
+            for ref_id in stale:
+                self.delete_external_reference(ref_id)
+            self._create_or_update(invoice_id, ref)
 
-    def record_external_payment(
-        self, invoice_id: str, workspace_id: str, amount_in_cents: int
-    ) -> dict[str, Any]:
-        """Record a payment made outside Kantata (`POST /external_payments`). Not idempotent:
-        the caller makes sure it happens once per invoice."""
+    def _create_or_update(self, invoice_id: str, ref: ExternalReferenceWrite) -> None:
+        body = {
+            "external_reference": {
+                "subject_type": "Invoice",
+                "subject_id": int(invoice_id),
+                **ref.to_body(),
+            }
+        }
+        self._http.request_typed(
+            "POST", REFERENCE_UPSERT_PATH, _ANY_OBJECT, body=body, idempotent=True
+        )
+
+    def delete_external_reference(self, reference_id: str) -> None:
+        """`DELETE /external_references/{id}`; one already gone (404) is no error."""
+        text = str(reference_id).strip()
+        if not text.isdigit():
+            raise ValueError(f"Kantata external reference id must be numeric, got {reference_id!r}")
+        try:
+            self._http.request("DELETE", f"/external_references/{text}")
+        except NotFoundError:
+            return
+
+    def list_external_references(self, invoice_id: str, service_name: str) -> list[dict[str, Any]]:
+        """The invoice's external references of one service (`GET /external_references`)."""
+        _invoice_path(invoice_id)  # validates
+        body = self._http.request_json(
+            "GET",
+            "/external_references",
+            params={
+                "subject_type": "Invoice",
+                "subject_id": str(invoice_id).strip(),
+                "service_name": service_name,
+                "per_page": MAX_PER_PAGE,
+            },
+        )
+        results = self._results(body, None)
+        records = body.get("external_references") if isinstance(body, dict) else None
+        if not isinstance(records, Mapping):
+            records = {}
+        found: list[dict[str, Any]] = []
+        for result in results:
+            ref_id = str(result.get("id")) if isinstance(result, Mapping) else ""
+            record = records.get(ref_id)
+            if ref_id.isdigit() and isinstance(record, Mapping):
+                if str(record.get("service_name")) != service_name:
+                    continue  # the filter is the server's; check it
+                found.append(
+                    {
+                        "id": ref_id,
+                        "service_model": _text(record.get("service_model")),
+                        "service_model_ref": _text(record.get("service_model_ref")),
+                    }
+                )
+        return found
+
+    def record_external_payment(self, invoice_id: str, workspace_id: str) -> dict[str, Any]:
+        """Record a payment in full made outside Kantata (`POST /external_payments`).
+
+        A payment naming an invoice is recorded by Kantata for the invoice's whole balance
+        (it ignores `amount_in_cents` then), so none is sent: the connector records payments
+        in full only. Not idempotent: the caller makes sure it happens once per invoice."""
         body = {
             "external_payment": {
                 "invoice_id": int(invoice_id),
                 "workspace_id": int(workspace_id),
-                "amount_in_cents": amount_in_cents,
             }
         }
         decoded = self._http.request_json("POST", "/external_payments.json", body=body)
@@ -312,6 +436,91 @@ class _AnyObject(msgspec.Struct):
 
 
 _ANY_OBJECT = msgspec.json.Decoder(_AnyObject)
+
+
+def _paging_verdict(
+    *,
+    page: int,
+    rows: int,
+    per_page: int,
+    received: int,
+    count: int | None,
+    page_count: int | None,
+    stalled: bool,
+) -> tuple[bool, str | None, int]:
+    """(is this the last page, a note when the signals disagree, rows promised but unseen)."""
+    missing = 0 if count is None else max(count - received, 0)
+    if stalled:
+        return (
+            True,
+            f"page {page} served only invoices already read: the server does not page on; "
+            f"{received} rows received of {count if count is not None else 'an unknown count'}",
+            max(missing, 1),
+        )
+    if rows == 0:
+        if missing:
+            return (
+                True,
+                f"page {page} is empty, yet Kantata counts {count} invoices and "
+                f"{received} were served",
+                missing,
+            )
+        return True, None, 0
+    if count is None:
+        return False, None, 0  # only an empty page can end the scan
+    if received >= count:
+        if page_count is None or page >= page_count:
+            return True, None, 0
+        return (
+            False,
+            f"all {count} counted invoices received by page {page}, but meta.page_count says "
+            f"{page_count}: reading on",
+            0,
+        )
+    if page_count is not None and page >= page_count:
+        return (
+            False,
+            f"meta.page_count says {page_count} pages, but {received} of {count} invoices "
+            "were received: reading on",
+            0,
+        )
+    if rows < per_page:
+        return (
+            False,
+            f"page {page} held {rows} invoices, fewer than the {per_page} asked for, but "
+            f"{received} of {count} were received: reading on",
+            0,
+        )
+    return False, None, 0
+
+
+def _text(value: Any) -> str | None:
+    """A reference field as Kantata sent it, ids compared as text (None when absent)."""
+    if value is None or isinstance(value, bool):
+        return None
+    return str(value)
+
+
+def _count(body: Mapping[str, Any]) -> int | None:
+    """Kantata's total for the query: the top-level `count`, else `meta.count`."""
+    meta = body.get("meta")
+    for value in (body.get("count"), meta.get("count") if isinstance(meta, Mapping) else None):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def _highest_id(results: Sequence[Any]) -> int | None:
+    """The highest numeric id among a page's results (None when there is none)."""
+    highest: int | None = None
+    for result in results:
+        raw = result.get("id") if isinstance(result, Mapping) else None
+        text = str(raw) if isinstance(raw, str | int) and not isinstance(raw, bool) else ""
+        if text.isdigit():
+            value = int(text)
+            if highest is None or value > highest:
+                highest = value
+    return highest
 
 
 def _page_count(body: Mapping[str, Any]) -> int | None:

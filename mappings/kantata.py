@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
@@ -428,6 +428,15 @@ def _decode(
             recipient = KantataUser(recipient_id, ur.text("full_name"), ur.text("email_address"))
 
     lines = _decode_lines(invoice_id, r, body, currency)
+    if len(workspaces) == 1:
+        # Kantata gives a time entry's or expense's `workspace_id` only with a `workspace`
+        # include, which the invoice list has no documented way to ask for. On an invoice of
+        # one project every line is on that project: said, not guessed.
+        only = workspaces[0].id
+        lines = [
+            line if line.workspace_id is not None else replace(line, workspace_id=only)
+            for line in lines
+        ]
 
     references: list[KantataExternalReference] = []
     ref_map = _map(body, "external_references")

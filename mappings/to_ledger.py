@@ -52,6 +52,16 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
     def project_of(line: KantataLine) -> str:
         name = names.get(line.workspace_id)
         if name is None:
+            if line.workspace_id is None and len(invoice.workspaces) > 1:
+                # Kantata did not say which of the invoice's projects the line is on (see
+                # mappings.kantata): it is booked on one project named after all of them,
+                # never on a guessed one.
+                name = profile.noko.project_name.format(
+                    workspace=" + ".join(ws.title or ws.id for ws in invoice.workspaces),
+                    workspace_id="+".join(ws.id for ws in invoice.workspaces),
+                )
+                names[None] = name
+                return name
             ws_id = line.workspace_id if line.workspace_id in workspace_titles else None
             if ws_id is None and default_workspace is not None:
                 ws_id = default_workspace.id

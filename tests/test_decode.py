@@ -353,3 +353,39 @@ def test_undecodable_invoice_keeps_what_the_engine_needs() -> None:
     _invoice(body)["tax_rate"] = 151
     (changed,) = decode_invoices(body)
     assert changed.source_fingerprint != first.source_fingerprint
+
+
+# -- lines without workspace_id (Kantata sends it only with a `workspace` include) -------------
+
+
+def test_a_line_without_workspace_on_a_one_project_invoice_is_on_that_project() -> None:
+    """The base page's lines carry no workspace_id, as Kantata's invoice list sends them: on
+    an invoice of one project, each line is on that project."""
+    (invoice,) = decode_invoices(_body())
+    assert isinstance(invoice, KantataInvoice)
+    assert {line.workspace_id for line in invoice.lines} == {"55"}
+
+
+def test_lines_without_workspace_on_a_multi_project_invoice_go_on_all_its_projects() -> None:
+    """Several projects and a time entry or expense that does not say which: it is booked on
+    one project named after all of them, not on the first; a line naming its project keeps
+    it."""
+    from mappings.profile import default_profile
+    from mappings.to_ledger import to_ledger
+
+    body = _body()
+    _invoice(body)["workspace_ids"] = ["55", "56"]
+    body["workspaces"]["56"] = {"id": "56", "title": "Mobile app"}
+    body["fixed_fee_items"]["10"]["workspace_id"] = "56"
+    body["additional_items"]["9"]["workspace_id"] = "55"
+    body["billing_milestones"]["11"]["workspace_id"] = "56"
+    _invoice(body)["balance_in_cents"] = 105537  # what its lines add up to, tax included
+    (invoice,) = decode_invoices(body)
+    assert isinstance(invoice, KantataInvoice)
+    by_key = {line.key: line.workspace_id for line in invoice.lines}
+    assert by_key["te7"] is None and by_key["ex8"] is None
+    doc = to_ledger(invoice, default_profile())
+    projects = {line.key: line.project for line in doc.lines}
+    assert projects["te7"] == projects["ex8"] == "Website + Mobile app"
+    assert projects["ff10"] == "Mobile app"
+    assert projects["ai9"] == "Website"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -53,16 +54,21 @@ def test_sync_puts_every_eligible_invoice_in_noko_once_and_second_sync_writes_no
 
 
 def test_write_back_sends_only_the_reference(box: Sandbox, tmp_path: Path) -> None:
-    """Kantata write-backs carry the external reference and no invoice field or id list."""
+    """Kantata write-backs are the documented reference upsert and write no invoice field or
+    id list (they used to be a nested reference in `PUT /invoices/{id}`)."""
     generate(box.kantata, seed=12, invoices=15)
     done = run_cli(["sync"], cli_env(box, tmp_path), tmp_path)
     assert done.returncode == 0, done.stderr
     writes = box.kantata.state()["stats"]["writes"]
     assert writes
     for write in writes:
+        assert (write["method"], write["template"]) == (
+            "POST",
+            "/external_references/create_or_update",
+        )
         body = write["body"]
-        assert list(body) == ["invoice"], body
-        assert list(body["invoice"]) == ["external_reference"], body
+        assert list(body) == ["external_reference"], body
+        assert body["external_reference"]["subject_type"] == "Invoice"
 
 
 def test_bad_invoice_fails_alone_with_a_named_field(box: Sandbox, tmp_path: Path) -> None:
@@ -155,6 +161,24 @@ def test_backfill_never_moves_cursor_backwards(box: Sandbox, tmp_path: Path) -> 
     assert bad.returncode == 2
 
 
+def test_backfill_since_a_future_day_is_refused(box: Sandbox, tmp_path: Path) -> None:
+    """`--since` a day still to come: one clear line, exit 2, nothing read, cursor untouched."""
+    generate(box.kantata, seed=17, invoices=5)
+    env = cli_env(box, tmp_path)
+    assert run_cli(["sync"], env, tmp_path).returncode == 0
+    cursor = status_json(env, tmp_path)["cursor"]
+    box.kantata.reset_stats()
+    tomorrow = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
+    done = run_cli(["backfill", "--since", tomorrow], env, tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"kantata-sync: --since {tomorrow} is in the future (UTC): there is nothing to backfill yet"
+    ]
+    assert "Traceback" not in done.stderr
+    assert box.kantata.stats.snapshot()["total"] == 0
+    assert status_json(env, tmp_path)["cursor"] == cursor
+
+
 def test_sigterm_during_run_exits_zero_and_next_start_continues(
     box: Sandbox, tmp_path: Path
 ) -> None:
@@ -214,3 +238,21 @@ def test_logs_are_json_lines_with_run_and_invoice_ids(box: Sandbox, tmp_path: Pa
     pushes = [line for line in lines if line["event"] == "pushed to Noko"]
     assert len(pushes) == 6
     assert all(p["kantata_invoice_id"] and p["noko_invoice_id"] for p in pushes)
+
+
+def test_sync_against_pages_capped_at_100_books_every_invoice(box: Sandbox, tmp_path: Path) -> None:
+    """Kantata serving 100 invoices a page (per_page=200 asked for) with a page_count
+    computed for 200: every eligible invoice is pushed once, and the log says why the scan
+    read past the short page."""
+    generate(box.kantata, seed=18, invoices=260)
+    box.kantata.set_paging(max_per_page=100, page_count_offset=-1)
+    env = cli_env(box, tmp_path)
+    done = run_cli(["sync"], env, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "paging signals disagree" in done.stderr
+    books = check_books(box)
+    assert books.problems == []
+    assert books.noko_invoices == books.eligible > 200
+    again = run_cli(["sync"], env, tmp_path)
+    assert again.returncode == 0 and "pushed" not in again.stdout
+    assert check_books(box).problems == []

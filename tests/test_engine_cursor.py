@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +219,95 @@ def test_without_a_date_header_the_cursor_is_the_newest_change_read(
         # The write-backs came after the scan read them; the newest read is from before.
         assert result.cursor_after is not None and result.cursor_after <= newest
         assert result.cursor_after < c.engine.clock() - timedelta(seconds=60)
+
+
+@pytest.mark.parametrize("page_count_offset", [0, -1, -2, 2])
+def test_pages_capped_at_100_lose_no_invoice(
+    box: Sandbox, tmp_path: Path, page_count_offset: int
+) -> None:
+    """Kantata serving 100 a page although 200 were asked for, with a right, too low or too
+    high `meta.page_count`: every invoice is read and synced, and the cursor moves."""
+    generate(box.kantata, seed=28, invoices=330, draft_rate=0.0, cancelled_rate=0.0)
+    box.kantata.set_paging(max_per_page=100, page_count_offset=page_count_offset)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        result = c.engine.run_cycle()
+        assert result.exit_code == 0, result.failed
+        assert result.error is None
+        assert result.pages >= 4
+        assert _synced(c) == _eligible(box)
+        assert result.cursor_after is not None
+    assert check_books(box).problems == []
+
+
+def test_invoices_counted_but_never_served_keep_the_cursor(box: Sandbox, tmp_path: Path) -> None:
+    """A scan whose last page leaves counted rows unserved handles what it read, but the
+    cursor stays where it was, and the cycle says why."""
+    generate(box.kantata, seed=29, invoices=30)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        first = c.engine.run_cycle()
+        assert first.exit_code == 0
+        cursor = c.store.get_cursor()
+        assert cursor is not None
+        _shift_clocks(box, c, 3600)
+        generate_more(box)
+        original = c.kantata.iter_invoice_pages
+
+        def short_of_rows(**kwargs: Any) -> Iterator[KantataPage]:
+            for page in original(**kwargs):
+                yield dataclasses.replace(page, unseen=7)
+
+        c.kantata.iter_invoice_pages = short_of_rows  # type: ignore[method-assign]
+        result = c.engine.run_cycle()
+        assert result.counts["pushed"] == 3
+        assert c.store.get_cursor() == cursor
+        assert result.cursor_after == cursor
+        assert result.error is not None and "7 more invoice" in result.error
+
+
+def _at_new_year(box: Sandbox) -> None:
+    box.kantata.set_clock(datetime(2026, 1, 1, 9, 0, tzinfo=UTC), frozen=False)
+    box.noko.set_clock(datetime(2026, 1, 1, 9, 0, tzinfo=UTC), frozen=False)
+
+
+def test_a_backfill_starting_after_the_cursor_leaves_it_where_it_was(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """A backfill whose window starts after the cursor reads nothing of what changed in
+    between: it must not move the cursor past those changes, and the next sync finds them."""
+    _at_new_year(box)
+    generate(box.kantata, seed=30, invoices=20)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        assert c.engine.run_cycle().exit_code == 0
+        cursor = c.store.get_cursor()
+        assert cursor is not None and cursor < datetime(2026, 1, 2, tzinfo=UTC)
+        box.kantata.advance_clock(3600)
+        generate_more(box)  # three invoices changed an hour after the sync
+        box.kantata.advance_clock(2 * 86400)
+        later = c.engine.run_cycle("backfill", since=datetime(2026, 1, 3, tzinfo=UTC))
+        assert later.exit_code == 0
+        assert later.counts["pushed"] == 0
+        assert c.store.get_cursor() == cursor
+        assert later.cursor_after == cursor
+        found = c.engine.run_cycle()
+        assert found.counts["pushed"] == 3
+    assert check_books(box).problems == []
+
+
+def test_a_backfill_covering_the_cursor_moves_it(box: Sandbox, tmp_path: Path) -> None:
+    """A backfill from before the cursor (its lookback included) to now reads everything a
+    sync would: it moves the cursor as a sync does. Without a cursor, a window with a start
+    leaves older changes unread, so it sets none."""
+    _at_new_year(box)
+    generate(box.kantata, seed=31, invoices=20)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        first = c.engine.run_cycle("backfill", since=datetime(2025, 12, 20, tzinfo=UTC))
+        assert first.exit_code == 0
+        assert c.store.get_cursor() is None
+        assert c.engine.run_cycle().exit_code == 0
+        cursor = c.store.get_cursor()
+        assert cursor is not None
+        box.kantata.advance_clock(86400)
+        covering = c.engine.run_cycle("backfill", since=datetime(2025, 12, 31, tzinfo=UTC))
+        assert covering.exit_code == 0
+        assert covering.cursor_after is not None and covering.cursor_after > cursor
+        assert c.store.get_cursor() == covering.cursor_after

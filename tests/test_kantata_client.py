@@ -132,6 +132,126 @@ def test_window_and_extra_filters(router: respx.MockRouter, client: KantataClien
     assert params["page"] == "1"
 
 
+# -- paging signals that disagree (a page cap, a wrong page_count, a lying count) --------------
+
+
+def serve(ids: list[int], *, cap: int, page_count: Any = "true", count: Any = "true") -> Any:
+    """A fake page source: `ids` in pages of at most `cap` rows, whatever per_page asks for;
+    `page_count`/`count` "true" give the right figures, None leaves them out, a number lies."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params["page"])
+        chosen = ids[(page - 1) * cap : page * cap]
+        total = len(ids) if count == "true" else count
+        pages = -(-len(ids) // cap) if page_count == "true" else page_count
+        body: dict[str, Any] = {
+            "results": [{"key": "invoices", "id": str(i)} for i in chosen],
+            "invoices": {str(i): {"id": str(i)} for i in chosen},
+        }
+        if total is not None:
+            body["count"] = total
+        if pages is not None:
+            body["meta"] = {"count": total, "page_count": pages, "page_number": page}
+        return httpx.Response(200, json=body)
+
+    return answer
+
+
+def read_all(client: KantataClient) -> tuple[list[str], list[Any]]:
+    pages = list(client.iter_invoice_pages(updated_after=None, per_page=200))
+    return [r["id"] for p in pages for r in p.body["results"]], pages
+
+
+def test_a_server_serving_100_a_page_is_read_to_the_end(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """per_page=200 is asked for, 100 come: a short page is not the end while count says more.
+    No request more than the pages there are."""
+    ids = list(range(1, 251))
+    route = router.get("/invoices.json").mock(side_effect=serve(ids, cap=100, page_count=None))
+    got, pages = read_all(client)
+    assert got == [str(i) for i in ids]
+    assert route.call_count == 3
+    assert pages[0].note is not None and "fewer than the 200" in pages[0].note
+    assert pages[-1].note is None and pages[-1].unseen == 0
+
+
+def test_a_page_count_too_low_does_not_end_the_scan(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """meta.page_count computed for 200 a page (2) while 100 come: page 3 is read too."""
+    ids = list(range(1, 251))
+    router.get("/invoices.json").mock(side_effect=serve(ids, cap=100, page_count=2))
+    got, pages = read_all(client)
+    assert got == [str(i) for i in ids]
+    assert pages[1].note is not None and "page_count says 2" in pages[1].note
+    assert pages[-1].unseen == 0
+
+
+def test_a_page_count_too_high_reads_until_an_empty_page(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """Every counted row received, page_count says more: read on; an empty page ends it."""
+    ids = list(range(1, 401))
+    route = router.get("/invoices.json").mock(side_effect=serve(ids, cap=200, page_count=5))
+    got, pages = read_all(client)
+    assert got == [str(i) for i in ids]
+    assert route.call_count == 3
+    assert pages[-1].body["results"] == [] and pages[-1].unseen == 0
+
+
+def test_agreeing_signals_cost_no_extra_request(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """count and page_count agree: exactly the pages there are, no empty page asked for."""
+    ids = list(range(1, 401))
+    route = router.get("/invoices.json").mock(side_effect=serve(ids, cap=200))
+    got, pages = read_all(client)
+    assert len(got) == 400
+    assert route.call_count == 2
+    assert all(p.note is None for p in pages)
+
+
+def test_rows_counted_but_never_served_are_reported(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """An empty page while count promised more: the scan ends with `unseen` set."""
+    ids = list(range(1, 151))
+    router.get("/invoices.json").mock(side_effect=serve(ids, cap=100, page_count=None, count=180))
+    got, pages = read_all(client)
+    assert len(got) == 150
+    assert pages[-1].unseen == 30
+    assert pages[-1].note is not None and "empty" in pages[-1].note
+
+
+def test_a_server_that_ignores_page_stops_with_rows_unseen(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """The same page served again and again: the scan stops on the second, incomplete."""
+    route = router.get("/invoices.json").mock(
+        side_effect=lambda request: httpx.Response(
+            200, json=page_body(list(range(1, 101)), count=300, page_count=None)
+        )
+    )
+    _, pages = read_all(client)
+    assert route.call_count == 2
+    assert pages[-1].unseen > 0
+
+
+def test_without_a_count_only_an_empty_page_ends_the_scan(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """No count at all: short pages say nothing, the scan reads until a page is empty."""
+    ids = list(range(1, 151))
+    route = router.get("/invoices.json").mock(
+        side_effect=serve(ids, cap=100, page_count=None, count=None)
+    )
+    got, pages = read_all(client)
+    assert len(got) == 150
+    assert route.call_count == 3
+    assert pages[-1].unseen == 0
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -224,12 +344,16 @@ def test_get_invoices_refuses_non_numeric_ids(client: KantataClient) -> None:
 # -- write_external_reference -----------------------------------------------------------------
 
 
-def test_write_external_reference_sends_only_the_reference(
+def test_write_external_reference_uses_the_documented_upsert(
     router: respx.MockRouter, client: KantataClient
 ) -> None:
-    """The PUT body is exactly the external reference: no id lists, no other invoice fields."""
-    route = router.put("/invoices/77.json").respond(
-        200, json=page_body([77], count=1, page_count=1)
+    """The write-back is `POST /external_references/create_or_update` with the documented
+    required fields (the subject's id an integer, as the docs' schema has it) and the
+    reference's fields that are set; nothing about the invoice itself. (It was a nested
+    `external_reference` in `PUT /invoices/{id}`, whose second write per service the
+    documents leave undefined.)"""
+    route = router.post("/external_references/create_or_update").respond(
+        200, json=_upsert_answer("701")
     )
     ref = ExternalReferenceWrite(
         service_name="kantata_sync",
@@ -239,24 +363,148 @@ def test_write_external_reference_sends_only_the_reference(
         external_link="https://example.nokotime.test/invoices/123",
     )
     assert client.write_external_reference("77", ref) is None
+    assert route.call_count == 1
     assert json.loads(route.calls.last.request.content) == {
-        "invoice": {
-            "external_reference": {
-                "service_name": "kantata_sync",
-                "service_model": "noko_invoice",
-                "service_model_ref": "123",
-                "status": "successful",
-                "external_link": "https://example.nokotime.test/invoices/123",
-            }
+        "external_reference": {
+            "subject_type": "Invoice",
+            "subject_id": 77,
+            "service_name": "kantata_sync",
+            "service_model": "noko_invoice",
+            "service_model_ref": "123",
+            "status": "successful",
+            "external_link": "https://example.nokotime.test/invoices/123",
         }
     }
+
+
+def test_the_upsert_request_has_the_documented_shape(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """Every key of the published client's request, with the same JSON types."""
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "kantata" / "mavenlink_gem"
+    documented = json.loads(
+        (fixture / "external_reference_create_or_update_request.json").read_text()
+    )["external_reference"]
+    route = router.post("/external_references/create_or_update").respond(
+        200, json=_upsert_answer("7")
+    )
+    client.write_external_reference("1", ExternalReferenceWrite("noko", "invoice", "1", "failed"))
+    sent = json.loads(route.calls.last.request.content)["external_reference"]
+    assert {k: type(sent[k]) for k in documented} == {k: type(v) for k, v in documented.items()}
+
+
+def _upsert_answer(ref_id: str) -> dict[str, Any]:
+    """The documented answer of create_or_update (tests/fixtures/kantata/
+    external_reference_create_or_update_response.json has the same shape)."""
+    return {
+        "count": 1,
+        "results": [{"key": "external_references", "id": ref_id}],
+        "external_references": {ref_id: {"id": ref_id}},
+    }
+
+
+def test_a_known_stale_reference_is_deleted_before_the_upsert(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """A reference of ours naming another object (a new Noko id): removed first, then the
+    upsert; two requests, in that order."""
+    deleted = router.delete("/external_references/701").respond(204)
+    upsert = router.post("/external_references/create_or_update").respond(
+        200, json=_upsert_answer("702")
+    )
+    ref = ExternalReferenceWrite("noko", "invoice", "999", "successful")
+    client.write_external_reference("77", ref, replace="701")
+    assert deleted.call_count == 1 and upsert.call_count == 1
+    assert client.stats.by_endpoint == {
+        "DELETE /external_references/{id}": 1,
+        "POST /external_references/create_or_update": 1,
+    }
+
+
+def test_a_stale_reference_already_gone_is_no_error(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    router.delete("/external_references/701").respond(
+        404, json={"errors": [{"type": "system", "message": "Not found"}]}
+    )
+    upsert = router.post("/external_references/create_or_update").respond(
+        200, json=_upsert_answer("702")
+    )
+    client.write_external_reference(
+        "77", ExternalReferenceWrite("noko", "invoice", "9", "failed"), replace="701"
+    )
+    assert upsert.call_count == 1
+
+
+def test_an_upsert_refused_for_an_unknown_stale_reference_removes_it_and_retries(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """Not knowing what is on the invoice, a refused upsert (422) reads the invoice's
+    references of our service, removes those naming another object, and upserts again."""
+    upsert = router.post("/external_references/create_or_update").mock(
+        side_effect=[
+            httpx.Response(
+                422, json={"errors": [{"type": "validation", "message": "must be unique"}]}
+            ),
+            httpx.Response(200, json=_upsert_answer("703")),
+        ]
+    )
+    listed = router.get("/external_references").respond(
+        200,
+        json={
+            "count": 2,
+            "results": [
+                {"key": "external_references", "id": "701"},
+                {"key": "external_references", "id": "704"},
+            ],
+            "external_references": {
+                "701": {
+                    "id": "701",
+                    "service_name": "noko",
+                    "service_model": "invoice",
+                    "service_model_ref": "KS-77",
+                },
+                "704": {
+                    "id": "704",
+                    "service_name": "xero",
+                    "service_model": "invoice",
+                    "service_model_ref": "5",
+                },
+            },
+        },
+    )
+    deleted = router.delete("/external_references/701").respond(204)
+    client.write_external_reference("77", ExternalReferenceWrite("noko", "invoice", "9", "failed"))
+    assert upsert.call_count == 2 and deleted.call_count == 1
+    params = listed.calls.last.request.url.params
+    assert (params["subject_type"], params["subject_id"], params["service_name"]) == (
+        "Invoice",
+        "77",
+        "noko",
+    )
+
+
+def test_an_upsert_refused_for_another_reason_is_raised(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """A 422 with nothing of ours to remove is the caller's error to report."""
+    router.post("/external_references/create_or_update").respond(
+        422, json={"errors": [{"type": "validation", "message": "status is invalid"}]}
+    )
+    router.get("/external_references").respond(200, json={"count": 0, "results": []})
+    with pytest.raises(PermanentApiError, match="status is invalid"):
+        client.write_external_reference(
+            "77", ExternalReferenceWrite("noko", "invoice", "9", "failed")
+        )
 
 
 def test_write_external_reference_retried_after_timeout(
     router: respx.MockRouter, client: KantataClient, sleeps: list[float]
 ) -> None:
-    """The reference PUT is idempotent, so a read timeout is retried."""
-    route = router.put("/invoices/77.json").mock(
+    """The upsert is idempotent, so a read timeout is retried."""
+    route = router.post("/external_references/create_or_update").mock(
         side_effect=[httpx.ReadTimeout("slow"), httpx.Response(200, json={"results": []})]
     )
     ref = ExternalReferenceWrite("kantata_sync", "noko_invoice", "1", "pending")
@@ -343,20 +591,22 @@ def test_status_to_exception(
 
 def test_validation_error_names_field(router: respx.MockRouter, client: KantataClient) -> None:
     """A validation error message includes the field it concerns."""
-    router.put("/invoices/1.json").respond(
+    router.post("/external_references/create_or_update").respond(
         422, json={"errors": [{"type": "validation", "message": "is invalid", "field": "status"}]}
     )
+    router.get("/external_references").respond(200, json={"count": 0, "results": []})
     with pytest.raises(PermanentApiError, match=r"is invalid \(field status\)"):
         client.write_external_reference(
             "1", ExternalReferenceWrite("kantata_sync", "noko_invoice", "1", "failed")
         )
 
 
-def test_ambiguous_put_never_raised_for_idempotent_write(
+def test_ambiguous_write_never_raised_for_the_idempotent_upsert(
     router: respx.MockRouter, client: KantataClient
 ) -> None:
-    """A PUT failing with 5xx every time ends as TransientApiError, not AmbiguousWriteError."""
-    router.put("/invoices/1.json").respond(500)
+    """An upsert failing with 5xx every time ends as TransientApiError, not
+    AmbiguousWriteError: repeating it cannot make a second reference."""
+    router.post("/external_references/create_or_update").respond(500)
     with pytest.raises(TransientApiError) as info:
         client.write_external_reference(
             "1", ExternalReferenceWrite("kantata_sync", "noko_invoice", "1", "failed")
@@ -366,12 +616,11 @@ def test_ambiguous_put_never_raised_for_idempotent_write(
 
 def test_stats_by_endpoint(router: respx.MockRouter, client: KantataClient) -> None:
     """Stats key requests by method and path template."""
-    router.put("/invoices/5.json").respond(200, json={"results": []})
-    router.put("/invoices/6.json").respond(200, json={"results": []})
+    router.post("/external_references/create_or_update").respond(200, json={"results": []})
     ref = ExternalReferenceWrite("kantata_sync", "noko_invoice", "1", "pending")
     client.write_external_reference("5", ref)
     client.write_external_reference("6", ref)
-    assert client.stats.by_endpoint == {"PUT /invoices/{id}.json": 2}
+    assert client.stats.by_endpoint == {"POST /external_references/create_or_update": 2}
 
 
 _TEXT = st.text(min_size=1, max_size=20)
@@ -412,11 +661,52 @@ def test_reference_fields_are_what_asdict_gives(
 def test_write_external_reference_answered_without_an_object(
     router: respx.MockRouter, client: KantataClient, answer: Any
 ) -> None:
-    """An answer that is not a JSON object is an error (the PUT is retried: it is
+    """An answer that is not a JSON object is an error (the upsert is retried: it is
     idempotent), and the message says what came back."""
-    route = router.put("/invoices/77.json").respond(200, json=answer)
+    route = router.post("/external_references/create_or_update").respond(200, json=answer)
     ref = ExternalReferenceWrite("kantata_sync", "noko_invoice", "1", "pending")
     with pytest.raises(TransientApiError) as info:
         client.write_external_reference("77", ref)
     assert "Expected `object`" in str(info.value)
     assert route.call_count == RETRY.max_attempts
+
+
+def test_meta_count_stands_in_for_a_missing_top_level_count(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """Only `meta.count` given: it is the count, and no empty page is asked for."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params["page"])
+        ids = list(range(1, 151))[(page - 1) * 100 : page * 100]
+        return httpx.Response(
+            200,
+            json={
+                "results": [{"key": "invoices", "id": str(i)} for i in ids],
+                "invoices": {str(i): {"id": str(i)} for i in ids},
+                "meta": {"count": 150, "page_number": page},
+            },
+        )
+
+    route = router.get("/invoices.json").mock(side_effect=answer)
+    got, pages = read_all(client)
+    assert len(got) == 150
+    assert route.call_count == 2
+    assert pages[-1].count == 150 and pages[-1].unseen == 0
+
+
+def test_a_refused_delete_of_the_stale_reference_still_tries_the_upsert(
+    router: respx.MockRouter, client: KantataClient
+) -> None:
+    """A server that refuses the DELETE (405) may still re-point the reference by its upsert:
+    it is tried, and its answer decides."""
+    router.delete("/external_references/701").respond(
+        405, json={"errors": [{"type": "system", "message": "Method not allowed"}]}
+    )
+    upsert = router.post("/external_references/create_or_update").respond(
+        200, json=_upsert_answer("701")
+    )
+    client.write_external_reference(
+        "77", ExternalReferenceWrite("noko", "invoice", "9", "successful"), replace="701"
+    )
+    assert upsert.call_count == 1

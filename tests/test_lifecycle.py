@@ -192,8 +192,22 @@ def test_payment_is_recorded_in_kantata_once_when_enabled(box: Sandbox, tmp_path
     _sync(box, tmp_path, KANTATA_SYNC_RECORD_PAYMENTS="true")
     payments = [p for p in box.kantata.state()["external_payments"] if p["invoice_id"] == str(kid)]
     assert len(payments) == 1
+    # In full: the invoice's balance; the request names no amount (Kantata would ignore it).
+    assert payments[0]["amount_in_cents"] == box.kantata.invoice_state(kid)["balance_in_cents"]
+    sent = [
+        w["body"]
+        for w in box.kantata.state()["stats"]["writes"]
+        if w["template"] == "/external_payments"
+    ]
+    assert sent == [
+        {"external_payment": {"invoice_id": kid, "workspace_id": payments_ws(box, kid)}}
+    ]
     assert box.kantata.invoice_state(kid)["status"] == "accepted payment"
     assert check_books(box).problems == []
+
+
+def payments_ws(box: Sandbox, kantata_id: int) -> int:
+    return int(box.kantata.invoice_state(kantata_id)["workspace_ids"][0])
 
 
 def test_hand_edit_in_noko_is_a_conflict_until_forced(box: Sandbox, tmp_path: Path) -> None:

@@ -121,8 +121,15 @@ def test_include_side_loads_every_association(box: Sandbox, api: httpx.Client) -
     entry = body["time_entries"][invoice["time_entry_ids"][0]]
     assert entry["time_in_minutes"] == 60
     assert entry["rate_in_cents"] == 10000
-    assert entry["workspace_id"] == str(workspace)
-    assert body["expenses"][invoice["expense_ids"][0]]["category"] == "Travel"
+    # The schema gives a time entry's and an expense's workspace_id only with a `workspace`
+    # include, which the invoice list cannot ask for (it used to be sent anyway).
+    assert "workspace_id" not in entry
+    expense = body["expenses"][invoice["expense_ids"][0]]
+    assert "workspace_id" not in expense
+    assert expense["category"] == "Travel"
+    item = body["fixed_fee_items"][invoice["fixed_fee_item_ids"][0]]
+    assert item["workspace_id"] == str(workspace)
+    assert api.get("/invoices", params={"include": "time_entries.workspace"}).status_code == 400
     assert "taxable" not in body["additional_items"][invoice["additional_item_ids"][0]]
     assert body["fixed_fee_items"][invoice["fixed_fee_item_ids"][0]]["taxable"] is True
     assert body["billing_milestones"] == {}
@@ -298,10 +305,12 @@ def test_balance_is_the_total_with_half_up_tax_in_each_currency(box: Sandbox) ->
     )
 
 
-def test_put_nested_external_reference_upserts_one_per_service(
+def test_put_nested_external_reference_adds_one_and_refuses_a_second_of_a_service(
     box: Sandbox, api: httpx.Client
 ) -> None:
-    """A nested `external_reference` upserts one reference per service and bumps updated_at."""
+    """A nested `external_reference` adds a reference and bumps updated_at; a second nested
+    write of the same service is refused (422), since the documents describe the nested form
+    for adding one only ("the service_name must be unique"). (It used to update the first.)"""
     box.kantata.set_clock(SUMMER)
     invoice_id = _simple_invoice(box.kantata)
     box.kantata.advance_clock(30)
@@ -324,11 +333,20 @@ def test_put_nested_external_reference_upserts_one_per_service(
     assert stored["service_model_ref"] == "26601"
     assert stored["subject_id"] == str(invoice_id)
     update = {**ref, "status": "successful", "external_link": "https://noko.example/i/1"}
-    api.put(f"/invoices/{invoice_id}", json={"invoice": {"external_reference": update}})
+    again = api.put(f"/invoices/{invoice_id}", json={"invoice": {"external_reference": update}})
+    assert again.status_code == 422
+    assert again.json()["errors"][0]["field"] == "service_name"
     refs = box.kantata.external_references(invoice_id)
     assert len(refs) == 1
-    assert refs[0]["status"] == "successful"
-    assert refs[0]["external_link"] == "https://noko.example/i/1"
+    assert refs[0]["status"] == "pending"
+    other = {**ref, "service_name": "xero"}
+    assert (
+        api.put(
+            f"/invoices/{invoice_id}", json={"invoice": {"external_reference": other}}
+        ).status_code
+        == 200
+    )
+    assert len(box.kantata.external_references(invoice_id)) == 2
     bad = api.put(
         f"/invoices/{invoice_id}",
         json={"invoice": {"external_reference": {**ref, "status": "done"}}},
@@ -415,8 +433,12 @@ def test_list_filters_select_the_right_invoices(box: Sandbox, api: httpx.Client)
     assert ids(without_external_reference_service_name="xero") == everything
 
 
-def test_external_reference_endpoints_upsert_and_filter(box: Sandbox, api: httpx.Client) -> None:
-    """create_or_update upserts by (subject, service_name); the list filters by subject."""
+def test_external_reference_endpoints_upsert_delete_and_filter(
+    box: Sandbox, api: httpx.Client
+) -> None:
+    """create_or_update creates a reference, then updates it while it names the same object;
+    one naming another object is refused (422) until the first is deleted
+    (`DELETE /external_references/{id}`, 204); the list filters by subject."""
     first = _simple_invoice(box.kantata)
     second = _simple_invoice(box.kantata)
     body = {
@@ -431,9 +453,19 @@ def test_external_reference_endpoints_upsert_and_filter(box: Sandbox, api: httpx
     created = api.post("/external_references/create_or_update", json=body).json()
     ref_id = created["results"][0]["id"]
     assert created["external_references"][ref_id]["service_model_ref"] == "7"
-    body["external_reference"]["service_model_ref"] = "8"
+    body["external_reference"]["status"] = "successful"
     again = api.post("/external_references/create_or_update", json=body).json()
     assert again["results"][0]["id"] == ref_id
+    assert again["external_references"][ref_id]["status"] == "successful"
+    body["external_reference"]["service_model_ref"] = "8"
+    refused = api.post("/external_references/create_or_update", json=body)
+    assert refused.status_code == 422
+    assert box.kantata.external_references(first)[0]["service_model_ref"] == "7"
+    assert api.delete(f"/external_references/{ref_id}").status_code == 204
+    assert api.delete(f"/external_references/{ref_id}").status_code == 404
+    assert box.kantata.external_references(first) == []
+    replaced = api.post("/external_references/create_or_update", json=body).json()
+    ref_id = replaced["results"][0]["id"]
     missing = api.post("/external_references/create_or_update", json={"external_reference": {}})
     assert missing.status_code == 400
     listed = api.get(
@@ -644,3 +676,74 @@ def test_ten_thousand_invoices_list_fast() -> None:
         )
     )
     assert time.perf_counter() - started < 0.05
+
+
+def test_create_or_update_takes_the_documented_request_and_answers_its_shape(
+    box: Sandbox, api: httpx.Client
+) -> None:
+    """The request of the published client's spec is taken as it is, and the answer has the
+    keys and types of that spec's stubbed answer."""
+    import json
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures" / "kantata" / "mavenlink_gem"
+    request = json.loads(
+        (fixtures / "external_reference_create_or_update_request.json").read_text()
+    )
+    documented = json.loads(
+        (fixtures / "external_reference_create_or_update_response.json").read_text()
+    )
+    invoice_id = _simple_invoice(box.kantata)
+    request["external_reference"].update(subject_type="Invoice", subject_id=invoice_id)
+    answer = api.post("/external_references/create_or_update", json=request)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert set(documented) <= set(body)
+    ref_id = body["results"][0]["id"]
+    assert body["results"][0]["key"] == "external_references"
+    record = body["external_references"][ref_id]
+    sample = next(iter(documented["external_references"].values()))
+    assert set(sample) <= set(record)
+    assert {k: type(record[k]) for k in sample} == {k: type(v) for k, v in sample.items()}
+
+
+def test_an_external_payment_naming_an_invoice_settles_its_whole_balance(
+    box: Sandbox, api: httpx.Client
+) -> None:
+    """`amount_in_cents` is ignored on a payment that names an invoice: Kantata records the
+    invoice's balance, and the invoice is paid."""
+    invoice_id = _simple_invoice(box.kantata)
+    state = box.kantata.invoice_state(invoice_id)
+    answer = api.post(
+        "/external_payments",
+        json={
+            "external_payment": {
+                "invoice_id": invoice_id,
+                "workspace_id": int(state["workspace_ids"][0]),
+                "amount_in_cents": 1,
+            }
+        },
+    )
+    assert answer.status_code == 200
+    payment = next(iter(answer.json()["external_payments"].values()))
+    assert payment["amount_in_cents"] == state["balance_in_cents"] != 1
+    assert box.kantata.invoice_state(invoice_id)["status"] == "accepted payment"
+
+
+def test_paging_can_be_capped_and_page_count_made_wrong(
+    box: Sandbox, api: httpx.Client, admin: httpx.Client
+) -> None:
+    """`POST /_sandbox/paging`: at most `max_per_page` rows a page whatever per_page asks,
+    and `meta.page_count` off by `page_count_offset`; `{}` puts both back."""
+    generate(box.kantata, seed=5, invoices=250)
+    assert admin.post("/paging", json={"max_per_page": 100, "page_count_offset": -1}).is_success
+    first = api.get("/invoices", params={"per_page": 200, "order": "id:asc"}).json()
+    assert len(first["results"]) == 100
+    assert first["count"] == 250
+    assert first["meta"]["page_count"] == 2
+    third = api.get("/invoices", params={"per_page": 200, "page": 3, "order": "id:asc"}).json()
+    assert len(third["results"]) == 50
+    assert admin.post("/paging", json={"max_per_page": "many"}).status_code >= 400
+    assert admin.post("/paging", json={}).is_success
+    whole = api.get("/invoices", params={"per_page": 200}).json()
+    assert len(whole["results"]) == 200 and whole["meta"]["page_count"] == 2

@@ -297,6 +297,12 @@ def _render_rate(rate: Decimal) -> Decimal:
     return rate
 
 
+# The schema gives a time entry's and an expense's `workspace_id` "only ... if `workspace` is
+# in the list of included associations", an include of their own endpoints that the invoice
+# list has no documented way to ask for: invoice pages leave it out.
+LINES_WITHOUT_WORKSPACE = frozenset({"time_entry", "expense"})
+
+
 class FakeKantata(Service):
     """The fake Kantata OX server's state and request handling (base path `/api/v1`)."""
 
@@ -343,6 +349,8 @@ class FakeKantata(Service):
         # What `uncorrupt` puts back, per invoice: its balance override and raw overrides
         # before the first corruption, and each corrupted line's fields before (None: added).
         self._corrupted: dict[int, _Undo] = {}
+        self._max_per_page: int | None = None
+        self._page_count_offset = 0
         self._register_routes()
 
     # ===== in-process admin API ==============================================================
@@ -685,6 +693,16 @@ class FakeKantata(Service):
             raise ValueError("count must not be negative")
         with self.mutex:
             self._garble = (kind, count) if count else None
+
+    def set_paging(self, *, max_per_page: int | None = None, page_count_offset: int = 0) -> None:
+        """Misbehave on `GET /invoices` as real servers may: serve at most `max_per_page` rows a
+        page whatever `per_page` asks for (None: up to 200), and report a `meta.page_count`
+        off by `page_count_offset` pages (never below 0)."""
+        if max_per_page is not None and not 1 <= max_per_page <= 200:
+            raise ValueError("max_per_page must be between 1 and 200")
+        with self.mutex:
+            self._max_per_page = max_per_page
+            self._page_count_offset = page_count_offset
 
     def mark_paid(self, invoice_id: int) -> None:
         """Set status `accepted payment`; bumps `updated_at`."""
@@ -1088,7 +1106,8 @@ class FakeKantata(Service):
         else:
             data["creator_id"] = str(self.account_user_id)
         data["id"] = str(line.id)
-        data["workspace_id"] = str(line.workspace_id)
+        if line.kind not in LINES_WITHOUT_WORKSPACE:
+            data["workspace_id"] = str(line.workspace_id)
         if any(value is REMOVED for value in fields.values()):
             _apply_raw(data, {k: v for k, v in fields.items() if v is REMOVED})
         return data
@@ -1179,6 +1198,7 @@ class FakeKantata(Service):
             {
                 "kind": line.kind,
                 **self._render_line(line),
+                "workspace_id": str(line.workspace_id),
                 "amount_in_minor": _safe_amount(line),
             }
             for line in self._invoice_lines(invoice)
@@ -1260,6 +1280,7 @@ class FakeKantata(Service):
                 creating=True,
             )
         )
+        add(Route("DELETE", "/external_references/{id}", self._http_delete_ref))
         add(Route("POST", "/external_payments", self._http_external_payment, creating=True))
         add(Route("GET", "/users/me", self._http_me))
         add(Route("GET", "/workspaces", self._http_list_workspaces))
@@ -1275,6 +1296,7 @@ class FakeKantata(Service):
         admin(Route("POST", "/invoices/{id}/corrupt", self._admin_corrupt))
         admin(Route("DELETE", "/invoices/{id}/corrupt", self._admin_uncorrupt))
         admin(Route("POST", "/garble", self._admin_garble))
+        admin(Route("POST", "/paging", self._admin_paging))
         admin(Route("POST", "/workspaces", self._admin_add_workspace))
         admin(Route("POST", "/users", self._admin_add_user))
         admin(Route("POST", "/generate", self._admin_generate))
@@ -1425,12 +1447,17 @@ class FakeKantata(Service):
             return Response(200, body, content_type=content_type, fault=f"garbled-{kind}")
         query = request.query
         page, per_page = self._page_params(query)
+        if self._max_per_page is not None:
+            per_page = min(per_page, self._max_per_page)
         includes = self._includes(query)
         ids = self._query_invoice_ids(query)
         page_ids = ids[(page - 1) * per_page : page * per_page]
         payload = self._invoices_payload(
             page_ids, includes, count=len(ids), page=page, per_page=per_page
         )
+        if self._page_count_offset:
+            meta = payload["meta"]
+            meta["page_count"] = max(meta["page_count"] + self._page_count_offset, 0)
         return Response.json(200, payload)
 
     def _single(self, invoice: _Invoice, request: Request) -> Response:
@@ -1507,6 +1534,16 @@ class FakeKantata(Service):
         if ref is not None:
             ref_data = {**ref, "subject_type": "Invoice", "subject_id": str(invoice.id)}
             self._validate_ref(ref_data)
+            if self._has_ref(invoice, str(ref.get("service_name"))):
+                # The documents describe the nested reference for adding one ("the
+                # service_name must be unique"), not what a second one of a service does.
+                _fail(
+                    422,
+                    "external_reference.service_name has already been taken: if you are adding "
+                    "multiple external references to the same object, the service_name must be "
+                    "unique",
+                    field="service_name",
+                )
         # Apply (field changes first: they are the only part that can still be refused).
         if changes:
             self.update_invoice(invoice.id, **changes)
@@ -1598,6 +1635,24 @@ class FakeKantata(Service):
                 kind="syntax",
             )
         assert isinstance(data, dict)
+        subject = (str(data["subject_type"]), str(data["subject_id"]))
+        existing = self._refs_by_subject.get(subject, {}).get(str(data["service_name"]))
+        if existing is not None:
+            current = self._refs[existing]
+            if (current["service_model"], current["service_model_ref"]) != (
+                str(data["service_model"]),
+                str(data["service_model_ref"]),
+            ):
+                # Whether the upsert re-points a reference at another object, or adds a second
+                # one of the same service, is not documented: refused, so that a client must
+                # delete the old reference first.
+                _fail(
+                    422,
+                    f"an external reference of {data['service_name']} on this subject already "
+                    f"names {current['service_model']} {current['service_model_ref']}: the "
+                    "service_name must be unique",
+                    field="service_model_ref",
+                )
         ref_id = self._upsert_ref(data)
         record = self._render_ref(self._refs[ref_id])
         payload = {
@@ -1606,6 +1661,21 @@ class FakeKantata(Service):
             "external_references": {str(ref_id): record},
         }
         return Response.json(200, payload)
+
+    def _http_delete_ref(self, request: Request, params: dict[str, str]) -> Response:
+        ref_id = int(params["id"]) if params["id"].isdigit() else -1
+        ref = self._refs.pop(ref_id, None)
+        if ref is None:
+            _fail(404, "Not found", kind="system")
+        assert ref is not None
+        by_service = self._refs_by_subject.get((ref["subject_type"], ref["subject_id"]), {})
+        if by_service.get(ref["service_name"]) == ref_id:
+            del by_service[ref["service_name"]]
+        if ref["subject_type"] == "Invoice" and str(ref["subject_id"]).isdigit():
+            invoice = self._invoices.get(int(ref["subject_id"]))
+            if invoice is not None:
+                self._touch(invoice, self.now())
+        return Response.empty(204)
 
     def _http_external_payment(self, request: Request, params: dict[str, str]) -> Response:
         data = self._body_object(request, "external_payment")
@@ -1622,7 +1692,9 @@ class FakeKantata(Service):
             "id": str(payment_id),
             "invoice_id": str(invoice.id),
             "workspace_id": str(workspace_id),
-            "amount_in_cents": data.get("amount_in_cents", self._balance(invoice)),
+            # A payment naming an invoice settles its whole balance: amount_in_cents is
+            # ignored (as Kantata does), so a partial payment cannot be recorded this way.
+            "amount_in_cents": self._balance(invoice),
             "currency": invoice.currency,
             "created_at": _fmt(now),
             "updated_at": _fmt(now),
@@ -1728,6 +1800,18 @@ class FakeKantata(Service):
         kind = str(body.get("kind", "html"))
         self.garble_pages(count, kind)
         return Response.json(200, {"count": count, "kind": kind, "garbled": self.garbled})
+
+    def _admin_paging(self, request: Request, params: dict[str, str]) -> Response:
+        """`POST /_sandbox/paging {"max_per_page": 100, "page_count_offset": -1}`; `{}` resets."""
+        body = self.admin_body(request)
+        cap = body.get("max_per_page")
+        offset = body.get("page_count_offset", 0)
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int)):
+            raise ValueError("max_per_page must be an integer or null")
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise ValueError("page_count_offset must be an integer")
+        self.set_paging(max_per_page=cap, page_count_offset=offset)
+        return Response.json(200, {"max_per_page": cap, "page_count_offset": offset})
 
     def _admin_add_token(self, request: Request, params: dict[str, str]) -> Response:
         body = self.admin_body(request)
