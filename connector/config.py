@@ -86,6 +86,26 @@ class Settings(BaseSettings):
         """Where the process runs (`KANTATA_SYNC_CPUS`): all, one, or a set of CPUs."""
         return parse_cpus(self.kantata_sync_cpus)
 
+    @field_validator("kantata_sync_database_url")
+    @classmethod
+    def _persistent_database(cls, value: str) -> str:
+        """The state file must outlive the process: an in-memory database forgets every push,
+        and the next run would create every invoice in Noko again."""
+        parts = urlsplit(value.strip())
+        database = parts.path[1:] if parts.path.startswith("/") else parts.path
+        query = parts.query.lower()
+        if value.strip().lower().startswith("sqlite") and (
+            not database
+            or database == ":memory:"
+            or database.startswith("file::memory:")
+            or "mode=memory" in query
+        ):
+            raise ValueError(
+                f"{value!r} is an in-memory database, which cannot persist; give a file, e.g. "
+                "sqlite:////var/lib/kantata-sync/kantata-sync.db"
+            )
+        return value
+
     @field_validator("kantata_base_url", "noko_base_url")
     @classmethod
     def _url_shape(cls, value: str) -> str:
