@@ -324,6 +324,8 @@ def run(
                         connector.store.close_stale_runs()
                         result = connector.engine.run_cycle(kind="sync")
                         health.record(result.outcome, result.duration, result.error)
+                        if result.outcome == "ok" and not stop.is_set():
+                            _scheduled_reconcile(connector, settings, log)
                 except LockHeldError as exc:
                     log.warning("cycle skipped", reason=str(exc))
 
@@ -335,6 +337,27 @@ def run(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     raise typer.Exit(0)
+
+
+def _scheduled_reconcile(connector: Any, settings: Settings, log: Any) -> None:
+    """The daemon's reconcile, once per KANTATA_SYNC_RECONCILE_INTERVAL: Noko invoices deleted
+    by hand become conflicts in `status`; Kantata invoices deleted after their push lose their
+    Noko invoice as for a cancellation. A failure is logged, and it runs again next cycle."""
+    from connector.errors import ApiError
+    from connector.reconcile import reconcile_if_due
+
+    try:
+        outcome = reconcile_if_due(connector.engine, settings.kantata_sync_reconcile_interval)
+    except ApiError as exc:
+        log.warning("scheduled reconcile failed; tried again next cycle", error=str(exc))
+        return
+    if outcome is not None:
+        log.info(
+            "scheduled reconcile",
+            differences=len(outcome.differences),
+            repaired=len(outcome.repaired),
+            still_failing=len(outcome.still_failing),
+        )
 
 
 def _html_renderer() -> Any:

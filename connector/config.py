@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     kantata_sync_retry_max_delay: float = Field(default=6 * 3600.0, gt=0)
     kantata_sync_http_max_attempts: int = Field(default=6, ge=1)
     kantata_sync_interval: float = Field(default=300.0, gt=0)
+    kantata_sync_reconcile_interval: float = Field(default=86400.0, ge=0)
     kantata_sync_workers: int = Field(default=8, ge=1, le=64)
     kantata_sync_cpus: str = "all"
     kantata_sync_lookback_seconds: float = Field(default=300.0, ge=0)

@@ -229,9 +229,11 @@ def reconcile(
     for kid, error in sorted(unreadable.items()):
         result.differences.append(Difference("unmappable", kid, None, error, repairable=False))
     if since is None and until is None:
+        orphans: set[int | None] = set()
         for record in _pushed_records(engine):
             if record.kantata_id in kantata or record.kantata_id in unreadable:
                 continue
+            orphans.add(record.noko_invoice_id)
             result.differences.append(
                 Difference(
                     "deleted_in_kantata",
@@ -244,6 +246,8 @@ def reconcile(
         for reference, found in sorted(by_reference.items()):
             if reference not in seen_references:
                 for extra in found:
+                    if _int(extra.get("id")) in orphans:
+                        continue  # listed above, with its Kantata id
                     if not is_ours(extra, reference):
                         counted_foreign.add(_int(extra.get("id")))
                         continue
@@ -276,6 +280,30 @@ def reconcile(
             result.still_failing.update(cycle.failed)
             result.repaired += [i for i in ordered if i not in cycle.failed]
     return result
+
+
+RECONCILE_MARK = "reconcile"
+"""The state file's mark of the daemon's last scheduled reconcile."""
+SCHEDULED_REPAIRS = frozenset({"deleted_in_kantata"})
+"""What the daemon's scheduled reconcile repairs by itself: what a sync would do if it could
+see it (a Kantata invoice deleted after its push is handled like a cancellation). The rest is
+listed, and conflicts show in `status`, for an operator's `reconcile --apply`."""
+
+
+def reconcile_if_due(engine: SyncEngine, interval: float) -> Reconciliation | None:
+    """The daemon's own reconcile, at most once per `interval` seconds (0: never), counted
+    from the last one recorded in the state file, so a restart does not repeat it. Costs one
+    full read of Kantata (200 invoices a request) and of the connector's Noko invoices (1,000
+    a request) each time."""
+    if interval <= 0:
+        return None
+    now = engine.clock()
+    last = engine.store.get_cursor(RECONCILE_MARK)
+    if last is not None and (now - last).total_seconds() < interval:
+        return None
+    outcome = reconcile(engine, since=None, until=None, apply=True, apply_kinds=SCHEDULED_REPAIRS)
+    engine.store.set_cursor(now, RECONCILE_MARK)
+    return outcome
 
 
 def _mark_gone(engine: SyncEngine, record: InvoiceRecord) -> str:
