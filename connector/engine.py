@@ -642,6 +642,15 @@ class SyncEngine:
             )
         fingerprint = doc.fingerprint()
 
+        if self._state_may_be_stale(inv, record):
+            # Before anything is decided from the record: it may be older than Noko.
+            found = self._recover_from_noko(
+                inv, doc, fingerprint, record, run_id, log, dry_run, force
+            )
+            if isinstance(found, tuple):
+                return found
+            record = found
+
         if (
             record is not None
             and record.stage == ""
@@ -667,14 +676,6 @@ class SyncEngine:
         if not (force or retry_now) and not self._due(record, inv, fingerprint):
             assert record is not None
             return "waiting", record.last_error or "failed earlier"
-
-        if self._state_may_be_stale(inv, record):
-            found = self._recover_from_noko(
-                inv, doc, fingerprint, record, run_id, log, dry_run, force
-            )
-            if isinstance(found, tuple):
-                return found
-            record = found
 
         if (
             record is not None

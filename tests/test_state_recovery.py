@@ -223,3 +223,40 @@ def test_a_bookkeepers_invoice_is_not_adopted_when_the_state_is_new(
     _sync(box, tmp_path)
     assert len(_ours(box, first)) == 1 and len(_ours(box, second)) == 1
     assert box.noko.render_invoice(int(foreign["id"])) == untouched
+
+
+def test_an_old_backup_naming_a_deleted_noko_invoice_follows_kantata(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """After the backup, the Noko invoice was deleted by hand and pushed again (a new id).
+    The old record names the deleted one; Kantata's reference names the new one: the next
+    sync takes the new one, and writes nothing anywhere."""
+    generate(box.kantata, seed=12, invoices=3, draft_rate=0, cancelled_rate=0)
+    _sync(box, tmp_path)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for path in _state_files(tmp_path):
+        shutil.copy2(path, backup / path.name)
+    first = box.noko.state()["invoices"][0]
+    kantata_id = int(str(first["reference"]).removeprefix("KS-"))
+    box.noko.delete_invoice(int(first["id"]))
+    assert run_cli(["reconcile", "--apply"], cli_env(box, tmp_path), tmp_path).returncode == 0
+    (again,) = [i for i in box.noko.state()["invoices"] if i["reference"] == first["reference"]]
+    assert check_books(box).problems == []
+
+    for path in _state_files(tmp_path):
+        path.unlink()
+    for path in backup.iterdir():
+        shutil.copy2(path, tmp_path / path.name)
+    box.kantata.touch([kantata_id])
+    box.noko.stats.reset()
+    box.kantata.stats.reset()
+    _sync(box, tmp_path)
+    assert _noko_writes(box) == {}
+    kantata_writes = {
+        k: v for k, v in box.kantata.stats.snapshot()["requests"].items() if not k.startswith("GET")
+    }
+    assert kantata_writes == {}
+    assert check_books(box).problems == []
+    shown = run_cli(["show", str(kantata_id)], cli_env(box, tmp_path), tmp_path)
+    assert str(again["id"]) in shown.stdout and "synced" in shown.stdout
