@@ -1469,6 +1469,8 @@ class SyncEngine:
         result: CycleResult,
     ) -> None:
         drift = self._drift(invoice, record)
+        if drift and self._as_kantata_asks(invoice, record, run_id, log):
+            drift = None  # the record was older than Noko, which is as Kantata asks
         if drift:
             outcome, message = self._conflict(record, "noko-edited", drift, run_id, log)
             result.counts[outcome] += 1
@@ -1486,6 +1488,47 @@ class SyncEngine:
             result.counts["state-written"] += 1
         if state == "paid":
             self._record_payment(record, run_id, log)
+
+    def _as_kantata_asks(
+        self, invoice: dict[str, Any], record: InvoiceRecord, run_id: str, log: Any
+    ) -> bool:
+        """A Noko invoice that differs from the record may still be exactly what Kantata asks
+        for now (the record is older than Noko, e.g. a restored state file): then it is synced,
+        and the record is brought up to date. Only one matching neither is a hand edit. Costs
+        one Kantata request, only for an invoice that differs from its record."""
+        try:
+            decoded = decode_invoices(self.kantata.get_invoices([record.kantata_id]))
+        except ApiError as exc:
+            log.warning("could not read the Kantata invoice to compare", error=str(exc))
+            return False
+        inv = next((d for d in decoded if d.id == record.kantata_id), None)
+        if not isinstance(inv, KantataInvoice) or inv.draft or inv.is_cancelled:
+            return False
+        try:
+            doc = to_ledger(inv, self.profile)
+        except MappingError:
+            return False
+        plan = plan_invoice(doc)
+        if check_totals(plan, invoice):
+            return False
+        for key, wanted in (("expenses", len(plan.expenses)), ("entries", len(plan.entries))):
+            got = _int(invoice.get(key))
+            if got is not None and got != wanted:
+                return False
+        record.total_minor = doc.total_minor
+        record.balance_in_cents = doc.balance_in_cents
+        record.fingerprint = doc.fingerprint()
+        record.noko_lines = None
+        self._remember_kantata(record, inv)
+        self.store.save_invoice(
+            record,
+            run_id=run_id,
+            event="noko-as-kantata",
+            detail=f"Noko invoice {record.noko_invoice_id} differs from the record but is as "
+            "Kantata asks; record brought up to date",
+        )
+        log.info("Noko invoice differs from the record but is as Kantata asks")
+        return True
 
     def _drift(self, invoice: dict[str, Any], record: InvoiceRecord) -> str | None:
         """What changed by hand in Noko since the push, or None. A change of state (a payment)

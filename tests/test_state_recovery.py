@@ -260,3 +260,45 @@ def test_an_old_backup_naming_a_deleted_noko_invoice_follows_kantata(
     assert check_books(box).problems == []
     shown = run_cli(["show", str(kantata_id)], cli_env(box, tmp_path), tmp_path)
     assert str(again["id"]) in shown.stdout and "synced" in shown.stdout
+
+
+def test_a_noko_invoice_as_kantata_asks_is_no_hand_edit_whatever_an_old_record_says(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """The record is older than Noko (put back from a backup) and Kantata's change is not read
+    again by the scan: reading Noko's changes, the invoice differs from the record but is as
+    Kantata asks. That is synced, not a hand edit; a real hand edit still is one."""
+    from datetime import UTC, datetime, timedelta
+
+    from connector.store import Store
+
+    generate(box.kantata, seed=21, invoices=2, draft_rate=0, cancelled_rate=0)
+    _sync(box, tmp_path)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for path in _state_files(tmp_path):
+        shutil.copy2(path, backup / path.name)
+    changed, edited = (int(i["id"]) for i in box.kantata.state()["invoices"])
+    box.kantata.update_invoice(
+        changed, lines=[{"kind": "fixed_fee_item", "amount_in_cents": 99999, "taxable": False}]
+    )
+    _sync(box, tmp_path)
+    for path in _state_files(tmp_path):
+        path.unlink()
+    for path in backup.iterdir():
+        shutil.copy2(path, tmp_path / path.name)
+    hand = next(i for i in box.noko.state()["invoices"] if i["reference"] == f"KS-{edited}")
+    project = int(hand["projects"][0]["id"])
+    box.noko.edit_invoice(
+        int(hand["id"]),
+        add_expenses=[{"price": "5.00", "description": "by hand", "project_id": project}],
+    )
+    # The scan reads nothing: only Noko's changes show the difference.
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    store.set_cursor(datetime.now(UTC) + timedelta(days=1))
+    store.close()
+
+    _sync(box, tmp_path, expect=1)
+    report = status_json(cli_env(box, tmp_path), tmp_path)
+    assert [c["kantata_invoice_id"] for c in report["conflicts"]] == [str(edited)]
+    assert report["counts"]["synced"] == 1
