@@ -54,7 +54,7 @@ from mappings.ledger import LedgerDocument
 from mappings.money import format_money, to_minor
 from mappings.profile import Profile
 from mappings.to_ledger import reference_for_id, to_ledger
-from mappings.to_noko import NokoInvoicePlan, check_totals, is_ours, plan_invoice
+from mappings.to_noko import NokoInvoicePlan, check_totals, plan_invoice
 
 Outcome = Literal[
     "pushed",
@@ -230,13 +230,18 @@ class _NokoIndex:
         self.loaded = True
         return count
 
-    def own(self, reference: str, kantata_says: int | None) -> list[dict[str, Any]]:
-        """The connector's invoices for `reference`: those with its owner marker, and the one
-        its Kantata reference names (`kantata_says`) when that carries `reference`."""
+    def own(
+        self,
+        reference: str,
+        kantata_says: int | None,
+        owns: Callable[[dict[str, Any], str], bool],
+    ) -> list[dict[str, Any]]:
+        """The connector's invoices for `reference`: those `owns` proves (the owner marker),
+        and the one its Kantata reference names (`kantata_says`) when that carries it."""
         found = {
             _int(inv.get("id")): inv
             for inv in self.by_reference.get(reference, [])
-            if is_ours(inv, reference)
+            if _int(inv.get("id")) == kantata_says or owns(inv, reference)
         }
         named = self.by_id.get(kantata_says) if kantata_says is not None else None
         if named is not None and named.get("reference") == reference:
@@ -758,7 +763,7 @@ class SyncEngine:
                     "listed the connector's Noko invoices to match a new or old state file",
                     invoices=count,
                 )
-        return index.own(reference, kantata_says)
+        return index.own(reference, kantata_says, self.pusher.owns)
 
     def _recover_from_noko(
         self,

@@ -211,11 +211,30 @@ class NokoPusher:
             inv
             for inv in self.noko.find_invoices_by_reference(reference)
             if inv.get("reference") == reference
-            and (is_ours(inv, reference) or _int_or_none(inv.get("id")) in known_ids)
+            and (_int_or_none(inv.get("id")) in known_ids or self.owns(inv, reference))
         ]
         if len(found) > 1:
             raise DuplicateInNokoError(reference, [inv.get("id") for inv in found])
         return found[0] if found else None
+
+    def owns(self, invoice: Mapping[str, Any], reference: str) -> bool:
+        """Whether a Noko invoice carrying `reference` is the connector's: the owner marker in
+        its footer, or else (a footer Noko did not keep, or an invoice made before the marker)
+        its expenses or time entries carry our line markers for `reference`, which a person's
+        invoice cannot (Noko invoices an expense once). The fallback costs one or two requests,
+        only for an invoice without the footer marker."""
+        if is_ours(invoice, reference):
+            return True
+        noko_id = _int_or_none(invoice.get("id"))
+        if noko_id is None or invoice.get("reference") != reference:
+            return False
+        for kind in ("expenses", "entries"):
+            for page in self.noko.iter_pages(f"/invoices/{noko_id}/{kind}"):
+                for item in page:
+                    parsed = parse_marker(str(item.get("description") or ""))
+                    if parsed is not None and parsed[0] == reference:
+                        return True
+        return False
 
     def push(
         self, plan: NokoInvoicePlan, *, recovering: bool, known_ids: Collection[int] = ()

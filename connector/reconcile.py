@@ -33,7 +33,6 @@ from mappings.errors import MappingError
 from mappings.kantata import KantataInvoice, decode_invoices
 from mappings.money import format_money, to_minor
 from mappings.to_ledger import to_ledger
-from mappings.to_noko import is_ours
 
 REPAIRABLE = {
     "missing_in_noko",
@@ -139,7 +138,7 @@ def reconcile(
         proven.discard(None)
         found = []
         for listed in by_reference.get(reference, []):
-            if is_ours(listed, reference) or _int(listed.get("id")) in proven:
+            if _int(listed.get("id")) in proven or engine.pusher.owns(listed, reference):
                 found.append(listed)
             else:
                 counted_foreign.add(_int(listed.get("id")))
@@ -248,7 +247,7 @@ def reconcile(
                 for extra in found:
                     if _int(extra.get("id")) in orphans:
                         continue  # listed above, with its Kantata id
-                    if not is_ours(extra, reference):
+                    if not engine.pusher.owns(extra, reference):
                         counted_foreign.add(_int(extra.get("id")))
                         continue
                     result.differences.append(

@@ -302,3 +302,23 @@ def test_a_noko_invoice_as_kantata_asks_is_no_hand_edit_whatever_an_old_record_s
     report = status_json(cli_env(box, tmp_path), tmp_path)
     assert [c["kantata_invoice_id"] for c in report["conflicts"]] == [str(edited)]
     assert report["counts"]["synced"] == 1
+
+
+def test_an_invoice_whose_footer_lost_the_marker_is_still_known_by_its_lines(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """The owner marker was removed from the footer by hand, the Kantata reference is gone too,
+    and the state file is lost: the invoice's expenses still carry our line markers, which a
+    person's invoice cannot, so it is recognised and nothing is created twice."""
+    generate(box.kantata, seed=23, invoices=3, draft_rate=0, cancelled_rate=0)
+    _sync(box, tmp_path)
+    before = _noko_invoice_ids(box)
+    first = box.noko.state()["invoices"][0]
+    kantata_id = int(str(first["reference"]).removeprefix("KS-"))
+    box.noko.edit_invoice(int(first["id"]), footer="Thank you for your business.")
+    assert box.kantata.remove_external_reference(kantata_id, "noko")
+    for path in _state_files(tmp_path):
+        path.unlink()
+    _sync(box, tmp_path)
+    assert _noko_invoice_ids(box) == before
+    assert check_books(box).problems == []
