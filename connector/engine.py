@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import threading
 import time
 import uuid
@@ -54,7 +55,7 @@ from mappings.ledger import LedgerDocument
 from mappings.money import format_money, to_minor
 from mappings.profile import Profile
 from mappings.to_ledger import reference_for_id, to_ledger
-from mappings.to_noko import NokoInvoicePlan, check_totals, plan_invoice
+from mappings.to_noko import NokoInvoicePlan, check_totals, is_ours, plan_invoice
 
 Outcome = Literal[
     "pushed",
@@ -1421,17 +1422,20 @@ class SyncEngine:
         newest: datetime | None = None
         noko_time: list[datetime | None] = []
         batch: list[dict[str, Any]] = []
+        unknown: list[str] = []
         for invoice in self.noko.list_invoices(params, on_server_time=noko_time.append):
             moment = _parse_moment(invoice.get("updated_at"))
             if moment is not None and (newest is None or moment > newest):
                 newest = moment
             batch.append(invoice)
             if len(batch) >= 500:
-                self._apply_noko(batch, run_id, log, result)
+                unknown += self._apply_noko(batch, run_id, log, result)
                 batch = []
                 release_free_memory()
         if batch:
-            self._apply_noko(batch, run_id, log, result)
+            unknown += self._apply_noko(batch, run_id, log, result)
+        if unknown:
+            self._match_unknown(unknown, run_id, log, result)
         # As for Kantata's cursor: Noko's clock at the first page when it gave it (every
         # invoice changed before then was listed), else the newest change read.
         mark: datetime | None = None
@@ -1448,12 +1452,20 @@ class SyncEngine:
 
     def _apply_noko(
         self, invoices: list[dict[str, Any]], run_id: str, log: Any, result: CycleResult
-    ) -> None:
+    ) -> list[str]:
+        """Follow Noko's changes; returns the Kantata ids of invoices of the connector's (owner
+        marker) that the state file does not know: it is older than Noko."""
         ids = [i for i in (_int(inv.get("id")) for inv in invoices) if i is not None]
         records = self.store.by_noko_ids(ids)
+        unknown: list[str] = []
         for invoice in invoices:
             noko_id = _int(invoice.get("id"))
             record = records.get(noko_id) if noko_id is not None else None
+            if record is None and noko_id is not None:
+                kantata_id = self._kantata_id_of(str(invoice.get("reference") or ""))
+                if kantata_id is not None and is_ours(invoice, str(invoice.get("reference"))):
+                    unknown.append(kantata_id)
+                continue
             if record is None or record.stage or record.status != "synced":
                 continue
             with self.lock_for(record.kantata_id):
@@ -1464,6 +1476,39 @@ class SyncEngine:
                     log.bind(kantata_invoice_id=record.kantata_id, noko_invoice_id=noko_id),
                     result,
                 )
+        return unknown
+
+    def _kantata_id_of(self, reference: str) -> str | None:
+        """The Kantata id in a reference made from the profile's template, if it is one."""
+        pattern = re.escape(self.profile.noko.reference)
+        pattern = pattern.replace(re.escape("{id}"), "(?P<id>[0-9]+)", 1)
+        pattern = pattern.replace(re.escape("{number}"), ".*?")
+        match = re.fullmatch(pattern, reference)
+        return match.group("id") if match is not None else None
+
+    def _match_unknown(
+        self, kantata_ids: list[str], run_id: str, log: Any, result: CycleResult
+    ) -> None:
+        """Noko holds invoices of the connector's that the state file does not know (an old
+        backup put back, and Kantata did not list them as changed): read those Kantata invoices
+        (200 a request) and handle them now, matched against Noko, so that none is created
+        again when it next changes. Costs nothing when the state file is up to date."""
+        ids = sorted(set(kantata_ids), key=lambda i: (len(i), i))
+        log.warning(
+            "Noko holds invoices of the connector's that the state file does not know; "
+            "matching them",
+            invoices=len(ids),
+        )
+        self._index.wanted = True
+        for inv in self._fetch_by_id(ids, result):
+            if self.stop.is_set():
+                return
+            outcome, error = self.handle(inv, run_id, record=False)
+            result.counts[outcome] += 1
+            if outcome in ("failed", "waiting", "conflict"):
+                result.failed[inv.id] = error or outcome
+            else:
+                result.failed.pop(inv.id, None)
 
     def _observe_noko(
         self,

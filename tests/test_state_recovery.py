@@ -322,3 +322,50 @@ def test_an_invoice_whose_footer_lost_the_marker_is_still_known_by_its_lines(
     _sync(box, tmp_path)
     assert _noko_invoice_ids(box) == before
     assert check_books(box).problems == []
+
+
+def test_an_old_backup_learns_invoices_that_only_noko_shows(box: Sandbox, tmp_path: Path) -> None:
+    """An invoice pushed after the backup, whose Kantata reference was removed since and which
+    the next scan does not read: reading Noko's changes shows an invoice of the connector's
+    that the state file does not know. It is matched at once (synced, reference written
+    again), so when it later changes in Kantata it is updated, not created again."""
+    from datetime import UTC, datetime, timedelta
+
+    from connector.store import Store
+
+    generate(box.kantata, seed=25, invoices=2, draft_rate=0, cancelled_rate=0)
+    _sync(box, tmp_path)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for path in _state_files(tmp_path):
+        shutil.copy2(path, backup / path.name)
+    workspace = int(box.kantata.state()["workspaces"][0]["id"])
+    late = box.kantata.add_invoice(
+        workspace_ids=[workspace],
+        currency="USD",
+        lines=[{"kind": "fixed_fee_item", "amount_in_cents": 4200, "taxable": False}],
+    )
+    _sync(box, tmp_path)
+    assert box.kantata.remove_external_reference(late, "noko")
+    for path in _state_files(tmp_path):
+        path.unlink()
+    for path in backup.iterdir():
+        shutil.copy2(path, tmp_path / path.name)
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    store.set_cursor(datetime.now(UTC) + timedelta(days=1))  # the scan reads nothing
+    store.close()
+
+    box.noko.stats.reset()
+    _sync(box, tmp_path)
+    assert _noko_writes(box) == {}
+    shown = run_cli(["show", str(late)], cli_env(box, tmp_path), tmp_path)
+    assert "synced" in shown.stdout, shown.stdout + shown.stderr
+    assert check_books(box).problems == []
+
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    store.set_cursor(None)
+    store.close()
+    box.kantata.update_invoice(late, message="changed later")
+    _sync(box, tmp_path)
+    assert len([i for i in box.noko.state()["invoices"] if i["reference"] == f"KS-{late}"]) == 1
+    assert check_books(box).problems == []
