@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     kantata_sync_http_max_attempts: int = Field(default=6, ge=1)
     kantata_sync_http_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     kantata_sync_interval: float = Field(default=300.0, gt=0)
+    kantata_sync_reconcile_interval: float = Field(default=86400.0, ge=0)
     kantata_sync_workers: int = Field(default=8, ge=1, le=64)
     kantata_sync_lookback_seconds: float = Field(default=300.0, ge=0)
     kantata_sync_clock_skew_seconds: float = Field(default=60.0, ge=0)
@@ -79,6 +80,26 @@ class Settings(BaseSettings):
     kantata_sync_metrics_host: str = "127.0.0.1"
     kantata_sync_status_token_file: Path | None = None
     kantata_sync_webhook_url: SecretStr | None = None
+
+    @field_validator("kantata_sync_database_url")
+    @classmethod
+    def _persistent_database(cls, value: str) -> str:
+        """The state file must outlive the process: an in-memory database forgets every push,
+        and the next run would create every invoice in Noko again."""
+        parts = urlsplit(value.strip())
+        database = parts.path[1:] if parts.path.startswith("/") else parts.path
+        query = parts.query.lower()
+        if value.strip().lower().startswith("sqlite") and (
+            not database
+            or database == ":memory:"
+            or database.startswith("file::memory:")
+            or "mode=memory" in query
+        ):
+            raise ValueError(
+                f"{value!r} is an in-memory database, which cannot persist; give a file, e.g. "
+                "sqlite:////var/lib/kantata-sync/kantata-sync.db"
+            )
+        return value
 
     @field_validator("kantata_base_url", "noko_base_url")
     @classmethod

@@ -21,10 +21,11 @@ import structlog
 from connector.app import Connector, open_connector
 from connector.config import Settings
 from connector.engine import CycleResult
-from connector.errors import ConfigError, LockHeldError
+from connector.errors import ApiError, ConfigError, LockHeldError
 from connector.logs import register_secret
 from connector.notify import notify
 from connector.observe import DaemonHealth, Metrics, StatsBook
+from connector.reconcile import reconcile_if_due
 from connector.store import Store
 
 Opener = Callable[..., AbstractContextManager[Connector]]
@@ -151,6 +152,8 @@ class Daemon:
                 with connector.store.writer(wait=0):
                     connector.store.close_stale_runs()
                     result = connector.engine.run_cycle(kind="sync")
+                    if result.outcome == "ok" and not self.stop.is_set():
+                        self._scheduled_reconcile(connector)
                     notify(connector.store, self.settings.webhook_url())
             except LockHeldError as exc:
                 self._log.warning("cycle skipped", reason=str(exc))
@@ -160,6 +163,26 @@ class Daemon:
                 else:
                     self.health.cycle_ended()
             return result
+
+    def _scheduled_reconcile(self, connector: Connector) -> None:
+        """The daemon's reconcile, once per KANTATA_SYNC_RECONCILE_INTERVAL: Noko invoices
+        deleted by hand become conflicts in `status`; Kantata invoices deleted after their push
+        lose their Noko invoice as for a cancellation. A failure is logged, and it runs again
+        next cycle."""
+        try:
+            outcome = reconcile_if_due(
+                connector.engine, self.settings.kantata_sync_reconcile_interval
+            )
+        except ApiError as exc:
+            self._log.warning("scheduled reconcile failed; tried again next cycle", error=str(exc))
+            return
+        if outcome is not None:
+            self._log.info(
+                "scheduled reconcile",
+                differences=len(outcome.differences),
+                repaired=len(outcome.repaired),
+                still_failing=len(outcome.still_failing),
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import threading
 import time
 import uuid
@@ -44,6 +45,7 @@ from connector.push import (
     NokoPusher,
     NokoRefusedError,
     WriteInDoubtError,
+    header_differs,
 )
 from connector.store import InvoiceRecord, Store
 from mappings.errors import MappingError
@@ -52,7 +54,7 @@ from mappings.ledger import LedgerDocument
 from mappings.money import format_money, to_minor
 from mappings.profile import Profile
 from mappings.to_ledger import reference_for_id, to_ledger
-from mappings.to_noko import NokoInvoicePlan, check_totals, plan_invoice
+from mappings.to_noko import NokoInvoicePlan, check_totals, is_ours, plan_invoice
 
 Outcome = Literal[
     "pushed",
@@ -225,6 +227,58 @@ class _Seen:
             self[kantata_id] = updated
 
 
+class _NokoIndex:
+    """The connector's invoices in Noko, listed in bulk (1,000 a request) at most once a cycle,
+    and only in a cycle where the state file may not know everything Noko holds: a new state
+    file (no cursor yet), or one older than Noko (a Kantata invoice carries our reference to a
+    Noko invoice the state file does not have). Before anything is created for an invoice
+    without a Noko id, it is looked for here, so a lost or restored state file never duplicates.
+
+    Only invoices whose reference starts with the profile's prefix are kept, each as its scalar
+    fields (no line lists): enough to compare totals and header with what Kantata asks for."""
+
+    def __init__(self, *, wanted: bool) -> None:
+        self.wanted = wanted
+        self.loaded = False
+        self.lock = threading.Lock()
+        self.by_reference: dict[str, list[dict[str, Any]]] = {}
+        self.by_id: dict[int, dict[str, Any]] = {}
+
+    def load(self, invoices: Iterable[dict[str, Any]], prefix: str) -> int:
+        count = 0
+        for invoice in invoices:
+            reference = invoice.get("reference")
+            noko_id = _int(invoice.get("id"))
+            if noko_id is None or not isinstance(reference, str):
+                continue
+            if prefix and not reference.startswith(prefix):
+                continue
+            slim = {k: v for k, v in invoice.items() if not isinstance(v, list)}
+            self.by_reference.setdefault(reference, []).append(slim)
+            self.by_id[noko_id] = slim
+            count += 1
+        self.loaded = True
+        return count
+
+    def own(
+        self,
+        reference: str,
+        kantata_says: int | None,
+        owns: Callable[[dict[str, Any], str], bool],
+    ) -> list[dict[str, Any]]:
+        """The connector's invoices for `reference`: those `owns` proves (the owner marker),
+        and the one its Kantata reference names (`kantata_says`) when that carries it."""
+        found = {
+            _int(inv.get("id")): inv
+            for inv in self.by_reference.get(reference, [])
+            if _int(inv.get("id")) == kantata_says or owns(inv, reference)
+        }
+        named = self.by_id.get(kantata_says) if kantata_says is not None else None
+        if named is not None and named.get("reference") == reference:
+            found[kantata_says] = named
+        return [inv for key, inv in sorted(found.items(), key=lambda kv: kv[0] or 0)]
+
+
 @dataclass
 class _Scan:
     """Bookkeeping of one cycle's read of Kantata."""
@@ -269,6 +323,7 @@ class SyncEngine:
         self.on_invoice: Callable[[str, str, str | None, DecodedInvoice | None], None] | None = None
         """Called once per invoice handled (`sync --json`): its Kantata id, the outcome, the
         detail, and the Kantata invoice read (None for what Noko's changes brought)."""
+        self._index = _NokoIndex(wanted=False)
 
     # ================================================================== cycle
 
@@ -303,6 +358,10 @@ class SyncEngine:
             dry_run=dry_run,
         )
         scan = _Scan()
+        # A new state file knows nothing of what Noko holds: look before creating anything.
+        self._index = _NokoIndex(
+            wanted=cursor is None and self.store.get_cursor(NOKO_CURSOR) is None
+        )
         try:
             with (
                 structlog.contextvars.bound_contextvars(run_id=run_id),
@@ -314,7 +373,7 @@ class SyncEngine:
                 # Invoices named by the operator are tried now, whatever their retry time.
                 runner.retry_now = only_ids is not None
                 if only_ids is not None:
-                    runner.submit_all(self._fetch_by_id(list(only_ids)), scan, until=None)
+                    runner.submit_all(self._fetch_by_id(list(only_ids), result), scan, until=None)
                 else:
                     self._scan(runner, scan, lower, until, log)
                     if not self.stop.is_set():
@@ -325,7 +384,7 @@ class SyncEngine:
                         ]
                         if retry:
                             log.info("retrying earlier failures", invoices=len(retry))
-                            runner.submit_all(self._fetch_by_id(retry), scan, until=None)
+                            runner.submit_all(self._fetch_by_id(retry, result), scan, until=None)
                 runner.drain()
             if not dry_run and only_ids is None and not self.stop.is_set():
                 try:
@@ -466,26 +525,61 @@ class SyncEngine:
         scan.complete = False
         log.warning("the invoice list kept shrinking during the scan; the cursor stays put")
 
-    def _fetch_by_id(self, ids: list[str]) -> Iterator[DecodedInvoice]:
+    def _fetch_by_id(
+        self, ids: list[str], result: CycleResult | None = None
+    ) -> Iterator[DecodedInvoice]:
         for start in range(0, len(ids), 200):
             chunk = ids[start : start + 200]
             body = self.kantata.get_invoices(chunk)
             decoded = decode_invoices(body)
             found = {inv.id for inv in decoded}
             yield from decoded
-            for missing in chunk:
-                if missing not in found:
-                    self._vanished(missing)
+            missing = [kid for kid in chunk if kid not in found]
+            if missing and self._vanish_needs_proof(missing):
+                # Asked again before anything in Noko is deleted for it: one answer that
+                # leaves an invoice out is not proof that it is gone.
+                again = {inv.id for inv in decode_invoices(self.kantata.get_invoices(missing))}
+                missing = [kid for kid in missing if kid not in again]
+            for kantata_id in missing:
+                done = self._vanished(kantata_id, result.run_id if result else "")
+                if done is not None and result is not None:
+                    outcome, error = done
+                    result.counts[outcome] += 1
+                    if outcome in ("failed", "conflict"):
+                        result.failed[kantata_id] = error or outcome
+                    else:
+                        result.failed.pop(kantata_id, None)
 
-    def _vanished(self, kantata_id: str) -> None:
-        record = self.store.get_invoice(kantata_id)
-        if record is None or record.status in ("synced", "skipped"):
-            return
-        if record.noko_invoice_id is None and record.stage != "pushed":
+    def _vanish_needs_proof(self, kantata_ids: list[str]) -> bool:
+        records = self.store.get_invoices(kantata_ids)
+        return any(r.noko_invoice_id is not None or r.stage for r in records.values())
+
+    def _vanished(self, kantata_id: str, run_id: str = "") -> tuple[Outcome, str | None] | None:
+        """A Kantata invoice asked for by id is gone (deleted in Kantata). Before its push it
+        is simply skipped; after it, its Noko invoice goes as for a cancellation: deleted when
+        Noko allows, a conflict when it is paid or locked."""
+        with self.lock_for(kantata_id):
+            record = self.store.get_invoice(kantata_id)
+            if record is None or record.status == "skipped":
+                return None
+            log = self.log.bind(run_id=run_id, kantata_invoice_id=kantata_id)
+            in_noko = (
+                record.noko_invoice_id is not None and record.noko_state != "deleted"
+            ) or record.stage in ("pushing", "pushed", "updating", "cancelling")
+            if in_noko:
+                if record.status == "conflict" and record.error_kind == "lifecycle":
+                    return "conflict", record.last_error
+                log.info("deleted in Kantata after its push; removing its Noko invoice")
+                return self._cancel(
+                    kantata_id, record, run_id, log, False, why="deleted", write_back=False
+                )
+            if record.status == "synced":
+                return None
             record.status = "skipped"
             record.skip_reason = "deleted in Kantata"
             record.next_attempt_at = None
             self.store.save_invoice(record, event="vanished", detail="no longer in Kantata")
+            return "skipped", None
 
     # ================================================================== one invoice
 
@@ -622,6 +716,15 @@ class SyncEngine:
             )
         fingerprint = doc.fingerprint()
 
+        if self._state_may_be_stale(inv, record):
+            # Before anything is decided from the record: it may be older than Noko.
+            found = self._recover_from_noko(
+                inv, doc, fingerprint, record, run_id, log, dry_run, force
+            )
+            if isinstance(found, tuple):
+                return found
+            record = found
+
         if (
             record is not None
             and record.stage == ""
@@ -663,6 +766,171 @@ class SyncEngine:
         if record is not None and record.noko_state == "deleted":
             self._forget_noko(record, recover=False)
         return self._push(inv, doc, fingerprint, record, run_id, log)
+
+    # ------------------------------------------------------------------ lost or old state
+
+    def _noko_id_in_kantata(self, inv: DecodedInvoice) -> int | None:
+        """The Noko invoice id our Kantata reference names, unless it says we deleted it."""
+        if isinstance(inv, UndecodableInvoice):
+            return None
+        ref = inv.reference_for(self.settings.service_name)
+        if ref is None or (ref.external_status or "") == "deleted":
+            return None
+        if ref.service_model and ref.service_model != SERVICE_MODEL:
+            return None
+        return _int(ref.service_model_ref)
+
+    def _stale_signal(self, inv: DecodedInvoice, record: InvoiceRecord | None) -> bool:
+        """Kantata carries our reference to a Noko invoice the state file does not have: the
+        state file is older than Noko (a restored backup, or a new file)."""
+        named = self._noko_id_in_kantata(inv)
+        if named is None:
+            return False
+        if record is None or record.noko_invoice_id is None:
+            return True
+        return record.stage == "" and record.noko_invoice_id != named
+
+    def note_stale_state(
+        self, batch: Iterable[DecodedInvoice], records: dict[str, InvoiceRecord]
+    ) -> None:
+        """Before a page's invoices are handed out: if any of them shows that the state file is
+        older than Noko, every create of this cycle looks in Noko first (one bulk listing)."""
+        if self._index.wanted:
+            return
+        for inv in batch:
+            if self._stale_signal(inv, records.get(inv.id)):
+                self.log.warning(
+                    "the state file does not know a Noko invoice that Kantata's reference names "
+                    "(a new or restored state file); matching against Noko before creating",
+                    kantata_invoice_id=inv.id,
+                )
+                self._index.wanted = True
+                return
+
+    def _state_may_be_stale(self, inv: KantataInvoice, record: InvoiceRecord | None) -> bool:
+        """Whether to look in the index before deciding: about to create (no Noko id known,
+        not resuming an earlier attempt, which looks by reference itself) in a cycle where the
+        state file may not know everything, or the record names another Noko id than Kantata."""
+        if record is not None and record.stage in ("pushing", "pushed", "updating", "cancelling"):
+            return False
+        if self._stale_signal(inv, record):
+            self._index.wanted = True
+            return True
+        if not self._index.wanted:
+            return False
+        return record is None or record.noko_invoice_id is None or record.noko_state == "deleted"
+
+    def _own_in_noko(self, reference: str, kantata_says: int | None) -> list[dict[str, Any]]:
+        index = self._index
+        with index.lock:
+            if not index.loaded:
+                prefix = self.profile.noko.reference.split("{", 1)[0]
+                count = index.load(
+                    self.noko.list_invoices({"reference": prefix} if prefix else {}), prefix
+                )
+                self.log.info(
+                    "listed the connector's Noko invoices to match a new or old state file",
+                    invoices=count,
+                )
+        return index.own(reference, kantata_says, self.pusher.owns)
+
+    def _recover_from_noko(
+        self,
+        inv: KantataInvoice,
+        doc: LedgerDocument,
+        fingerprint: str,
+        record: InvoiceRecord | None,
+        run_id: str,
+        log: Any,
+        dry_run: bool,
+        force: bool,
+    ) -> InvoiceRecord | tuple[Outcome, str | None] | None:
+        """Match an invoice the state file does not know in Noko (or knows under another id)
+        against the connector's own Noko invoices before anything is created.
+
+        Returns the record to go on with (now naming the Noko invoice found, if one was), or
+        the outcome when it is settled here: already as Kantata asks (synced, whatever a stale
+        record said), several of ours (a duplicate conflict), or different from what Kantata
+        asks and from what the state file knows (a hand edit: a conflict)."""
+        named = self._noko_id_in_kantata(inv)
+        own = self._own_in_noko(doc.reference, named)
+        if not own:
+            return record
+        if len(own) > 1:
+            duplicate = DuplicateInNokoError(doc.reference, [found.get("id") for found in own])
+            if dry_run:
+                return "conflict", str(duplicate)
+            record = record or self.store.new_invoice(inv.id)
+            record.status = "conflict"
+            return self._fail(record, "duplicate", str(duplicate), run_id, log, retry=False)
+        invoice = own[0]
+        noko_id = _int(invoice.get("id"))
+        assert noko_id is not None
+        if record is not None and record.noko_invoice_id == noko_id:
+            return record
+        log = log.bind(noko_invoice_id=noko_id)
+        plan = plan_invoice(doc)
+        same_totals = not check_totals(plan, invoice)
+        if dry_run:
+            return "would-update", f"found in Noko as invoice {noko_id}: adopt it"
+        record = record or self.store.new_invoice(inv.id)
+        known_total = record.total_minor
+        record.noko_invoice_id = noko_id
+        record.noko_url = _invoice_link(invoice)
+        record.noko_state = str(invoice.get("state") or "") or None
+        record.noko_lines = None  # the lines as pushed are not known: totals are compared
+        record.reference = doc.reference
+        record.currency = doc.currency
+        record.exponent = doc.exponent
+        record.skip_reason = None
+        noko_minor = _minor(invoice.get("total_amount"), doc.exponent)
+        log.info("found the invoice in Noko; the state file did not know it")
+        if same_totals and not header_differs(invoice, plan.fields):
+            # Already what Kantata asks for: synced, whatever the state file said.
+            record.fingerprint = fingerprint
+            record.total_minor = doc.total_minor
+            record.balance_in_cents = doc.balance_in_cents
+            self._remember_kantata(record, inv)
+            record.stage = "pushed"
+            if record.status != "conflict":
+                record.status = "pending"
+            self.store.save_invoice(
+                record,
+                run_id=run_id,
+                event="adopted",
+                detail=f"Noko invoice {noko_id} found in Noko, already as Kantata asks "
+                "(the state file did not know it)",
+            )
+            written, why = self._write_success(inv, record, run_id, log)
+            return ("repaired", None) if written == "pushed" else (written, why)
+        if same_totals or force or (known_total is not None and noko_minor == known_total):
+            # Kantata changed since (or only the header differs, or the operator forces the
+            # Kantata version): the normal update in place, same Noko id.
+            record.total_minor = known_total if known_total is not None else noko_minor
+            record.fingerprint = None
+            record.stage = ""
+            self.store.save_invoice(
+                record,
+                run_id=run_id,
+                event="adopted",
+                detail=f"Noko invoice {noko_id} found in Noko (the state file did not know "
+                "it); updating it to Kantata's version",
+            )
+            return record
+        record.total_minor = noko_minor
+        record.fingerprint = fingerprint
+        self._remember_kantata(record, inv)
+        return self._conflict(
+            record,
+            "noko-edited",
+            f"Noko invoice {noko_id} ({doc.reference}) was found in Noko, not in the state file, "
+            f"and differs from Kantata (Noko {invoice.get('total_amount')}, Kantata "
+            f"{format_money(doc.total_minor, doc.exponent, doc.currency)}); it is left as it "
+            f"is: run `kantata-sync retry {inv.id} --force` to restore the Kantata version, or "
+            f"`kantata-sync resolve {inv.id}` to keep it",
+            run_id,
+            log,
+        )
 
     def _due(self, record: InvoiceRecord | None, inv: KantataInvoice, fingerprint: str) -> bool:
         """Whether a failed invoice may be tried now: its retry time came, or Kantata changed."""
@@ -818,7 +1086,10 @@ class SyncEngine:
         if recovering:
             self._note_in_doubt()  # the earlier attempt's last request may still land
         try:
-            pushed = self.pusher.push(plan, recovering=recovering)
+            named = self._noko_id_in_kantata(inv)
+            pushed = self.pusher.push(
+                plan, recovering=recovering, known_ids=() if named is None else (named,)
+            )
         except TransientApiError as exc:
             if isinstance(exc, WriteInDoubtError):
                 self._note_in_doubt()
@@ -915,7 +1186,14 @@ class SyncEngine:
         return outcome
 
     def _conflict(
-        self, record: InvoiceRecord, kind: str, message: str, run_id: str, log: Any
+        self,
+        record: InvoiceRecord,
+        kind: str,
+        message: str,
+        run_id: str,
+        log: Any,
+        *,
+        write_back: bool = True,
     ) -> tuple[Outcome, str | None]:
         record.status = "conflict"
         record.stage = ""
@@ -924,7 +1202,8 @@ class SyncEngine:
         record.next_attempt_at = None
         self.store.save_invoice(record, run_id=run_id, event="conflict", detail=message)
         log.warning("conflict", error_kind=kind, error=message)
-        self._write_failure(record.kantata_id, record, message, run_id, log)
+        if write_back:
+            self._write_failure(record.kantata_id, record, message, run_id, log)
         return "conflict", message
 
     def _update(
@@ -963,6 +1242,25 @@ class SyncEngine:
         try:
             updated = self.pusher.update(plan, noko_id, remove_foreign=force)
         except NokoRefusedError as exc:
+            current = exc.invoice
+            if (
+                current is not None
+                and not check_totals(plan, current)
+                and not header_differs(current, plan.fields)
+            ):
+                # Paid or locked, but already what Kantata asks for (the state file was older
+                # than Noko): nothing to change, so nothing refused.
+                record.noko_state = str(current.get("state") or "") or record.noko_state
+                record.noko_lines = None
+                record.stage = "pushed"
+                self.store.save_invoice(
+                    record,
+                    run_id=run_id,
+                    event="updated",
+                    detail=f"Noko invoice {noko_id} is {exc.code} and already as Kantata asks",
+                )
+                written, error = self._write_success(inv, record, run_id, log)
+                return ("repaired", None) if written == "pushed" else (written, error)
             return self._conflict(
                 record,
                 "refused",
@@ -1022,9 +1320,12 @@ class SyncEngine:
         log: Any,
         dry_run: bool,
         why: str = "cancelled",
+        *,
+        write_back: bool = True,
     ) -> tuple[Outcome, str | None]:
-        """Cancelled (or back to draft) in Kantata after it was pushed: delete it in Noko when
-        Noko allows, so that it is not in the books."""
+        """Cancelled (or back to draft, or deleted) in Kantata after it was pushed: delete it
+        in Noko when Noko allows, so that it is not in the books. `write_back` False: the
+        Kantata invoice is gone, so no reference is written to it."""
         if dry_run:
             return (
                 "would-cancel",
@@ -1040,7 +1341,17 @@ class SyncEngine:
                 if record.reference:
                     self.pusher.sweep_reference(record.reference)
                 record.stage = ""
-                reason = "draft" if why == "returned to draft" else "cancelled"
+                reason = {"returned to draft": "draft", "deleted": "deleted in Kantata"}.get(
+                    why, "cancelled"
+                )
+                if not write_back:
+                    record.status = "skipped"
+                    record.skip_reason = reason
+                    record.next_attempt_at = None
+                    self.store.save_invoice(
+                        record, run_id=run_id, event="skipped", detail=f"{reason}; nothing in Noko"
+                    )
+                    return "skipped", None
                 return self._skip(kantata_id, record, reason, run_id, False, None)
         noko_id = record.noko_invoice_id
         assert noko_id is not None
@@ -1061,6 +1372,7 @@ class SyncEngine:
                 f"`kantata-sync resolve {kantata_id}`",
                 run_id,
                 log,
+                write_back=write_back,
             )
         except TransientApiError as exc:
             return self._fail(record, "transient", str(exc), run_id, log, retry=True)
@@ -1076,7 +1388,9 @@ class SyncEngine:
         self.store.save_invoice(
             record, run_id=run_id, event="cancelled", detail=f"Noko invoice {noko_id} deleted"
         )
-        log.info("cancelled: Noko invoice deleted")
+        log.info("cancelled: Noko invoice deleted", why=why)
+        if not write_back:
+            return "cancelled", None
         reference = ExternalReferenceWrite(
             service_name=self.settings.service_name,
             service_model=SERVICE_MODEL,
@@ -1133,6 +1447,21 @@ class SyncEngine:
             return f"invoice {kantata_id} is {record.status}, not a conflict: nothing to resolve"
         decoded = decode_invoices(self.kantata.get_invoices([kantata_id]))
         found = next((d for d in decoded if d.id == kantata_id), None)
+        if found is None and record.noko_invoice_id is not None:
+            # Deleted in Kantata, its Noko invoice paid: kept in Noko as the operator decides.
+            record.status = "skipped"
+            record.skip_reason = (
+                f"deleted in Kantata; Noko invoice {record.noko_invoice_id} kept by an "
+                "operator's decision"
+            )
+            decided = f"resolved by an operator: {record.last_error}"
+            record.stage = ""
+            record.attempts = 0
+            record.last_error = None
+            record.error_kind = None
+            record.next_attempt_at = None
+            self.store.save_invoice(record, run_id=run_id, event="resolved", detail=decided)
+            return f"invoice {kantata_id}: skipped (deleted in Kantata), Noko invoice kept as it is"
         if found is None:
             raise ConnectorError(f"Kantata has no invoice {kantata_id}")
         if isinstance(found, UndecodableInvoice):
@@ -1192,16 +1521,19 @@ class SyncEngine:
         newest: datetime | None = None
         noko_time: list[datetime | None] = []
         batch: list[dict[str, Any]] = []
+        unknown: list[str] = []
         for invoice in self.noko.list_invoices(params, on_server_time=noko_time.append):
             moment = _parse_moment(invoice.get("updated_at"))
             if moment is not None and (newest is None or moment > newest):
                 newest = moment
             batch.append(invoice)
             if len(batch) >= 500:
-                self._apply_noko(batch, run_id, log, result)
+                unknown += self._apply_noko(batch, run_id, log, result)
                 batch = []
         if batch:
-            self._apply_noko(batch, run_id, log, result)
+            unknown += self._apply_noko(batch, run_id, log, result)
+        if unknown:
+            self._match_unknown(unknown, run_id, log, result)
         # As for Kantata's cursor: Noko's clock at the first page when it gave it (every
         # invoice changed before then was listed), else the newest change read.
         mark: datetime | None = None
@@ -1218,12 +1550,20 @@ class SyncEngine:
 
     def _apply_noko(
         self, invoices: list[dict[str, Any]], run_id: str, log: Any, result: CycleResult
-    ) -> None:
+    ) -> list[str]:
+        """Follow Noko's changes; returns the Kantata ids of invoices of the connector's (owner
+        marker) that the state file does not know: it is older than Noko."""
         ids = [i for i in (_int(inv.get("id")) for inv in invoices) if i is not None]
         records = self.store.by_noko_ids(ids)
+        unknown: list[str] = []
         for invoice in invoices:
             noko_id = _int(invoice.get("id"))
             record = records.get(noko_id) if noko_id is not None else None
+            if record is None and noko_id is not None:
+                kantata_id = self._kantata_id_of(str(invoice.get("reference") or ""))
+                if kantata_id is not None and is_ours(invoice, str(invoice.get("reference"))):
+                    unknown.append(kantata_id)
+                continue
             if record is None or record.stage or record.status != "synced":
                 continue
             with self.lock_for(record.kantata_id):
@@ -1234,6 +1574,39 @@ class SyncEngine:
                     log.bind(kantata_invoice_id=record.kantata_id, noko_invoice_id=noko_id),
                     result,
                 )
+        return unknown
+
+    def _kantata_id_of(self, reference: str) -> str | None:
+        """The Kantata id in a reference made from the profile's template, if it is one."""
+        pattern = re.escape(self.profile.noko.reference)
+        pattern = pattern.replace(re.escape("{id}"), "(?P<id>[0-9]+)", 1)
+        pattern = pattern.replace(re.escape("{number}"), ".*?")
+        match = re.fullmatch(pattern, reference)
+        return match.group("id") if match is not None else None
+
+    def _match_unknown(
+        self, kantata_ids: list[str], run_id: str, log: Any, result: CycleResult
+    ) -> None:
+        """Noko holds invoices of the connector's that the state file does not know (an old
+        backup put back, and Kantata did not list them as changed): read those Kantata invoices
+        (200 a request) and handle them now, matched against Noko, so that none is created
+        again when it next changes. Costs nothing when the state file is up to date."""
+        ids = sorted(set(kantata_ids), key=lambda i: (len(i), i))
+        log.warning(
+            "Noko holds invoices of the connector's that the state file does not know; "
+            "matching them",
+            invoices=len(ids),
+        )
+        self._index.wanted = True
+        for inv in self._fetch_by_id(ids, result):
+            if self.stop.is_set():
+                return
+            outcome, error = self.handle(inv, run_id, record=False)
+            result.counts[outcome] += 1
+            if outcome in ("failed", "waiting", "conflict"):
+                result.failed[inv.id] = error or outcome
+            else:
+                result.failed.pop(inv.id, None)
 
     def _observe_noko(
         self,
@@ -1244,6 +1617,8 @@ class SyncEngine:
         result: CycleResult,
     ) -> None:
         drift = self._drift(invoice, record)
+        if drift and self._as_kantata_asks(invoice, record, run_id, log):
+            drift = None  # the record was older than Noko, which is as Kantata asks
         if drift:
             outcome, message = self._conflict(record, "noko-edited", drift, run_id, log)
             result.counts[outcome] += 1
@@ -1276,6 +1651,47 @@ class SyncEngine:
                 self.on_invoice(record.kantata_id, "state-written", state, None)
         if state == "paid":
             self._record_payment(record, run_id, log)
+
+    def _as_kantata_asks(
+        self, invoice: dict[str, Any], record: InvoiceRecord, run_id: str, log: Any
+    ) -> bool:
+        """A Noko invoice that differs from the record may still be exactly what Kantata asks
+        for now (the record is older than Noko, e.g. a restored state file): then it is synced,
+        and the record is brought up to date. Only one matching neither is a hand edit. Costs
+        one Kantata request, only for an invoice that differs from its record."""
+        try:
+            decoded = decode_invoices(self.kantata.get_invoices([record.kantata_id]))
+        except ApiError as exc:
+            log.warning("could not read the Kantata invoice to compare", error=str(exc))
+            return False
+        inv = next((d for d in decoded if d.id == record.kantata_id), None)
+        if not isinstance(inv, KantataInvoice) or inv.draft or inv.is_cancelled:
+            return False
+        try:
+            doc = to_ledger(inv, self.profile)
+        except MappingError:
+            return False
+        plan = plan_invoice(doc)
+        if check_totals(plan, invoice):
+            return False
+        for key, wanted in (("expenses", len(plan.expenses)), ("entries", len(plan.entries))):
+            got = _int(invoice.get(key))
+            if got is not None and got != wanted:
+                return False
+        record.total_minor = doc.total_minor
+        record.balance_in_cents = doc.balance_in_cents
+        record.fingerprint = doc.fingerprint()
+        record.noko_lines = None
+        self._remember_kantata(record, inv)
+        self.store.save_invoice(
+            record,
+            run_id=run_id,
+            event="noko-as-kantata",
+            detail=f"Noko invoice {record.noko_invoice_id} differs from the record but is as "
+            "Kantata asks; record brought up to date",
+        )
+        log.info("Noko invoice differs from the record but is as Kantata asks")
+        return True
 
     def _drift(self, invoice: dict[str, Any], record: InvoiceRecord) -> str | None:
         """What changed by hand in Noko since the push, or None. A change of state (a payment)
@@ -1356,8 +1772,10 @@ class SyncEngine:
     def _reference_in_place(self, inv: KantataInvoice, record: InvoiceRecord) -> bool:
         current = inv.reference_for(self.settings.service_name)
         if current is None:
-            # References were not included (or an older Kantata): trust our own record.
-            return bool(record.writeback_hash) and not inv.external_references
+            # Kantata listed the invoice's references and ours is not among them: it was
+            # removed, and is written again. Only when references were not sent at all is our
+            # own record trusted.
+            return bool(record.writeback_hash) and not inv.references_included
         wanted = self._success_reference(record)
         return (
             current.status == "successful"
@@ -1381,12 +1799,28 @@ class SyncEngine:
             return None
         return current.id
 
+    def _reference_same(self, inv: KantataInvoice, wanted: ExternalReferenceWrite) -> bool:
+        """Whether Kantata already holds exactly this reference (e.g. written before the state
+        file was lost): then writing it again would change nothing."""
+        current = inv.reference_for(self.settings.service_name)
+        if current is None:
+            return False
+        return (
+            current.service_model_ref == wanted.service_model_ref
+            and current.status == wanted.status
+            and (current.external_link or None) == (wanted.external_link or None)
+            and (current.external_status or None) == (wanted.external_status or None)
+            and (current.external_message or None) == (wanted.external_message or None)
+        )
+
     def _write_success(
         self, inv: KantataInvoice, record: InvoiceRecord, run_id: str, log: Any
     ) -> tuple[Outcome, str | None]:
         reference = self._success_reference(record)
         digest = _hash_reference(reference)
-        already = record.writeback_hash == digest and self._reference_in_place(inv, record)
+        already = (
+            record.writeback_hash == digest and self._reference_in_place(inv, record)
+        ) or self._reference_same(inv, reference)
         try:
             if not already:
                 self.kantata.write_external_reference(
@@ -1495,6 +1929,7 @@ class _Runner:
             # (a second version of one already in flight reads its record under its lock).
             fresh = Counter(inv.id for inv in batch if inv.id not in scan.seen)
             records = self.engine.store.get_invoices(list(fresh))
+            self.engine.note_stale_state(batch, records)
             for inv in batch:
                 if self.engine.stop.is_set():
                     return
@@ -1649,6 +2084,13 @@ def _people_link(url: str | None, api_base: str) -> str | None:
     if not url or url.startswith(api_base.rstrip("/") + "/"):
         return None
     return url
+
+
+def _minor(value: Any, exponent: int) -> int | None:
+    try:
+        return to_minor(str(value), exponent)
+    except (ValueError, ArithmeticError):
+        return None
 
 
 def _describe(doc: LedgerDocument) -> str:

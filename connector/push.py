@@ -10,7 +10,7 @@ the server may still apply it: the invoice fails transiently and the next attemp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
@@ -27,6 +27,7 @@ from mappings.to_noko import (
     NokoEntryPlan,
     NokoExpensePlan,
     NokoInvoicePlan,
+    is_ours,
     marker,
     marker_prefix,
     parse_marker,
@@ -111,9 +112,13 @@ class BillingIncrementError(PermanentApiError):
 class NokoRefusedError(Exception):
     """Noko will not let the invoice change: it is paid or locked for payment."""
 
-    def __init__(self, noko_id: int, code: str, message: str) -> None:
+    def __init__(
+        self, noko_id: int, code: str, message: str, invoice: dict[str, Any] | None = None
+    ) -> None:
         self.noko_id = noko_id
         self.code = code
+        self.invoice = invoice
+        """The Noko invoice as read, when it was (to tell whether it is already as wanted)."""
         super().__init__(message)
 
 
@@ -211,21 +216,49 @@ class NokoPusher:
         self.noko = noko
         self.log = structlog.get_logger("kantata_sync.push")
 
-    def find_invoice(self, reference: str) -> dict[str, Any] | None:
+    def find_invoice(
+        self, reference: str, *, known_ids: Collection[int] = ()
+    ) -> dict[str, Any] | None:
+        """The connector's own Noko invoice for `reference`: one carrying the owner marker, or
+        one whose id the connector recorded (`known_ids`, e.g. from its Kantata reference).
+        An invoice with the same reference but no such proof (a bookkeeper's, whose reference
+        Noko generated) is never adopted."""
         found = [
             inv
             for inv in self.noko.find_invoices_by_reference(reference)
             if inv.get("reference") == reference
+            and (_int_or_none(inv.get("id")) in known_ids or self.owns(inv, reference))
         ]
         if len(found) > 1:
             raise DuplicateInNokoError(reference, [inv.get("id") for inv in found])
         return found[0] if found else None
 
-    def push(self, plan: NokoInvoicePlan, *, recovering: bool) -> PushResult:
+    def owns(self, invoice: Mapping[str, Any], reference: str) -> bool:
+        """Whether a Noko invoice carrying `reference` is the connector's: the owner marker in
+        its footer, or else (a footer Noko did not keep, or an invoice made before the marker)
+        its expenses or time entries carry our line markers for `reference`, which a person's
+        invoice cannot (Noko invoices an expense once). The fallback costs one or two requests,
+        only for an invoice without the footer marker."""
+        if is_ours(invoice, reference):
+            return True
+        noko_id = _int_or_none(invoice.get("id"))
+        if noko_id is None or invoice.get("reference") != reference:
+            return False
+        for kind in ("expenses", "entries"):
+            for page in self.noko.iter_pages(f"/invoices/{noko_id}/{kind}"):
+                for item in page:
+                    parsed = parse_marker(str(item.get("description") or ""))
+                    if parsed is not None and parsed[0] == reference:
+                        return True
+        return False
+
+    def push(
+        self, plan: NokoInvoicePlan, *, recovering: bool, known_ids: Collection[int] = ()
+    ) -> PushResult:
         reused: dict[str, int] = {}
         deleted = 0
         if recovering:
-            existing = self.find_invoice(plan.reference)
+            existing = self.find_invoice(plan.reference, known_ids=known_ids)
             if existing is not None:
                 self.log.info(
                     "adopted invoice created by an earlier attempt", reference=plan.reference
@@ -418,7 +451,7 @@ class NokoPusher:
             raise NokoGoneError(f"Noko invoice {noko_id} no longer exists")
         state = str(invoice.get("state") or "")
         if state == "paid":
-            raise NokoRefusedError(noko_id, "paid", f"Noko invoice {noko_id} is paid")
+            raise NokoRefusedError(noko_id, "paid", f"Noko invoice {noko_id} is paid", invoice)
         return invoice
 
     def invoice_expenses(self, noko_id: int) -> list[dict[str, Any]]:
@@ -634,3 +667,8 @@ def _differs(current: Any, wanted: Any) -> bool:
     if current is None and wanted in ("", False):
         return False
     return bool(current != wanted)
+
+
+def header_differs(invoice: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
+    """Whether a Noko invoice's header differs from the planned one (what an update would PUT)."""
+    return any(_differs(invoice.get(k), v) for k, v in fields.items())

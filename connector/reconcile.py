@@ -11,10 +11,18 @@ Read-only unless asked to apply. Differences found:
   unmappable          Kantata's record cannot be read or mapped (a field named in the detail);
                       with the Noko invoice it already has, if any (never repaired automatically:
                       fix the field in Kantata)
+  deleted_in_kantata  pushed, then deleted in Kantata: its Noko invoice is an orphan
 Each invoice is listed once, under its first difference. Drafts and cancelled invoices are
 never unmappable: they are not for the books, however malformed.
-Repairs (`--apply`) go through the normal engine with `force`, so every rule of a push, an
-update in place or a cancellation holds; paid or locked Noko invoices are never changed.
+A Noko invoice is the connector's only with proof: the owner marker in its footer, or its id in
+the state file or in our Kantata reference. One that merely carries our reference (Noko
+generates references for invoices made without one) is counted as foreign and never touched.
+
+A synced invoice whose Noko invoice is gone (deleted by hand) becomes a `gone` conflict in the
+state file even without `--apply`, so that `status` shows it. Repairs (`--apply`) go through the
+normal engine: with `force`, so every rule of a push, an update in place or a cancellation
+holds (paid or locked Noko invoices are never changed); a missing Kantata reference alone is
+written again without touching Noko.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from decimal import Decimal
 from typing import Any
 
 from connector.engine import SyncEngine
+from connector.store import InvoiceRecord
 from mappings.errors import MappingError
 from mappings.kantata import KantataInvoice, UndecodableInvoice, decode_invoices
 from mappings.money import format_money, to_minor
@@ -37,7 +46,10 @@ REPAIRABLE = {
     "not_in_kantata",
     "reference_missing",
     "conflict",
+    "deleted_in_kantata",
 }
+WITHOUT_FORCE = {"reference_missing", "deleted_in_kantata"}
+"""Repaired by the engine's ordinary rules: nothing to override."""
 
 
 @dataclass
@@ -62,6 +74,8 @@ class Difference:
 class Reconciliation:
     kantata_invoices: int = 0
     noko_invoices: int = 0
+    foreign_noko_invoices: int = 0
+    """Noko invoices carrying our reference without proof that the connector made them."""
     differences: list[Difference] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     still_failing: dict[str, str] = field(default_factory=dict)
@@ -70,6 +84,7 @@ class Reconciliation:
         return {
             "kantata_invoices": self.kantata_invoices,
             "noko_invoices": self.noko_invoices,
+            "foreign_noko_invoices": self.foreign_noko_invoices,
             "differences": [d.as_dict() for d in self.differences],
             "repaired": self.repaired,
             "still_failing": self.still_failing,
@@ -102,7 +117,9 @@ def reconcile(
     since: datetime | None,
     until: datetime | None,
     apply: bool,
+    apply_kinds: frozenset[str] | None = None,
 ) -> Reconciliation:
+    """Compare and, with `apply`, repair (only the kinds in `apply_kinds` when given)."""
     profile = engine.profile
     service = engine.settings.service_name
     result = Reconciliation()
@@ -131,12 +148,38 @@ def reconcile(
 
     records = engine.store.get_invoices(list(kantata) + list(unreadable))
     seen_references: set[str] = set()
+    counted_foreign: set[int | None] = set()
     for kid, inv in sorted(kantata.items(), key=lambda item: int(item[0])):
         record = records.get(kid)
         reference = profile.noko.reference.format(id=kid, number=inv.user_invoice_number)
         seen_references.add(reference)
-        found = by_reference.get(reference, [])
+        ref = inv.reference_for(service)
+        proven = {record.noko_invoice_id if record is not None else None}
+        if ref is not None and (ref.external_status or "") != "deleted":
+            proven.add(_int(ref.service_model_ref))
+        proven.discard(None)
+        found = []
+        for listed in by_reference.get(reference, []):
+            if _int(listed.get("id")) in proven or engine.pusher.owns(listed, reference):
+                found.append(listed)
+            else:
+                counted_foreign.add(_int(listed.get("id")))
         eligible = not inv.draft and not inv.is_cancelled
+        if (
+            eligible
+            and not found
+            and record is not None
+            and record.status == "synced"
+            and not record.stage
+            and record.noko_invoice_id is not None
+            and record.noko_state != "deleted"
+        ):
+            still = engine.noko.get_invoice(record.noko_invoice_id)
+            if still is None:
+                gone = _mark_gone(engine, record)
+                result.differences.append(Difference("missing_in_noko", kid, None, gone))
+                continue
+            found = [still]  # ours, with a reference changed by hand: not gone
         if record is not None and record.status == "conflict":
             result.differences.append(
                 Difference("conflict", kid, record.noko_invoice_id, record.last_error or "")
@@ -235,9 +278,28 @@ def reconcile(
                 Difference("unmappable", kid, noko_id, str(bad.error) + where, repairable=False)
             )
     if since is None and until is None:
+        orphans: set[int | None] = set()
+        for record in _pushed_records(engine):
+            if record.kantata_id in kantata or record.kantata_id in unreadable:
+                continue
+            orphans.add(record.noko_invoice_id)
+            result.differences.append(
+                Difference(
+                    "deleted_in_kantata",
+                    record.kantata_id,
+                    record.noko_invoice_id,
+                    f"deleted in Kantata after its push; Noko invoice {record.noko_invoice_id} "
+                    "is deleted by `reconcile --apply` (left as a conflict if it is paid)",
+                )
+            )
         for reference, found in sorted(by_reference.items()):
             if reference not in seen_references:
                 for extra in found:
+                    if _int(extra.get("id")) in orphans:
+                        continue  # listed above, with its Kantata id
+                    if not engine.pusher.owns(extra, reference):
+                        counted_foreign.add(_int(extra.get("id")))
+                        continue
                     result.differences.append(
                         Difference(
                             "not_in_kantata",
@@ -248,19 +310,24 @@ def reconcile(
                         )
                     )
 
+    result.foreign_noko_invoices = len(counted_foreign)
+
     if apply:
-        ids = sorted(
-            {
-                d.kantata_invoice_id
-                for d in result.differences
-                if d.repairable and d.kind in REPAIRABLE and d.kantata_invoice_id is not None
-            },
-            key=int,
-        )
-        if ids:
-            cycle = engine.run_cycle(kind="sync", only_ids=ids, force=True)
-            result.still_failing = dict(cycle.failed)
-            result.repaired = [i for i in ids if i not in cycle.failed]
+        kinds = REPAIRABLE if apply_kinds is None else REPAIRABLE & apply_kinds
+        chosen = [
+            d
+            for d in result.differences
+            if d.repairable and d.kind in kinds and d.kantata_invoice_id is not None
+        ]
+        forced = {d.kantata_invoice_id for d in chosen if d.kind not in WITHOUT_FORCE}
+        plain = {d.kantata_invoice_id for d in chosen} - forced
+        for ids, force in ((plain, False), (forced, True)):
+            if not ids:
+                continue
+            ordered = sorted((i for i in ids if i is not None), key=int)
+            cycle = engine.run_cycle(kind="sync", only_ids=ordered, force=force)
+            result.still_failing.update(cycle.failed)
+            result.repaired += [i for i in ordered if i not in cycle.failed]
     return result
 
 
@@ -269,6 +336,62 @@ def _money(minor: int | None, raw: Any, exponent: int, currency: str) -> str:
     if minor is None:
         return f"{raw!r} (not an amount in {currency})"
     return format_money(minor, exponent, currency)
+
+
+RECONCILE_MARK = "reconcile"
+"""The state file's mark of the daemon's last scheduled reconcile."""
+SCHEDULED_REPAIRS = frozenset({"deleted_in_kantata"})
+"""What the daemon's scheduled reconcile repairs by itself: what a sync would do if it could
+see it (a Kantata invoice deleted after its push is handled like a cancellation). The rest is
+listed, and conflicts show in `status`, for an operator's `reconcile --apply`."""
+
+
+def reconcile_if_due(engine: SyncEngine, interval: float) -> Reconciliation | None:
+    """The daemon's own reconcile, at most once per `interval` seconds (0: never), counted
+    from the last one recorded in the state file, so a restart does not repeat it. Costs one
+    full read of Kantata (200 invoices a request) and of the connector's Noko invoices (1,000
+    a request) each time."""
+    if interval <= 0:
+        return None
+    now = engine.clock()
+    last = engine.store.get_cursor(RECONCILE_MARK)
+    if last is not None and (now - last).total_seconds() < interval:
+        return None
+    outcome = reconcile(engine, since=None, until=None, apply=True, apply_kinds=SCHEDULED_REPAIRS)
+    engine.store.set_cursor(now, RECONCILE_MARK)
+    return outcome
+
+
+def _mark_gone(engine: SyncEngine, record: InvoiceRecord) -> str:
+    """A synced invoice's Noko invoice is not listed, and Noko confirms that it is gone
+    (deleted by hand; one request, only for such an invoice): the record becomes a `gone`
+    conflict, so that `status` shows it. Returns the reason."""
+    noko_id = record.noko_invoice_id
+    message = (
+        f"Noko invoice {noko_id} was deleted in Noko; run `kantata-sync reconcile --apply` "
+        f"(or `kantata-sync retry {record.kantata_id} --force`) to push it again as a new Noko "
+        "invoice"
+    )
+    with engine.lock_for(record.kantata_id):
+        record.status = "conflict"
+        record.error_kind = "gone"
+        record.last_error = message
+        record.next_attempt_at = None
+        engine.store.save_invoice(record, event="conflict", detail=message)
+    return message
+
+
+def _pushed_records(engine: SyncEngine) -> list[InvoiceRecord]:
+    """Records of invoices the connector has in Noko (or was putting there)."""
+    return [
+        r
+        for r in engine.store.all_invoices()
+        if r.status != "skipped"
+        and (
+            (r.noko_invoice_id is not None and r.noko_state != "deleted")
+            or r.stage in ("pushing", "pushed", "updating")
+        )
+    ]
 
 
 def _int(value: Any) -> int | None:

@@ -34,8 +34,8 @@ ACTIONS = {
     "`kantata-sync retry {id}`.",
     "refused": "Kantata changed after Noko was paid or locked: correct the books in Noko by hand "
     "(credit note), then run `kantata-sync resolve {id}`.",
-    "gone": "The Noko invoice was deleted in Noko: run `kantata-sync retry {id} --force` to push "
-    "the Kantata invoice again as a new Noko invoice.",
+    "gone": "The Noko invoice was deleted in Noko: run `kantata-sync reconcile --apply` (or "
+    "`kantata-sync retry {id} --force`) to push the Kantata invoice again as a new Noko invoice.",
     "noko-edited": "The Noko invoice was changed by hand: run `kantata-sync retry {id} --force` "
     "(or `kantata-sync reconcile --apply`) to restore the Kantata version, or "
     "`kantata-sync resolve {id}` to keep the hand edit.",

@@ -126,6 +126,9 @@ class KantataInvoice:
     source_fingerprint: str
     """Hash of the invoice as Kantata sent it, minus timestamps and references: changes iff the
     invoice itself changed, also for invoices that cannot be mapped."""
+    references_included: bool = True
+    """Whether Kantata sent the invoice's `external_reference_ids` (the include was honoured):
+    only then does a missing reference mean that it is not there."""
 
     @property
     def is_cancelled(self) -> bool:
@@ -485,6 +488,7 @@ def _decode(
         lines=tuple(lines),
         external_references=tuple(references),
         source_fingerprint=fingerprint,
+        references_included="external_reference_ids" in r.record,
     )
 
 

@@ -5,7 +5,11 @@ Kantata total to the minor unit. The tax becomes a Noko tax when Noko can hold i
 decimals) and reproduces the amount; otherwise it is an exact, tax-free line of its own.
 
 Each expense description ends with a marker `[<reference>/<line key>]`: the natural key that lets
-a restarted sync find expenses it created before a crash instead of creating them again.
+a restarted sync find expenses it created before a crash instead of creating them again. The
+invoice's footer ends with the owner marker `[<reference>/invoice]`: the proof that a Noko invoice
+carrying our reference was made by the connector, not by a person (Noko generates references for
+invoices created without one "based on previous invoices", so a bookkeeper's invoice can carry
+the next `KS-<id>`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from mappings.money import format_money, tax_amount, to_major, to_minor
 
 DESCRIPTION_LIMIT = 240
 TAX_LINE_KEY = "tax"
+OWNER_KEY = "invoice"
+"""Line key of the owner marker in the invoice footer; no line key of a ledger is this word."""
 # The reference may itself contain "/" (e.g. "INV/{id}"); line keys never do, so the last "/"
 # of the marker separates the two.
 _MARKER = re.compile(r"\[(?P<reference>[^\[\]]+)/(?P<key>[^\[\]/]+)\]\s*$")
@@ -85,6 +91,19 @@ def parse_marker(description: str) -> tuple[str, str] | None:
     if match is None:
         return None
     return match.group("reference"), match.group("key")
+
+
+def owner_marker(reference: str) -> str:
+    """What the footer of every Noko invoice the connector creates for `reference` contains."""
+    return marker(reference, OWNER_KEY)
+
+
+def is_ours(invoice: Mapping[str, Any], reference: str) -> bool:
+    """Whether a Noko invoice (as listed or read) carries `reference` and the connector's owner
+    marker for it: a reference alone proves nothing."""
+    return invoice.get("reference") == reference and owner_marker(reference) in str(
+        invoice.get("footer") or ""
+    )
 
 
 def marker_prefix(reference: str) -> str:
@@ -188,7 +207,7 @@ def plan_invoice(doc: LedgerDocument) -> NokoInvoicePlan:
         "company_name": doc.issuer_name,
         "recipient_details": _recipient(doc),
         "description": _description(doc),
-        "footer": _footer(doc),
+        "footer": f"{_footer(doc)} {owner_marker(doc.reference)}",
         "show_hours_worked": False,
         "customization": {"currency_code": doc.currency, "currency_symbol": doc.currency_symbol}
         if doc.currency_symbol

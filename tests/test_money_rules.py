@@ -153,9 +153,9 @@ def test_a_create_answer_without_share_url_gets_its_link_from_the_listing(
     with open_connector(settings_for(box, tmp_path)) as c:
         original = c.engine.kantata.write_external_reference
 
-        def spy(kantata_id: str, reference: Any) -> Any:
+        def spy(kantata_id: str, reference: Any, **kwargs: Any) -> Any:
             written.append(reference.external_link)
-            return original(kantata_id, reference)
+            return original(kantata_id, reference, **kwargs)
 
         monkeypatch.setattr(c.engine.kantata, "write_external_reference", spy)
         assert c.engine.run_cycle().failed == {}

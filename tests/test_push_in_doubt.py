@@ -10,7 +10,7 @@ import pytest
 
 from connector.errors import AmbiguousWriteError, PermanentApiError, TransientApiError
 from connector.push import NokoPusher, WriteInDoubtError
-from mappings.to_noko import NokoExpensePlan, NokoInvoicePlan, marker
+from mappings.to_noko import NokoExpensePlan, NokoInvoicePlan, marker, owner_marker
 
 REFERENCE = "KS-7"
 
@@ -93,7 +93,11 @@ class LateNoko:
             invoice_id = self._new_id()
             for expense_id in payload["expense_ids"]:
                 self.expenses[expense_id]["invoice"] = {"id": invoice_id}
-            self.invoices[invoice_id] = {"id": invoice_id, "reference": payload["reference"]}
+            self.invoices[invoice_id] = {
+                "id": invoice_id,
+                "reference": payload["reference"],
+                "footer": payload.get("footer", ""),
+            }
             return self.invoices[invoice_id]
 
         return self._create("invoices", apply)
@@ -110,7 +114,7 @@ def _plan() -> NokoInvoicePlan:
     return NokoInvoicePlan(
         kantata_id="7",
         reference=REFERENCE,
-        fields={"reference": REFERENCE},
+        fields={"reference": REFERENCE, "footer": owner_marker(REFERENCE)},
         expenses=tuple(
             NokoExpensePlan(
                 line_key=key,

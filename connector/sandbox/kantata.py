@@ -725,6 +725,21 @@ class FakeKantata(Service):
             by_service = self._refs_by_subject.get(("Invoice", str(invoice_id)), {})
             return [self._render_ref(self._refs[r]) for r in by_service.values()]
 
+    def remove_external_reference(self, invoice_id: int, service_name: str) -> bool:
+        """Delete an invoice's reference of one service, as a person in Kantata would. The
+        invoice's `updated_at` is left as it is: the docs do not say that removing a reference
+        changes the invoice, so the connector must not count on seeing it in a scan."""
+        with self.mutex:
+            by_service = self._refs_by_subject.get(("Invoice", str(invoice_id)), {})
+            ref_id = by_service.pop(service_name, None)
+            if ref_id is None:
+                return False
+            self._refs.pop(ref_id, None)
+            invoice = self._invoices.get(int(invoice_id))
+            if invoice is not None:
+                invoice.rendered = None
+            return True
+
     def state(self) -> dict[str, Any]:
         """Every invoice with lines, totals and references, plus workspaces, users and stats."""
         with self.mutex:

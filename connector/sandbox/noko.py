@@ -116,6 +116,7 @@ def parse_hashtags(description: str) -> tuple[str, list[str]]:
 
 
 _TWO_PLACES = Decimal("0.01")
+_TRAILING_NUMBER = re.compile(r"^(?P<prefix>.*?)(?P<number>[0-9]+)$")
 
 
 def _fmt(moment: datetime) -> str:
@@ -1586,14 +1587,25 @@ class FakeNoko(Service):
         invoice.share_token = digest[:25]
         invoice.taxes = taxes
         if not invoice.reference:
-            self._reference_seq += 1
-            invoice.reference = f"{self._reference_seq:04d}"
+            invoice.reference = self._next_reference()
         self._invoices[invoice.id] = invoice
         self._attach_entries(invoice, entries)
         self._attach_expenses(invoice, expenses)
         return Response.json(
             201, self._render_invoice(invoice), [("Location", self._url(f"/invoices/{invoice.id}"))]
         )
+
+    def _next_reference(self) -> str:
+        """A reference for an invoice created without one, "based on previous invoices" (the
+        docs' words): the number at the end of the newest invoice's reference plus one, with its
+        prefix and width (after `KS-4907` comes `KS-4908`); `0001` when there is none."""
+        for previous in sorted(self._invoices.values(), key=lambda i: i.id, reverse=True):
+            match = _TRAILING_NUMBER.match(previous.reference or "")
+            if match is not None:
+                digits = match.group("number")
+                return match.group("prefix") + str(int(digits) + 1).zfill(len(digits))
+        self._reference_seq += 1
+        return f"{self._reference_seq:04d}"
 
     def _http_get_invoice(self, request: Request, params: dict[str, str]) -> Response:
         return Response.json(200, self._render_invoice(self._invoice_or_404(params["id"])))
