@@ -30,6 +30,7 @@ from connector.errors import ApiError, ConfigError, ConnectorError, LockHeldErro
 from connector.logs import configure_logging
 from connector.report import build_report, render_table
 from connector.store import Store
+from connector.text import clean, neutralise, redact
 
 app = typer.Typer(
     name="kantata-sync",
@@ -80,7 +81,7 @@ def _root(
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"kantata-sync: {message}", err=True)
+    typer.echo(f"kantata-sync: {clean(message)}", err=True)
     return typer.Exit(code)
 
 
@@ -115,7 +116,7 @@ def _summary(result: CycleResult) -> str:
         line += f"; {len(result.failed)} failed (see `kantata-sync status`)"
     if result.error:
         line += f"; {result.error}"
-    return line
+    return clean(line)
 
 
 class Progress:
@@ -421,7 +422,7 @@ def retry(
     result = _run_once(settings, stop, kind="sync", only_ids=chosen, force=force)
     for kantata_id in chosen:
         verdict = result.failed.get(kantata_id)
-        typer.echo(f"{kantata_id}: {'failed: ' + verdict if verdict else 'ok'}")
+        typer.echo(f"{kantata_id}: {'failed: ' + clean(verdict) if verdict else 'ok'}")
     raise typer.Exit(result.exit_code)
 
 
@@ -446,7 +447,7 @@ def resolve(
                 try:
                     typer.echo(connector.engine.accept(kantata_id.strip(), run_id))
                 except (ConnectorError, ApiError) as exc:
-                    typer.echo(f"{kantata_id}: {exc}")
+                    typer.echo(clean(f"{kantata_id}: {exc}"))
                     code = 1
     except ConfigError as exc:
         raise _fail(str(exc)) from None
@@ -485,15 +486,17 @@ def show(kantata_invoice_id: Annotated[str, typer.Argument(help="Kantata invoice
             f"  total:     {format_money(record.total_minor, record.exponent, record.currency)}"
         )
     if record.last_error:
-        lines.append(f"  error:     {record.last_error}")
+        lines.append(f"  error:     {clean(record.last_error)}")
         lines.append(f"  attempts:  {record.attempts}, next retry {record.next_attempt_at or '-'}")
         lines.append(f"  to do:     {action_for(record)}")
-    for line in lines:
-        console.print(line, highlight=False, markup=False)
+    for line in lines:  # the Noko link and the error came from outside
+        console.print(neutralise(redact(line)), highlight=False, markup=False)
     console.print("History:", highlight=False)
     for ev in events:
         console.print(
-            f"  {ev.at:%Y-%m-%d %H:%M:%S} {ev.event:<16} {ev.detail}", highlight=False, markup=False
+            f"  {ev.at:%Y-%m-%d %H:%M:%S} {ev.event:<16} {clean(ev.detail)}",
+            highlight=False,
+            markup=False,
         )
     raise typer.Exit(0)
 
@@ -551,7 +554,7 @@ def reconcile(
         for diff in outcome.differences:
             console.print(
                 f"  {diff.kind:<18} kantata {diff.kantata_invoice_id or '-':<10} "
-                f"noko {diff.noko_invoice_id or '-':<8} {diff.detail}",
+                f"noko {diff.noko_invoice_id or '-':<8} {clean(diff.detail)}",
                 highlight=False,
                 markup=False,
             )

@@ -34,7 +34,13 @@ from typing import Any, Literal
 
 import structlog
 
-from connector.errors import ApiError, ConnectorError, PermanentApiError, TransientApiError
+from connector.errors import (
+    ApiError,
+    AuthError,
+    ConnectorError,
+    PermanentApiError,
+    TransientApiError,
+)
 from connector.kantata import ExternalReferenceWrite, KantataClient, format_timestamp
 from connector.memory import release_free_memory
 from connector.noko import NokoClient
@@ -47,6 +53,7 @@ from connector.push import (
     WriteInDoubtError,
 )
 from connector.store import InvoiceRecord, Store
+from connector.text import clean
 from mappings.errors import MappingError
 from mappings.kantata import DecodedInvoice, KantataInvoice, UndecodableInvoice, decode_invoices
 from mappings.ledger import LedgerDocument
@@ -237,6 +244,22 @@ class SyncEngine:
         self.on_progress: Callable[[Counter[str]], None] | None = None
         self.on_page: Callable[[int, int], None] | None = None
         """Called with (page number, Kantata's total count for the query) as pages arrive."""
+        # A refused token (401/403) ends the cycle: set by the first worker that meets one;
+        # the scan and the workers take no new invoice after it.
+        self._auth_stop = threading.Event()
+        self._auth_error: AuthError | None = None
+
+    def _auth_refused(self, exc: AuthError) -> None:
+        """Stop the cycle: nothing works until the token is replaced, and no invoice is to
+        blame, so none is marked failed (each stays as it was, for the next cycle)."""
+        if not self._auth_stop.is_set():
+            self._auth_error = exc
+            self._auth_stop.set()
+            self.log.error("token refused; the cycle stops", api=exc.service, error=str(exc))
+
+    def halting(self) -> bool:
+        """Whether invoices not yet started must be left for the next cycle."""
+        return self.stop.is_set() or self._auth_stop.is_set()
 
     # ================================================================== cycle
 
@@ -269,6 +292,8 @@ class SyncEngine:
             dry_run=dry_run,
         )
         scan = _Scan()
+        self._auth_stop.clear()
+        self._auth_error = None
         try:
             with (
                 structlog.contextvars.bound_contextvars(run_id=run_id),
@@ -283,7 +308,7 @@ class SyncEngine:
                     runner.submit_all(self._fetch_by_id(list(only_ids)), scan, until=None)
                 else:
                     self._scan(runner, scan, lower, until, log)
-                    if not self.stop.is_set():
+                    if not self.halting():
                         retry = [
                             r.kantata_id
                             for r in self.store.retry_candidates(self.clock())
@@ -293,19 +318,30 @@ class SyncEngine:
                             log.info("retrying earlier failures", invoices=len(retry))
                             runner.submit_all(self._fetch_by_id(retry), scan, until=None)
                 runner.drain()
-            if not dry_run and only_ids is None and not self.stop.is_set():
+            if not dry_run and only_ids is None and not self.halting():
                 try:
                     self._poll_noko(run_id, log, result)
                     self._sweep_late_writes(log)
+                except AuthError as exc:
+                    self._auth_refused(exc)
                 except ApiError as exc:
                     # Pushes are done and recorded; payment states wait for the next cycle.
                     result.outcome = "degraded"
                     result.error = f"reading Noko's changes failed: {exc}"
                     log.error("reading Noko's changes failed", error=str(exc))
+        except AuthError as exc:
+            self._auth_refused(exc)
         except ApiError as exc:
             result.outcome = "aborted"
             result.error = f"reading Kantata failed: {exc}"
             log.error("cycle aborted", error=str(exc))
+        if self._auth_error is not None:
+            # Exit 1 with one line naming the API and the fix; the cursor stays.
+            result.outcome = "aborted"
+            result.error = (
+                f"{self._auth_error.summary()}; the invoices not done are left as they were "
+                "and the next sync continues"
+            )
         if self.stop.is_set() and result.outcome == "ok":
             result.outcome = "interrupted"
             result.error = "stopped by a signal; the next start continues where this one stopped"
@@ -389,7 +425,7 @@ class SyncEngine:
                 previous_count = page.count
                 runner.submit_all(decode_invoices(page.body), scan, until=until)
                 release_free_memory()
-                if self.stop.is_set():
+                if self.halting():
                     return
             if not scan.shrank:
                 scan.complete = True
@@ -444,6 +480,10 @@ class SyncEngine:
                 record = self.store.get_invoice(inv.id)
             try:
                 return self._handle(inv, record, run_id, log, dry_run, force, retry_now)
+            except AuthError as exc:
+                # Not this invoice's failure: it stays as it was; the cycle stops.
+                self._auth_refused(exc)
+                return "stopped", None
             except (TransientApiError, PermanentApiError, DuplicateInNokoError) as exc:
                 # Errors outside the push itself (a lookup before a cancellation, say).
                 log.warning("invoice failed", error=str(exc))
@@ -569,8 +609,9 @@ class SyncEngine:
             if dry_run:
                 return "would-update", "reference only"
             self._remember_kantata(record, inv)
-            self._write_success(inv, record, run_id, log)
-            return "repaired", None
+            # What the write-back did is the outcome: a refused or failed one is a failure.
+            written, why = self._write_success(inv, record, run_id, log)
+            return ("repaired", None) if written == "pushed" else (written, why)
 
         if force and record is not None and record.error_kind == "gone":
             # The operator asks to push again what was deleted in Noko.
@@ -755,6 +796,8 @@ class SyncEngine:
             if isinstance(exc, WriteInDoubtError):
                 self._note_in_doubt()
             return self._fail(record, "transient", str(exc), run_id, log, retry=True)
+        except AuthError:
+            raise
         except PermanentApiError as exc:
             outcome = self._fail(record, "permanent", str(exc), run_id, log, retry=False)
             self._write_failure(inv.id, record, f"Noko refused the invoice: {exc}", run_id, log)
@@ -892,6 +935,8 @@ class SyncEngine:
             if isinstance(exc, WriteInDoubtError):
                 self._note_in_doubt()
             return self._fail(record, "transient", str(exc), run_id, log, retry=True)
+        except AuthError:
+            raise
         except PermanentApiError as exc:
             outcome = self._fail(record, "permanent", str(exc), run_id, log, retry=False)
             self._write_failure(inv.id, record, f"Noko refused the update: {exc}", run_id, log)
@@ -965,6 +1010,8 @@ class SyncEngine:
             )
         except TransientApiError as exc:
             return self._fail(record, "transient", str(exc), run_id, log, retry=True)
+        except AuthError:
+            raise
         except PermanentApiError as exc:
             return self._fail(record, "permanent", str(exc), run_id, log, retry=False)
         record.stage = ""
@@ -1013,6 +1060,8 @@ class SyncEngine:
                 if record is not None and _done(record):
                     self.pusher.delete_leftover(item)
                     deleted += 1
+        except AuthError:
+            raise
         except ApiError as exc:
             log.warning(
                 "could not look for late writes; the next cycle looks again", error=str(exc)
@@ -1206,6 +1255,8 @@ class SyncEngine:
             self.kantata.record_external_payment(
                 record.kantata_id, record.workspace_id, record.total_minor
             )
+        except AuthError:
+            raise
         except PermanentApiError as exc:
             # Kantata refuses a second payment: the invoice is no longer pending.
             log.info("Kantata did not take the external payment", error=str(exc))
@@ -1261,6 +1312,10 @@ class SyncEngine:
         try:
             if not already:
                 self.kantata.write_external_reference(inv.id, reference)
+        except AuthError:
+            # In Noko; the write-back is done by the next cycle (the record says `pushed`).
+            record.stage = "pushed"
+            raise
         except (TransientApiError, PermanentApiError) as exc:
             record.stage = "pushed"
             return self._fail(
@@ -1300,7 +1355,7 @@ class SyncEngine:
             else (record.reference or reference_for_id(kantata_id, self.profile)),
             status="failed",
             external_link=record.noko_url,
-            external_message=message[:1000],
+            external_message=clean(message, 1000),
         )
         self._write_reference(kantata_id, record, reference, run_id, log)
 
@@ -1318,6 +1373,8 @@ class SyncEngine:
             return True
         try:
             self.kantata.write_external_reference(kantata_id, reference)
+        except AuthError:
+            raise
         except ApiError as exc:
             log.warning("could not write the reference to Kantata", error=str(exc))
             return False
@@ -1365,7 +1422,7 @@ class _Runner:
             fresh = Counter(inv.id for inv in batch if inv.id not in scan.seen)
             records = self.engine.store.get_invoices(list(fresh))
             for inv in batch:
-                if self.engine.stop.is_set():
+                if self.engine.halting():
                     return
                 updated = inv.updated_at
                 if until is not None and updated is not None and updated >= until:
@@ -1388,7 +1445,7 @@ class _Runner:
 
     def _work(self, inv: DecodedInvoice, record: InvoiceRecord | Literal[False] | None) -> None:
         try:
-            if self.engine.stop.is_set():
+            if self.engine.halting():
                 # Stopping: invoices not yet started are left for the next run, untouched.
                 with self.lock:
                     self.result.counts["stopped"] += 1

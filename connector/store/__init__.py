@@ -38,6 +38,7 @@ from connector.store.models import (
     InvoiceRow,
     RunRecord,
 )
+from connector.text import clean
 
 __all__ = ["CursorRecord", "InvoiceEvent", "InvoiceRecord", "RunRecord", "Store"]
 
@@ -293,9 +294,14 @@ class Store:
         values = dict(zip(self._column_names, self._read_columns(record), strict=True))
         for name, convert in self._converted:
             values[name] = convert(values[name])
+        if values["last_error"]:
+            # Text from outside (an API's error): no secret, no control character on disk.
+            values["last_error"] = clean(values["last_error"], 2000)
         row = (
             values,
-            (record.kantata_id, run_id, self._at(now), event, detail[:2000]) if event else None,
+            (record.kantata_id, run_id, self._at(now), event, clean(detail, 2000))
+            if event
+            else None,
         )
         with self._pending_lock:
             self._pending.append(row)
@@ -455,6 +461,8 @@ class Store:
 
     def finish_run(self, run: RunRecord) -> None:
         run.finished_at = run.finished_at or utcnow()
+        if run.error:
+            run.error = clean(run.error, 2000)
         with self._tx() as session:
             session.merge(run)
 
