@@ -41,9 +41,10 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 @contextmanager
 def open_connector(
-    settings: Settings, *, stop: threading.Event | None = None
+    settings: Settings, *, stop: threading.Event | None = None, create: bool = True
 ) -> Iterator[Connector]:
-    """Everything a sync needs, closed again on exit. Raises ConfigError on missing secrets."""
+    """Everything a sync needs, closed again on exit. Raises ConfigError on missing secrets;
+    without `create`, StateFileError when there is no state file (nothing is created)."""
     profile = settings.profile()
     pinned = apply_cpus(settings.cpus())
     if pinned is not None:
@@ -52,7 +53,7 @@ def open_connector(
     noko_token = settings.noko_secret()
     register_secret(kantata_token)
     register_secret(noko_token)
-    store = Store(settings.kantata_sync_database_url)
+    store = Store(settings.kantata_sync_database_url, create=create)
     retry = retry_policy(settings)
     kantata = KantataClient(
         settings.kantata_base_url,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -21,6 +22,7 @@ from typing import Annotated, Any
 import structlog
 import typer
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 
 from connector import __version__
 from connector.app import open_connector
@@ -29,7 +31,7 @@ from connector.engine import CycleResult
 from connector.errors import ApiError, ConfigError, ConnectorError, LockHeldError
 from connector.logs import configure_logging
 from connector.report import build_report, render_table
-from connector.store import Store
+from connector.store import Store, sqlite_path, state_file_problem
 from connector.text import clean, neutralise, redact
 
 app = typer.Typer(
@@ -357,7 +359,7 @@ def status(
     """Report what is synced, what failed and why, and what to do about it."""
     settings = _settings()
     try:
-        store = Store(settings.kantata_sync_database_url)
+        store = Store(settings.kantata_sync_database_url, create=False)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     try:
@@ -460,7 +462,10 @@ def resolve(
 def show(kantata_invoice_id: Annotated[str, typer.Argument(help="Kantata invoice id.")]) -> None:
     """One invoice: its state, both sides' ids and links, and its history."""
     settings = _settings()
-    store = Store(settings.kantata_sync_database_url)
+    try:
+        store = Store(settings.kantata_sync_database_url, create=False)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
     try:
         record = store.get_invoice(kantata_invoice_id)
         if record is None:
@@ -508,6 +513,9 @@ def doctor() -> None:
 
     settings = _settings()
     ok = run_checks(settings, Console())
+    path = sqlite_path(settings.kantata_sync_database_url)
+    if path is not None and not path.exists():
+        raise typer.Exit(2)  # nothing can run here: the check above said where it looked
     raise typer.Exit(0 if ok else 1)
 
 
@@ -534,7 +542,9 @@ def reconcile(
     _install_stop_handlers(stop)
     try:
         with (
-            open_connector(settings, stop=stop) as connector,
+            # Without --apply it only reads: an existing state file records its findings,
+            # but none is created.
+            open_connector(settings, stop=stop, create=apply) as connector,
             connector.store.writer(wait=settings.kantata_sync_lock_wait),
         ):
             outcome = run_reconcile(connector.engine, since=start, until=end, apply=apply)
@@ -602,7 +612,23 @@ def demo(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        # The state file failed under a command (a full disk, a file made unreadable): one
+        # line naming it, never a traceback. What was committed stays; the next run goes on.
+        typer.echo(f"kantata-sync: {clean(state_file_problem(exc, _state_path()))}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        typer.echo(f"kantata-sync: {clean(str(exc))}", err=True)
+        sys.exit(2)
+
+
+def _state_path() -> Path | None:
+    try:
+        return sqlite_path(load_settings(state.config).kantata_sync_database_url)
+    except ConnectorError:
+        return None
 
 
 if __name__ == "__main__":

@@ -15,7 +15,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from connector.app import USER_AGENT, retry_policy
 from connector.config import Settings
 from connector.cpus import describe_cpus, probe_cpus, resolve_cpus
-from connector.errors import ApiError, ConfigError, NotFoundError, PermanentApiError
+from connector.errors import (
+    ApiError,
+    ConfigError,
+    NotFoundError,
+    PermanentApiError,
+    StateFileError,
+)
 from connector.http import RetryPolicy
 from connector.kantata import KantataClient
 from connector.noko import NokoClient
@@ -134,7 +140,9 @@ def check_noko(settings: Settings) -> list[Check]:
 
 def check_database(settings: Settings) -> Check:
     try:
-        store = Store(settings.kantata_sync_database_url)
+        store = Store(settings.kantata_sync_database_url, create=False)
+    except StateFileError as exc:
+        return False, str(exc), "Point KANTATA_SYNC_DATABASE_URL at the state file."
     except ConfigError as exc:
         return False, str(exc), "Point KANTATA_SYNC_DATABASE_URL at a writable location."
     except SQLAlchemyError as exc:  # a broken file must be reported, not crash the doctor

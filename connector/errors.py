@@ -2,6 +2,8 @@
 
     ConnectorError
     ├── ConfigError                  bad settings; the CLI exits 2 with one line
+    │   └── StateFileError           no state file where a read-only command looks, or one
+    │                                that cannot be read or written (corrupt, full disk)
     ├── LockHeldError                another live process holds the state database
     └── ApiError                     anything an API answered (or failed to answer)
         ├── TransientApiError        429, 5xx, timeouts, dropped connections: try again later
@@ -25,6 +27,11 @@ class ConnectorError(Exception):
 
 class ConfigError(ConnectorError):
     """Settings that cannot work: named key, what is wrong, how to fix it."""
+
+
+class StateFileError(ConfigError):
+    """The state file is missing (for a command that only reads), unreadable or unwritable:
+    one line naming the file and what to do; nothing can run until it is fixed."""
 
 
 class LockHeldError(ConnectorError):

@@ -127,6 +127,7 @@ def build_report(store: Store, *, now: datetime | None = None, limit: int = 200)
     ]
     return {
         "generated_at": _iso(now),
+        "database": store.describe(),
         "counts": counts,
         "cursor": _iso(cursor),
         "cursor_lag_seconds": round((now - cursor).total_seconds(), 1) if cursor else None,
@@ -145,6 +146,14 @@ def render_table(report: dict[str, Any], console: Console) -> None:
         summary.add_column(state, justify="right")
     summary.add_row(*(str(counts[state]) for state in counts))
     console.print(summary)
+    database = report.get("database") or {}
+    written = database.get("written_by")
+    console.print(
+        Text(
+            f"State file: {database.get('path', '?')}"
+            + (f" (written by kantata-sync {written})" if written else "")
+        )
+    )
     lag = report["cursor_lag_seconds"]
     console.print(
         Text(

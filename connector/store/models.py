@@ -160,3 +160,13 @@ class RunRecord(SQLModel, table=True):
     cursor_before: datetime | None = _when(default=None)
     cursor_after: datetime | None = _when(default=None)
     error: str | None = None
+
+
+class MetaRow(SQLModel, table=True):
+    """Facts about the state file: `written_by` is the version of kantata-sync that last
+    opened it to write."""
+
+    __tablename__ = "meta"
+
+    key: str = Field(primary_key=True)
+    value: str
