@@ -307,14 +307,22 @@ def run(
             log = structlog.get_logger("kantata_sync")
             server = None
             if settings.kantata_sync_metrics_port is not None:
-                server = serve(
-                    settings.kantata_sync_metrics_host,
-                    settings.kantata_sync_metrics_port,
-                    store=connector.store,
-                    stats={"kantata": connector.kantata.stats, "noko": connector.noko.stats},
-                    health=health,
-                    render_html=_html_renderer(),
-                )
+                try:
+                    server = serve(
+                        settings.kantata_sync_metrics_host,
+                        settings.kantata_sync_metrics_port,
+                        store=connector.store,
+                        stats={"kantata": connector.kantata.stats, "noko": connector.noko.stats},
+                        health=health,
+                        render_html=_html_renderer(),
+                    )
+                except OSError as exc:
+                    raise ConfigError(
+                        "KANTATA_SYNC_METRICS_PORT: cannot listen on "
+                        f"{settings.kantata_sync_metrics_host}:"
+                        f"{settings.kantata_sync_metrics_port} ({exc.strerror or exc}): "
+                        "choose a free port, or stop what is using it"
+                    ) from None
                 log.info(
                     "health and metrics endpoint listening",
                     url=f"http://{settings.kantata_sync_metrics_host}:"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sqlite3
 import threading
 import time
 import uuid
@@ -33,12 +34,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from connector.errors import (
     ApiError,
     AuthError,
     ConnectorError,
     PermanentApiError,
+    StateFileError,
     TransientApiError,
 )
 from connector.kantata import ExternalReferenceWrite, KantataClient, format_timestamp
@@ -52,7 +55,7 @@ from connector.push import (
     NokoRefusedError,
     WriteInDoubtError,
 )
-from connector.store import InvoiceRecord, Store
+from connector.store import InvoiceRecord, Store, state_file_problem
 from connector.text import clean
 from mappings.errors import MappingError
 from mappings.kantata import DecodedInvoice, KantataInvoice, UndecodableInvoice, decode_invoices
@@ -248,6 +251,14 @@ class SyncEngine:
         # the scan and the workers take no new invoice after it.
         self._auth_stop = threading.Event()
         self._auth_error: AuthError | None = None
+        # The state file failing under a worker (a full disk) ends the cycle the same way.
+        self._store_error: Exception | None = None
+
+    def _store_failed(self, exc: Exception) -> None:
+        if self._store_error is None:
+            self._store_error = exc
+            self._auth_stop.set()
+            self.log.error("the state file failed; the cycle stops", error=str(exc))
 
     def _auth_refused(self, exc: AuthError) -> None:
         """Stop the cycle: nothing works until the token is replaced, and no invoice is to
@@ -294,6 +305,7 @@ class SyncEngine:
         scan = _Scan()
         self._auth_stop.clear()
         self._auth_error = None
+        self._store_error = None
         try:
             with (
                 structlog.contextvars.bound_contextvars(run_id=run_id),
@@ -335,6 +347,10 @@ class SyncEngine:
             result.outcome = "aborted"
             result.error = f"reading Kantata failed: {exc}"
             log.error("cycle aborted", error=str(exc))
+        if self._store_error is not None:
+            # Nothing more can be recorded: what was committed stays, the cursor does not move,
+            # and the next run continues from the intents on disk.
+            raise StateFileError(state_file_problem(self._store_error, self.store.path))
         if self._auth_error is not None:
             # Exit 1 with one line naming the API and the fix; the cursor stays.
             result.outcome = "aborted"
@@ -1462,6 +1478,11 @@ class _Runner:
                         retry_now=self.retry_now,
                         record=record,
                     )
+            except (SQLAlchemyError, sqlite3.Error) as exc:
+                # The state file, not the invoice: stop taking new ones (what this one did
+                # in Noko is found again from its intent on disk).
+                self.engine._store_failed(exc)
+                outcome, error = "stopped", None
             except Exception as exc:  # one invoice must never stop the others
                 self.log.exception("unexpected error on one invoice", kantata_invoice_id=inv.id)
                 outcome, error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"

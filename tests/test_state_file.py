@@ -117,3 +117,54 @@ def test_every_report_names_its_database_and_writer(tmp_path: Path) -> None:
     assert report["database"]["written_by"] == __version__
     assert database in table and f"written by kantata-sync {__version__}" in table
     assert database in html_path.read_text()
+
+
+def test_a_metrics_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with Sandbox() as box, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = cli_env(box, tmp_path, KANTATA_SYNC_METRICS_PORT=str(port))
+        done = run_cli(["run"], env, tmp_path, timeout=30)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"KANTATA_SYNC_METRICS_PORT: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_full_disk_mid_run_stops_the_cycle_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits start failing (ENOSPC) in the middle of a cycle: the cycle ends with the state
+    file named, the cursor stays, and the next run with space again finishes the job, each
+    invoice once in Noko."""
+    from connector.app import open_connector
+    from tests.e2e import check_books
+    from tests.test_engine_cursor import settings_for
+
+    real = Store._commit_until
+    calls = {"n": 0}
+
+    def filling(self: Store, ticket: int) -> None:
+        calls["n"] += 1
+        if calls["n"] > 12:
+            raise sqlite3.OperationalError("database or disk is full")
+        real(self, ticket)
+
+    with Sandbox() as box:
+        generate(box.kantata, seed=82, invoices=30, draft_rate=0, cancelled_rate=0)
+        settings = settings_for(box, tmp_path, kantata_sync_workers=4)
+        monkeypatch.setattr(Store, "_commit_until", filling)
+        with pytest.raises(StateFileError, match="disk is full"), open_connector(settings) as c:
+            c.engine.run_cycle()
+        monkeypatch.setattr(Store, "_commit_until", real)
+        with open_connector(settings) as c:
+            assert c.store.get_cursor() is None
+            c.store.close_stale_runs()
+            result = c.engine.run_cycle()
+            assert result.exit_code == 0, result.failed
+        books = check_books(box)
+        assert books.problems == []
+        assert books.noko_invoices == 30

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import operator
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -204,11 +205,17 @@ class Store:
         }
 
     def close(self) -> None:
-        self.flush()
-        self.release_writer_lock()
-        with self._write_lock:
-            self._drop_writer()
-        self.engine.dispose()
+        """Commit what is pending and let go of the file (its lock, its connections), even
+        when that last commit fails; the failure is then a `StateFileError` naming it."""
+        try:
+            self.flush()
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StateFileError(state_file_problem(exc, self.path)) from None
+        finally:
+            self.release_writer_lock()
+            with self._write_lock:
+                self._drop_writer()
+            self.engine.dispose()
 
     def _writer_connection(self) -> Any:
         """The driver connection of the batched commits (call with `_write_lock` held)."""
