@@ -24,6 +24,9 @@ import typer
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
+# typer carries its own click; its exceptions are what `standalone_mode=False` lets through.
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
 from connector import __version__
 from connector.app import open_connector
 from connector.config import Settings, load_settings
@@ -621,7 +624,19 @@ def demo(
 
 def main() -> None:
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("kantata-sync: aborted", err=True)
+        sys.exit(130)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        # A usage error: one line, as for every other error, with where to find help.
+        command = exc.ctx.command_path if isinstance(exc, UsageError) and exc.ctx else ""
+        hint = f" (see `{command} --help`)" if command else ""
+        typer.echo(f"kantata-sync: {clean(exc.format_message())}{hint}", err=True)
+        sys.exit(exc.exit_code)
     except (SQLAlchemyError, sqlite3.Error) as exc:
         # The state file failed under a command (a full disk, a file made unreadable): one
         # line naming it, never a traceback. What was committed stays; the next run goes on.
@@ -630,6 +645,7 @@ def main() -> None:
     except OSError as exc:
         typer.echo(f"kantata-sync: {clean(str(exc))}", err=True)
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _state_path() -> Path | None:

@@ -154,7 +154,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _flatten_toml(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+def _flatten_toml(
+    data: Mapping[str, Any], source: str, origins: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The file's settings by field name; `origins` gets, for each, how the file spells it
+    (`[sync] interval`), so that an error names the key the operator wrote."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, Mapping):
@@ -162,9 +166,14 @@ def _flatten_toml(data: Mapping[str, Any], source: str) -> dict[str, Any]:
             if prefix is None:
                 raise ConfigError(f"{source}: unknown section [{key}] (known: kantata, noko, sync)")
             for inner, inner_value in value.items():
-                out[f"{prefix}{inner}".lower()] = inner_value
+                name = f"{prefix}{inner}".lower()
+                out[name] = inner_value
+                if origins is not None:
+                    origins[name] = f"[{key}] {inner} in {source}"
         else:
             out[key.lower()] = value
+            if origins is not None:
+                origins[key.lower()] = f"{key} in {source} (outside any section)"
     return out
 
 
@@ -185,7 +194,9 @@ def load_settings(
     env = os.environ if environ is None else environ
     path = config_file or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
     values: dict[str, Any] = {}
-    source = "environment"
+    # Where each value came from, as the operator wrote it: the file's `[section] key` or the
+    # environment variable. An error names that, not the other source.
+    origins: dict[str, str] = {}
     if path is not None:
         try:
             data = tomllib.loads(path.read_text("utf-8"))
@@ -193,9 +204,10 @@ def load_settings(
             raise ConfigError(f"config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
-        values.update(_flatten_toml(data, str(path)))
-        source = str(path)
-    values.update(_from_environment(env))
+        values.update(_flatten_toml(data, str(path), origins))
+    from_env = _from_environment(env)
+    values.update(from_env)
+    origins.update({name: f"{name.upper()} (environment)" for name in from_env})
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:
@@ -205,5 +217,16 @@ def load_settings(
             message = str(error["msg"]).removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 message = "unknown setting"
-            problems.append(f"{loc.upper()}: {message}" if loc else message)
-        raise ConfigError(f"invalid configuration ({source}): " + "; ".join(problems)) from None
+            if loc:
+                problems.append(f"{origins.get(loc.lower(), loc.upper())}: {message}")
+            else:
+                # A check of several settings: its message names the setting; say where that
+                # one came from.
+                named = sorted(
+                    (message.find(n.upper()), n) for n in origins if n.upper() in message
+                )
+                if named:
+                    name = named[0][1]
+                    message = message.replace(name.upper(), origins[name], 1)
+                problems.append(message)
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
