@@ -47,20 +47,34 @@ def registered() -> frozenset[str]:
     return _registered
 
 
+_BLOCK = FRAGMENT // 2
+
+
 @lru_cache(maxsize=64)
-def _pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
+def _pattern(secrets: frozenset[str]) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
     """One regex finding where a fragment of any secret starts (zero-width, so that fragments
-    that overlap are all found); a secret shorter than a fragment is looked for whole."""
+    that overlap are all found; a secret shorter than a fragment is looked for whole), and the
+    blocks that make a quick test first: every run of `FRAGMENT` characters of a secret holds
+    one of its `FRAGMENT // 2`-character blocks at a multiple of that, so text holding none of
+    them (nearly all text) holds no fragment: one regex of a few short literals, about a
+    quarter of the cost of the full one."""
     grams: set[str] = set()
+    blocks: set[str] = set()
     for secret in secrets:
         if len(secret) < FRAGMENT:
             grams.add(secret)
+            blocks.add(secret)
         else:
             grams.update(secret[i : i + FRAGMENT] for i in range(len(secret) - FRAGMENT + 1))
+            blocks.update(
+                secret[i : i + _BLOCK] for i in range(0, len(secret) - _BLOCK + 1, _BLOCK)
+            )
     if not grams:
-        return None
+        return None, None
     ordered = sorted(grams, key=lambda g: (-len(g), g))
-    return re.compile("(?=(" + "|".join(re.escape(g) for g in ordered) + "))")
+    pattern = re.compile("(?=(" + "|".join(re.escape(g) for g in ordered) + "))")
+    quick = re.compile("|".join(re.escape(b) for b in sorted(blocks, key=lambda b: (-len(b), b))))
+    return quick, pattern
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -68,9 +82,9 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     one of `secrets` (each run replaced by one `[redacted]`)."""
     if not text:
         return text
-    extra = frozenset(s for s in secrets if s and len(s) >= MIN_SECRET)
-    pattern = _pattern(_registered | extra if extra else _registered)
-    if pattern is None:
+    extra = frozenset(s for s in secrets if len(s) >= MIN_SECRET) if secrets else None
+    quick, pattern = _pattern(_registered | extra if extra else _registered)
+    if quick is None or pattern is None or quick.search(text) is None:
         return text
     spans: list[list[int]] = []
     for match in pattern.finditer(text):
