@@ -31,7 +31,7 @@ from connector import __version__
 from connector.app import open_connector
 from connector.config import Settings, load_settings
 from connector.engine import CycleResult
-from connector.errors import ApiError, ConfigError, ConnectorError, LockHeldError
+from connector.errors import ApiError, AuthError, ConfigError, ConnectorError, LockHeldError
 from connector.logs import configure_logging
 from connector.report import build_report, render_table
 from connector.store import Store, sqlite_path, state_file_problem
@@ -637,6 +637,15 @@ def main() -> None:
         hint = f" (see `{command} --help`)" if command else ""
         typer.echo(f"kantata-sync: {clean(exc.format_message())}{hint}", err=True)
         sys.exit(exc.exit_code)
+    except AuthError as exc:
+        typer.echo(f"kantata-sync: {clean(exc.summary())}", err=True)
+        sys.exit(1)
+    except ConfigError as exc:
+        typer.echo(f"kantata-sync: {clean(str(exc))}", err=True)
+        sys.exit(2)
+    except ConnectorError as exc:  # an API failing under a command that does not expect it
+        typer.echo(f"kantata-sync: {clean(str(exc))}", err=True)
+        sys.exit(1)
     except (SQLAlchemyError, sqlite3.Error) as exc:
         # The state file failed under a command (a full disk, a file made unreadable): one
         # line naming it, never a traceback. What was committed stays; the next run goes on.

@@ -98,3 +98,13 @@ def test_a_refused_token_stops_the_workers_taking_new_invoices(
     # At most one request per worker in flight (and their retries of nothing: 401 is final).
     assert 1 <= refused <= 4 + 1, json.dumps(box.noko.state()["stats"])
     assert result.counts["stopped"] + result.counts["pushed"] >= 1
+
+
+def test_reconcile_with_a_refused_token_is_one_line(box: Sandbox, tmp_path: Path) -> None:
+    generate(box.kantata, seed=54, invoices=3, draft_rate=0, cancelled_rate=0)
+    env = cli_env(box, tmp_path)
+    assert run_cli(["sync"], env, tmp_path).returncode == 0
+    done = run_cli(["reconcile"], {**env, "NOKO_TOKEN": "revoked-token"}, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "kantata-sync: Noko refused the token (HTTP 401): check NOKO_TOKEN" in done.stderr
