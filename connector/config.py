@@ -8,6 +8,7 @@ can also come from files (`KANTATA_TOKEN_FILE`, `NOKO_TOKEN_FILE`), for containe
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -75,6 +76,23 @@ class Settings(BaseSettings):
     kantata_sync_lock_wait: float = Field(default=30.0, ge=0)
     kantata_sync_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     kantata_sync_metrics_host: str = "127.0.0.1"
+
+    @field_validator(
+        "kantata_max_requests_per_second",
+        "noko_max_requests_per_second",
+        "kantata_sync_retry_initial_delay",
+        "kantata_sync_retry_max_delay",
+        "kantata_sync_interval",
+        "kantata_sync_lookback_seconds",
+        "kantata_sync_clock_skew_seconds",
+        "kantata_sync_lock_wait",
+    )
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        # `inf` and `nan` parse as floats, but no wait, pace or window can be endless.
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number of seconds or requests, got {value}")
+        return value
 
     @field_validator("kantata_sync_cpus")
     @classmethod

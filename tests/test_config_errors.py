@@ -64,3 +64,12 @@ def test_usage_errors_are_one_line(tmp_path: Path, args: list[str]) -> None:
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("kantata-sync: ")
     assert not any(ch in done.stderr for ch in "╭│╰")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["KANTATA_SYNC_INTERVAL", "KANTATA_SYNC_LOOKBACK_SECONDS", "KANTATA_SYNC_RETRY_MAX_DELAY"],
+)
+def test_endless_numbers_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"{name} \\(environment\\): .*finite"):
+        load_settings(None, environ={name: "inf"})
