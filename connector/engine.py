@@ -122,6 +122,8 @@ class CycleResult:
     error: str | None = None
     planned: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Dry runs: Kantata id -> (would-push | would-update | would-cancel, what)."""
+    auth_error: AuthError | None = None
+    """The refused token that stopped the cycle (the invoices not done were left as they were)."""
 
     @property
     def exit_code(self) -> int:
@@ -353,6 +355,7 @@ class SyncEngine:
             raise StateFileError(state_file_problem(self._store_error, self.store.path))
         if self._auth_error is not None:
             # Exit 1 with one line naming the API and the fix; the cursor stays.
+            result.auth_error = self._auth_error
             result.outcome = "aborted"
             result.error = (
                 f"{self._auth_error.summary()}; the invoices not done are left as they were "

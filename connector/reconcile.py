@@ -209,6 +209,8 @@ def reconcile(
         )
         if ids:
             cycle = engine.run_cycle(kind="sync", only_ids=ids, force=True)
+            if cycle.auth_error is not None:
+                raise cycle.auth_error  # nothing was repaired after it: say why, once
             result.still_failing = dict(cycle.failed)
             result.repaired = [i for i in ids if i not in cycle.failed]
     return result
