@@ -433,6 +433,9 @@ def retry(
     stop = threading.Event()
     _install_stop_handlers(stop)
     result = _run_once(settings, stop, kind="sync", only_ids=chosen, force=force)
+    if result.auth_error is not None:  # the invoices were left as they were: not "ok"
+        typer.echo(_summary(result))
+        raise typer.Exit(1)
     for kantata_id in chosen:
         verdict = result.failed.get(kantata_id)
         typer.echo(f"{kantata_id}: {'failed: ' + clean(verdict) if verdict else 'ok'}")
