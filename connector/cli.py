@@ -86,7 +86,9 @@ def _root(
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"kantata-sync: {clean(message)}", err=True)
+    # Our own words (a setting's name, a path): control characters neutralised. Text from an
+    # API is cleaned where it enters (`connector.text.clean`).
+    typer.echo(f"kantata-sync: {neutralise(message)}", err=True)
     return typer.Exit(code)
 
 
@@ -121,7 +123,7 @@ def _summary(result: CycleResult) -> str:
         line += f"; {len(result.failed)} failed (see `kantata-sync status`)"
     if result.error:
         line += f"; {result.error}"
-    return clean(line)
+    return neutralise(line)
 
 
 class Progress:
@@ -641,10 +643,10 @@ def main() -> None:
         typer.echo(f"kantata-sync: {clean(exc.format_message())}{hint}", err=True)
         sys.exit(exc.exit_code)
     except AuthError as exc:
-        typer.echo(f"kantata-sync: {clean(exc.summary())}", err=True)
+        typer.echo(f"kantata-sync: {neutralise(exc.summary())}", err=True)
         sys.exit(1)
     except ConfigError as exc:
-        typer.echo(f"kantata-sync: {clean(str(exc))}", err=True)
+        typer.echo(f"kantata-sync: {neutralise(str(exc))}", err=True)
         sys.exit(2)
     except ConnectorError as exc:  # an API failing under a command that does not expect it
         typer.echo(f"kantata-sync: {clean(str(exc))}", err=True)
