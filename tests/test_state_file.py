@@ -168,3 +168,14 @@ def test_a_full_disk_mid_run_stops_the_cycle_and_loses_nothing(
         books = check_books(box)
         assert books.problems == []
         assert books.noko_invoices == 30
+
+
+def test_a_state_file_from_an_unknown_schema_is_one_line(tmp_path: Path) -> None:
+    database = tmp_path / "state.db"
+    Store(f"sqlite:///{database}").close()
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE alembic_version SET version_num = '0099_future'")
+    done = run_cli(["status"], _env(tmp_path, database), tmp_path, timeout=10)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"state file {database} has a schema this version" in done.stderr

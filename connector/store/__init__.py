@@ -26,6 +26,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, event, func
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -138,6 +139,13 @@ class Store:
         except (SQLAlchemyError, OSError) as exc:
             self.engine.dispose()
             raise StateFileError(state_file_problem(exc, self.path)) from None
+        except CommandError as exc:  # a schema revision this version does not know
+            self.engine.dispose()
+            raise StateFileError(
+                f"state file {self.path or 'in memory'} has a schema this version of "
+                f"kantata-sync ({__version__}) does not know ({exc}): use the version that "
+                "wrote it, or a newer one"
+            ) from None
         # Each column's conversion to what the driver stores (aware datetimes to SQLite's
         # text form, as SQLAlchemy would write them), worked out once for the upsert.
         dialect = self.engine.dialect
