@@ -24,6 +24,8 @@ FRAGMENT = 8
 MIN_SECRET = 4
 """Shorter values are not treated as secrets (they would match everywhere)."""
 REDACTED = "[redacted]"
+RAW_LIMIT = 65536
+"""Text longer than this is cut to it before anything else when a limit is asked for."""
 
 _lock = threading.Lock()
 _registered: frozenset[str] = frozenset()
@@ -125,6 +127,10 @@ def neutralise(text: str, *, newlines: bool = False) -> str:
 def clean(text: str, limit: int | None = None, *, secrets: Iterable[str] = ()) -> str:
     """Outside text made safe, in this order: secrets removed, controls neutralised, spaces
     collapsed to one line, then cut to `limit` characters (with an ellipsis)."""
+    if limit is not None and len(text) > RAW_LIMIT:
+        # A huge body costs no more than its start: safe to cut first, because any piece of a
+        # secret as long as a fragment that the cut leaves is still found and removed.
+        text = text[:RAW_LIMIT]
     flat = " ".join(neutralise(redact(text, secrets)).split())
     if limit is not None and len(flat) > limit:
         flat = flat[: max(limit - 1, 0)] + "…"

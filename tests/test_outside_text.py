@@ -158,3 +158,11 @@ def test_no_token_fragment_anywhere_after_echoing_errors(tmp_path: Path, offset:
     for where, text in places.items():
         for token in (NOKO_SECRET, KANTATA_SECRET):
             assert _leaks(text, token) == [], (where, offset)
+
+
+@pytest.mark.parametrize("spaces", [65536 - 20, 65536 - 9, 65536 - 4, 200_000])
+def test_a_huge_body_is_cut_first_and_still_leaks_nothing(spaces: int) -> None:
+    """Whitespace collapses, so a token far into a body can land inside the shown text: the
+    early cut of a huge body never leaves a fragment behind."""
+    out = clean(" " * spaces + TOKEN + " tail", 200, secrets=[TOKEN])
+    assert _leaks(out) == []
