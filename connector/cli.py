@@ -31,7 +31,14 @@ from connector import __version__
 from connector.app import open_connector
 from connector.config import Settings, load_settings
 from connector.engine import CycleResult
-from connector.errors import ApiError, AuthError, ConfigError, ConnectorError, LockHeldError
+from connector.errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    ConnectorError,
+    LockHeldError,
+    StateFileError,
+)
 from connector.logs import configure_logging
 from connector.report import build_report, render_table
 from connector.store import Store, sqlite_path, state_file_problem
@@ -342,6 +349,9 @@ def run(
                         health.record(result.outcome, result.duration, result.error)
                 except LockHeldError as exc:
                     log.warning("cycle skipped", reason=str(exc))
+                except StateFileError as exc:  # a full disk, say: the next cycle tries again
+                    log.error("cycle stopped by the state file", reason=str(exc))
+                    health.record("aborted", 0.0, str(exc))
 
             try:
                 run_forever(cycle, interval=settings.kantata_sync_interval, stop=stop)
