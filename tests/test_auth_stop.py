@@ -95,8 +95,9 @@ def test_a_refused_token_stops_the_workers_taking_new_invoices(
         result = c.engine.run_cycle()
     assert result.outcome == "aborted"
     refused = box.noko.state()["stats"]["statuses"].get("401", 0)
-    # At most one request per worker in flight (and their retries of nothing: 401 is final).
-    assert 1 <= refused <= 4 + 1, json.dumps(box.noko.state()["stats"])
+    # About one refused request per worker in flight (401 is final, never retried; a create
+    # refused looks its invoice up once): not one per invoice of the 60.
+    assert 1 <= refused <= 2 * 4, json.dumps(box.noko.state()["stats"])
     assert result.counts["stopped"] + result.counts["pushed"] >= 1
 
 
