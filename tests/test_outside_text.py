@@ -96,8 +96,12 @@ def test_terminal_escapes_are_neutralised(router: respx.MockRouter) -> None:
 
 
 def test_console_logs_carry_no_raw_escape(capsys: pytest.CaptureFixture[str]) -> None:
-    configure_logging("console", "info")
-    structlog.get_logger("t").warning("api said", error="\x1b[2Jcleared\x1b]0;title\x07")
+    saved = structlog.get_config()
+    try:
+        configure_logging("console", "info")
+        structlog.get_logger("t").warning("api said", error="\x1b[2Jcleared\x1b]0;title\x07")
+    finally:
+        structlog.configure(**saved)  # later tests must not write to this capture
     err = capsys.readouterr().err
     assert "cleared" in err
     assert "\x1b[2J" not in err and "\x07" not in err

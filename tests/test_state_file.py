@@ -106,7 +106,7 @@ def test_a_full_disk_at_start_is_one_line(tmp_path: Path, monkeypatch: pytest.Mo
 def test_every_report_names_its_database_and_writer(tmp_path: Path) -> None:
     with Sandbox() as box:
         generate(box.kantata, seed=81, invoices=2, draft_rate=0, cancelled_rate=0)
-        env = cli_env(box, tmp_path)
+        env = cli_env(box, tmp_path, COLUMNS="400")
         assert run_cli(["sync"], env, tmp_path).returncode == 0
         report = json.loads(run_cli(["status", "--json"], env, tmp_path).stdout)
         table = run_cli(["status"], env, tmp_path).stdout
