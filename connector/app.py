@@ -38,9 +38,14 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 @contextmanager
 def open_connector(
-    settings: Settings, *, stop: threading.Event | None = None, store: Store | None = None
+    settings: Settings,
+    *,
+    stop: threading.Event | None = None,
+    store: Store | None = None,
+    create: bool = True,
 ) -> Iterator[Connector]:
-    """Everything a sync needs, closed again on exit. Raises ConfigError on missing secrets.
+    """Everything a sync needs, closed again on exit. Raises ConfigError on missing secrets;
+    without `create`, StateFileError when there is no state file (nothing is created).
     With `store`, that store is used and left open (the daemon keeps one across new clients)."""
     profile = settings.profile()
     kantata_token = settings.kantata_secret()
@@ -48,7 +53,7 @@ def open_connector(
     register_secret(kantata_token)
     register_secret(noko_token)
     own_store = store is None
-    store = store if store is not None else Store(settings.kantata_sync_database_url)
+    store = store if store is not None else Store(settings.kantata_sync_database_url, create=create)
     retry = retry_policy(settings)
     kantata = KantataClient(
         settings.kantata_base_url,

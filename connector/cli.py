@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -23,17 +24,28 @@ from typing import Annotated, Any
 import structlog
 import typer
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
+
+# typer carries its own click; its exceptions are what `standalone_mode=False` lets through.
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 from typer.core import TyperOption
 
 from connector import __version__
 from connector.app import open_connector
 from connector.config import Settings, load_settings
 from connector.engine import CycleResult
-from connector.errors import ApiError, ConfigError, ConnectorError, LockHeldError
+from connector.errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    ConnectorError,
+    LockHeldError,
+)
 from connector.logs import configure_logging
 from connector.notify import notify
 from connector.report import build_report, render_table
-from connector.store import Store
+from connector.store import Store, sqlite_path, state_file_problem
+from connector.text import clean, neutralise, redact
 
 
 def _flag_type(self: TyperOption, ctx: Any) -> str | None:
@@ -93,7 +105,9 @@ def _root(
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"kantata-sync: {message}", err=True)
+    # Our own words (a setting's name, a path): control characters neutralised. Text from an
+    # API is cleaned where it enters (`connector.text.clean`).
+    typer.echo(f"kantata-sync: {neutralise(message)}", err=True)
     return typer.Exit(code)
 
 
@@ -158,7 +172,7 @@ def _summary(result: CycleResult) -> str:
         line += "; see `kantata-sync status`"
     if result.error:
         line += f"; {result.error}"
-    return line
+    return neutralise(line)
 
 
 # What one invoice costs on each side, before a backfill has measured it: about one Noko
@@ -506,17 +520,25 @@ def run(
     server = None
     try:
         if settings.kantata_sync_metrics_port is not None:
-            server = serve(
-                settings.kantata_sync_metrics_host,
-                settings.kantata_sync_metrics_port,
-                store=daemon.store,
-                stats=daemon.stats,
-                health=health,
-                render_html=_html_renderer(),
-                metrics=metrics,
-                status_token_file=settings.kantata_sync_status_token_file,
-                exposed=settings.status_exposed(),
-            )
+            try:
+                server = serve(
+                    settings.kantata_sync_metrics_host,
+                    settings.kantata_sync_metrics_port,
+                    store=daemon.store,
+                    stats=daemon.stats,
+                    health=health,
+                    render_html=_html_renderer(),
+                    metrics=metrics,
+                    status_token_file=settings.kantata_sync_status_token_file,
+                    exposed=settings.status_exposed(),
+                )
+            except OSError as exc:
+                raise _fail(
+                    "KANTATA_SYNC_METRICS_PORT: cannot listen on "
+                    f"{settings.kantata_sync_metrics_host}:"
+                    f"{settings.kantata_sync_metrics_port} ({exc.strerror or exc}): "
+                    "choose a free port, or stop what is using it"
+                ) from None
             log.info(
                 "health and metrics endpoint listening",
                 url=f"http://{settings.kantata_sync_metrics_host}:"
@@ -553,7 +575,7 @@ def status(
     """Report what is synced, what failed and why, and what to do about it."""
     settings = _settings()
     try:
-        store = Store(settings.kantata_sync_database_url)
+        store = Store(settings.kantata_sync_database_url, create=False)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     try:
@@ -618,9 +640,12 @@ def retry(
     stop = threading.Event()
     _install_stop_handlers(stop)
     result = _run_once(settings, stop, kind="sync", only_ids=chosen, force=force)
+    if result.auth_error is not None:  # the invoices were left as they were: not "ok"
+        typer.echo(_summary(result))
+        raise typer.Exit(1)
     for kantata_id in chosen:
         verdict = result.failed.get(kantata_id)
-        typer.echo(f"{kantata_id}: {'failed: ' + verdict if verdict else 'ok'}")
+        typer.echo(f"{kantata_id}: {'failed: ' + clean(verdict) if verdict else 'ok'}")
     raise typer.Exit(result.exit_code)
 
 
@@ -648,7 +673,7 @@ def resolve(
                 try:
                     typer.echo(connector.engine.accept(kantata_id.strip(), run_id))
                 except (ConnectorError, ApiError) as exc:
-                    typer.echo(f"{kantata_id}: {exc}")
+                    typer.echo(clean(f"{kantata_id}: {exc}"))
                     code = 1
     except ConfigError as exc:
         raise _fail(str(exc)) from None
@@ -664,7 +689,10 @@ def show(kantata_invoice_id: Annotated[str, typer.Argument(help="Kantata invoice
         raise _fail(f"not a Kantata invoice id: {kantata_invoice_id}")
     kantata_invoice_id = kantata_invoice_id.strip()
     settings = _settings()
-    store = Store(settings.kantata_sync_database_url)
+    try:
+        store = Store(settings.kantata_sync_database_url, create=False)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
     try:
         record = store.get_invoice(kantata_invoice_id)
         if record is None:
@@ -690,15 +718,17 @@ def show(kantata_invoice_id: Annotated[str, typer.Argument(help="Kantata invoice
             f"  total:     {format_money(record.total_minor, record.exponent, record.currency)}"
         )
     if record.last_error:
-        lines.append(f"  error:     {record.last_error}")
+        lines.append(f"  error:     {clean(record.last_error)}")
         lines.append(f"  attempts:  {record.attempts}, next retry {record.next_attempt_at or '-'}")
         lines.append(f"  to do:     {action_for(record)}")
-    for line in lines:
-        console.print(line, highlight=False, markup=False)
+    for line in lines:  # the Noko link and the error came from outside
+        console.print(neutralise(redact(line)), highlight=False, markup=False)
     console.print("History:", highlight=False)
     for ev in events:
         console.print(
-            f"  {ev.at:%Y-%m-%d %H:%M:%S} {ev.event:<16} {ev.detail}", highlight=False, markup=False
+            f"  {ev.at:%Y-%m-%d %H:%M:%S} {ev.event:<16} {clean(ev.detail)}",
+            highlight=False,
+            markup=False,
         )
     raise typer.Exit(0)
 
@@ -823,6 +853,9 @@ def doctor() -> None:
 
     settings = _settings()
     ok = run_checks(settings, Console())
+    path = sqlite_path(settings.kantata_sync_database_url)
+    if path is not None and not path.exists():
+        raise typer.Exit(2)  # nothing can run here: the check above said where it looked
     raise typer.Exit(0 if ok else 1)
 
 
@@ -849,7 +882,9 @@ def reconcile(
     _install_stop_handlers(stop)
     try:
         with (
-            open_connector(settings, stop=stop) as connector,
+            # Without --apply it only reads: an existing state file records its findings,
+            # but none is created.
+            open_connector(settings, stop=stop, create=apply) as connector,
             connector.store.writer(wait=settings.kantata_sync_lock_wait),
         ):
             outcome = run_reconcile(connector.engine, since=start, until=end, apply=apply)
@@ -879,7 +914,7 @@ def reconcile(
                     verdict = "  -> left alone (not repaired automatically)"
             console.print(
                 f"  {diff.kind:<18} kantata {diff.kantata_invoice_id or '-':<10} "
-                f"noko {diff.noko_invoice_id or '-':<8} {diff.detail}{verdict}",
+                f"noko {diff.noko_invoice_id or '-':<8} {clean(diff.detail)}{verdict}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,
@@ -957,7 +992,45 @@ def demo(
 
 
 def main() -> None:
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("kantata-sync: aborted", err=True)
+        sys.exit(130)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        # A usage error: one line, as for every other error, with where to find help.
+        command = exc.ctx.command_path if isinstance(exc, UsageError) and exc.ctx else ""
+        hint = f" (see `{command} --help`)" if command else ""
+        typer.echo(f"kantata-sync: {clean(exc.format_message())}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except AuthError as exc:
+        typer.echo(f"kantata-sync: {neutralise(exc.summary())}", err=True)
+        sys.exit(1)
+    except ConfigError as exc:
+        typer.echo(f"kantata-sync: {neutralise(str(exc))}", err=True)
+        sys.exit(2)
+    except ConnectorError as exc:  # an API failing under a command that does not expect it
+        typer.echo(f"kantata-sync: {clean(str(exc))}", err=True)
+        sys.exit(1)
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        # The state file failed under a command (a full disk, a file made unreadable): one
+        # line naming it, never a traceback. What was committed stays; the next run goes on.
+        typer.echo(f"kantata-sync: {clean(state_file_problem(exc, _state_path()))}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        typer.echo(f"kantata-sync: {clean(str(exc))}", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _state_path() -> Path | None:
+    try:
+        return sqlite_path(load_settings(state.config).kantata_sync_database_url)
+    except ConnectorError:
+        return None
 
 
 if __name__ == "__main__":

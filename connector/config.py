@@ -8,6 +8,7 @@ can also come from files (`KANTATA_TOKEN_FILE`, `NOKO_TOKEN_FILE`), for containe
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -80,6 +81,23 @@ class Settings(BaseSettings):
     kantata_sync_metrics_host: str = "127.0.0.1"
     kantata_sync_status_token_file: Path | None = None
     kantata_sync_webhook_url: SecretStr | None = None
+
+    @field_validator(
+        "kantata_max_requests_per_second",
+        "noko_max_requests_per_second",
+        "kantata_sync_retry_initial_delay",
+        "kantata_sync_retry_max_delay",
+        "kantata_sync_interval",
+        "kantata_sync_lookback_seconds",
+        "kantata_sync_clock_skew_seconds",
+        "kantata_sync_lock_wait",
+    )
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        # `inf` and `nan` parse as floats, but no wait, pace or window can be endless.
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number of seconds or requests, got {value}")
+        return value
 
     @field_validator("kantata_sync_database_url")
     @classmethod
@@ -196,7 +214,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _flatten_toml(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+def _flatten_toml(
+    data: Mapping[str, Any], source: str, origins: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The file's settings by field name; `origins` gets, for each, how the file spells it
+    (`[sync] interval`), so that an error names the key the operator wrote."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, Mapping):
@@ -204,9 +226,14 @@ def _flatten_toml(data: Mapping[str, Any], source: str) -> dict[str, Any]:
             if prefix is None:
                 raise ConfigError(f"{source}: unknown section [{key}] (known: kantata, noko, sync)")
             for inner, inner_value in value.items():
-                out[f"{prefix}{inner}".lower()] = inner_value
+                name = f"{prefix}{inner}".lower()
+                out[name] = inner_value
+                if origins is not None:
+                    origins[name] = f"[{key}] {inner} in {source}"
         else:
             out[key.lower()] = value
+            if origins is not None:
+                origins[key.lower()] = f"{key} in {source} (outside any section)"
     return out
 
 
@@ -227,7 +254,9 @@ def load_settings(
     env = os.environ if environ is None else environ
     path = config_file or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
     values: dict[str, Any] = {}
-    source = "environment"
+    # Where each value came from, as the operator wrote it: the file's `[section] key` or the
+    # environment variable. An error names that, not the other source.
+    origins: dict[str, str] = {}
     if path is not None:
         try:
             data = tomllib.loads(path.read_text("utf-8"))
@@ -235,9 +264,10 @@ def load_settings(
             raise ConfigError(f"config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
-        values.update(_flatten_toml(data, str(path)))
-        source = str(path)
-    values.update(_from_environment(env))
+        values.update(_flatten_toml(data, str(path), origins))
+    from_env = _from_environment(env)
+    values.update(from_env)
+    origins.update({name: f"{name.upper()} (environment)" for name in from_env})
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:
@@ -247,5 +277,16 @@ def load_settings(
             message = str(error["msg"]).removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 message = "unknown setting"
-            problems.append(f"{loc.upper()}: {message}" if loc else message)
-        raise ConfigError(f"invalid configuration ({source}): " + "; ".join(problems)) from None
+            if loc:
+                problems.append(f"{origins.get(loc.lower(), loc.upper())}: {message}")
+            else:
+                # A check of several settings: its message names the setting; say where that
+                # one came from.
+                named = sorted(
+                    (message.find(n.upper()), n) for n in origins if n.upper() in message
+                )
+                if named:
+                    name = named[0][1]
+                    message = message.replace(name.upper(), origins[name], 1)
+                problems.append(message)
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

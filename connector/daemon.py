@@ -21,7 +21,7 @@ import structlog
 from connector.app import Connector, open_connector
 from connector.config import Settings
 from connector.engine import CycleResult
-from connector.errors import ApiError, ConfigError, LockHeldError
+from connector.errors import ApiError, ConfigError, LockHeldError, StateFileError
 from connector.logs import register_secret
 from connector.notify import notify
 from connector.observe import DaemonHealth, Metrics, StatsBook
@@ -157,6 +157,10 @@ class Daemon:
                     notify(connector.store, self.settings.webhook_url())
             except LockHeldError as exc:
                 self._log.warning("cycle skipped", reason=str(exc))
+            except StateFileError as exc:  # a full disk, say: the next cycle tries again
+                self._log.error("cycle stopped by the state file", reason=str(exc))
+                self.health.record("aborted", 0.0, str(exc))
+                return None
             finally:
                 if result is not None:
                     self.health.record(result.final_outcome, result.duration, result.error)

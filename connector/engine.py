@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import sqlite3
 import threading
 import time
 import uuid
@@ -34,8 +35,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
-from connector.errors import ApiError, ConnectorError, PermanentApiError, TransientApiError
+from connector.errors import (
+    ApiError,
+    AuthError,
+    ConnectorError,
+    PermanentApiError,
+    StateFileError,
+    TransientApiError,
+)
 from connector.kantata import ExternalReferenceWrite, KantataClient, format_timestamp
 from connector.noko import NokoClient
 from connector.push import (
@@ -47,7 +56,8 @@ from connector.push import (
     WriteInDoubtError,
     header_differs,
 )
-from connector.store import InvoiceRecord, Store
+from connector.store import InvoiceRecord, Store, state_file_problem
+from connector.text import clean
 from mappings.errors import MappingError
 from mappings.kantata import DecodedInvoice, KantataInvoice, UndecodableInvoice, decode_invoices
 from mappings.ledger import LedgerDocument
@@ -126,6 +136,8 @@ class CycleResult:
     error: str | None = None
     planned: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Dry runs: Kantata id -> (would-push | would-update | would-cancel, what)."""
+    auth_error: AuthError | None = None
+    """The refused token that stopped the cycle (the invoices not done were left as they were)."""
 
     @property
     def final_outcome(self) -> str:
@@ -324,6 +336,30 @@ class SyncEngine:
         """Called once per invoice handled (`sync --json`): its Kantata id, the outcome, the
         detail, and the Kantata invoice read (None for what Noko's changes brought)."""
         self._index = _NokoIndex(wanted=False)
+        # A refused token (401/403) ends the cycle: set by the first worker that meets one;
+        # the scan and the workers take no new invoice after it.
+        self._auth_stop = threading.Event()
+        self._auth_error: AuthError | None = None
+        # The state file failing under a worker (a full disk) ends the cycle the same way.
+        self._store_error: Exception | None = None
+
+    def _store_failed(self, exc: Exception) -> None:
+        if self._store_error is None:
+            self._store_error = exc
+            self._auth_stop.set()
+            self.log.error("the state file failed; the cycle stops", error=str(exc))
+
+    def _auth_refused(self, exc: AuthError) -> None:
+        """Stop the cycle: nothing works until the token is replaced, and no invoice is to
+        blame, so none is marked failed (each stays as it was, for the next cycle)."""
+        if not self._auth_stop.is_set():
+            self._auth_error = exc
+            self._auth_stop.set()
+            self.log.error("token refused; the cycle stops", api=exc.service, error=str(exc))
+
+    def halting(self) -> bool:
+        """Whether invoices not yet started must be left for the next cycle."""
+        return self.stop.is_set() or self._auth_stop.is_set()
 
     # ================================================================== cycle
 
@@ -362,6 +398,9 @@ class SyncEngine:
         self._index = _NokoIndex(
             wanted=cursor is None and self.store.get_cursor(NOKO_CURSOR) is None
         )
+        self._auth_stop.clear()
+        self._auth_error = None
+        self._store_error = None
         try:
             with (
                 structlog.contextvars.bound_contextvars(run_id=run_id),
@@ -376,7 +415,7 @@ class SyncEngine:
                     runner.submit_all(self._fetch_by_id(list(only_ids), result), scan, until=None)
                 else:
                     self._scan(runner, scan, lower, until, log)
-                    if not self.stop.is_set():
+                    if not self.halting():
                         retry = [
                             r.kantata_id
                             for r in self.store.retry_candidates(self.clock())
@@ -386,19 +425,35 @@ class SyncEngine:
                             log.info("retrying earlier failures", invoices=len(retry))
                             runner.submit_all(self._fetch_by_id(retry, result), scan, until=None)
                 runner.drain()
-            if not dry_run and only_ids is None and not self.stop.is_set():
+            if not dry_run and only_ids is None and not self.halting():
                 try:
                     self._poll_noko(run_id, log, result)
                     self._sweep_late_writes(log)
+                except AuthError as exc:
+                    self._auth_refused(exc)
                 except ApiError as exc:
                     # Pushes are done and recorded; payment states wait for the next cycle.
                     result.outcome = "degraded"
                     result.error = f"reading Noko's changes failed: {exc}"
                     log.error("reading Noko's changes failed", error=str(exc))
+        except AuthError as exc:
+            self._auth_refused(exc)
         except ApiError as exc:
             result.outcome = "aborted"
             result.error = f"reading Kantata failed: {exc}"
             log.error("cycle aborted", error=str(exc))
+        if self._store_error is not None:
+            # Nothing more can be recorded: what was committed stays, the cursor does not move,
+            # and the next run continues from the intents on disk.
+            raise StateFileError(state_file_problem(self._store_error, self.store.path))
+        if self._auth_error is not None:
+            # Exit 1 with one line naming the API and the fix; the cursor stays.
+            result.auth_error = self._auth_error
+            result.outcome = "aborted"
+            result.error = (
+                f"{self._auth_error.summary()}; the invoices not done are left as they were "
+                "and the next sync continues"
+            )
         if self.stop.is_set() and result.outcome == "ok":
             result.outcome = "interrupted"
             result.error = "stopped by a signal; the next start continues where this one stopped"
@@ -503,7 +558,7 @@ class SyncEngine:
                 previous_count = page.count
                 unseen = page.unseen
                 runner.submit_all(decode_invoices(page.body), scan, until=until)
-                if self.stop.is_set():
+                if self.halting():
                     return
             if unseen and not scan.shrank:
                 # Rows Kantata counted were never served: what was read is handled, but the
@@ -606,6 +661,10 @@ class SyncEngine:
                 record = self.store.get_invoice(inv.id)
             try:
                 return self._handle(inv, record, run_id, log, dry_run, force, retry_now)
+            except AuthError as exc:
+                # Not this invoice's failure: it stays as it was; the cycle stops.
+                self._auth_refused(exc)
+                return "stopped", None
             except (TransientApiError, PermanentApiError, DuplicateInNokoError) as exc:
                 # Errors outside the push itself (a lookup before a cancellation, say).
                 log.warning("invoice failed", error=str(exc))
@@ -740,8 +799,9 @@ class SyncEngine:
             if dry_run:
                 return "would-update", "reference only"
             self._remember_kantata(record, inv)
-            self._write_success(inv, record, run_id, log)
-            return "repaired", None
+            # What the write-back did is the outcome: a refused or failed one is a failure.
+            written, why = self._write_success(inv, record, run_id, log)
+            return ("repaired", None) if written == "pushed" else (written, why)
 
         if force and record is not None and record.error_kind == "gone":
             # The operator asks to push again what was deleted in Noko.
@@ -1094,6 +1154,8 @@ class SyncEngine:
             if isinstance(exc, WriteInDoubtError):
                 self._note_in_doubt()
             return self._fail(record, "transient", str(exc), run_id, log, retry=True)
+        except AuthError:
+            raise
         except PermanentApiError as exc:
             outcome = self._fail(record, "permanent", str(exc), run_id, log, retry=False)
             self._write_failure(inv.id, record, f"Noko refused the invoice: {exc}", run_id, log)
@@ -1288,6 +1350,8 @@ class SyncEngine:
             if isinstance(exc, WriteInDoubtError):
                 self._note_in_doubt()
             return self._fail(record, "transient", str(exc), run_id, log, retry=True)
+        except AuthError:
+            raise
         except PermanentApiError as exc:
             outcome = self._fail(record, "permanent", str(exc), run_id, log, retry=False)
             self._write_failure(inv.id, record, f"Noko refused the update: {exc}", run_id, log)
@@ -1376,6 +1440,8 @@ class SyncEngine:
             )
         except TransientApiError as exc:
             return self._fail(record, "transient", str(exc), run_id, log, retry=True)
+        except AuthError:
+            raise
         except PermanentApiError as exc:
             return self._fail(record, "permanent", str(exc), run_id, log, retry=False)
         record.stage = ""
@@ -1426,6 +1492,8 @@ class SyncEngine:
                 if record is not None and _done(record):
                     self.pusher.delete_leftover(item)
                     deleted += 1
+        except AuthError:
+            raise
         except ApiError as exc:
             log.warning(
                 "could not look for late writes; the next cycle looks again", error=str(exc)
@@ -1735,6 +1803,8 @@ class SyncEngine:
         try:
             # In full: Kantata records the invoice's balance, whatever amount is named.
             self.kantata.record_external_payment(record.kantata_id, record.workspace_id)
+        except AuthError:
+            raise
         except PermanentApiError as exc:
             # Kantata refuses a second payment: the invoice is no longer pending.
             log.info("Kantata did not take the external payment", error=str(exc))
@@ -1826,6 +1896,10 @@ class SyncEngine:
                 self.kantata.write_external_reference(
                     inv.id, reference, replace=self._stale_reference(inv, reference)
                 )
+        except AuthError:
+            # In Noko; the write-back is done by the next cycle (the record says `pushed`).
+            record.stage = "pushed"
+            raise
         except (TransientApiError, PermanentApiError) as exc:
             record.stage = "pushed"
             return self._fail(
@@ -1865,7 +1939,7 @@ class SyncEngine:
             else (record.reference or reference_for_id(kantata_id, self.profile)),
             status="failed",
             external_link=_people_link(record.noko_url, self.settings.noko_base_url),
-            external_message=message[:1000],
+            external_message=clean(message, 1000),
         )
         self._write_reference(kantata_id, record, reference, run_id, log)
 
@@ -1883,6 +1957,8 @@ class SyncEngine:
             return True
         try:
             self.kantata.write_external_reference(kantata_id, reference)
+        except AuthError:
+            raise
         except ApiError as exc:
             log.warning("could not write the reference to Kantata", error=str(exc))
             return False
@@ -1931,7 +2007,7 @@ class _Runner:
             records = self.engine.store.get_invoices(list(fresh))
             self.engine.note_stale_state(batch, records)
             for inv in batch:
-                if self.engine.stop.is_set():
+                if self.engine.halting():
                     return
                 updated = inv.updated_at
                 if until is not None and updated is not None and updated >= until:
@@ -1954,7 +2030,7 @@ class _Runner:
 
     def _work(self, inv: DecodedInvoice, record: InvoiceRecord | Literal[False] | None) -> None:
         try:
-            if self.engine.stop.is_set():
+            if self.engine.halting():
                 # Stopping: invoices not yet started are left for the next run, untouched.
                 with self.lock:
                     self.result.counts["stopped"] += 1
@@ -1971,6 +2047,11 @@ class _Runner:
                         retry_now=self.retry_now,
                         record=record,
                     )
+            except (SQLAlchemyError, sqlite3.Error) as exc:
+                # The state file, not the invoice: stop taking new ones (what this one did
+                # in Noko is found again from its intent on disk).
+                self.engine._store_failed(exc)
+                outcome, error = "stopped", None
             except Exception as exc:  # one invoice must never stop the others
                 self.log.exception("unexpected error on one invoice", kantata_invoice_id=inv.id)
                 outcome, error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"

@@ -2,13 +2,17 @@
 
     ConnectorError
     ├── ConfigError                  bad settings; the CLI exits 2 with one line
+    │   └── StateFileError           no state file where a read-only command looks, or one
+    │                                that cannot be read or written (corrupt, full disk)
     ├── LockHeldError                another live process holds the state database
     └── ApiError                     anything an API answered (or failed to answer)
         ├── TransientApiError        429, 5xx, timeouts, dropped connections: try again later
         │   └── AmbiguousWriteError  a create whose outcome is unknown (sent, no answer):
         │                            look the object up by its natural key before retrying
         └── PermanentApiError        other 4xx, undecodable bodies: retrying will not help
-            └── NotFoundError        404
+            ├── NotFoundError        404
+            └── AuthError            401/403: the token is refused; the cycle stops, the
+                                     invoices stay as they were (no failure is recorded)
 
 The engine catches `TransientApiError` or `PermanentApiError` with one isinstance; retries of
 single requests live only in `connector.http`. Messages never carry tokens.
@@ -23,6 +27,11 @@ class ConnectorError(Exception):
 
 class ConfigError(ConnectorError):
     """Settings that cannot work: named key, what is wrong, how to fix it."""
+
+
+class StateFileError(ConfigError):
+    """The state file is missing (for a command that only reads), unreadable or unwritable:
+    one line naming the file and what to do; nothing can run until it is fixed."""
 
 
 class LockHeldError(ConnectorError):
@@ -77,3 +86,26 @@ class PermanentApiError(ApiError):
 
 class NotFoundError(PermanentApiError):
     """The object does not exist (HTTP 404)."""
+
+
+_TOKEN_FIX = {
+    "kantata": "check KANTATA_TOKEN (or KANTATA_TOKEN_FILE): create a new OAuth token for a "
+    "user with financial permission",
+    "noko": "check NOKO_TOKEN (or NOKO_TOKEN_FILE): create a new personal access token in Noko "
+    "(Integrations & Apps)",
+}
+
+
+class AuthError(PermanentApiError):
+    """The API refused the credentials (HTTP 401 or 403): nothing will work until an operator
+    replaces the token, so no invoice is to blame."""
+
+    @property
+    def fix(self) -> str:
+        return _TOKEN_FIX.get(self.service.lower(), "check the API token")
+
+    def summary(self) -> str:
+        """One line naming the API, what it answered and the fix."""
+        what = "refused the token" if self.status == 401 else "denied access"
+        name = {"kantata": "Kantata", "noko": "Noko"}.get(self.service.lower(), self.service)
+        return f"{name} {what} (HTTP {self.status}): {self.fix}"

@@ -39,10 +39,12 @@ from pydantic import SecretStr
 from connector.errors import (
     AmbiguousWriteError,
     ApiError,
+    AuthError,
     NotFoundError,
     PermanentApiError,
     TransientApiError,
 )
+from connector.text import clean
 
 __all__ = [
     "ApiStats",
@@ -366,11 +368,6 @@ def describe_error_body(body: Any) -> tuple[str | None, str | None]:
     return ("; ".join(parts) or None), code
 
 
-def _snippet(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= BODY_SNIPPET else flat[: BODY_SNIPPET - 1] + "…"
-
-
 # ---------------------------------------------------------------------------------------------
 # Transport
 
@@ -618,6 +615,7 @@ class ApiTransport:
         self._bucket = TokenBucket(rate, burst, clock=clock, sleep=self._pause)
         self._log = logger if logger is not None else structlog.get_logger("kantata_sync.http")
         self._secrets = _secrets_of(headers)
+        self._secret_values = tuple(s.get_secret_value() for s in self._secrets)
         self._base_text = str(self.base_url)
         if transport is None:
             transport = httpx.HTTPTransport(proxy=_environment_proxy(self.base_url))
@@ -772,12 +770,11 @@ class ApiTransport:
             path = url
         return endpoint_template(method, path)
 
-    def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            value = secret.get_secret_value()
-            if value:
-                text = text.replace(value, "***")
-        return text
+    def _clean(self, text: str) -> str:
+        """Text from an answer, fit to keep: this client's credentials and every registered
+        secret removed (any fragment of them) before it is cut to `BODY_SNIPPET`, and its
+        control characters neutralised (`connector.text.clean`)."""
+        return clean(text, BODY_SNIPPET, secrets=self._secret_values)
 
     def _call(
         self,
@@ -917,7 +914,7 @@ class ApiTransport:
             return (
                 response,
                 _Failure(
-                    self._redact(_snippet(f"unexpected response: {exc}")),
+                    self._clean(f"unexpected response: {exc}"),
                     status=response.status_code,
                     request_id=response.headers.get("x-request-id"),
                     applied_maybe=True,
@@ -991,7 +988,7 @@ class ApiTransport:
     def _transport_message(self, exc: httpx.TransportError) -> str:
         detail = str(exc).strip()
         name = type(exc).__name__
-        return self._redact(_snippet(f"{name}: {detail}" if detail else name))
+        return self._clean(f"{name}: {detail}" if detail else name)
 
     def _status_failure(self, response: httpx.Response) -> _Failure | None:
         status = response.status_code
@@ -1020,11 +1017,11 @@ class ApiTransport:
         except (ValueError, UnicodeDecodeError):
             content_type = response.headers.get("content-type", "no content type")
             text = response.content.decode("utf-8", errors="replace")
-            return self._redact(f"{reason} ({content_type}): {_snippet(text)}"), None
+            return self._clean(f"{reason} ({content_type}): {text}"), None
         message, code = describe_error_body(body)
         if message is None:
-            return self._redact(f"{reason}: {_snippet(response.text)}"), code
-        return self._redact(_snippet(message)), code
+            return self._clean(f"{reason}: {response.text}"), code
+        return self._clean(message), code
 
     def _error(
         self,
@@ -1051,7 +1048,11 @@ class ApiTransport:
                 **common,
             )
         if not failure.retryable:
-            kind = NotFoundError if failure.not_found else PermanentApiError
+            kind: type[PermanentApiError] = PermanentApiError
+            if failure.not_found:
+                kind = NotFoundError
+            elif failure.status in (401, 403):
+                kind = AuthError
             return kind(self.service, failure.message, **common)
         return TransientApiError(
             self.service,

@@ -2,7 +2,8 @@
 
 Every line of a cycle carries `run_id`; lines about one invoice carry `kantata_invoice_id` and,
 once it exists, `noko_invoice_id` (bound with `structlog.contextvars`). A last processor removes
-anything that looks like a credential, whatever a caller passed in.
+anything that looks like a credential, whatever a caller passed in (every fragment of a
+registered secret, `connector.text`), and writes control characters out visibly.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ import structlog
 from rich.console import Console
 from rich.text import Text
 
+from connector import text
+
 _SECRET_KEYS = re.compile(r"(token|secret|password|authorization|x-nokotoken)", re.IGNORECASE)
-_redact_values: set[str] = set()
 
 
 def register_secret(value: str) -> None:
-    """Make sure this exact value never reaches a log line."""
-    if value and len(value) >= 4:
-        _redact_values.add(value)
+    """Make sure this value, and any fragment of it, never reaches a log line."""
+    text.register_secret(value)
 
 
 def scrub_text(text: str) -> str:
@@ -50,10 +51,9 @@ def _scrub(key: Any, value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         value = repr(value)  # as text, so that a secret in it is found (JSON has no bytes)
     if isinstance(value, str):
-        for secret in _redact_values:
-            if secret in value:
-                value = value.replace(secret, "[redacted]")
-        return value
+        # Every fragment of a secret removed; control characters (terminal escapes from an
+        # API's answer) written out visibly. Newlines stay: a traceback on a console.
+        return text.neutralise(text.redact(value), newlines=True)
     if isinstance(value, dict):
         return {k: _scrub(k, v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -326,6 +326,8 @@ def reconcile(
                 continue
             ordered = sorted((i for i in ids if i is not None), key=int)
             cycle = engine.run_cycle(kind="sync", only_ids=ordered, force=force)
+            if cycle.auth_error is not None:
+                raise cycle.auth_error  # nothing was repaired after it: say why, once
             result.still_failing.update(cycle.failed)
             result.repaired += [i for i in ordered if i not in cycle.failed]
     return result

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from connector.store import InvoiceRecord, Store
+from connector.text import clean
 from mappings.money import format_money
 
 STATES = ("synced", "failed", "conflict", "pending", "skipped")
@@ -54,6 +55,12 @@ def action_for(record: InvoiceRecord) -> str:
     return template.format(id=record.kantata_id, when=when)
 
 
+def _safe(text: str) -> str:
+    """Stored text that came from outside, fit for a terminal, a page or JSON: no secret
+    fragment, no control character (older state files may hold either)."""
+    return clean(text)
+
+
 def _amount(record: InvoiceRecord) -> str | None:
     if record.total_minor is None or record.exponent is None or not record.currency:
         return None
@@ -73,7 +80,7 @@ def build_report(store: Store, *, now: datetime | None = None, limit: int = 200)
         failures.append(
             {
                 "kantata_invoice_id": record.kantata_id,
-                "error": record.last_error or "interrupted before it finished",
+                "error": _safe(record.last_error or "interrupted before it finished"),
                 "error_kind": record.error_kind,
                 "attempts": record.attempts,
                 "next_attempt_at": _iso(record.next_attempt_at),
@@ -85,7 +92,7 @@ def build_report(store: Store, *, now: datetime | None = None, limit: int = 200)
     conflicts = [
         {
             "kantata_invoice_id": record.kantata_id,
-            "reason": record.last_error or "",
+            "reason": _safe(record.last_error or ""),
             "noko_invoice_id": record.noko_invoice_id,
             "noko_link": record.noko_url,
             "action": action_for(record),
@@ -119,7 +126,7 @@ def build_report(store: Store, *, now: datetime | None = None, limit: int = 200)
             "skipped": run.skipped,
             "conflicts": run.conflicts,
             "failed": run.failed,
-            "error": run.error,
+            "error": _safe(run.error) if run.error else run.error,
         }
         for run in store.runs(limit=20)
     ]
@@ -132,6 +139,7 @@ def build_report(store: Store, *, now: datetime | None = None, limit: int = 200)
     ]
     return {
         "generated_at": _iso(now),
+        "database": store.describe(),
         "counts": counts,
         "cursor": _iso(cursor),
         "cursor_lag_seconds": round((now - cursor).total_seconds(), 1) if cursor else None,
@@ -151,6 +159,14 @@ def render_table(report: dict[str, Any], console: Console) -> None:
         summary.add_column(state, justify="right")
     summary.add_row(*(str(counts[state]) for state in counts))
     console.print(summary)
+    database = report.get("database") or {}
+    written = database.get("written_by")
+    console.print(
+        Text(
+            f"State file: {database.get('path', '?')}"
+            + (f" (written by kantata-sync {written})" if written else "")
+        )
+    )
     lag = report["cursor_lag_seconds"]
     console.print(
         Text(

@@ -346,11 +346,17 @@ def _cursor(report: Mapping[str, Any], stale_after: float) -> str:
             f"{_e(_duration(lag))} behind</span>"
         )
     generated = _show_time(report.get("generated_at")) or "unknown"
+    database = report.get("database") or {}
+    written = (
+        f" (written by kantata-sync {database['written_by']})" if database.get("written_by") else ""
+    )
     return (
         '<section class="facts"><dl>'
         f"<div><dt>Cursor (Kantata changes read up to)</dt><dd>{cursor_html}</dd></div>"
         f"<div><dt>Cursor lag</dt><dd>{lag_html}</dd></div>"
         f'<div><dt>Report generated</dt><dd id="generated-at">{_e(generated)}</dd></div>'
+        f'<div><dt>State file</dt><dd id="database">{_e(str(database.get("path", "")))}'
+        f"{_e(written)}</dd></div>"
         "</dl></section>"
     )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from connector.sandbox import Sandbox, generate
+from connector.store import Store
 from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books, cli_env, run_cli, status_json
 
 
@@ -138,8 +139,11 @@ def test_tokens_never_reach_logs_or_database(box: Sandbox, tmp_path: Path) -> No
 
 
 def test_status_json_on_an_empty_database(tmp_path: Path) -> None:
-    """`status --json` works before any sync and prints exactly one JSON document."""
+    """`status --json` works on a state file no sync has written to yet and prints exactly one
+    JSON document. (A state file that does not exist at all is an error: status never creates
+    one, see tests/test_state_file.py.)"""
     env = {"PATH": "/usr/bin:/bin", "KANTATA_SYNC_DATABASE_URL": f"sqlite:///{tmp_path}/s.db"}
+    Store(env["KANTATA_SYNC_DATABASE_URL"]).close()
     done = run_cli(["status", "--json"], env, tmp_path)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 from connector.errors import (
     AmbiguousWriteError,
     ApiError,
+    AuthError,
     NotFoundError,
     PermanentApiError,
     TransientApiError,
@@ -662,8 +663,8 @@ def test_request_without_json_ignores_body(router: respx.MockRouter, clock: Fake
     ("status", "exc"),
     [
         (400, PermanentApiError),
-        (401, PermanentApiError),
-        (403, PermanentApiError),
+        (401, AuthError),
+        (403, AuthError),
         (404, NotFoundError),
         (409, PermanentApiError),
         (422, PermanentApiError),
@@ -974,7 +975,7 @@ def test_token_never_in_errors_repr_or_logs(router: respx.MockRouter, clock: Fak
                 transport.request_json("GET", path)
             messages.append(str(info.value) + repr(info.value))
     assert all(TOKEN not in m for m in messages)
-    assert "***" in messages[1]
+    assert "[redacted]" in messages[1]
     assert TOKEN not in repr(transport)
     assert logs
     assert TOKEN not in json.dumps(logs, default=str)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from connector.engine import _hash_reference
 from connector.errors import (
     AmbiguousWriteError,
+    AuthError,
     NotFoundError,
     PermanentApiError,
     TransientApiError,
@@ -548,8 +549,8 @@ def test_token_absent_from_repr_and_errors(router: respx.MockRouter, client: Kan
     ("status", "body", "exc", "calls"),
     [
         (400, {"errors": [{"type": "syntax", "message": "Missing params"}]}, PermanentApiError, 1),
-        (401, {"errors": [{"type": "oauth", "message": "Invalid token"}]}, PermanentApiError, 1),
-        (403, {"errors": [{"type": "system", "message": "Forbidden"}]}, PermanentApiError, 1),
+        (401, {"errors": [{"type": "oauth", "message": "Invalid token"}]}, AuthError, 1),
+        (403, {"errors": [{"type": "system", "message": "Forbidden"}]}, AuthError, 1),
         (404, {"errors": [{"type": "system", "message": "not found"}]}, NotFoundError, 1),
         (
             422,

@@ -14,6 +14,7 @@ import respx
 
 from connector.errors import (
     AmbiguousWriteError,
+    AuthError,
     NotFoundError,
     PermanentApiError,
     TransientApiError,
@@ -485,8 +486,8 @@ def test_token_absent_from_repr_and_errors(router: respx.MockRouter, client: Nok
     ("status", "body", "exc", "code", "calls"),
     [
         (400, {"message": "JSON Parsing Error"}, PermanentApiError, None, 1),
-        (401, {"message": "Unauthorized"}, PermanentApiError, None, 1),
-        (403, {"message": "Account does not include this feature"}, PermanentApiError, None, 1),
+        (401, {"message": "Unauthorized"}, AuthError, None, 1),
+        (403, {"message": "Account does not include this feature"}, AuthError, None, 1),
         (404, {"message": "Not found"}, NotFoundError, None, 1),
         (
             422,
@@ -535,8 +536,8 @@ def test_status_to_exception(
     ("status", "exc", "calls"),
     [
         (400, PermanentApiError, 1),
-        (401, PermanentApiError, 1),
-        (403, PermanentApiError, 1),
+        (401, AuthError, 1),
+        (403, AuthError, 1),
         (404, NotFoundError, 1),
         (422, PermanentApiError, 1),
         (429, TransientApiError, 2),

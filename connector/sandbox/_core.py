@@ -286,6 +286,18 @@ def page_link_query(query: Mapping[str, str], page: int, per_page: int) -> str:
     return urlencode(items)
 
 
+def _echo_token(request: Request, offset: int) -> str:
+    """An error message repeating the request's credential `offset` characters in."""
+    token = ""
+    for name in ("Authorization", "X-NokoToken"):
+        value = (request.header(name) or "").strip()
+        if value:
+            token = value.partition(" ")[2].strip() if name == "Authorization" else value
+            break
+    filler = ("invalid request " * (offset // 16 + 1))[:offset]
+    return f"{filler}{token} was not accepted for this request"
+
+
 class Service:
     """Base of a fake API: admin paths, rate limit, faults, stats, auth and routing."""
 
@@ -344,7 +356,9 @@ class Service:
         raise NotImplementedError
 
     def fault_response(self, status: int) -> Response:
-        """A 5xx answer of this service."""
+        """A 5xx answer of this service (or the 401 of a revoked token)."""
+        if status == 401:
+            return self.error(401, "The access token was revoked or has expired")
         if status == 502:
             html = (
                 "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -400,6 +414,10 @@ class Service:
                 response = self.rate_limited_response(fault.retry_after)
             else:
                 response = self.fault_response(fault.status)
+            self._record(key, request, response, fault=fault.kind)
+            return response
+        if fault.echo_token_offset is not None:
+            response = self.error(422, _echo_token(request, fault.echo_token_offset))
             self._record(key, request, response, fault=fault.kind)
             return response
 

@@ -31,6 +31,12 @@ class FaultConfig:
     drop_after_commit_rate: float = 0.0
     retry_after: bool = True
     only_paths: tuple[str, ...] = field(default=())
+    auth_fail_after: int = -1
+    """After this many requests (counted from when the faults were set), every request answers
+    401 as for a revoked token, until the faults change (-1: never)."""
+    echo_token_offset: int = -1
+    """Every request answers 422 with an error message that repeats the request's token after
+    this many characters of text, as a careless server might (-1: never)."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> FaultConfig:
@@ -55,9 +61,9 @@ class FaultConfig:
                 if not isinstance(value, bool):
                     raise ValueError(f"{key} must be true or false")
                 values[key] = value
-            elif key == "seed":
+            elif key in ("seed", "auth_fail_after", "echo_token_offset"):
                 if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError("seed must be an integer")
+                    raise ValueError(f"{key} must be an integer")
                 values[key] = value
             else:
                 if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
@@ -85,6 +91,8 @@ class FaultConfig:
                 self.latency_ms > 0,
                 self.timeout_rate > 0,
                 self.drop_after_commit_rate > 0,
+                self.auth_fail_after >= 0,
+                self.echo_token_offset >= 0,
             )
         )
 
@@ -99,12 +107,16 @@ class Fault:
     retry_after: bool = False
     drop_after_commit: bool = False
     timeout: bool = False
+    echo_token_offset: int | None = None
+    """Answer 422 with the request's token in the message, after this many characters."""
 
     @property
     def kind(self) -> str | None:
         """A short name for stats: 429, 500, 502, 503, timeout, drop, or None."""
         if self.status is not None:
             return str(self.status)
+        if self.echo_token_offset is not None:
+            return "echo-token"
         if self.drop_after_commit:
             return "drop"
         if self.timeout:
@@ -123,6 +135,7 @@ class FaultInjector:
         self._lock = threading.Lock()
         self._config = config or FaultConfig()
         self._rng = random.Random(self._config.seed)
+        self._counted = 0
 
     @property
     def config(self) -> FaultConfig:
@@ -134,6 +147,7 @@ class FaultInjector:
         with self._lock:
             self._config = config or FaultConfig()
             self._rng = random.Random(self._config.seed)
+            self._counted = 0
 
     def applies_to(self, *paths: str) -> bool:
         """Whether the `only_paths` prefixes cover the request path (any of its spellings)."""
@@ -149,6 +163,14 @@ class FaultInjector:
         config = self._config
         if not config.active or not self.applies_to(path, full_path or path):
             return NO_FAULT
+        if config.echo_token_offset >= 0:
+            return Fault(echo_token_offset=config.echo_token_offset)
+        if config.auth_fail_after >= 0:
+            with self._lock:
+                self._counted += 1
+                counted = self._counted
+            if counted > config.auth_fail_after:
+                return Fault(status=401)
         with self._lock:
             rng = self._rng
             r_timeout, r_429, r_5xx, r_kind, r_retry, r_drop = (rng.random() for _ in range(6))

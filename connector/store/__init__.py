@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import operator
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -25,20 +26,25 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, event, func
 from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, col, create_engine, select
 
-from connector.errors import ConfigError, LockHeldError
+from connector import __version__
+from connector.errors import ConfigError, LockHeldError, StateFileError
 from connector.store.models import (
     CursorRecord,
     InvoiceEvent,
     InvoiceRecord,
     InvoiceRow,
+    MetaRow,
     NotificationRecord,
     RunRecord,
 )
+from connector.text import clean
 
 __all__ = ["CursorRecord", "InvoiceEvent", "InvoiceRecord", "RunRecord", "Store"]
 
@@ -67,12 +73,45 @@ def sqlite_path(database_url: str) -> Path | None:
     return Path(url.database)
 
 
-class Store:
-    """Typed access to the state database; safe to share between worker threads."""
+def state_file_problem(exc: BaseException, path: Path | None) -> str:
+    """One line for an error of the state file itself (corrupt, unwritable, disk full)."""
+    where = str(path) if path is not None else "the in-memory state database"
+    original = getattr(exc, "orig", None) or exc
+    reason = (
+        getattr(original, "strerror", None) or str(original).splitlines()[0] or type(exc).__name__
+    )
+    lowered = reason.lower()
+    if "not a database" in lowered or "malformed" in lowered:
+        return (
+            f"state file {where} is not a readable kantata-sync database ({reason}): restore "
+            "it from a backup, or move it aside"
+        )
+    if "full" in lowered or "no space" in lowered:
+        return (
+            f"state file {where}: the disk is full ({reason}): free some space; the next run "
+            "continues where this one stopped"
+        )
+    return (
+        f"state file {where} cannot be used ({reason}): check that it and its directory are "
+        "writable by this user"
+    )
 
-    def __init__(self, database_url: str) -> None:
+
+class Store:
+    """Typed access to the state database; safe to share between worker threads.
+
+    With `create=False` (the commands that only read), a state file that does not exist is
+    an error (`StateFileError`), never created empty."""
+
+    def __init__(self, database_url: str, *, create: bool = True) -> None:
         self.database_url = database_url
         self.path = sqlite_path(database_url)
+        if self.path is not None and not create and not self.path.exists():
+            raise StateFileError(
+                f"no state file at {self.path} (KANTATA_SYNC_DATABASE_URL={database_url}): "
+                "point KANTATA_SYNC_DATABASE_URL at the state file, or run `kantata-sync "
+                "sync` to create it"
+            )
         self._write_lock = threading.RLock()
         # Writes queued for the next commit, numbered in order; `_committed` is the number of
         # the last one on disk.
@@ -96,7 +135,18 @@ class Store:
                 "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
             )
         event.listen(self.engine, "connect", _configure_connection)
-        self._migrate()
+        try:
+            self._migrate()
+        except (SQLAlchemyError, OSError) as exc:
+            self.engine.dispose()
+            raise StateFileError(state_file_problem(exc, self.path)) from None
+        except CommandError as exc:  # a schema revision this version does not know
+            self.engine.dispose()
+            raise StateFileError(
+                f"state file {self.path or 'in memory'} has a schema this version of "
+                f"kantata-sync ({__version__}) does not know ({exc}): use the version that "
+                "wrote it, or a newer one"
+            ) from None
         # Each column's conversion to what the driver stores (aware datetimes to SQLite's
         # text form, as SQLAlchemy would write them), worked out once for the upsert.
         dialect = self.engine.dialect
@@ -124,7 +174,7 @@ class Store:
                 if target.exists():
                     target.chmod(0o600)
         except OSError as exc:
-            raise ConfigError(
+            raise StateFileError(
                 f"KANTATA_SYNC_DATABASE_URL: cannot create the state file {path}: {exc.strerror}"
             ) from None
 
@@ -137,19 +187,44 @@ class Store:
         config.set_main_option("script_location", script_location)
         with self._write_lock, self.engine.begin() as connection:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+            before = MigrationContext.configure(connection).get_current_revision()
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+            if MigrationContext.configure(connection).get_current_revision() != before:
+                # Created or migrated: this version wrote its schema.
+                _write_meta(connection, "written_by", __version__)
 
     def schema_revision(self) -> str | None:
         with self.engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
 
+    def written_by(self) -> str | None:
+        """The version of kantata-sync that last opened the state file to write."""
+        with self._session() as session:
+            row = session.get(MetaRow, "written_by")
+            return row.value if row else None
+
+    def describe(self) -> dict[str, str | None]:
+        """Which database this is, for every report: its path, the version that last wrote
+        it and its schema revision."""
+        return {
+            "path": str(self.path) if self.path is not None else ":memory:",
+            "written_by": self.written_by(),
+            "schema": self.schema_revision(),
+        }
+
     def close(self) -> None:
-        self.flush()
-        self.release_writer_lock()
-        with self._write_lock:
-            self._drop_writer()
-        self.engine.dispose()
+        """Commit what is pending and let go of the file (its lock, its connections), even
+        when that last commit fails; the failure is then a `StateFileError` naming it."""
+        try:
+            self.flush()
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StateFileError(state_file_problem(exc, self.path)) from None
+        finally:
+            self.release_writer_lock()
+            with self._write_lock:
+                self._drop_writer()
+            self.engine.dispose()
 
     def _writer_connection(self) -> Any:
         """The driver connection of the batched commits (call with `_write_lock` held)."""
@@ -193,6 +268,8 @@ class Store:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
+        with self._write_lock, self.engine.begin() as connection:
+            _write_meta(connection, "written_by", __version__)
 
     def release_writer_lock(self) -> None:
         if self._lock_fd is not None:
@@ -294,9 +371,14 @@ class Store:
         values = dict(zip(self._column_names, self._read_columns(record), strict=True))
         for name, convert in self._converted:
             values[name] = convert(values[name])
+        if values["last_error"]:
+            # Text from outside (an API's error): no secret, no control character on disk.
+            values["last_error"] = clean(values["last_error"], 2000)
         row = (
             values,
-            (record.kantata_id, run_id, self._at(now), event, detail[:2000]) if event else None,
+            (record.kantata_id, run_id, self._at(now), event, clean(detail, 2000))
+            if event
+            else None,
         )
         with self._pending_lock:
             self._pending.append(row)
@@ -456,6 +538,8 @@ class Store:
 
     def finish_run(self, run: RunRecord) -> None:
         run.finished_at = run.finished_at or utcnow()
+        if run.error:
+            run.error = clean(run.error, 2000)
         with self._tx() as session:
             session.merge(run)
 
@@ -562,6 +646,14 @@ _UPSERT_SQL = f"INSERT INTO invoices ({_COLUMNS}) VALUES ({_VALUES}) ON CONFLICT
 _EVENT_SQL = (
     "INSERT INTO invoice_events (kantata_id, run_id, at, event, detail) VALUES (?, ?, ?, ?, ?)"
 )
+
+
+def _write_meta(connection: Any, key: str, value: str) -> None:
+    connection.exec_driver_sql(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
 
 
 def _configure_connection(dbapi_connection: Any, _record: Any) -> None:

@@ -174,3 +174,13 @@ class NotificationRecord(SQLModel, table=True):
     status: str
     """failed | conflict, as notified"""
     notified_at: datetime = _when()
+
+
+class MetaRow(SQLModel, table=True):
+    """Facts about the state file: `written_by` is the version of kantata-sync that last
+    opened it to write."""
+
+    __tablename__ = "meta"
+
+    key: str = Field(primary_key=True)
+    value: str
