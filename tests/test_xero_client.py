@@ -121,9 +121,9 @@ def test_a_lost_answer_of_a_batch_that_never_arrived_resends_only_then() -> None
     results = client.create_invoices(payloads(3))
     assert all(r.ok and not r.looked_up for r in results)
     assert len(fake.docs["Invoices"]) == 3
-    lookup = [r for r in transport.sent if r.url.path.endswith("/Invoices") and r.method == "GET"][
-        0
-    ]
+    lookup = next(
+        r for r in transport.sent if r.url.path.endswith("/Invoices") and r.method == "GET"
+    )
     assert lookup.url.params["where"] == " OR ".join(f'Reference=="KS-{i}"' for i in (1, 2, 3))
 
 
@@ -213,7 +213,7 @@ def test_status_changes_void_delete_and_a_paid_invoice_is_refused() -> None:
 
 
 def test_edit_in_place_keeps_line_item_ids() -> None:
-    client, fake, _t, _c = make_client(fake_with_contact(Decimal(10)))
+    client, _fake, _t, _c = make_client(fake_with_contact(Decimal(10)))
     [made] = client.create_invoices(payloads(1))
     assert made.document is not None
     doc = made.document
@@ -254,7 +254,7 @@ def test_the_spec_check_catches_a_bad_request() -> None:
         },
         content=b'{"Invoices":[{"Type":"ACCREC","Total":3}]}',  # Total is read-only
     )
-    with pytest.raises(Exception, match="Total|read"):
+    with pytest.raises(Exception, match=r"Total|read"):
         validate(bad)
 
 
