@@ -85,8 +85,12 @@ def test_idempotency_key_names_one_body() -> None:
     assert len(fake.docs["Invoices"]) == 2
 
 
-def test_a_lost_answer_is_resolved_by_looking_up_references_not_by_resending() -> None:
+@pytest.mark.parametrize("keys_remembered", [True, False])
+def test_a_lost_answer_is_resolved_by_looking_up_references_not_by_resending(
+    keys_remembered: bool,
+) -> None:
     client, fake, transport, _ = make_client(fake_with_contact(Decimal(10)))
+    fake.remember_keys = keys_remembered
     fake.drop_answers(1)
     results = client.create_invoices(payloads(60))
     assert all(r.ok for r in results)

@@ -141,6 +141,9 @@ class FakeXero(Service):
         self.contacts: dict[str, dict[str, Any]] = {}
         self.payments: list[dict[str, Any]] = []
         self.idempotency: dict[str, Response] = {}
+        self.remember_keys = True
+        """False: every Idempotency-Key is forgotten at once (the key's lifetime is not
+        documented; a connector must not rely on it)."""
         self.drop_next_writes = 0
         self.minute_window: tuple[int, int] = (0, 0)
         self.day_window: tuple[str, int] = ("", 0)
@@ -520,7 +523,7 @@ class FakeXero(Service):
             response = self.error(400, "A validation exception occurred", Elements=bad)
         else:
             response = Response.json(200, {"Id": str(uuid.uuid4()), "Status": "OK", kind: answers})
-        if key is not None:
+        if key is not None and self.remember_keys:
             self.idempotency[key] = Response(response.status, response.body, list(response.headers))
         return response
 
