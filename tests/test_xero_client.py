@@ -268,3 +268,20 @@ def test_gate_is_process_wide_by_default() -> None:
     from connector.xero.client import PROCESS_GATE
 
     assert plain._gate is PROCESS_GATE and isinstance(PROCESS_GATE, PauseGate)
+
+
+def test_credit_notes_cancel_by_status_draft_deleted_authorised_voided() -> None:
+    client, fake, transport, _ = make_client(fake_with_contact(Decimal(10)))
+    plans = [
+        plan_invoice(ledger([(-1_000 * k, True)], Decimal(10), kantata_id=f"c{k}"), XeroSettings())
+        for k in (1, 2)
+    ]
+    made = client.create_credit_notes([p.payload(CONTACT) for p in plans])
+    assert [r.document["Total"] for r in made if r.document] == [Decimal("11.00"), Decimal("22.00")]
+    docs = [(r.document["CreditNoteID"], r.document["Reference"]) for r in made if r.document]
+    client.approve("CreditNotes", docs[1:])
+    results = client.cancel(
+        "CreditNotes", [(docs[0][0], docs[0][1], "DRAFT"), (docs[1][0], docs[1][1], "AUTHORISED")]
+    )
+    assert [r.document["Status"] for r in results if r.document] == ["DELETED", "VOIDED"]
+    assert all(len(decode_json(r.content)["CreditNotes"]) <= 50 for r in writes(transport))

@@ -464,6 +464,18 @@ class XeroClient:
         payloads = [{id_field: i, "Reference": ref, "Status": s} for i, ref, s in changes]
         return self.save("POST", collection, payloads)
 
+    def approve(self, collection: str, docs: Sequence[tuple[str, str]]) -> list[XeroResult]:
+        """(id, reference) -> AUTHORISED: after the drafts' totals were verified."""
+        return self.set_status(collection, [(i, ref, "AUTHORISED") for i, ref in docs])
+
+    def cancel(self, collection: str, docs: Sequence[tuple[str, str, str]]) -> list[XeroResult]:
+        """(id, reference, current status) -> DELETED for DRAFT/SUBMITTED, VOIDED for
+        AUTHORISED. Paid documents are refused by Xero and come back with its message."""
+        changes = [
+            (i, ref, "VOIDED" if status == "AUTHORISED" else "DELETED") for i, ref, status in docs
+        ]
+        return self.set_status(collection, changes)
+
     # ----- contacts ---------------------------------------------------------------------------
     def contacts_for(self, clients: Sequence[tuple[str | None, str]]) -> dict[str, str]:
         """ContactID per client (key: the client id, else the name): found by ContactNumber,
