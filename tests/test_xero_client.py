@@ -271,7 +271,7 @@ def test_gate_is_process_wide_by_default() -> None:
 
 
 def test_credit_notes_cancel_by_status_draft_deleted_authorised_voided() -> None:
-    client, fake, transport, _ = make_client(fake_with_contact(Decimal(10)))
+    client, _f, transport, _ = make_client(fake_with_contact(Decimal(10)))
     plans = [
         plan_invoice(ledger([(-1_000 * k, True)], Decimal(10), kantata_id=f"c{k}"), XeroSettings())
         for k in (1, 2)
