@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 
 from connector.sandbox.xero import FakeXero
 from mappings.errors import MappingError
+from mappings.kantata import KantataInvoice, decode_invoices
 from mappings.ledger import LedgerDocument, LedgerLine, LedgerTax
 from mappings.money import tax_amount
 from mappings.profile import ProfileError, parse_profile
+from mappings.to_ledger import to_ledger
 from mappings.to_xero import (
     check_totals,
     expected_totals,
@@ -25,6 +27,7 @@ from mappings.to_xero import (
     split_tax,
 )
 from mappings.xero_profile import XeroSettings
+from tests.test_mapping_properties import invoice_pages
 from tests.xero_support import make_client
 
 CONTACT = "00000000-0000-0000-0000-00000000c0de"
@@ -210,3 +213,27 @@ def test_profile_xero_section() -> None:
     assert parse_profile("").xero == XeroSettings()
     with pytest.raises(ProfileError, match="unknown line kind"):
         parse_profile('[xero.accounts]\nhours = "200"\n')
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=invoice_pages(), detail=st.sampled_from(["itemized", "per_kind", "per_task"]))
+def test_kantata_page_to_fake_xero_lands_on_the_kantata_total(
+    body: dict[str, object], detail: str
+) -> None:
+    """The whole way: a generated Kantata page -> ledger -> Xero plan -> the fake Xero's own
+    per-line arithmetic, for every line detail; what Xero cannot hold fails by name."""
+    (invoice,) = decode_invoices(body)
+    assert isinstance(invoice, KantataInvoice)
+    doc = to_ledger(invoice, parse_profile(f'[lines]\ndetail = "{detail}"\n'))
+    try:
+        plan = plan_invoice(doc, XeroSettings())
+    except MappingError as exc:
+        assert doc.exponent > 2 or not doc.lines, exc
+        return
+    client, _f, _t, _c = make_client(fake_with_contact(Decimal(15)))
+    create = client.create_credit_notes if plan.is_credit_note else client.create_invoices
+    [result] = create([plan.payload(CONTACT)])
+    assert result.document is not None, result.errors
+    assert check_totals(plan, result.document) == []
+    total = Decimal(str(result.document["Total"])).scaleb(doc.exponent)
+    assert (-total if plan.is_credit_note else total) == doc.total_minor
