@@ -225,11 +225,11 @@ def test_kantata_page_to_fake_xero_lands_on_the_kantata_total(
     (invoice,) = decode_invoices(body)
     assert isinstance(invoice, KantataInvoice)
     doc = to_ledger(invoice, parse_profile(f'[lines]\ndetail = "{detail}"\n'))
-    try:
-        plan = plan_invoice(doc, XeroSettings())
-    except MappingError as exc:
-        assert doc.exponent > 2 or not doc.lines, exc
+    if doc.exponent > 2 or not doc.lines:
+        with pytest.raises(MappingError, match=r"decimals|no billable line"):
+            plan_invoice(doc, XeroSettings())
         return
+    plan = plan_invoice(doc, XeroSettings())
     client, _f, _t, _c = make_client(fake_with_contact(Decimal(15)))
     create = client.create_credit_notes if plan.is_credit_note else client.create_invoices
     [result] = create([plan.payload(CONTACT)])
