@@ -3,15 +3,19 @@ tenant choice, contacts, status changes, reads; every request checked against Xe
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from connector.errors import ConfigError
 from connector.http import decode_json
-from connector.sandbox.xero import FakeXero
+from connector.sandbox.server import ServiceServer
+from connector.sandbox.xero import API, FakeXero
+from connector.xero.auth import ClientCredentials, XeroCredentials
 from connector.xero.client import (
     PauseGate,
     XeroClient,
@@ -22,7 +26,13 @@ from connector.xero.client import (
 from mappings.to_xero import plan_invoice
 from mappings.xero_profile import XeroSettings
 from tests.test_xero_planner import CONTACT, fake_with_contact, ledger
-from tests.xero_support import FakeTransport, make_client, validate
+from tests.xero_support import (
+    FakeClock,
+    FakeTransport,
+    ValidatingTransport,
+    make_client,
+    validate,
+)
 
 
 def payloads(count: int, start: int = 1) -> list[dict[str, object]]:
@@ -144,7 +154,8 @@ def test_a_429_pauses_every_client_sharing_the_gate_until_retry_after() -> None:
         sleep=clock.sleep,
     )
     fake.set_clock(datetime(2026, 12, 1, 9, 0, 50, tzinfo=UTC))
-    client.accounts()  # 1 (connections) + 1
+    client.accounts()
+    client.accounts()
     assert client.limits.minute_remaining == 0
     client.tax_rates()  # 429 with Retry-After: waits till the next minute, then succeeds
     assert fake.stats.statuses.get("429") == 1
@@ -156,7 +167,7 @@ def test_a_429_pauses_every_client_sharing_the_gate_until_retry_after() -> None:
 
 
 def test_the_day_limit_raises_a_dedicated_error_with_the_resume_time() -> None:
-    client, fake, transport, _ = make_client(FakeXero(per_day=2))
+    client, fake, transport, _ = make_client(FakeXero(per_day=1))
     fake.set_clock(datetime(2026, 12, 1, 23, 0, 0, tzinfo=UTC))
     client.accounts()
     with pytest.raises(XeroDailyLimitReached) as info:
@@ -285,3 +296,35 @@ def test_credit_notes_cancel_by_status_draft_deleted_authorised_voided() -> None
     )
     assert [r.document["Status"] for r in results if r.document] == ["DELETED", "VOIDED"]
     assert all(len(decode_json(r.content)["CreditNotes"]) <= 50 for r in writes(transport))
+
+
+def test_over_real_http_a_connection_closed_after_commit_makes_no_duplicate() -> None:
+    fake = fake_with_contact(Decimal(10))
+    server = ServiceServer(("127.0.0.1", 0), fake)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        transport = ValidatingTransport()
+        http = httpx.Client(transport=transport, timeout=10)
+        clock = FakeClock(fake)
+        credentials = XeroCredentials(
+            fake.client_id, SecretStr(fake.client_secret), token_url=url + "/connect/token"
+        )
+        client = XeroClient(
+            ClientCredentials(credentials, http=http, clock=clock),
+            base_url=url + API,
+            connections_url=url + "/connections",
+            http=http,
+            gate=PauseGate(clock, clock.sleep),
+            clock=clock,
+            sleep=clock.sleep,
+        )
+        fake.drop_answers(1)
+        results = client.create_invoices(payloads(7))
+    finally:
+        server.shutdown()
+        server.close_all()
+        server.server_close()
+    assert all(r.ok and r.looked_up for r in results)
+    assert len(fake.docs["Invoices"]) == 7
+    assert [r.method for r in transport.sent if "/api.xro/" in str(r.url)] == ["PUT", "GET"]

@@ -100,6 +100,20 @@ class FakeTransport(httpx.BaseTransport):
         return httpx.Response(response.status, headers=headers, content=response.body)
 
 
+class ValidatingTransport(httpx.HTTPTransport):
+    """Real HTTP, each Accounting API request first checked against Xero's spec."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        validate(request)
+        self.sent.append(request)
+        return super().handle_request(request)
+
+
 class FakeClock:
     """The client's monotonic clock and sleep; sleeping also moves the fake Xero's clock."""
 

@@ -247,7 +247,9 @@ class XeroClient(XeroTransport):
         return self.set_status(collection, changes)
 
     # ----- contacts ---------------------------------------------------------------------------
-    def contacts_for(self, clients: Sequence[tuple[str | None, str]]) -> dict[str, str]:
+    def contacts_for(
+        self, clients: Sequence[tuple[str | None, str]], *, _rounds: int = 3
+    ) -> dict[str, str]:
         """ContactID per client (key: the client id, else the name): found by ContactNumber,
         then by name (case-insensitive), else created (50 to a request)."""
         rows = self._pages("Contacts", {})
@@ -273,7 +275,9 @@ class XeroClient(XeroTransport):
             try:
                 results = self.save("PUT", "Contacts", [missing[k] for k in keys])
             except AmbiguousWriteError:
-                return self.contacts_for(clients)  # a re-list finds what was made
+                if _rounds <= 1:
+                    raise
+                return self.contacts_for(clients, _rounds=_rounds - 1)  # a re-list finds them
             for key, result in zip(keys, results, strict=True):
                 if result.ok and result.document is not None:
                     out[key] = str(result.document["ContactID"])
