@@ -302,25 +302,25 @@ def test_over_real_http_a_connection_closed_after_commit_makes_no_duplicate() ->
     fake = fake_with_contact(Decimal(10))
     server = ServiceServer(("127.0.0.1", 0), fake)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.port}"
+    transport = ValidatingTransport()
     try:
-        url = f"http://127.0.0.1:{server.port}"
-        transport = ValidatingTransport()
-        http = httpx.Client(transport=transport, timeout=10)
-        clock = FakeClock(fake)
-        credentials = XeroCredentials(
-            fake.client_id, SecretStr(fake.client_secret), token_url=url + "/connect/token"
-        )
-        client = XeroClient(
-            ClientCredentials(credentials, http=http, clock=clock),
-            base_url=url + API,
-            connections_url=url + "/connections",
-            http=http,
-            gate=PauseGate(clock, clock.sleep),
-            clock=clock,
-            sleep=clock.sleep,
-        )
-        fake.drop_answers(1)
-        results = client.create_invoices(payloads(7))
+        with httpx.Client(transport=transport, timeout=10) as http:
+            clock = FakeClock(fake)
+            credentials = XeroCredentials(
+                fake.client_id, SecretStr(fake.client_secret), token_url=url + "/connect/token"
+            )
+            client = XeroClient(
+                ClientCredentials(credentials, http=http, clock=clock),
+                base_url=url + API,
+                connections_url=url + "/connections",
+                http=http,
+                gate=PauseGate(clock, clock.sleep),
+                clock=clock,
+                sleep=clock.sleep,
+            )
+            fake.drop_answers(1)
+            results = client.create_invoices(payloads(7))
     finally:
         server.shutdown()
         server.close_all()

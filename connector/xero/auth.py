@@ -329,10 +329,14 @@ def login(
     if credentials.client_secret is None:
         form["client_id"] = credentials.client_id
     client = http or httpx.Client(timeout=30.0)
-    with token_file.locked():
-        body = token_request(client, credentials, form)
-        refresh = body.get("refresh_token")
-        if not isinstance(refresh, str) or not refresh:
-            raise XeroAuthError("Xero gave no refresh token: is offline_access granted?")
-        token_file.write(refresh)
+    try:
+        with token_file.locked():
+            body = token_request(client, credentials, form)
+            refresh = body.get("refresh_token")
+            if not isinstance(refresh, str) or not refresh:
+                raise XeroAuthError("Xero gave no refresh token: is offline_access granted?")
+            token_file.write(refresh)
+    finally:
+        if http is None:
+            client.close()
     announce(f"Connected; the refresh token is kept in {token_file.path} (owner-only).")
