@@ -328,3 +328,51 @@ def test_over_real_http_a_connection_closed_after_commit_makes_no_duplicate() ->
     assert all(r.ok and r.looked_up for r in results)
     assert len(fake.docs["Invoices"]) == 7
     assert [r.method for r in transport.sent if "/api.xro/" in str(r.url)] == ["PUT", "GET"]
+
+
+def test_paced_to_60_a_minute_and_at_most_5_in_flight() -> None:
+    client, fake, transport, clock = make_client(FakeXero(per_minute=10_000))
+    client.accounts()
+    start = clock.now
+    for _ in range(6):
+        client.accounts()
+    assert clock.now - start == pytest.approx(6.0)  # one a second: 60 a minute
+
+    inner = transport.handle_request
+    flying = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    gate = threading.Event()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        with lock:
+            flying["now"] += 1
+            flying["most"] = max(flying["most"], flying["now"])
+        gate.wait(5)
+        try:
+            return inner(request)
+        finally:
+            with lock:
+                flying["now"] -= 1
+
+    transport.handle_request = slow  # type: ignore[method-assign]
+    unpaced = XeroClient(
+        client.tokens,
+        base_url=client.base_url,
+        http=client._http,
+        tenant_id=fake.tenants[0].tenant_id,
+        per_minute=0,
+        concurrent=5,
+        gate=PauseGate(clock, clock.sleep),
+    )
+    threads = [threading.Thread(target=unpaced.accounts) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for _ in range(200):
+        with lock:
+            if flying["now"] == 5:
+                break
+        threading.Event().wait(0.01)
+    gate.set()
+    for thread in threads:
+        thread.join()
+    assert flying["most"] == 5
