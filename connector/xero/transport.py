@@ -106,7 +106,6 @@ class XeroTransport:
         sleep: Callable[[float], None] = time.sleep,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_attempts: int = 5,
-        on_request: Callable[[httpx.Request], None] | None = None,
     ) -> None:
         self.tokens = tokens
         self.base_url = base_url.rstrip("/")
@@ -119,7 +118,6 @@ class XeroTransport:
         self._sleep = sleep
         self._wall = wall
         self._max_attempts = max_attempts
-        self._on_request = on_request
         self.limits = Limits()
         self.requests = 0
 
@@ -156,8 +154,6 @@ class XeroTransport:
             request = self._http.build_request(
                 method, url, params=params, content=content, headers=sent
             )
-            if self._on_request is not None:
-                self._on_request(request)
             with self._flight:
                 self._bucket.acquire()
                 self.requests += 1
