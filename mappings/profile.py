@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from mappings.money import MoneyError, exponent_for_code
+from mappings.xero_profile import XeroSettings
 
 
 class ProfileError(ValueError):
@@ -135,6 +136,7 @@ class Profile(_Section):
     tax: TaxSettings = TaxSettings()
     noko: NokoSettings = NokoSettings()
     currencies: CurrencySettings = CurrencySettings()
+    xero: XeroSettings = XeroSettings()
 
     @field_validator("noko")
     @classmethod
