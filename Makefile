@@ -14,14 +14,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/kantata-sync demo
 
-LINTED := connector mappings tests $(wildcard bench)
+LINTED := connector mappings sandbox tests $(wildcard bench)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 
 typecheck: $(STAMP)
-	$(BIN)/mypy connector mappings
+	$(BIN)/mypy connector mappings sandbox
 
 unit: $(STAMP)
 	$(BIN)/pytest -n auto -q

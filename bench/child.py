@@ -153,10 +153,10 @@ class _ThreadProfiles:
 def _use_transports(dispatch: str) -> None:
     """Make `open_connector` build its clients on the dispatch transport (their own
     `transport=` parameter), so the wiring under test stays the application's."""
-    import connector.app as app
+    import connector.faces.app as app
     from bench.dispatch import DispatchTransport
-    from connector.kantata import KantataClient
-    from connector.noko import NokoClient
+    from connector.kantata.client import KantataClient
+    from connector.targets.noko.client import NokoClient
 
     kantata = DispatchTransport(dispatch, "kantata")
     noko = DispatchTransport(dispatch, "noko")
@@ -180,7 +180,7 @@ def _advance_clocks(job: dict[str, Any], conn: Any, seconds: float) -> None:
     the same transport as the connector's requests) and the engine's clock move on together."""
     import httpx
 
-    from connector.sandbox._core import ADMIN_PREFIX
+    from sandbox._core import ADMIN_PREFIX
 
     for name, url in (("kantata", job["kantata_url"]), ("noko", job["noko_url"])):
         root = httpx.URL(url).copy_with(path=f"{ADMIN_PREFIX}/clock", query=None)
@@ -196,9 +196,9 @@ def _advance_clocks(job: dict[str, Any], conn: Any, seconds: float) -> None:
 
 
 def _run_connector(job: dict[str, Any]) -> dict[str, Any]:
-    from connector.app import open_connector
-    from connector.config import Settings
-    from connector.logs import configure_logging
+    from connector.faces.app import open_connector
+    from connector.faces.config import Settings
+    from connector.faces.logs import configure_logging
 
     if job.get("dispatch"):
         _use_transports(job["dispatch"])

@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, unquote
 
 import httpx
 
-from connector.sandbox._core import Request, Service
+from sandbox._core import Request, Service
 
 __all__ = ["DispatchServer", "DispatchTransport"]
 

@@ -19,13 +19,13 @@ from typing import Any
 
 from bench.workload import populate
 from connector.http import RetryPolicy
-from connector.kantata import KantataClient
-from connector.sandbox import Sandbox
+from connector.kantata.client import KantataClient
 from mappings.kantata import KantataInvoice, decode_invoices
 from mappings.ledger import LedgerDocument
 from mappings.profile import default_profile
+from mappings.targets.noko import plan_invoice
 from mappings.to_ledger import to_ledger
-from mappings.to_noko import plan_invoice
+from sandbox import Sandbox
 from tests.e2e import KANTATA_TOKEN
 
 __all__ = ["main"]

@@ -23,11 +23,11 @@ from typing import Any
 import httpx
 
 from connector.http import decode_json, encode_json, parse_retry_after
-from connector.kantata import INVOICE_INCLUDES
+from connector.kantata.client import INVOICE_INCLUDES
 from mappings.kantata import KantataInvoice, decode_invoices
 from mappings.profile import default_profile
+from mappings.targets.noko import check_totals, plan_invoice
 from mappings.to_ledger import to_ledger
-from mappings.to_noko import check_totals, plan_invoice
 
 __all__ = ["NaiveResult", "naive_backfill"]
 

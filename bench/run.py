@@ -33,8 +33,8 @@ from typing import Any
 from bench.dispatch import DispatchServer
 from bench.tap import TapCheck, check_tap
 from bench.workload import Workload, populate
-from connector.kantata import REFERENCE_UPSERT
-from connector.sandbox import FakeKantata, FakeNoko, FaultConfig, Sandbox
+from connector.kantata.client import REFERENCE_UPSERT
+from sandbox import FakeKantata, FakeNoko, FaultConfig, Sandbox
 from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books
 
 ROOT = Path(__file__).resolve().parents[1]

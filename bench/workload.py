@@ -16,7 +16,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from connector.sandbox import FakeKantata, FakeNoko
+from sandbox import FakeKantata, FakeNoko
 
 __all__ = ["LINES_MAX", "LINES_MIN", "Workload", "populate"]
 

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from mappings.money import MoneyError, exponent_for_code
-from mappings.xero_profile import XeroSettings
+from mappings.targets.xero_profile import XeroSettings
 
 
 class ProfileError(ValueError):

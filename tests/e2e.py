@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from connector.sandbox import Sandbox
+from sandbox import Sandbox
 
 KANTATA_TOKEN = "sandbox-kantata-token"
 NOKO_TOKEN = "sandbox-noko-token"
@@ -42,7 +42,7 @@ def run_cli(
     args: list[str], env: Mapping[str, str], cwd: Path, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "connector.cli", *args],
+        [sys.executable, "-m", "connector.faces.cli", *args],
         env=dict(env),
         cwd=cwd,
         capture_output=True,

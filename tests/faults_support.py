@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from connector.sandbox import Sandbox
+from sandbox import Sandbox
 from tests.e2e import check_books, run_cli
 
 SERVICE_NAME = "noko"
@@ -55,7 +55,7 @@ class CliProcess:
         self._err: IO[str] = self.err_path.open("w")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "connector.cli", *args],
+            [sys.executable, "-m", "connector.faces.cli", *args],
             env=dict(env),
             cwd=cwd,
             stdout=self._out,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from connector.app import open_connector
-from connector.sandbox import FaultConfig, Sandbox, generate
+from connector.faces.app import open_connector
+from sandbox import FaultConfig, Sandbox, generate
 from tests.e2e import check_books, cli_env, run_cli, status_json
 from tests.test_engine_cursor import settings_for
 

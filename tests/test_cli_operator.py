@@ -15,9 +15,9 @@ import pytest
 import structlog
 from rich.console import Console
 
-from connector.cli import Pace, Progress
-from connector.logs import configure_logging
-from connector.sandbox import Sandbox, generate
+from connector.faces.cli import Pace, Progress
+from connector.faces.logs import configure_logging
+from sandbox import Sandbox, generate
 from tests.e2e import check_books, cli_env, run_cli
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from connector.config import load_settings
 from connector.errors import ConfigError
+from connector.faces.config import load_settings
 from tests.e2e import run_cli
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from mappings.kantata import KantataInvoice, UndecodableInvoice, decode_invoices, page_meta
 from mappings.profile import default_profile, parse_profile
+from mappings.targets.noko import check_totals, parse_marker, plan_invoice
 from mappings.to_ledger import to_ledger
-from mappings.to_noko import check_totals, parse_marker, plan_invoice
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PACIFIC_DAYLIGHT = timedelta(hours=-7)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from connector.config import SECTION_PREFIX, Settings, load_settings
+from connector.faces.config import SECTION_PREFIX, Settings, load_settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"

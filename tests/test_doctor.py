@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from connector.doctor import run_checks
-from connector.sandbox import Sandbox, generate
-from connector.store import Store
+from connector.faces.doctor import run_checks
+from connector.state.store import Store
+from sandbox import Sandbox, generate
 from tests.test_engine_cursor import settings_for
 
 

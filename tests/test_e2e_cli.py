@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from connector.sandbox import Sandbox, generate
-from connector.store import Store
+from connector.state.store import Store
+from sandbox import Sandbox, generate
 from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books, cli_env, run_cli, status_json
 
 
@@ -190,7 +190,7 @@ def test_sigterm_during_run_exits_zero_and_next_start_continues(
     generate(box.kantata, seed=16, invoices=40)
     env = cli_env(box, tmp_path, NOKO_MAX_REQUESTS_PER_SECOND="40", NOKO_BURST="2")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "connector.cli", "run", "--interval", "60"],
+        [sys.executable, "-m", "connector.faces.cli", "run", "--interval", "60"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from connector.app import Connector, open_connector
-from connector.config import Settings
-from connector.kantata import KantataPage
-from connector.sandbox import Sandbox, generate
+from connector.faces.app import Connector, open_connector
+from connector.faces.config import Settings
+from connector.kantata.client import KantataPage
+from sandbox import Sandbox, generate
 from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books
 
 

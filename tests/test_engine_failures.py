@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-import connector.engine as engine_module
-from connector.app import open_connector
-from connector.sandbox import FaultConfig, Sandbox, generate
+import connector.sync.engine as engine_module
+from connector.faces.app import open_connector
+from sandbox import FaultConfig, Sandbox, generate
 from tests.e2e import check_books
 from tests.test_engine_cursor import settings_for
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.engine import _Seen
+from connector.sync.engine import _Seen
 
 _IDS = st.one_of(
     st.integers(min_value=0, max_value=10**6).map(str),

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from connector.engine import _Slots
+from connector.sync.engine import _Slots
 
 
 def _started(target: object) -> threading.Thread:

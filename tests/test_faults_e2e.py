@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from connector.sandbox import FaultConfig, Sandbox, generate
-from connector.sandbox.kantata import REMOVED
+from sandbox import FaultConfig, Sandbox, generate
+from sandbox.kantata import REMOVED
 from tests.e2e import cli_env, status_json
 from tests.faults_support import (
     CliProcess,

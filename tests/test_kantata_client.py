@@ -16,7 +16,6 @@ import respx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connector.engine import _hash_reference
 from connector.errors import (
     AmbiguousWriteError,
     AuthError,
@@ -25,13 +24,14 @@ from connector.errors import (
     TransientApiError,
 )
 from connector.http import RetryPolicy
-from connector.kantata import (
+from connector.kantata.client import (
     INVOICE_INCLUDES,
     REFERENCE_STATUSES,
     ExternalReferenceWrite,
     KantataClient,
     format_timestamp,
 )
+from connector.sync.engine import _hash_reference
 
 BASE = "https://api.mavenlink.test/api/v1"
 TOKEN = "kantata-SECRET-token-42"

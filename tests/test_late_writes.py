@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from connector.app import open_connector
-from connector.engine import IN_DOUBT_MARK, LATE_WRITE_WINDOW
-from connector.sandbox import Sandbox, generate
+from connector.faces.app import open_connector
+from connector.sync.engine import IN_DOUBT_MARK, LATE_WRITE_WINDOW
+from sandbox import Sandbox, generate
 from tests.e2e import check_books
 from tests.test_engine_cursor import settings_for
 

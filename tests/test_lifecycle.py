@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from connector.sandbox import Sandbox
+from sandbox import Sandbox
 from tests.e2e import check_books, cli_env, run_cli, status_json
 
 

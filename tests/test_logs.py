@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import structlog
 
-from connector.logs import configure_logging, register_secret
+from connector.faces.logs import configure_logging, register_secret
 
 TOKEN = "noko-LOGS-secret-token-77"
 

@@ -21,8 +21,7 @@ from mappings.kantata import KantataInvoice, decode_invoices
 from mappings.ledger import LedgerDocument
 from mappings.money import round_half_up, to_major
 from mappings.profile import Profile, parse_profile
-from mappings.to_ledger import to_ledger
-from mappings.to_noko import (
+from mappings.targets.noko import (
     DESCRIPTION_LIMIT,
     TAX_LINE_KEY,
     NokoInvoicePlan,
@@ -30,6 +29,7 @@ from mappings.to_noko import (
     parse_marker,
     plan_invoice,
 )
+from mappings.to_ledger import to_ledger
 
 PROPERTY = settings(max_examples=80, deadline=None)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from connector.app import open_connector
-from connector.sandbox import Sandbox, generate
+from connector.faces.app import open_connector
+from sandbox import Sandbox, generate
 from tests.e2e import check_books
 from tests.test_engine_cursor import settings_for
 
@@ -138,7 +138,7 @@ def test_a_create_answer_without_share_url_gets_its_link_from_the_listing(
 ) -> None:
     """Noko's create answer without `share_url`: the reference gets no link at first (not the
     API address), and the same cycle's read of Noko's changes fills in the share_url."""
-    from connector.noko import NokoClient
+    from connector.targets.noko.client import NokoClient
 
     real = NokoClient.create_invoice
 
@@ -300,7 +300,7 @@ def test_a_create_answer_without_totals_is_checked_by_one_read_not_deleted(
 ) -> None:
     """An answer that leaves the totals out proves nothing wrong: the invoice is read once and
     verified from that, and stays."""
-    from connector.noko import NokoClient
+    from connector.targets.noko.client import NokoClient
 
     real = NokoClient.create_invoice
 
@@ -324,7 +324,7 @@ def test_entries_pushed_with_hashtags_by_an_earlier_release_are_kept(
 ) -> None:
     """Entries an earlier release sent with a "#" (which Noko parsed away) still match their
     plan: an update after the upgrade keeps them instead of replacing them."""
-    import mappings.to_noko as to_noko
+    import mappings.targets.noko as to_noko
 
     kid = _time_invoice(box, "Legacy tags", (60,), note="Sprint #12")
     with open_connector(_entries_settings(box, tmp_path, 15)) as c:

@@ -20,7 +20,7 @@ from connector.errors import (
     TransientApiError,
 )
 from connector.http import RetryPolicy, decode_json
-from connector.noko import NokoClient
+from connector.targets.noko.client import NokoClient
 
 BASE = "https://api.nokotime.test/v2"
 TOKEN = "noko-SECRET-token-9876"

@@ -26,17 +26,17 @@ import pytest
 import structlog
 from rich.console import Console
 
-from connector.app import open_connector
-from connector.daemon import Daemon
-from connector.engine import CYCLE_OUTCOMES, CycleResult
 from connector.errors import ApiError
+from connector.faces.app import open_connector
+from connector.faces.daemon import Daemon
+from connector.faces.logs import configure_logging, register_secret
+from connector.faces.notify import notify
+from connector.faces.observe import DaemonHealth, Metrics, serve, stall_limit
+from connector.faces.report import build_report, render_table
 from connector.http import ApiTransport, RetryPolicy
-from connector.logs import configure_logging, register_secret
-from connector.notify import notify
-from connector.observe import DaemonHealth, Metrics, serve, stall_limit
-from connector.report import build_report, render_table
-from connector.sandbox import Sandbox, generate
-from connector.store import Store
+from connector.state.store import Store
+from connector.sync.engine import CYCLE_OUTCOMES, CycleResult
+from sandbox import Sandbox, generate
 from tests.e2e import cli_env, run_cli, status_json
 from tests.test_engine_cursor import settings_for
 
@@ -518,7 +518,7 @@ def test_daemon_serves_liveness_readiness_and_rereads_tokens_on_sighup(
     )
     seen: list[str] = []
     with subprocess.Popen(
-        [sys.executable, "-m", "connector.cli", "run", "--interval", "600"],
+        [sys.executable, "-m", "connector.faces.cli", "run", "--interval", "600"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -567,8 +567,8 @@ def _drive_daemon(proc: subprocess.Popen[str], seen: list[str]) -> None:
 
 def test_webhook_setting_is_checked_without_repeating_the_url() -> None:
     """A Slack webhook URL is its own key: a bad one is named by its setting, never shown."""
-    from connector.config import load_settings
     from connector.errors import ConfigError
+    from connector.faces.config import load_settings
 
     with pytest.raises(ConfigError) as caught:
         load_settings(environ={"KANTATA_SYNC_WEBHOOK_URL": "ftp://hooks.example/T0/B0/key-123"})

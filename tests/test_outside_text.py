@@ -1,4 +1,4 @@
-"""Text from outside (API error bodies) is made safe in one place, `connector.text.clean`:
+"""Text from outside (API error bodies) is made safe in one place, `connector.http.text.clean`:
 secrets removed before anything is cut, terminal escapes neutralised."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import respx
 import structlog
 
 from connector.errors import ApiError
+from connector.faces.logs import configure_logging
 from connector.http import ApiTransport, RetryPolicy
-from connector.logs import configure_logging
-from connector.sandbox import FaultConfig, Sandbox, generate
-from connector.text import FRAGMENT, clean, neutralise, redact
+from connector.http.text import FRAGMENT, clean, neutralise, redact
+from sandbox import FaultConfig, Sandbox, generate
 from tests.e2e import cli_env, run_cli
 
 TOKEN = "tok_9f8e7d6c5b4a39281706f5e4d3c2b1a0"  # 36 characters

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from connector.errors import AmbiguousWriteError, PermanentApiError, TransientApiError
-from connector.push import NokoPusher, WriteInDoubtError
-from mappings.to_noko import NokoExpensePlan, NokoInvoicePlan, marker, owner_marker
+from connector.targets.noko.push import NokoPusher, WriteInDoubtError
+from mappings.targets.noko import NokoExpensePlan, NokoInvoicePlan, marker, owner_marker
 
 REFERENCE = "KS-7"
 

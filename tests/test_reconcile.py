@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.sandbox import Sandbox, generate
+from sandbox import Sandbox, generate
 from tests.e2e import check_books, cli_env, run_cli
 
 

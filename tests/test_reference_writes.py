@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from connector.sandbox import Sandbox
+from sandbox import Sandbox
 from tests.e2e import check_books, cli_env, run_cli
 
 UPSERT = "POST /external_references/create_or_update"

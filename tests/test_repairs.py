@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from connector.app import open_connector
-from connector.config import load_settings
-from connector.reconcile import RECONCILE_MARK, reconcile_if_due
-from connector.sandbox import Sandbox
+from connector.faces.app import open_connector
+from connector.faces.config import load_settings
+from connector.sync.reconcile import RECONCILE_MARK, reconcile_if_due
+from sandbox import Sandbox
 from tests.e2e import check_books, cli_env, run_cli, status_json
 
 
@@ -156,7 +156,7 @@ def test_the_daemon_reconciles_by_itself(box: Sandbox, tmp_path: Path) -> None:
     box.noko.delete_invoice(int(_noko_of(box, kid)[0]["id"]))
     env = cli_env(box, tmp_path, KANTATA_SYNC_RECONCILE_INTERVAL="3600")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "connector.cli", "run", "--interval", "60"],
+        [sys.executable, "-m", "connector.faces.cli", "run", "--interval", "60"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,

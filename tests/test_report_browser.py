@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from connector.report_html import render_html
+from connector.faces.report_html import render_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

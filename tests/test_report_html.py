@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from connector.report import build_report
-from connector.report_html import render_html, verdict
-from connector.store import Store
+from connector.faces.report import build_report
+from connector.faces.report_html import render_html, verdict
+from connector.state.store import Store
 
 EVIL = "<script>alert('x')</script>&\""
 
@@ -295,7 +295,7 @@ def test_daily_activity_counts_each_invoice_once_a_day_and_the_backlog() -> None
         (datetime(2024, 4, 29, 11, tzinfo=UTC), "D", "conflict"),
         (datetime(2024, 5, 1, 9, tzinfo=UTC), "C", "skipped"),
     ]
-    import connector.store as store_module
+    import connector.state.store as store_module
 
     original = store_module.utcnow
     store_module.utcnow = lambda: clock[0]

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from connector.sandbox import FaultConfig, FaultInjector, RateLimiter, Sandbox
+from sandbox import FaultConfig, FaultInjector, RateLimiter, Sandbox
 
 KANTATA = {"Authorization": "Bearer sandbox-kantata-token"}
 NOKO = {"X-NokoToken": "sandbox-noko-token", "User-Agent": "kantata-sync-tests/1.0"}

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.sandbox import FakeKantata, Sandbox, generate
+from sandbox import FakeKantata, Sandbox, generate
 
 TOKEN = "sandbox-kantata-token"
 SUMMER = datetime(2024, 7, 1, 12, 0, 0, tzinfo=UTC)
@@ -655,7 +655,7 @@ def test_ten_thousand_invoices_list_fast() -> None:
     kantata.set_clock(SUMMER)
     generate(kantata, seed=5, invoices=10_000)
     request_args = {"authorization": f"Bearer {TOKEN}"}
-    from connector.sandbox._core import Request
+    from sandbox._core import Request
 
     queries = [
         {"order": "id:asc", "per_page": "200", "updated_after": "2000-01-01T00:00:00Z"},

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.sandbox import Sandbox
+from sandbox import Sandbox
 
 TOKEN = "sandbox-noko-token"
 FIXTURE_EXPENSE_KEYS = {

@@ -12,8 +12,8 @@ import pytest
 
 from connector import __version__
 from connector.errors import StateFileError
-from connector.sandbox import Sandbox, generate
-from connector.store import Store
+from connector.state.store import Store
+from sandbox import Sandbox, generate
 from tests.e2e import cli_env, run_cli
 
 FAKE_ENV = {
@@ -90,7 +90,7 @@ def test_a_full_disk_at_start_is_one_line(tmp_path: Path, monkeypatch: pytest.Mo
     db.close()
     # The migration needs a page more than the file may have.
     store_pages = sqlite3.connect(database).execute("PRAGMA page_count").fetchone()[0]
-    import connector.store as store_module
+    import connector.state.store as store_module
 
     original = store_module._configure_connection
 
@@ -140,7 +140,7 @@ def test_a_full_disk_mid_run_stops_the_cycle_and_loses_nothing(
     """Commits start failing (ENOSPC) in the middle of a cycle: the cycle ends with the state
     file named, the cursor stays, and the next run with space again finishes the job, each
     invoice once in Noko."""
-    from connector.app import open_connector
+    from connector.faces.app import open_connector
     from tests.e2e import check_books
     from tests.test_engine_cursor import settings_for
 

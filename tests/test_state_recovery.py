@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from connector.sandbox import Sandbox, generate
+from sandbox import Sandbox, generate
 from tests.e2e import check_books, cli_env, run_cli, status_json
 
 
@@ -270,7 +270,7 @@ def test_a_noko_invoice_as_kantata_asks_is_no_hand_edit_whatever_an_old_record_s
     Kantata asks. That is synced, not a hand edit; a real hand edit still is one."""
     from datetime import UTC, datetime, timedelta
 
-    from connector.store import Store
+    from connector.state.store import Store
 
     generate(box.kantata, seed=21, invoices=2, draft_rate=0, cancelled_rate=0)
     _sync(box, tmp_path)
@@ -331,7 +331,7 @@ def test_an_old_backup_learns_invoices_that_only_noko_shows(box: Sandbox, tmp_pa
     again), so when it later changes in Kantata it is updated, not created again."""
     from datetime import UTC, datetime, timedelta
 
-    from connector.store import Store
+    from connector.state.store import Store
 
     generate(box.kantata, seed=25, invoices=2, draft_rate=0, cancelled_rate=0)
     _sync(box, tmp_path)

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from connector.cli import app
-from connector.sandbox import Sandbox, generate
+from connector.faces.cli import app
+from sandbox import Sandbox, generate
 from tests.e2e import check_books, cli_env, run_cli
 from tests.faults_support import CliProcess, assert_no_traceback, reaping, wait_until
 from tests.loopback import LoopbackServer, response_bytes, trickle

@@ -7,13 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-from connector.store import Store
+from connector.state.store import Store
 
 # Each child waits for the go file, then opens the store (which migrates it) and prints the
 # schema revision; every child reaches the go file long before it appears.
 _CHILD = """
 import os, sys, time
-from connector.store import Store
+from connector.state.store import Store
 database, go = sys.argv[1], sys.argv[2]
 print("ready", flush=True)
 while not os.path.exists(go):

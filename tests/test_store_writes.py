@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from connector.store import LAZY_BATCH, Store
+from connector.state.store import LAZY_BATCH, Store
 
 
 def _store(tmp_path: Path) -> tuple[Store, str]:
@@ -175,7 +175,7 @@ def test_invoice_record_has_exactly_the_tables_columns() -> None:
     the same: a column added to one and not the other would be lost or fail on save."""
     import dataclasses
 
-    from connector.store.models import InvoiceRecord, InvoiceRow
+    from connector.state.models import InvoiceRecord, InvoiceRow
 
     table = InvoiceRow.__table__  # type: ignore[attr-defined]
     assert [f.name for f in dataclasses.fields(InvoiceRecord)] == [c.name for c in table.columns]

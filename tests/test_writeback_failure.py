@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connector.sandbox import FaultConfig, Sandbox, generate
+from sandbox import FaultConfig, Sandbox, generate
 from tests.e2e import cli_env, run_cli, status_json
 
 

@@ -14,10 +14,10 @@ import httpx
 import pytest
 import structlog
 
-from connector.sandbox._core import Request, Response
-from connector.sandbox.xero import FakeXero
-from connector.xero.auth import RefreshTokenGrant, TokenFile, XeroAuthError, login
-from connector.xero.client import PauseGate, XeroClient
+from connector.targets.xero.auth import RefreshTokenGrant, TokenFile, XeroAuthError, login
+from connector.targets.xero.client import PauseGate, XeroClient
+from sandbox._core import Request, Response
+from sandbox.xero import FakeXero
 from tests.xero_support import BASE, FakeClock, FakeTransport, credentials_for, make_client
 
 

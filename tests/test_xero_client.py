@@ -13,18 +13,18 @@ from pydantic import SecretStr
 
 from connector.errors import ConfigError
 from connector.http import decode_json
-from connector.sandbox.server import ServiceServer
-from connector.sandbox.xero import API, FakeXero
-from connector.xero.auth import ClientCredentials, XeroCredentials
-from connector.xero.client import (
+from connector.targets.xero.auth import ClientCredentials, XeroCredentials
+from connector.targets.xero.client import (
     PauseGate,
     XeroClient,
     XeroDailyLimitReached,
     deep_link,
     idempotency_key,
 )
-from mappings.to_xero import plan_invoice
-from mappings.xero_profile import XeroSettings
+from mappings.targets.xero import plan_invoice
+from mappings.targets.xero_profile import XeroSettings
+from sandbox.server import ServiceServer
+from sandbox.xero import API, FakeXero
 from tests.test_xero_planner import CONTACT, fake_with_contact, ledger
 from tests.xero_support import (
     FakeClock,
@@ -276,7 +276,7 @@ def test_the_spec_check_catches_a_bad_request() -> None:
 def test_gate_is_process_wide_by_default() -> None:
     client, *_ = make_client()
     plain = XeroClient(client.tokens)
-    from connector.xero.client import PROCESS_GATE
+    from connector.targets.xero.client import PROCESS_GATE
 
     assert plain._gate is PROCESS_GATE and isinstance(PROCESS_GATE, PauseGate)
 

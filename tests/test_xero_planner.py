@@ -10,14 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.sandbox.xero import FakeXero
 from mappings.errors import MappingError
 from mappings.kantata import KantataInvoice, decode_invoices
 from mappings.ledger import LedgerDocument, LedgerLine, LedgerTax
 from mappings.money import tax_amount
 from mappings.profile import ProfileError, parse_profile
-from mappings.to_ledger import to_ledger
-from mappings.to_xero import (
+from mappings.targets.xero import (
     check_totals,
     expected_totals,
     is_ours,
@@ -26,7 +24,9 @@ from mappings.to_xero import (
     plan_invoice,
     split_tax,
 )
-from mappings.xero_profile import XeroSettings
+from mappings.targets.xero_profile import XeroSettings
+from mappings.to_ledger import to_ledger
+from sandbox.xero import FakeXero
 from tests.test_mapping_properties import invoice_pages
 from tests.xero_support import make_client
 

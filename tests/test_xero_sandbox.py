@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.sandbox._core import Request, dumps, loads
-from connector.sandbox.server import ServiceServer
-from connector.sandbox.xero import API, FakeXero
+from sandbox._core import Request, dumps, loads
+from sandbox.server import ServiceServer
+from sandbox.xero import API, FakeXero
 
 CONTACT = "00000000-0000-0000-0000-00000000c0de"
 

@@ -18,10 +18,10 @@ from openapi_core.datatypes import RequestParameters
 from pydantic import SecretStr
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-from connector.sandbox._core import Request
-from connector.sandbox.xero import API, FakeXero
-from connector.xero.auth import ClientCredentials, XeroCredentials
-from connector.xero.client import PauseGate, XeroClient
+from connector.targets.xero.auth import ClientCredentials, XeroCredentials
+from connector.targets.xero.client import PauseGate, XeroClient
+from sandbox._core import Request
+from sandbox.xero import API, FakeXero
 
 SPEC = Path(__file__).parent / "fixtures" / "xero" / "xero_accounting.yaml"
 BASE = "http://xero.test"

@@ -1,0 +1,1 @@
+"""The operator faces: CLI, daemon, reports, doctor, configuration, logs, metrics, notices."""

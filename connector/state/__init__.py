@@ -1,0 +1,1 @@
+"""The state: the SQLite store, its models and its Alembic migrations."""

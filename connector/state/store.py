@@ -1,0 +1,665 @@
+"""The state store: one SQLite file (WAL) holding invoices, their history, cursors and runs.
+
+A write that protects a remote call is committed (fsync'd) before the call is made (the intent
+log), so a killed process leaves a record of what it may have created; writes made at the same
+moment by several workers share one commit. Writes a crash may lose without harm (an invoice
+synced or skipped: the cycle that made them is repeated, the cursor moving only after them) are
+not waited for: they join the next commit. The schema is migrated with Alembic at every open;
+the file is created readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import operator
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.util.exc import CommandError
+from sqlalchemy import Engine, event, func
+from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session, col, create_engine, select
+
+from connector import __version__
+from connector.errors import ConfigError, LockHeldError, StateFileError
+from connector.http.text import clean
+from connector.state.models import (
+    CursorRecord,
+    InvoiceEvent,
+    InvoiceRecord,
+    InvoiceRow,
+    MetaRow,
+    NotificationRecord,
+    RunRecord,
+)
+
+__all__ = ["CursorRecord", "InvoiceEvent", "InvoiceRecord", "RunRecord", "Store"]
+
+MAIN_CURSOR = "invoices"
+LAZY_BATCH = 256
+LAZY_SECONDS = 1.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """File path of a `sqlite:///` URL, None for an in-memory database."""
+    try:
+        url = make_url(database_url)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises several types for bad URLs
+        raise ConfigError(f"KANTATA_SYNC_DATABASE_URL: not a database URL: {exc}") from None
+    if not url.drivername.startswith("sqlite"):
+        raise ConfigError(
+            "KANTATA_SYNC_DATABASE_URL: only sqlite:/// URLs are supported, "
+            f"got {url.drivername}://"
+        )
+    if not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def state_file_problem(exc: BaseException, path: Path | None) -> str:
+    """One line for an error of the state file itself (corrupt, unwritable, disk full)."""
+    where = str(path) if path is not None else "the in-memory state database"
+    original = getattr(exc, "orig", None) or exc
+    reason = (
+        getattr(original, "strerror", None) or str(original).splitlines()[0] or type(exc).__name__
+    )
+    lowered = reason.lower()
+    if "not a database" in lowered or "malformed" in lowered:
+        return (
+            f"state file {where} is not a readable kantata-sync database ({reason}): restore "
+            "it from a backup, or move it aside"
+        )
+    if "full" in lowered or "no space" in lowered:
+        return (
+            f"state file {where}: the disk is full ({reason}): free some space; the next run "
+            "continues where this one stopped"
+        )
+    return (
+        f"state file {where} cannot be used ({reason}): check that it and its directory are "
+        "writable by this user"
+    )
+
+
+class Store:
+    """Typed access to the state database; safe to share between worker threads.
+
+    With `create=False` (the commands that only read), a state file that does not exist is
+    an error (`StateFileError`), never created empty."""
+
+    def __init__(self, database_url: str, *, create: bool = True) -> None:
+        self.database_url = database_url
+        self.path = sqlite_path(database_url)
+        if self.path is not None and not create and not self.path.exists():
+            raise StateFileError(
+                f"no state file at {self.path} (KANTATA_SYNC_DATABASE_URL={database_url}): "
+                "point KANTATA_SYNC_DATABASE_URL at the state file, or run `kantata-sync "
+                "sync` to create it"
+            )
+        self._write_lock = threading.RLock()
+        # Writes queued for the next commit, numbered in order; `_committed` is the number of
+        # the last one on disk.
+        self._pending_lock = threading.Lock()
+        self._pending: list[tuple[dict[str, Any], tuple[Any, ...] | None]] = []
+        self._pending_since = 0.0
+        self._queued = 0
+        self._committed = 0
+        self._lock_fd: int | None = None
+        # The connection the batched commits write on, checked out once and kept (under
+        # `_write_lock`): a commit is then the driver's statements and its commit, without a
+        # pool checkout, a transaction object and a reset on return each time.
+        self._writer: Any = None
+        if self.path is not None:
+            self._prepare_file(self.path)
+            self.engine: Engine = create_engine(
+                database_url, connect_args={"check_same_thread": False, "timeout": 30}
+            )
+        else:
+            self.engine = create_engine(
+                "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
+            )
+        event.listen(self.engine, "connect", _configure_connection)
+        try:
+            self._migrate()
+        except (SQLAlchemyError, OSError) as exc:
+            self.engine.dispose()
+            raise StateFileError(state_file_problem(exc, self.path)) from None
+        except CommandError as exc:  # a schema revision this version does not know
+            self.engine.dispose()
+            raise StateFileError(
+                f"state file {self.path or 'in memory'} has a schema this version of "
+                f"kantata-sync ({__version__}) does not know ({exc}): use the version that "
+                "wrote it, or a newer one"
+            ) from None
+        # Each column's conversion to what the driver stores (aware datetimes to SQLite's
+        # text form, as SQLAlchemy would write them), worked out once for the upsert.
+        dialect = self.engine.dialect
+        self._at = _EVENTS.c.at.type.bind_processor(dialect) or (lambda value: value)
+        # The record's values in column order in one call (C), then only the columns that
+        # need converting (the datetimes) converted.
+        self._column_names = tuple(column.name for column in _INVOICES.columns)
+        self._read_columns = operator.attrgetter(*self._column_names)
+        self._converted = tuple(
+            (column.name, convert)
+            for column in _INVOICES.columns
+            if (convert := column.type.bind_processor(dialect)) is not None
+        )
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _prepare_file(path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            for suffix in ("", "-wal", "-shm"):
+                target = Path(f"{path}{suffix}")
+                if target.exists():
+                    target.chmod(0o600)
+        except OSError as exc:
+            raise StateFileError(
+                f"KANTATA_SYNC_DATABASE_URL: cannot create the state file {path}: {exc.strerror}"
+            ) from None
+
+    def _migrate(self) -> None:
+        """Bring the schema to head in one write transaction. `BEGIN IMMEDIATE` takes SQLite's
+        write lock first, so processes opening a new file at the same moment migrate one after
+        the other (the later ones wait, then find the schema at head) instead of racing."""
+        script_location = str(resources.files("connector.state").joinpath("migrations"))
+        config = Config()
+        config.set_main_option("script_location", script_location)
+        with self._write_lock, self.engine.begin() as connection:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            before = MigrationContext.configure(connection).get_current_revision()
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+            if MigrationContext.configure(connection).get_current_revision() != before:
+                # Created or migrated: this version wrote its schema.
+                _write_meta(connection, "written_by", __version__)
+
+    def schema_revision(self) -> str | None:
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def written_by(self) -> str | None:
+        """The version of kantata-sync that last opened the state file to write."""
+        with self._session() as session:
+            row = session.get(MetaRow, "written_by")
+            return row.value if row else None
+
+    def describe(self) -> dict[str, str | None]:
+        """Which database this is, for every report: its path, the version that last wrote
+        it and its schema revision."""
+        return {
+            "path": str(self.path) if self.path is not None else ":memory:",
+            "written_by": self.written_by(),
+            "schema": self.schema_revision(),
+        }
+
+    def close(self) -> None:
+        """Commit what is pending and let go of the file (its lock, its connections), even
+        when that last commit fails; the failure is then a `StateFileError` naming it."""
+        try:
+            self.flush()
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StateFileError(state_file_problem(exc, self.path)) from None
+        finally:
+            self.release_writer_lock()
+            with self._write_lock:
+                self._drop_writer()
+            self.engine.dispose()
+
+    def _writer_connection(self) -> Any:
+        """The driver connection of the batched commits (call with `_write_lock` held)."""
+        if self._writer is None:
+            self._writer = self.engine.raw_connection()
+        return self._writer.driver_connection
+
+    def _drop_writer(self) -> None:
+        """Give the writer connection back (after a failure: a new one is opened next time)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    # ------------------------------------------------------------------ one writer
+
+    @property
+    def lock_path(self) -> Path | None:
+        return None if self.path is None else Path(f"{self.path}.lock")
+
+    def acquire_writer_lock(self, wait: float = 0.0) -> None:
+        """Take the database's writer lock; the OS drops it when the holder dies, even by
+        SIGKILL, so a crashed process never blocks the next one."""
+        if self.lock_path is None or self._lock_fd is not None:
+            return
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    os.close(fd)
+                    raise LockHeldError(
+                        f"another kantata-sync process (pid {holder}) is working on "
+                        f"{self.path}; try again when it has finished"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+        with self._write_lock, self.engine.begin() as connection:
+            _write_meta(connection, "written_by", __version__)
+
+    def release_writer_lock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @contextlib.contextmanager
+    def writer(self, wait: float = 0.0) -> Iterator[None]:
+        self.acquire_writer_lock(wait)
+        try:
+            yield
+        finally:
+            self.release_writer_lock()
+
+    # ------------------------------------------------------------------ sessions
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Session]:
+        if self._pending:
+            self.flush()  # reads see every write made before them
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._write_lock, self._session() as session:
+            yield session
+            session.commit()
+
+    # ------------------------------------------------------------------ cursor
+
+    def get_cursor(self, name: str = MAIN_CURSOR) -> datetime | None:
+        with self._session() as session:
+            row = session.get(CursorRecord, name)
+            return row.value if row else None
+
+    def set_cursor(self, value: datetime | None, name: str = MAIN_CURSOR) -> None:
+        with self._tx() as session:
+            row = session.get(CursorRecord, name)
+            if row is None:
+                row = CursorRecord(name=name, value=value, updated_at=utcnow())
+            else:
+                row.value = value
+                row.updated_at = utcnow()
+            session.add(row)
+
+    # ------------------------------------------------------------------ invoices
+
+    def get_invoice(self, kantata_id: str) -> InvoiceRecord | None:
+        rows = self._records(select(_INVOICES).where(_INVOICES.c.kantata_id == kantata_id))
+        return rows[0] if rows else None
+
+    def _records(self, statement: Any) -> list[InvoiceRecord]:
+        """Run a Core select of whole invoice rows; each row as a plain `InvoiceRecord`."""
+        return list(self._iter_records(statement))
+
+    def _iter_records(self, statement: Any) -> Iterator[InvoiceRecord]:
+        if self._pending:
+            self.flush()  # reads see every write made before them
+        with self.engine.connect() as connection:
+            for row in connection.execute(statement):
+                yield InvoiceRecord(**row._asdict())
+
+    def _rows_in(self, column: Any, values: Sequence[Any]) -> list[InvoiceRecord]:
+        """Invoices whose `column` is one of `values`, queried in chunks SQLite accepts."""
+        wanted = list(dict.fromkeys(values))
+        out: list[InvoiceRecord] = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            out.extend(self._records(select(_INVOICES).where(column.in_(chunk))))
+        return out
+
+    def get_invoices(self, kantata_ids: Sequence[str]) -> dict[str, InvoiceRecord]:
+        rows = self._rows_in(_INVOICES.c.kantata_id, kantata_ids)
+        return {row.kantata_id: row for row in rows}
+
+    def save_invoice(
+        self,
+        record: InvoiceRecord,
+        *,
+        run_id: str = "",
+        event: str = "",
+        detail: str = "",
+        durable: bool = True,
+    ) -> InvoiceRecord:
+        """Insert or replace the record (and log an event).
+
+        With `durable` (the default) the call returns once the write is committed to disk:
+        what protects a remote call is recorded before it. Without it, the write joins the
+        next commit (any durable write, any read, at most `LAZY_BATCH` writes or
+        `LAZY_SECONDS` later, `flush`, `close`): for writes a crash may lose because the work
+        they record is found again (the cursor only moves after them). Concurrent durable
+        writes share one commit (group commit). The record object stays the caller's."""
+        now = utcnow()
+        record.updated_at = now
+        values = dict(zip(self._column_names, self._read_columns(record), strict=True))
+        for name, convert in self._converted:
+            values[name] = convert(values[name])
+        if values["last_error"]:
+            # Text from outside (an API's error): no secret, no control character on disk.
+            values["last_error"] = clean(values["last_error"], 2000)
+        row = (
+            values,
+            (record.kantata_id, run_id, self._at(now), event, clean(detail, 2000))
+            if event
+            else None,
+        )
+        with self._pending_lock:
+            self._pending.append(row)
+            self._queued += 1
+            ticket = self._queued
+            if len(self._pending) == 1:
+                self._pending_since = time.monotonic()
+            lazy_ok = (
+                len(self._pending) < LAZY_BATCH
+                and time.monotonic() - self._pending_since < LAZY_SECONDS
+            )
+        if durable or not lazy_ok:
+            self._commit_until(ticket)
+        return record
+
+    def flush(self) -> None:
+        """Commit every write made so far."""
+        with self._pending_lock:
+            ticket = self._queued
+        self._commit_until(ticket)
+
+    def _commit_until(self, ticket: int) -> None:
+        """Commit pending writes up to `ticket` (and any queued since, in one transaction)."""
+        if self._committed >= ticket:
+            return
+        with self._write_lock:
+            if self._committed >= ticket:
+                return  # another thread's commit took ours along
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+                upto = self._queued
+            if not batch:
+                return
+            try:
+                raw = self._writer_connection()
+                try:
+                    # One invoice saved several times in the batch (pushed, then synced) is
+                    # written once, where it first appears, as it was saved last: one
+                    # transaction, so the same rows on disk, for fewer statements.
+                    last = {values["kantata_id"]: values for values, _ in batch}
+                    for values, event_row in batch:
+                        newest = last.pop(values["kantata_id"], None)
+                        if newest is not None:
+                            raw.execute(_UPSERT_SQL, newest)
+                        if event_row is not None:
+                            raw.execute(_EVENT_SQL, event_row)
+                    raw.commit()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        raw.rollback()
+                    self._drop_writer()
+                    raise
+            except BaseException:
+                with self._pending_lock:  # not written: kept for the next commit, in order
+                    self._pending[:0] = batch
+                raise
+            self._committed = upto
+
+    def new_invoice(self, kantata_id: str, status: str = "pending") -> InvoiceRecord:
+        now = utcnow()
+        return InvoiceRecord(
+            kantata_id=kantata_id, status=status, first_seen_at=now, updated_at=now
+        )
+
+    def retry_candidates(self, now: datetime) -> list[InvoiceRecord]:
+        """Invoices a cycle must look at even if Kantata did not list them as changed: failures
+        whose retry time has come, and any work left half-done by an earlier process."""
+        c = _INVOICES.c
+        return self._records(
+            select(_INVOICES).where(
+                (c.stage != "")
+                | (
+                    (c.status == "failed")
+                    & c.next_attempt_at.is_not(None)
+                    & (c.next_attempt_at <= now)
+                )
+                | (c.status == "pending")
+            )
+        )
+
+    def by_references(self, references: Sequence[str]) -> dict[str, InvoiceRecord]:
+        """The invoices pushed (or being pushed) under these Noko references."""
+        rows = self._rows_in(_INVOICES.c.reference, references)
+        return {row.reference: row for row in rows if row.reference}
+
+    def by_noko_ids(self, noko_ids: Sequence[int]) -> dict[int, InvoiceRecord]:
+        rows = self._rows_in(_INVOICES.c.noko_invoice_id, noko_ids)
+        return {row.noko_invoice_id: row for row in rows if row.noko_invoice_id}
+
+    def payments_due(self) -> list[InvoiceRecord]:
+        """Paid in Noko, still pending in Kantata, payment not yet recorded there."""
+        c = _INVOICES.c
+        return self._records(
+            select(_INVOICES).where(
+                (c.noko_state == "paid")
+                & c.payment_recorded_at.is_(None)
+                & (c.kantata_status == "new")
+                & c.workspace_id.is_not(None)
+            )
+        )
+
+    def failed_ids(self) -> list[str]:
+        with self._session() as session:
+            rows = session.exec(
+                select(InvoiceRow.kantata_id).where(col(InvoiceRow.status) == "failed")
+            )
+            return list(rows)
+
+    def counts(self) -> dict[str, int]:
+        with self._session() as session:
+            rows = session.exec(
+                select(InvoiceRow.status, func.count()).group_by(col(InvoiceRow.status))
+            )
+            return {status: int(count) for status, count in rows}
+
+    def invoices_with_status(self, *statuses: str, limit: int = 500) -> list[InvoiceRecord]:
+        c = _INVOICES.c
+        return self._records(
+            select(_INVOICES)
+            .where(c.status.in_(statuses))
+            .order_by(c.updated_at.desc())
+            .limit(limit)
+        )
+
+    def balance_warnings(self, limit: int = 200) -> list[InvoiceRecord]:
+        c = _INVOICES.c
+        return self._records(
+            select(_INVOICES)
+            .where(
+                c.balance_in_cents.is_not(None)
+                & c.total_minor.is_not(None)
+                & (c.balance_in_cents != c.total_minor)
+            )
+            .limit(limit)
+        )
+
+    def events(self, kantata_id: str, limit: int = 200) -> list[InvoiceEvent]:
+        with self._session() as session:
+            rows = session.exec(
+                select(InvoiceEvent)
+                .where(col(InvoiceEvent.kantata_id) == kantata_id)
+                .order_by(col(InvoiceEvent.id))
+                .limit(limit)
+            )
+            return list(rows)
+
+    def all_invoices(self) -> Iterator[InvoiceRecord]:
+        yield from self._iter_records(select(_INVOICES).order_by(_INVOICES.c.kantata_id))
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, run_id: str, kind: str, cursor: datetime | None) -> RunRecord:
+        run = RunRecord(run_id=run_id, kind=kind, started_at=utcnow(), cursor_before=cursor)
+        with self._tx() as session:
+            session.add(run)
+        return run
+
+    def finish_run(self, run: RunRecord) -> None:
+        run.finished_at = run.finished_at or utcnow()
+        if run.error:
+            run.error = clean(run.error, 2000)
+        with self._tx() as session:
+            session.merge(run)
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        with self._session() as session:
+            rows = session.exec(select(RunRecord).order_by(col(RunRecord.id).desc()).limit(limit))
+            return list(rows)
+
+    def last_run_with_outcome(self, *outcomes: str) -> RunRecord | None:
+        """The most recent finished run whose outcome is one of `outcomes`."""
+        with self._session() as session:
+            return session.exec(
+                select(RunRecord)
+                .where(col(RunRecord.outcome).in_(outcomes))
+                .order_by(col(RunRecord.id).desc())
+                .limit(1)
+            ).first()
+
+    # ------------------------------------------------------------------ notifications
+
+    def notified(self) -> dict[str, str]:
+        """Kantata id -> the status (failed | conflict) the webhook was last told about."""
+        with self._session() as session:
+            return {n.kantata_id: n.status for n in session.exec(select(NotificationRecord))}
+
+    def set_notified(self, told: dict[str, str], cleared: Sequence[str]) -> None:
+        """Record what the webhook was just told: problems now notified, problems cleared."""
+        now = utcnow()
+        with self._tx() as session:
+            for kantata_id in cleared:
+                row = session.get(NotificationRecord, kantata_id)
+                if row is not None:
+                    session.delete(row)
+            for kantata_id, status in told.items():
+                session.merge(
+                    NotificationRecord(kantata_id=kantata_id, status=status, notified_at=now)
+                )
+
+    def daily_activity(self, since: datetime) -> list[tuple[str, int, int, int]]:
+        """Per UTC day (`YYYY-MM-DD`) from `since` on, oldest first: invoices synced that day,
+        invoices that failed that day (each counted once however often it was tried), and the
+        open failures (failed or in conflict) at the day's end, from the invoice histories.
+        Days without activity are left out."""
+        first_day = since.astimezone(UTC).strftime("%Y-%m-%d")
+        # An invoice is open from a failure or conflict until it is synced, skipped,
+        # resolved, cancelled or gone; each change of that adds or takes one on its day.
+        changes_sql = (
+            "SELECT day, SUM(delta) FROM ("
+            " SELECT substr(at, 1, 10) AS day,"
+            "  (event IN ('failed', 'conflict'))"
+            "  - LAG(event IN ('failed', 'conflict'), 1, 0)"
+            "   OVER (PARTITION BY kantata_id ORDER BY id) AS delta"
+            " FROM invoice_events WHERE event IN"
+            "  ('failed', 'conflict', 'synced', 'skipped', 'resolved', 'cancelled', 'vanished')"
+            # Only invoices that ever failed can change the count: most never do.
+            "  AND kantata_id IN (SELECT kantata_id FROM invoice_events"
+            "   WHERE event IN ('failed', 'conflict'))"
+            ") GROUP BY day ORDER BY day"
+        )
+        counts_sql = (
+            "SELECT substr(at, 1, 10) AS day, event, COUNT(DISTINCT kantata_id)"
+            " FROM invoice_events WHERE event IN ('synced', 'failed') AND substr(at, 1, 10) >= ?"
+            " GROUP BY day, event"
+        )
+        with self._session() as session:
+            connection = session.connection()
+            changes = connection.exec_driver_sql(changes_sql)
+            deltas = [(str(day), int(delta or 0)) for day, delta in changes.all()]
+            per_day: dict[str, list[int]] = {}
+            for day, kind, count in connection.exec_driver_sql(counts_sql, (first_day,)).all():
+                per_day.setdefault(str(day), [0, 0])[0 if kind == "synced" else 1] = int(count)
+        open_now = 0
+        open_at: dict[str, int] = {}
+        for day, delta in deltas:
+            open_now += delta
+            open_at[day] = open_now
+        days = sorted({*per_day, *(day for day in open_at if day >= first_day)})
+        rows = []
+        carried = sum(delta for day, delta in deltas if day < first_day)
+        for day in days:
+            carried = open_at.get(day, carried)
+            synced, failed = per_day.get(day, [0, 0])
+            rows.append((day, synced, failed, carried))
+        return rows
+
+    def close_stale_runs(self) -> None:
+        """Runs still marked running belong to a process that died: mark them interrupted."""
+        with self._tx() as session:
+            for run in session.exec(select(RunRecord).where(col(RunRecord.outcome) == "running")):
+                run.outcome = "interrupted"
+                run.finished_at = run.finished_at or utcnow()
+                session.add(run)
+
+
+_INVOICES = InvoiceRow.__table__  # type: ignore[attr-defined]
+_EVENTS = InvoiceEvent.__table__  # type: ignore[attr-defined]
+# Built from the table's own column names, nothing from outside.
+_COLUMNS = ", ".join(c.name for c in _INVOICES.columns)
+_VALUES = ", ".join(f":{c.name}" for c in _INVOICES.columns)
+_UPDATES = ", ".join(
+    f"{c.name} = excluded.{c.name}" for c in _INVOICES.columns if not c.primary_key
+)
+_UPSERT_SQL = f"INSERT INTO invoices ({_COLUMNS}) VALUES ({_VALUES}) ON CONFLICT (kantata_id) DO UPDATE SET {_UPDATES}"  # noqa: E501, S608
+_EVENT_SQL = (
+    "INSERT INTO invoice_events (kantata_id, run_id, at, event, detail) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _write_meta(connection: Any, key: str, value: str) -> None:
+    connection.exec_driver_sql(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def _configure_connection(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

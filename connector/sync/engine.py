@@ -1,0 +1,2202 @@
+"""One sync cycle: read -> map -> plan -> push -> verify -> write back -> checkpoint.
+
+Reading: Kantata invoices updated after `cursor - lookback`, in `id:asc` order over that fixed
+lower bound. In that order an invoice updated during the scan keeps its place and new invoices
+come at the end, so page numbers never skip a row; a row that disappears mid-scan (a deleted
+draft) is detected by the shrinking `count` and the scan is read again. After a complete scan
+the cursor moves to Kantata's clock at the first page (its `Date` header) minus a clock-skew
+margin, and never past this machine's clock at the start minus the same margin; without a
+`Date`, to the newest `updated_at` handled. The page's stored records are read in one query.
+
+Writing: each invoice is handled by one worker at a time. Before any Noko create the intent is
+committed to the store (stage `pushing`, on disk before the request); after Noko answers, the
+Noko id (stage `pushed`); after the Kantata write-back, `synced`. Those two are not waited for:
+they join the next commit. A process killed anywhere resumes from the last committed stage,
+finding what Noko already holds by its natural key instead of creating it twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from array import array
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+
+from connector.errors import (
+    ApiError,
+    AuthError,
+    ConnectorError,
+    PermanentApiError,
+    StateFileError,
+    TransientApiError,
+)
+from connector.http.text import clean
+from connector.kantata.client import ExternalReferenceWrite, KantataClient, format_timestamp
+from connector.state.store import InvoiceRecord, Store, state_file_problem
+from connector.targets.noko.client import NokoClient
+from connector.targets.noko.push import (
+    ENTRY_KEY,
+    DuplicateInNokoError,
+    NokoGoneError,
+    NokoPusher,
+    NokoRefusedError,
+    WriteInDoubtError,
+    header_differs,
+)
+from mappings.errors import MappingError
+from mappings.kantata import DecodedInvoice, KantataInvoice, UndecodableInvoice, decode_invoices
+from mappings.ledger import LedgerDocument
+from mappings.money import format_money, to_minor
+from mappings.profile import Profile
+from mappings.targets.noko import NokoInvoicePlan, check_totals, is_ours, plan_invoice
+from mappings.to_ledger import reference_for_id, to_ledger
+
+Outcome = Literal[
+    "pushed",
+    "updated",
+    "cancelled",
+    "unchanged",
+    "skipped",
+    "failed",
+    "conflict",
+    "waiting",
+    "repaired",
+    "would-push",
+    "would-update",
+    "would-cancel",
+    "stopped",
+]
+SERVICE_MODEL = "invoice"
+NOKO_CURSOR = "noko"
+# When a Noko create was last left in doubt (no answer, or a process died mid-push): for a while
+# after it, each cycle removes leftovers that such creates made after their invoice was done.
+IN_DOUBT_MARK = "writes-in-doubt"
+LATE_WRITE_WINDOW = timedelta(minutes=15)
+MAX_SCAN_PASSES = 3
+ID_LOCK_STRIPES = 1024
+PREFETCH = 200  # records read from the store in one query, a page's worth
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    service_name: str = "noko"
+    workers: int = 8
+    lookback: timedelta = timedelta(minutes=5)
+    clock_skew: timedelta = timedelta(minutes=1)
+    retry_initial_delay: float = 2.0
+    retry_max_delay: float = 6 * 3600.0
+    per_page: int = 200
+    noko_base_url: str = "https://api.nokotime.com/v2"
+    record_payments: bool = False
+
+
+CYCLE_OUTCOMES: dict[str, str] = {
+    "ok": "every invoice it handled is synced or deliberately skipped",
+    "failed": "the cycle ran through, but some invoices failed or are in conflict",
+    "aborted": "Kantata could not be read; nothing after that point was done",
+    "degraded": "reading Noko's changes (payment states) failed after the pushes, which are kept",
+    "interrupted": "stopped by a signal; the next start continues where this one stopped",
+}
+"""The one word for how a cycle went, the same in logs, the summary line, `status`, the state
+file's runs, `/healthz`, `/readyz` and the metrics (`CycleResult.final_outcome`)."""
+
+
+@dataclass
+class CycleResult:
+    run_id: str
+    kind: str
+    outcome: str = "ok"
+    """How the cycle itself ran: ok | aborted | degraded | interrupted. What is reported is
+    `final_outcome`, which also says `failed` when invoices failed."""
+    counts: Counter[str] = field(default_factory=Counter)
+    failed: dict[str, str] = field(default_factory=dict)
+    cursor_before: datetime | None = None
+    cursor_after: datetime | None = None
+    duration: float = 0.0
+    pages: int = 0
+    error: str | None = None
+    planned: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Dry runs: Kantata id -> (would-push | would-update | would-cancel, what)."""
+    auth_error: AuthError | None = None
+    """The refused token that stopped the cycle (the invoices not done were left as they were)."""
+
+    @property
+    def final_outcome(self) -> str:
+        """One of `CYCLE_OUTCOMES`: the cycle's own outcome, or `failed` when it ran through
+        but invoices failed or are in conflict."""
+        if self.outcome != "ok":
+            return self.outcome
+        return "failed" if self.failed else "ok"
+
+    @property
+    def conflicts(self) -> int:
+        return self.counts["conflict"]
+
+    @property
+    def failures(self) -> int:
+        """Invoices that ended failed (conflicts counted apart)."""
+        return max(0, len(self.failed) - self.counts["conflict"])
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.final_outcome == "ok" else 1
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class _Seen:
+    """The invoices handed out in this cycle, each with the `updated_at` it had: what tells a
+    row read again (pages shifted, a second pass) from a new version.
+
+    Kept for the whole cycle, so kept small: 16 bytes an invoice instead of a dict entry with a
+    string and a datetime (about 200). Kantata ids are decimal numbers and a scan reads them in
+    ascending order, so the usual write is an append to two int64 arrays and a read a binary
+    search. Anything else (an id out of order, as retries and a second pass bring; an id that
+    is not a plain number) goes to a dict beside them."""
+
+    __slots__ = ("_ids", "_other", "_times")
+
+    def __init__(self) -> None:
+        self._ids = array("q")
+        self._times = array("q")
+        self._other: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids) + len(self._other)
+
+    @staticmethod
+    def _number(kantata_id: str) -> int | None:
+        if (
+            kantata_id.isascii()
+            and kantata_id.isdigit()
+            and len(kantata_id) < 19
+            and (kantata_id[0] != "0" or kantata_id == "0")
+        ):
+            return int(kantata_id)
+        return None
+
+    def _index(self, number: int) -> int | None:
+        ids = self._ids
+        if not ids or number > ids[-1]:
+            return None
+        index = bisect_left(ids, number)
+        return index if ids[index] == number else None
+
+    def _micros(self, kantata_id: str) -> int | None:
+        number = self._number(kantata_id)
+        if number is not None:
+            index = self._index(number)
+            if index is not None:
+                return self._times[index]
+        return self._other.get(kantata_id)
+
+    def __contains__(self, kantata_id: object) -> bool:
+        return isinstance(kantata_id, str) and self._micros(kantata_id) is not None
+
+    def get(self, kantata_id: str) -> datetime | None:
+        micros = self._micros(kantata_id)
+        return None if micros is None else _EPOCH + micros * _MICROSECOND
+
+    def __setitem__(self, kantata_id: str, updated: datetime) -> None:
+        micros = (updated - _EPOCH) // _MICROSECOND
+        number = self._number(kantata_id)
+        if number is not None:
+            ids = self._ids
+            if not ids or number > ids[-1]:
+                # Past every id kept: never in `_other`, which only takes ids below the last.
+                ids.append(number)
+                self._times.append(micros)
+                return
+            index = self._index(number)
+            if index is not None:
+                self._times[index] = micros
+                return
+        self._other[kantata_id] = micros
+
+    def setdefault(self, kantata_id: str, updated: datetime) -> None:
+        if kantata_id not in self:
+            self[kantata_id] = updated
+
+
+class _NokoIndex:
+    """The connector's invoices in Noko, listed in bulk (1,000 a request) at most once a cycle,
+    and only in a cycle where the state file may not know everything Noko holds: a new state
+    file (no cursor yet), or one older than Noko (a Kantata invoice carries our reference to a
+    Noko invoice the state file does not have). Before anything is created for an invoice
+    without a Noko id, it is looked for here, so a lost or restored state file never duplicates.
+
+    Only invoices whose reference starts with the profile's prefix are kept, each as its scalar
+    fields (no line lists): enough to compare totals and header with what Kantata asks for."""
+
+    def __init__(self, *, wanted: bool) -> None:
+        self.wanted = wanted
+        self.loaded = False
+        self.lock = threading.Lock()
+        self.by_reference: dict[str, list[dict[str, Any]]] = {}
+        self.by_id: dict[int, dict[str, Any]] = {}
+
+    def load(self, invoices: Iterable[dict[str, Any]], prefix: str) -> int:
+        count = 0
+        for invoice in invoices:
+            reference = invoice.get("reference")
+            noko_id = _int(invoice.get("id"))
+            if noko_id is None or not isinstance(reference, str):
+                continue
+            if prefix and not reference.startswith(prefix):
+                continue
+            slim = {k: v for k, v in invoice.items() if not isinstance(v, list)}
+            self.by_reference.setdefault(reference, []).append(slim)
+            self.by_id[noko_id] = slim
+            count += 1
+        self.loaded = True
+        return count
+
+    def own(
+        self,
+        reference: str,
+        kantata_says: int | None,
+        owns: Callable[[dict[str, Any], str], bool],
+    ) -> list[dict[str, Any]]:
+        """The connector's invoices for `reference`: those `owns` proves (the owner marker),
+        and the one its Kantata reference names (`kantata_says`) when that carries it."""
+        found = {
+            _int(inv.get("id")): inv
+            for inv in self.by_reference.get(reference, [])
+            if _int(inv.get("id")) == kantata_says or owns(inv, reference)
+        }
+        named = self.by_id.get(kantata_says) if kantata_says is not None else None
+        if named is not None and named.get("reference") == reference:
+            found[kantata_says] = named
+        return [inv for key, inv in sorted(found.items(), key=lambda kv: kv[0] or 0)]
+
+
+@dataclass
+class _Scan:
+    """Bookkeeping of one cycle's read of Kantata."""
+
+    max_updated: datetime | None = None
+    server_time: datetime | None = None
+    """Kantata's clock (its `Date` header) at the scan's first page."""
+    seen: _Seen = field(default_factory=_Seen)
+    shrank: bool = False
+    complete: bool = False
+
+
+class SyncEngine:
+    """Joins the Kantata client, the pure mapping, the Noko pusher and the state store."""
+
+    def __init__(
+        self,
+        *,
+        kantata: KantataClient,
+        noko: NokoClient,
+        store: Store,
+        profile: Profile,
+        settings: EngineSettings,
+        clock: Callable[[], datetime] = utcnow,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.kantata = kantata
+        self.noko = noko
+        self.store = store
+        self.profile = profile
+        self.settings = settings
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self.pusher = NokoPusher(noko)
+        self.log = structlog.get_logger("kantata_sync.engine")
+        # One invoice is worked on by one thread at a time. A fixed set of locks, picked by the
+        # id's hash, serves every id: nothing is kept per invoice, and no code path holds two.
+        self._id_locks = tuple(threading.Lock() for _ in range(ID_LOCK_STRIPES))
+        self.on_progress: Callable[[Counter[str]], None] | None = None
+        self.on_page: Callable[[int, int], None] | None = None
+        """Called with (page number, Kantata's total count for the query) as pages arrive."""
+        self.on_invoice: Callable[[str, str, str | None, DecodedInvoice | None], None] | None = None
+        """Called once per invoice handled (`sync --json`): its Kantata id, the outcome, the
+        detail, and the Kantata invoice read (None for what Noko's changes brought)."""
+        self._index = _NokoIndex(wanted=False)
+        # A refused token (401/403) ends the cycle: set by the first worker that meets one;
+        # the scan and the workers take no new invoice after it.
+        self._auth_stop = threading.Event()
+        self._auth_error: AuthError | None = None
+        # The state file failing under a worker (a full disk) ends the cycle the same way.
+        self._store_error: Exception | None = None
+
+    def _store_failed(self, exc: Exception) -> None:
+        if self._store_error is None:
+            self._store_error = exc
+            self._auth_stop.set()
+            self.log.error("the state file failed; the cycle stops", error=str(exc))
+
+    def _auth_refused(self, exc: AuthError) -> None:
+        """Stop the cycle: nothing works until the token is replaced, and no invoice is to
+        blame, so none is marked failed (each stays as it was, for the next cycle)."""
+        if not self._auth_stop.is_set():
+            self._auth_error = exc
+            self._auth_stop.set()
+            self.log.error("token refused; the cycle stops", api=exc.service, error=str(exc))
+
+    def halting(self) -> bool:
+        """Whether invoices not yet started must be left for the next cycle."""
+        return self.stop.is_set() or self._auth_stop.is_set()
+
+    # ================================================================== cycle
+
+    def run_cycle(
+        self,
+        kind: Literal["sync", "backfill"] = "sync",
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        dry_run: bool = False,
+        only_ids: Iterable[str] | None = None,
+        force: bool = False,
+        full_refresh: bool = False,
+    ) -> CycleResult:
+        """Work through everything changed up to now (or the backfill window); with
+        `full_refresh`, a sync reads every invoice from the start instead of from the cursor."""
+        run_id = uuid.uuid4().hex[:12]
+        log = self.log.bind(run_id=run_id, kind=kind)
+        started = time.monotonic()
+        cursor = self.store.get_cursor()
+        result = CycleResult(run_id, kind, cursor_before=cursor, cursor_after=cursor)
+        run = None if dry_run else self.store.start_run(run_id, kind, cursor)
+        scan_start = self.clock()
+        if kind == "sync":
+            lower = None if cursor is None or full_refresh else cursor - self.settings.lookback
+        else:
+            lower = None if since is None else since - timedelta(seconds=1)
+        log.info(
+            "cycle started",
+            updated_after=lower.isoformat() if lower else None,
+            until=until.isoformat() if until else None,
+            dry_run=dry_run,
+        )
+        scan = _Scan()
+        # A new state file knows nothing of what Noko holds: look before creating anything.
+        self._index = _NokoIndex(
+            wanted=cursor is None and self.store.get_cursor(NOKO_CURSOR) is None
+        )
+        self._auth_stop.clear()
+        self._auth_error = None
+        self._store_error = None
+        try:
+            with (
+                structlog.contextvars.bound_contextvars(run_id=run_id),
+                ThreadPoolExecutor(
+                    max_workers=self.settings.workers, thread_name_prefix="sync"
+                ) as pool,
+            ):
+                runner = _Runner(self, pool, run_id, result, dry_run, force, log)
+                # Invoices named by the operator are tried now, whatever their retry time.
+                runner.retry_now = only_ids is not None
+                if only_ids is not None:
+                    runner.submit_all(self._fetch_by_id(list(only_ids), result), scan, until=None)
+                else:
+                    self._scan(runner, scan, lower, until, log)
+                    if not self.halting():
+                        retry = [
+                            r.kantata_id
+                            for r in self.store.retry_candidates(self.clock())
+                            if r.kantata_id not in scan.seen
+                        ]
+                        if retry:
+                            log.info("retrying earlier failures", invoices=len(retry))
+                            runner.submit_all(self._fetch_by_id(retry, result), scan, until=None)
+                runner.drain()
+            if not dry_run and only_ids is None and not self.halting():
+                try:
+                    self._poll_noko(run_id, log, result)
+                    self._sweep_late_writes(log)
+                except AuthError as exc:
+                    self._auth_refused(exc)
+                except ApiError as exc:
+                    # Pushes are done and recorded; payment states wait for the next cycle.
+                    result.outcome = "degraded"
+                    result.error = f"reading Noko's changes failed: {exc}"
+                    log.error("reading Noko's changes failed", error=str(exc))
+        except AuthError as exc:
+            self._auth_refused(exc)
+        except ApiError as exc:
+            result.outcome = "aborted"
+            result.error = f"reading Kantata failed: {exc}"
+            log.error("cycle aborted", error=str(exc))
+        if self._store_error is not None:
+            # Nothing more can be recorded: what was committed stays, the cursor does not move,
+            # and the next run continues from the intents on disk.
+            raise StateFileError(state_file_problem(self._store_error, self.store.path))
+        if self._auth_error is not None:
+            # Exit 1 with one line naming the API and the fix; the cursor stays.
+            result.auth_error = self._auth_error
+            result.outcome = "aborted"
+            result.error = (
+                f"{self._auth_error.summary()}; the invoices not done are left as they were "
+                "and the next sync continues"
+            )
+        if self.stop.is_set() and result.outcome == "ok":
+            result.outcome = "interrupted"
+            result.error = "stopped by a signal; the next start continues where this one stopped"
+
+        if (
+            result.outcome == "ok"
+            and scan.complete
+            and not dry_run
+            and only_ids is None
+            and (kind == "sync" or self._covers_from_cursor(cursor, lower, until))
+        ):
+            new_cursor = self._next_cursor(cursor, scan, scan_start)
+            if new_cursor is not None and (cursor is None or new_cursor > cursor):
+                self.store.set_cursor(new_cursor)
+                result.cursor_after = new_cursor
+        result.duration = time.monotonic() - started
+        if run is not None:
+            run.outcome = result.final_outcome
+            run.seen = sum(result.counts.values())
+            run.pushed = result.counts["pushed"]
+            run.updated = result.counts["updated"]
+            run.conflicts = result.conflicts
+            run.unchanged = result.counts["unchanged"] + result.counts["repaired"]
+            run.skipped = result.counts["skipped"]
+            run.failed = result.failures
+            run.pages = result.pages
+            run.cursor_after = result.cursor_after
+            run.error = result.error
+            self.store.finish_run(run)
+        log.info(
+            "cycle finished",
+            outcome=result.final_outcome,
+            duration_s=round(result.duration, 3),
+            failed_invoices=result.failures,
+            conflict_invoices=result.conflicts,
+            **{k.replace("-", "_"): v for k, v in sorted(result.counts.items())},
+        )
+        return result
+
+    def _covers_from_cursor(
+        self, cursor: datetime | None, lower: datetime | None, until: datetime | None
+    ) -> bool:
+        """Whether a backfill's window holds every change a sync would read from the cursor
+        on (its lookback included), so that the cursor may move past them. A window starting
+        later, or ending before now, leaves changes unread: the cursor stays where it is."""
+        if until is not None:
+            return False
+        if lower is None:
+            return True
+        return cursor is not None and lower <= cursor - self.settings.lookback
+
+    def _next_cursor(
+        self, cursor: datetime | None, scan: _Scan, scan_start: datetime
+    ) -> datetime | None:
+        """Where the next scan starts (before its lookback), after a complete scan.
+
+        With Kantata's own clock at the first page, that moment minus the clock-skew margin
+        (and never past this machine's clock at the start, minus the same): every invoice
+        Kantata held then was read, whatever its `updated_at`, so the cursor moves on with time
+        and a quiet cycle reads nothing once the lookback window holds no change. Without it,
+        the newest `updated_at` read, never past this machine's clock minus the margin."""
+        if scan.server_time is not None:
+            return min(scan_start, scan.server_time) - self.settings.clock_skew
+        signpost = scan_start - self.settings.clock_skew
+        newest = scan.max_updated
+        if newest is None:
+            return cursor
+        return min(newest, signpost)
+
+    def _scan(
+        self,
+        runner: _Runner,
+        scan: _Scan,
+        lower: datetime | None,
+        until: datetime | None,
+        log: Any,
+    ) -> None:
+        for attempt in range(1, MAX_SCAN_PASSES + 1):
+            scan.shrank = False
+            previous_count: int | None = None
+            unseen = 0
+            noted = 0
+            for page in self.kantata.iter_invoice_pages(
+                updated_after=lower, per_page=self.settings.per_page
+            ):
+                runner.result.pages += 1
+                if scan.server_time is None:
+                    scan.server_time = page.server_time
+                if self.on_page is not None:
+                    self.on_page(page.page, page.count)
+                if page.note is not None:
+                    # At warning level once a pass: a server serving fewer rows than asked
+                    # for disagrees on every page.
+                    noted += 1
+                    (log.warning if noted == 1 else log.info)(
+                        "Kantata's paging signals disagree; reading on",
+                        page=page.page,
+                        detail=page.note,
+                    )
+                if previous_count is not None and page.count < previous_count:
+                    scan.shrank = True
+                previous_count = page.count
+                unseen = page.unseen
+                runner.submit_all(decode_invoices(page.body), scan, until=until)
+                if self.halting():
+                    return
+            if unseen and not scan.shrank:
+                # Rows Kantata counted were never served: what was read is handled, but the
+                # cursor must not move past the rest.
+                scan.complete = False
+                log.warning(
+                    "Kantata did not serve every invoice it counted; the cursor stays put",
+                    unseen=unseen,
+                )
+                runner.result.error = (
+                    f"Kantata counted {unseen} more invoice(s) than it served; "
+                    "the cursor stays put until a scan reads them all"
+                )
+                return
+            if not scan.shrank:
+                scan.complete = True
+                return
+            log.info("invoices vanished during the scan; reading again", attempt=attempt)
+        scan.complete = False
+        log.warning("the invoice list kept shrinking during the scan; the cursor stays put")
+
+    def _fetch_by_id(
+        self, ids: list[str], result: CycleResult | None = None
+    ) -> Iterator[DecodedInvoice]:
+        for start in range(0, len(ids), 200):
+            chunk = ids[start : start + 200]
+            body = self.kantata.get_invoices(chunk)
+            decoded = decode_invoices(body)
+            found = {inv.id for inv in decoded}
+            yield from decoded
+            missing = [kid for kid in chunk if kid not in found]
+            if missing and self._vanish_needs_proof(missing):
+                # Asked again before anything in Noko is deleted for it: one answer that
+                # leaves an invoice out is not proof that it is gone.
+                again = {inv.id for inv in decode_invoices(self.kantata.get_invoices(missing))}
+                missing = [kid for kid in missing if kid not in again]
+            for kantata_id in missing:
+                done = self._vanished(kantata_id, result.run_id if result else "")
+                if done is not None and result is not None:
+                    outcome, error = done
+                    result.counts[outcome] += 1
+                    if outcome in ("failed", "conflict"):
+                        result.failed[kantata_id] = error or outcome
+                    else:
+                        result.failed.pop(kantata_id, None)
+
+    def _vanish_needs_proof(self, kantata_ids: list[str]) -> bool:
+        records = self.store.get_invoices(kantata_ids)
+        return any(r.noko_invoice_id is not None or r.stage for r in records.values())
+
+    def _vanished(self, kantata_id: str, run_id: str = "") -> tuple[Outcome, str | None] | None:
+        """A Kantata invoice asked for by id is gone (deleted in Kantata). Before its push it
+        is simply skipped; after it, its Noko invoice goes as for a cancellation: deleted when
+        Noko allows, a conflict when it is paid or locked."""
+        with self.lock_for(kantata_id):
+            record = self.store.get_invoice(kantata_id)
+            if record is None or record.status == "skipped":
+                return None
+            log = self.log.bind(run_id=run_id, kantata_invoice_id=kantata_id)
+            in_noko = (
+                record.noko_invoice_id is not None and record.noko_state != "deleted"
+            ) or record.stage in ("pushing", "pushed", "updating", "cancelling")
+            if in_noko:
+                if record.status == "conflict" and record.error_kind == "lifecycle":
+                    return "conflict", record.last_error
+                log.info("deleted in Kantata after its push; removing its Noko invoice")
+                return self._cancel(
+                    kantata_id, record, run_id, log, False, why="deleted", write_back=False
+                )
+            if record.status == "synced":
+                return None
+            record.status = "skipped"
+            record.skip_reason = "deleted in Kantata"
+            record.next_attempt_at = None
+            self.store.save_invoice(record, event="vanished", detail="no longer in Kantata")
+            return "skipped", None
+
+    # ================================================================== one invoice
+
+    def lock_for(self, kantata_id: str) -> threading.Lock:
+        return self._id_locks[hash(kantata_id) % ID_LOCK_STRIPES]
+
+    def handle(
+        self,
+        inv: DecodedInvoice,
+        run_id: str,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        retry_now: bool = False,
+        record: InvoiceRecord | Literal[False] | None = False,
+    ) -> tuple[Outcome, str | None]:
+        """Bring one invoice to its goal state; returns the outcome and, if failed, why.
+
+        `record` is the invoice's stored record (None: none stored) when the caller read it
+        and nothing can have written it since; by default it is read here."""
+        with self.lock_for(inv.id):
+            log = self.log.bind(run_id=run_id, kantata_invoice_id=inv.id)
+            if record is False:
+                record = self.store.get_invoice(inv.id)
+            try:
+                return self._handle(inv, record, run_id, log, dry_run, force, retry_now)
+            except AuthError as exc:
+                # Not this invoice's failure: it stays as it was; the cycle stops.
+                self._auth_refused(exc)
+                return "stopped", None
+            except (TransientApiError, PermanentApiError, DuplicateInNokoError) as exc:
+                # Errors outside the push itself (a lookup before a cancellation, say).
+                log.warning("invoice failed", error=str(exc))
+                if not dry_run:
+                    self.record_failure(inv.id, str(exc), run_id)
+                return "failed", str(exc)
+
+    def _retry_at(self, attempts: int) -> datetime:
+        """Next try after `attempts` failures: a delay doubling from the initial one, capped."""
+        delay = min(
+            self.settings.retry_initial_delay * (2 ** max(attempts - 1, 0)),
+            self.settings.retry_max_delay,
+        )
+        return self.clock() + timedelta(seconds=delay)
+
+    @staticmethod
+    def _forget_noko(record: InvoiceRecord, *, recover: bool) -> None:
+        """The Noko invoice is gone: the next push makes a new one. With `recover`, that push
+        first reuses or removes the expenses the old one left behind."""
+        record.noko_invoice_id = None
+        record.noko_url = None
+        record.noko_state = None
+        record.noko_lines = None
+        if recover:
+            record.stage = "pushing"
+
+    def record_failure(self, kantata_id: str, message: str, run_id: str) -> None:
+        """Keep any failure in the store, retried later, so no invoice is silently left out
+        when the cursor moves on. The stage is kept: recovery resumes where work stopped."""
+        record = self.store.get_invoice(kantata_id) or self.store.new_invoice(kantata_id)
+        if record.status != "conflict":
+            record.status = "failed"
+        record.attempts += 1
+        record.last_error = message
+        record.error_kind = record.error_kind or "transient"
+        record.next_attempt_at = self._retry_at(record.attempts)
+        self.store.save_invoice(record, run_id=run_id, event="failed", detail=message)
+
+    def _handle(
+        self,
+        inv: DecodedInvoice,
+        record: InvoiceRecord | None,
+        run_id: str,
+        log: Any,
+        dry_run: bool,
+        force: bool,
+        retry_now: bool = False,
+    ) -> tuple[Outcome, str | None]:
+        if record is not None and record.status == "conflict" and not force:
+            # Never overwritten blindly: an operator decides (`retry --force`, `reconcile
+            # --apply`, or `resolve` to keep Noko as it is).
+            return "conflict", record.last_error or "conflict"
+        # In Noko and not settled: a skipped record is done with (deleted in Noko, or kept
+        # there by an operator's decision).
+        in_noko = record is not None and (
+            (
+                record.noko_invoice_id is not None
+                and record.noko_state != "deleted"
+                and record.status != "skipped"
+            )
+            or record.stage in ("pushing", "pushed", "updating", "cancelling")
+        )
+        if isinstance(inv, UndecodableInvoice):
+            if inv.draft is True or (inv.status or "").strip().lower() == "cancelled":
+                if (inv.status or "").strip().lower() == "cancelled" and in_noko:
+                    assert record is not None
+                    return self._cancel(inv.id, record, run_id, log, dry_run)
+                reason = "draft" if inv.draft else "cancelled"
+                return self._skip(inv.id, record, reason, run_id, dry_run, inv.updated_at)
+            return self._fail_unmappable(
+                inv.id,
+                record,
+                inv.source_fingerprint,
+                inv.updated_at,
+                inv.error,
+                run_id,
+                log,
+                dry_run,
+                force,
+            )
+        if inv.is_cancelled:
+            if in_noko:
+                assert record is not None
+                return self._cancel(inv.id, record, run_id, log, dry_run)
+            return self._skip(inv.id, record, "cancelled", run_id, dry_run, inv.updated_at)
+        if inv.draft:
+            return self._skip(inv.id, record, "draft", run_id, dry_run, inv.updated_at)
+        if (
+            record is not None
+            and record.noko_state == "deleted"
+            and (record.skip_reason or "").startswith("cancelled")
+            and not force
+        ):
+            return "skipped", None
+        try:
+            doc = to_ledger(inv, self.profile)
+        except MappingError as error:
+            return self._fail_unmappable(
+                inv.id,
+                record,
+                inv.source_fingerprint,
+                inv.updated_at,
+                error,
+                run_id,
+                log,
+                dry_run,
+                force,
+            )
+        fingerprint = doc.fingerprint()
+
+        if self._state_may_be_stale(inv, record):
+            # Before anything is decided from the record: it may be older than Noko.
+            found = self._recover_from_noko(
+                inv, doc, fingerprint, record, run_id, log, dry_run, force
+            )
+            if isinstance(found, tuple):
+                return found
+            record = found
+
+        if (
+            record is not None
+            and record.stage == ""
+            and record.status == "synced"
+            and record.fingerprint == fingerprint
+            and not force
+        ):
+            if self._reference_in_place(inv, record):
+                if record.kantata_status != inv.status and not dry_run:
+                    self._remember_kantata(record, inv)
+                    self.store.save_invoice(record, durable=False)
+                return "unchanged", None
+            if dry_run:
+                return "would-update", "reference only"
+            self._remember_kantata(record, inv)
+            # What the write-back did is the outcome: a refused or failed one is a failure.
+            written, why = self._write_success(inv, record, run_id, log)
+            return ("repaired", None) if written == "pushed" else (written, why)
+
+        if force and record is not None and record.error_kind == "gone":
+            # The operator asks to push again what was deleted in Noko.
+            self._forget_noko(record, recover=True)
+
+        if not (force or retry_now) and not self._due(record, inv, fingerprint):
+            assert record is not None
+            return "waiting", record.last_error or "failed earlier"
+
+        if (
+            record is not None
+            and record.noko_invoice_id is not None
+            and (record.noko_state != "deleted")
+        ):
+            if record.stage == "pushed" and record.fingerprint == fingerprint and not force:
+                return self._write_success(inv, record, run_id, log)
+            if dry_run:
+                return "would-update", _describe(doc)
+            return self._update(inv, doc, fingerprint, record, run_id, log, force)
+        if dry_run:
+            return "would-push", _describe(doc)
+        if record is not None and record.noko_state == "deleted":
+            self._forget_noko(record, recover=False)
+        return self._push(inv, doc, fingerprint, record, run_id, log)
+
+    # ------------------------------------------------------------------ lost or old state
+
+    def _noko_id_in_kantata(self, inv: DecodedInvoice) -> int | None:
+        """The Noko invoice id our Kantata reference names, unless it says we deleted it."""
+        if isinstance(inv, UndecodableInvoice):
+            return None
+        ref = inv.reference_for(self.settings.service_name)
+        if ref is None or (ref.external_status or "") == "deleted":
+            return None
+        if ref.service_model and ref.service_model != SERVICE_MODEL:
+            return None
+        return _int(ref.service_model_ref)
+
+    def _stale_signal(self, inv: DecodedInvoice, record: InvoiceRecord | None) -> bool:
+        """Kantata carries our reference to a Noko invoice the state file does not have: the
+        state file is older than Noko (a restored backup, or a new file)."""
+        named = self._noko_id_in_kantata(inv)
+        if named is None:
+            return False
+        if record is None or record.noko_invoice_id is None:
+            return True
+        return record.stage == "" and record.noko_invoice_id != named
+
+    def note_stale_state(
+        self, batch: Iterable[DecodedInvoice], records: dict[str, InvoiceRecord]
+    ) -> None:
+        """Before a page's invoices are handed out: if any of them shows that the state file is
+        older than Noko, every create of this cycle looks in Noko first (one bulk listing)."""
+        if self._index.wanted:
+            return
+        for inv in batch:
+            if self._stale_signal(inv, records.get(inv.id)):
+                self.log.warning(
+                    "the state file does not know a Noko invoice that Kantata's reference names "
+                    "(a new or restored state file); matching against Noko before creating",
+                    kantata_invoice_id=inv.id,
+                )
+                self._index.wanted = True
+                return
+
+    def _state_may_be_stale(self, inv: KantataInvoice, record: InvoiceRecord | None) -> bool:
+        """Whether to look in the index before deciding: about to create (no Noko id known,
+        not resuming an earlier attempt, which looks by reference itself) in a cycle where the
+        state file may not know everything, or the record names another Noko id than Kantata."""
+        if record is not None and record.stage in ("pushing", "pushed", "updating", "cancelling"):
+            return False
+        if self._stale_signal(inv, record):
+            self._index.wanted = True
+            return True
+        if not self._index.wanted:
+            return False
+        return record is None or record.noko_invoice_id is None or record.noko_state == "deleted"
+
+    def _own_in_noko(self, reference: str, kantata_says: int | None) -> list[dict[str, Any]]:
+        index = self._index
+        with index.lock:
+            if not index.loaded:
+                prefix = self.profile.noko.reference.split("{", 1)[0]
+                count = index.load(
+                    self.noko.list_invoices({"reference": prefix} if prefix else {}), prefix
+                )
+                self.log.info(
+                    "listed the connector's Noko invoices to match a new or old state file",
+                    invoices=count,
+                )
+        return index.own(reference, kantata_says, self.pusher.owns)
+
+    def _recover_from_noko(
+        self,
+        inv: KantataInvoice,
+        doc: LedgerDocument,
+        fingerprint: str,
+        record: InvoiceRecord | None,
+        run_id: str,
+        log: Any,
+        dry_run: bool,
+        force: bool,
+    ) -> InvoiceRecord | tuple[Outcome, str | None] | None:
+        """Match an invoice the state file does not know in Noko (or knows under another id)
+        against the connector's own Noko invoices before anything is created.
+
+        Returns the record to go on with (now naming the Noko invoice found, if one was), or
+        the outcome when it is settled here: already as Kantata asks (synced, whatever a stale
+        record said), several of ours (a duplicate conflict), or different from what Kantata
+        asks and from what the state file knows (a hand edit: a conflict)."""
+        named = self._noko_id_in_kantata(inv)
+        own = self._own_in_noko(doc.reference, named)
+        if not own:
+            return record
+        if len(own) > 1:
+            duplicate = DuplicateInNokoError(doc.reference, [found.get("id") for found in own])
+            if dry_run:
+                return "conflict", str(duplicate)
+            record = record or self.store.new_invoice(inv.id)
+            record.status = "conflict"
+            return self._fail(record, "duplicate", str(duplicate), run_id, log, retry=False)
+        invoice = own[0]
+        noko_id = _int(invoice.get("id"))
+        assert noko_id is not None
+        if record is not None and record.noko_invoice_id == noko_id:
+            return record
+        log = log.bind(noko_invoice_id=noko_id)
+        plan = plan_invoice(doc)
+        same_totals = not check_totals(plan, invoice)
+        if dry_run:
+            return "would-update", f"found in Noko as invoice {noko_id}: adopt it"
+        record = record or self.store.new_invoice(inv.id)
+        known_total = record.total_minor
+        record.noko_invoice_id = noko_id
+        record.noko_url = _invoice_link(invoice)
+        record.noko_state = str(invoice.get("state") or "") or None
+        record.noko_lines = None  # the lines as pushed are not known: totals are compared
+        record.reference = doc.reference
+        record.currency = doc.currency
+        record.exponent = doc.exponent
+        record.skip_reason = None
+        noko_minor = _minor(invoice.get("total_amount"), doc.exponent)
+        log.info("found the invoice in Noko; the state file did not know it")
+        if same_totals and not header_differs(invoice, plan.fields):
+            # Already what Kantata asks for: synced, whatever the state file said.
+            record.fingerprint = fingerprint
+            record.total_minor = doc.total_minor
+            record.balance_in_cents = doc.balance_in_cents
+            self._remember_kantata(record, inv)
+            record.stage = "pushed"
+            if record.status != "conflict":
+                record.status = "pending"
+            self.store.save_invoice(
+                record,
+                run_id=run_id,
+                event="adopted",
+                detail=f"Noko invoice {noko_id} found in Noko, already as Kantata asks "
+                "(the state file did not know it)",
+            )
+            written, why = self._write_success(inv, record, run_id, log)
+            return ("repaired", None) if written == "pushed" else (written, why)
+        if same_totals or force or (known_total is not None and noko_minor == known_total):
+            # Kantata changed since (or only the header differs, or the operator forces the
+            # Kantata version): the normal update in place, same Noko id.
+            record.total_minor = known_total if known_total is not None else noko_minor
+            record.fingerprint = None
+            record.stage = ""
+            self.store.save_invoice(
+                record,
+                run_id=run_id,
+                event="adopted",
+                detail=f"Noko invoice {noko_id} found in Noko (the state file did not know "
+                "it); updating it to Kantata's version",
+            )
+            return record
+        record.total_minor = noko_minor
+        record.fingerprint = fingerprint
+        self._remember_kantata(record, inv)
+        return self._conflict(
+            record,
+            "noko-edited",
+            f"Noko invoice {noko_id} ({doc.reference}) was found in Noko, not in the state file, "
+            f"and differs from Kantata (Noko {invoice.get('total_amount')}, Kantata "
+            f"{format_money(doc.total_minor, doc.exponent, doc.currency)}); it is left as it "
+            f"is: run `kantata-sync retry {inv.id} --force` to restore the Kantata version, or "
+            f"`kantata-sync resolve {inv.id}` to keep it",
+            run_id,
+            log,
+        )
+
+    def _due(self, record: InvoiceRecord | None, inv: KantataInvoice, fingerprint: str) -> bool:
+        """Whether a failed invoice may be tried now: its retry time came, or Kantata changed."""
+        if record is None or record.status != "failed":
+            return True
+        if record.source_fingerprint != inv.source_fingerprint or record.fingerprint != fingerprint:
+            return True
+        return record.next_attempt_at is not None and record.next_attempt_at <= self.clock()
+
+    @staticmethod
+    def _remember_kantata(record: InvoiceRecord, inv: KantataInvoice) -> None:
+        record.kantata_status = inv.status
+        record.workspace_id = inv.workspaces[0].id if len(inv.workspaces) == 1 else None
+        record.kantata_updated_at = inv.updated_at
+        record.source_fingerprint = inv.source_fingerprint
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _skip(
+        self,
+        kantata_id: str,
+        record: InvoiceRecord | None,
+        reason: str,
+        run_id: str,
+        dry_run: bool,
+        updated_at: datetime | None,
+    ) -> tuple[Outcome, str | None]:
+        if (
+            record is not None
+            and record.noko_state != "deleted"
+            and record.status != "skipped"
+            and (record.noko_invoice_id is not None or record.stage)
+        ):
+            # In Noko, yet a draft (again) or cancelled in Kantata: not for the books.
+            log = self.log.bind(run_id=run_id, kantata_invoice_id=kantata_id)
+            why = "returned to draft" if reason == "draft" else "cancelled"
+            return self._cancel(kantata_id, record, run_id, log, dry_run, why=why)
+        if dry_run or (
+            record is not None and record.status == "skipped" and record.skip_reason == reason
+        ):
+            return "skipped", None
+        record = record or self.store.new_invoice(kantata_id)
+        record.status = "skipped"
+        record.skip_reason = reason
+        record.last_error = None
+        record.next_attempt_at = None
+        record.kantata_updated_at = updated_at
+        # Lost in a crash, the skip is made again: the cursor moves only after it is written.
+        self.store.save_invoice(
+            record, durable=False, run_id=run_id, event="skipped", detail=reason
+        )
+        return "skipped", None
+
+    def _fail_unmappable(
+        self,
+        kantata_id: str,
+        record: InvoiceRecord | None,
+        source_fingerprint: str,
+        updated_at: datetime | None,
+        error: MappingError,
+        run_id: str,
+        log: Any,
+        dry_run: bool,
+        force: bool,
+    ) -> tuple[Outcome, str | None]:
+        message = str(error)
+        if dry_run:
+            return "failed", message
+        if (
+            record is not None
+            and record.status == "failed"
+            and record.source_fingerprint == source_fingerprint
+            and record.last_error == message
+            and not force
+        ):
+            return "waiting", message
+        # Also when it is in Noko already (a later edit made it unmappable): failed, not a
+        # conflict, so that fixing the field in Kantata is enough to update it.
+        record = record or self.store.new_invoice(kantata_id)
+        record.status = "failed"
+        record.attempts += 1
+        record.last_error = message
+        record.error_kind = "mapping"
+        record.next_attempt_at = None
+        record.source_fingerprint = source_fingerprint
+        record.kantata_updated_at = updated_at
+        self.store.save_invoice(record, run_id=run_id, event="failed", detail=message)
+        log.warning("invoice cannot be mapped", error=message)
+        self._write_failure(kantata_id, record, message, run_id, log)
+        return "failed", message
+
+    def _fail(
+        self,
+        record: InvoiceRecord,
+        kind: str,
+        message: str,
+        run_id: str,
+        log: Any,
+        *,
+        retry: bool,
+    ) -> tuple[Outcome, str | None]:
+        record.attempts += 1
+        record.last_error = message
+        record.error_kind = kind
+        if record.status != "conflict":
+            record.status = "failed"
+        if retry:
+            record.next_attempt_at = self._retry_at(record.attempts)
+        else:
+            record.next_attempt_at = None
+        self.store.save_invoice(record, run_id=run_id, event="failed", detail=f"{kind}: {message}")
+        log.warning("invoice failed", error_kind=kind, error=message, attempts=record.attempts)
+        return "failed", message
+
+    # ------------------------------------------------------------------ push
+
+    def _push(
+        self,
+        inv: KantataInvoice,
+        doc: LedgerDocument,
+        fingerprint: str,
+        record: InvoiceRecord | None,
+        run_id: str,
+        log: Any,
+    ) -> tuple[Outcome, str | None]:
+        if record is not None and record.stage == "pushed" and record.fingerprint == fingerprint:
+            return self._write_success(inv, record, run_id, log)
+
+        plan = plan_invoice(doc)
+        recovering = record is not None and record.stage in ("pushing", "pushed")
+        record = record or self.store.new_invoice(inv.id)
+        record.stage = "pushing"
+        if record.status != "conflict":
+            record.status = "pending"
+        record.reference = plan.reference
+        record.fingerprint = fingerprint
+        record.source_fingerprint = inv.source_fingerprint
+        record.currency = doc.currency
+        record.exponent = doc.exponent
+        record.total_minor = doc.total_minor
+        record.balance_in_cents = doc.balance_in_cents
+        self._remember_kantata(record, inv)
+        record.skip_reason = None
+        self.store.save_invoice(
+            record,
+            run_id=run_id,
+            event="push-started",
+            detail=f"{plan.reference}: {len(plan.expenses)} lines, "
+            f"{format_money(doc.total_minor, doc.exponent, doc.currency)}"
+            + (" (recovering an earlier attempt)" if recovering else "")
+            + (f"; time as amounts: {doc.time_note}" if doc.time_note else ""),
+        )
+        if recovering:
+            self._note_in_doubt()  # the earlier attempt's last request may still land
+        try:
+            named = self._noko_id_in_kantata(inv)
+            pushed = self.pusher.push(
+                plan, recovering=recovering, known_ids=() if named is None else (named,)
+            )
+        except TransientApiError as exc:
+            if isinstance(exc, WriteInDoubtError):
+                self._note_in_doubt()
+            return self._fail(record, "transient", str(exc), run_id, log, retry=True)
+        except AuthError:
+            raise
+        except PermanentApiError as exc:
+            outcome = self._fail(record, "permanent", str(exc), run_id, log, retry=False)
+            self._write_failure(inv.id, record, f"Noko refused the invoice: {exc}", run_id, log)
+            return outcome
+        except DuplicateInNokoError as exc:
+            record.status = "conflict"
+            return self._fail(record, "duplicate", str(exc), run_id, log, retry=False)
+
+        noko_invoice = pushed.invoice
+        noko_id = _int(noko_invoice.get("id"))
+        if noko_id is None:
+            return self._fail(
+                record, "permanent", "Noko's answer has no invoice id", run_id, log, retry=True
+            )
+        log = log.bind(noko_invoice_id=noko_id)
+        record.noko_invoice_id = noko_id
+        record.noko_url = _invoice_link(noko_invoice)
+        record.noko_state = str(noko_invoice.get("state") or "") or None
+        # The lines as pushed, for the hand-edit check; unknown for an adopted invoice.
+        record.noko_lines = (
+            None if pushed.adopted else json.dumps(pushed.expense_ids, sort_keys=True)
+        )
+        mismatch = self._verify(
+            plan, noko_invoice, record, "", run_id, log, created=None if pushed.adopted else noko_id
+        )
+        if mismatch is not None:
+            return mismatch
+        record.stage = "pushed"
+        # Not waited for (nor is `synced` after the write-back): if both are lost in a crash,
+        # the intent above is what stays, and recovery finds this Noko invoice by reference.
+        self.store.save_invoice(
+            record,
+            durable=False,
+            run_id=run_id,
+            event="pushed",
+            detail=f"Noko invoice {noko_id}"
+            + (" (found from an earlier attempt)" if pushed.adopted else "")
+            + (f", {pushed.reused} expenses reused" if pushed.reused else "")
+            + (f", {pushed.deleted} orphans removed" if pushed.deleted else ""),
+        )
+        log.info("pushed to Noko", reference=plan.reference, adopted=pushed.adopted)
+        return self._write_success(inv, record, run_id, log)
+
+    def _verify(
+        self,
+        plan: NokoInvoicePlan,
+        noko_invoice: dict[str, Any],
+        record: InvoiceRecord,
+        when: str,
+        run_id: str,
+        log: Any,
+        *,
+        created: int | None = None,
+    ) -> tuple[Outcome, str | None] | None:
+        """None when Noko's totals are Kantata's to the minor unit; else the recorded failure.
+        A mismatch is not retried by itself: it needs a person (or a change in Kantata).
+        `created`: the Noko invoice this attempt has just created; with wrong totals it is
+        deleted again, with the lines made for it, so that no wrong total stays in the books."""
+        problems = check_totals(plan, noko_invoice)
+        if problems and created is not None and "total_amount" not in noko_invoice:
+            # An answer without the total proves nothing wrong: read the invoice once (only
+            # then) before deleting what was just created.
+            try:
+                fresh = self.pusher.noko.get_invoice(created)
+            except ApiError:
+                fresh = None
+            if fresh is not None:
+                problems = check_totals(plan, fresh)
+        if not problems:
+            return None
+        record.stage = ""
+        message = f"{when}Noko's totals differ from Kantata's: " + "; ".join(problems)
+        if created is not None:
+            try:
+                removed = self.pusher.discard(plan.reference, created)
+            except (ApiError, NokoRefusedError) as exc:
+                message += (
+                    f"; deleting Noko invoice {created} failed ({exc}): delete it in Noko, "
+                    "then run retry"
+                )
+            else:
+                self._forget_noko(record, recover=False)
+                message += (
+                    f"; Noko invoice {created} and the {removed} expenses and time entries "
+                    "made for it were deleted again, so no wrong total is left in Noko"
+                )
+                log.warning("deleted a Noko invoice created with wrong totals", noko_id=created)
+        outcome = self._fail(record, "verify", message, run_id, log, retry=False)
+        self._write_failure(record.kantata_id, record, message, run_id, log)
+        return outcome
+
+    def _conflict(
+        self,
+        record: InvoiceRecord,
+        kind: str,
+        message: str,
+        run_id: str,
+        log: Any,
+        *,
+        write_back: bool = True,
+    ) -> tuple[Outcome, str | None]:
+        record.status = "conflict"
+        record.stage = ""
+        record.error_kind = kind
+        record.last_error = message
+        record.next_attempt_at = None
+        self.store.save_invoice(record, run_id=run_id, event="conflict", detail=message)
+        log.warning("conflict", error_kind=kind, error=message)
+        if write_back:
+            self._write_failure(record.kantata_id, record, message, run_id, log)
+        return "conflict", message
+
+    def _update(
+        self,
+        inv: KantataInvoice,
+        doc: LedgerDocument,
+        fingerprint: str,
+        record: InvoiceRecord,
+        run_id: str,
+        log: Any,
+        force: bool,
+    ) -> tuple[Outcome, str | None]:
+        """Bring the Noko invoice up to date in place; the same Noko id throughout."""
+        assert record.noko_invoice_id is not None
+        noko_id = record.noko_invoice_id
+        log = log.bind(noko_invoice_id=noko_id)
+        plan = plan_invoice(doc)
+        previous_total = record.total_minor
+        record.stage = "updating"
+        record.status = "pending"
+        record.reference = plan.reference
+        record.fingerprint = fingerprint
+        record.currency = doc.currency
+        record.exponent = doc.exponent
+        record.total_minor = doc.total_minor
+        record.balance_in_cents = doc.balance_in_cents
+        self._remember_kantata(record, inv)
+        self.store.save_invoice(
+            record,
+            run_id=run_id,
+            event="update-started",
+            detail=f"Noko invoice {noko_id} to "
+            f"{format_money(doc.total_minor, doc.exponent, doc.currency)}"
+            + (" (forced)" if force else ""),
+        )
+        try:
+            updated = self.pusher.update(plan, noko_id, remove_foreign=force)
+        except NokoRefusedError as exc:
+            current = exc.invoice
+            if (
+                current is not None
+                and not check_totals(plan, current)
+                and not header_differs(current, plan.fields)
+            ):
+                # Paid or locked, but already what Kantata asks for (the state file was older
+                # than Noko): nothing to change, so nothing refused.
+                record.noko_state = str(current.get("state") or "") or record.noko_state
+                record.noko_lines = None
+                record.stage = "pushed"
+                self.store.save_invoice(
+                    record,
+                    run_id=run_id,
+                    event="updated",
+                    detail=f"Noko invoice {noko_id} is {exc.code} and already as Kantata asks",
+                )
+                written, error = self._write_success(inv, record, run_id, log)
+                return ("repaired", None) if written == "pushed" else (written, error)
+            return self._conflict(
+                record,
+                "refused",
+                f"changed in Kantata, but Noko invoice {noko_id} is {exc.code} and cannot be "
+                f"changed (Kantata now {format_money(doc.total_minor, doc.exponent, doc.currency)}"
+                f", Noko {_fmt_total(previous_total, record)}): correct it in Noko by hand "
+                f"(credit note), then run `kantata-sync resolve {inv.id}`",
+                run_id,
+                log,
+            )
+        except NokoGoneError:
+            if force:
+                # The operator asked for the Kantata version: push it again as a new invoice.
+                self._forget_noko(record, recover=True)
+                return self._push(inv, doc, fingerprint, record, run_id, log)
+            return self._conflict(
+                record,
+                "gone",
+                f"Noko invoice {noko_id} was deleted in Noko; run retry --force to push the "
+                "Kantata invoice again as a new Noko invoice",
+                run_id,
+                log,
+            )
+        except TransientApiError as exc:
+            if isinstance(exc, WriteInDoubtError):
+                self._note_in_doubt()
+            return self._fail(record, "transient", str(exc), run_id, log, retry=True)
+        except AuthError:
+            raise
+        except PermanentApiError as exc:
+            outcome = self._fail(record, "permanent", str(exc), run_id, log, retry=False)
+            self._write_failure(inv.id, record, f"Noko refused the update: {exc}", run_id, log)
+            return outcome
+        record.noko_state = str(updated.invoice.get("state") or "") or record.noko_state
+        record.noko_url = _invoice_link(updated.invoice) or record.noko_url
+        record.noko_lines = json.dumps(updated.line_ids, sort_keys=True)
+        mismatch = self._verify(plan, updated.invoice, record, "after the update ", run_id, log)
+        if mismatch is not None:
+            return mismatch
+        record.stage = "pushed"
+        self.store.save_invoice(
+            record,
+            run_id=run_id,
+            event="updated",
+            detail=f"Noko invoice {noko_id}: {updated.added} lines added, "
+            f"{updated.removed} removed"
+            + (", taxes changed" if updated.taxes_changed else "")
+            + (", details changed" if updated.header_changed else ""),
+        )
+        log.info("updated in Noko", added=updated.added, removed=updated.removed)
+        written, error = self._write_success(inv, record, run_id, log)
+        return ("updated", None) if written == "pushed" else (written, error)
+
+    def _cancel(
+        self,
+        kantata_id: str,
+        record: InvoiceRecord,
+        run_id: str,
+        log: Any,
+        dry_run: bool,
+        why: str = "cancelled",
+        *,
+        write_back: bool = True,
+    ) -> tuple[Outcome, str | None]:
+        """Cancelled (or back to draft, or deleted) in Kantata after it was pushed: delete it
+        in Noko when Noko allows, so that it is not in the books. `write_back` False: the
+        Kantata invoice is gone, so no reference is written to it."""
+        if dry_run:
+            return (
+                "would-cancel",
+                f"delete Noko invoice {record.noko_invoice_id or record.reference}",
+            )
+        if record.noko_invoice_id is None:
+            # Pushing never finished: nothing may be left in Noko, whatever stage it reached.
+            if record.reference:
+                found = self.pusher.find_invoice(record.reference)
+                if found is not None and _int(found.get("id")) is not None:
+                    record.noko_invoice_id = _int(found.get("id"))
+            if record.noko_invoice_id is None:
+                if record.reference:
+                    self.pusher.sweep_reference(record.reference)
+                record.stage = ""
+                reason = {"returned to draft": "draft", "deleted": "deleted in Kantata"}.get(
+                    why, "cancelled"
+                )
+                if not write_back:
+                    record.status = "skipped"
+                    record.skip_reason = reason
+                    record.next_attempt_at = None
+                    self.store.save_invoice(
+                        record, run_id=run_id, event="skipped", detail=f"{reason}; nothing in Noko"
+                    )
+                    return "skipped", None
+                return self._skip(kantata_id, record, reason, run_id, False, None)
+        noko_id = record.noko_invoice_id
+        assert noko_id is not None
+        assert record.reference is not None
+        log = log.bind(noko_invoice_id=noko_id)
+        record.stage = "cancelling"
+        self.store.save_invoice(
+            record, run_id=run_id, event="cancel-started", detail=f"Noko invoice {noko_id}"
+        )
+        try:
+            self.pusher.cancel(record.reference, noko_id)
+        except NokoRefusedError as exc:
+            return self._conflict(
+                record,
+                "lifecycle",
+                f"{why} in Kantata, but Noko invoice {noko_id} is {exc.code} and was left "
+                "untouched: void it in Noko (credit note or refund), then run "
+                f"`kantata-sync resolve {kantata_id}`",
+                run_id,
+                log,
+                write_back=write_back,
+            )
+        except TransientApiError as exc:
+            return self._fail(record, "transient", str(exc), run_id, log, retry=True)
+        except AuthError:
+            raise
+        except PermanentApiError as exc:
+            return self._fail(record, "permanent", str(exc), run_id, log, retry=False)
+        record.stage = ""
+        record.status = "skipped"
+        record.skip_reason = f"{why} in Kantata; Noko invoice {noko_id} deleted"
+        record.noko_state = "deleted"
+        record.last_error = None
+        record.error_kind = None
+        record.next_attempt_at = None
+        self.store.save_invoice(
+            record, run_id=run_id, event="cancelled", detail=f"Noko invoice {noko_id} deleted"
+        )
+        log.info("cancelled: Noko invoice deleted", why=why)
+        if not write_back:
+            return "cancelled", None
+        reference = ExternalReferenceWrite(
+            service_name=self.settings.service_name,
+            service_model=SERVICE_MODEL,
+            service_model_ref=str(noko_id),
+            status="successful",
+            external_status="deleted",
+            external_message=f"{why.capitalize()} in Kantata; Noko invoice {record.reference} "
+            "deleted",
+        )
+        self._write_reference(kantata_id, record, reference, run_id, log)
+        return "cancelled", None
+
+    # ------------------------------------------------------------------ late writes
+
+    def _note_in_doubt(self) -> None:
+        self.store.set_cursor(self.clock(), IN_DOUBT_MARK)
+
+    def _sweep_late_writes(self, log: Any) -> None:
+        """Delete uninvoiced expenses and entries carrying the marker of an invoice that is done
+        (synced, or cancelled and deleted): a create that got no answer can be applied by the
+        server after the retry made its own. Runs only for a while after a create was left in
+        doubt, so an ordinary cycle sends no extra request."""
+        mark = self.store.get_cursor(IN_DOUBT_MARK)
+        if mark is None or self.clock() - mark > LATE_WRITE_WINDOW:
+            return
+        prefix = "[" + self.profile.noko.reference.split("{", 1)[0]
+        deleted = 0
+        try:
+            leftovers = self.pusher.leftovers(prefix)
+            records = self.store.by_references([item.reference for item in leftovers])
+            for item in leftovers:
+                record = records.get(item.reference)
+                if record is not None and _done(record):
+                    self.pusher.delete_leftover(item)
+                    deleted += 1
+        except AuthError:
+            raise
+        except ApiError as exc:
+            log.warning(
+                "could not look for late writes; the next cycle looks again", error=str(exc)
+            )
+        if deleted:
+            log.info(
+                "removed leftovers of creates that landed after their invoice", deleted=deleted
+            )
+
+    # ------------------------------------------------------------------ operator decisions
+
+    def accept(self, kantata_id: str, run_id: str) -> str:
+        """Resolve a conflict by keeping the Noko invoice as it is and taking the current
+        Kantata invoice as in step with it. Returns what was decided, for the operator."""
+        record = self.store.get_invoice(kantata_id)
+        if record is None:
+            raise ConnectorError(f"invoice {kantata_id} is not in the state database")
+        if record.status != "conflict":
+            return f"invoice {kantata_id} is {record.status}, not a conflict: nothing to resolve"
+        decoded = decode_invoices(self.kantata.get_invoices([kantata_id]))
+        found = next((d for d in decoded if d.id == kantata_id), None)
+        if found is None and record.noko_invoice_id is not None:
+            # Deleted in Kantata, its Noko invoice paid: kept in Noko as the operator decides.
+            record.status = "skipped"
+            record.skip_reason = (
+                f"deleted in Kantata; Noko invoice {record.noko_invoice_id} kept by an "
+                "operator's decision"
+            )
+            decided = f"resolved by an operator: {record.last_error}"
+            record.stage = ""
+            record.attempts = 0
+            record.last_error = None
+            record.error_kind = None
+            record.next_attempt_at = None
+            self.store.save_invoice(record, run_id=run_id, event="resolved", detail=decided)
+            return f"invoice {kantata_id}: skipped (deleted in Kantata), Noko invoice kept as it is"
+        if found is None:
+            raise ConnectorError(f"Kantata has no invoice {kantata_id}")
+        if isinstance(found, UndecodableInvoice):
+            raise ConnectorError(f"cannot resolve: {found.error}")
+        noko = (
+            self.noko.get_invoice(record.noko_invoice_id)
+            if record.noko_invoice_id is not None
+            else None
+        )
+        if found.draft or found.is_cancelled:
+            record.status = "skipped"
+            record.skip_reason = (
+                f"{'draft' if found.draft else 'cancelled'} in Kantata; Noko invoice "
+                f"{record.noko_invoice_id} kept by an operator's decision"
+            )
+        else:
+            try:
+                doc = to_ledger(found, self.profile)
+            except MappingError as exc:
+                raise ConnectorError(f"cannot resolve: {exc}") from None
+            record.status = "synced"
+            record.fingerprint = doc.fingerprint()
+        if noko is not None and record.exponent is not None:
+            try:
+                record.total_minor = to_minor(str(noko.get("total_amount")), record.exponent)
+            except ValueError:
+                record.total_minor = None
+            record.noko_state = str(noko.get("state") or "") or record.noko_state
+        record.noko_lines = None  # Noko's lines as they are now are the accepted ones
+        self._remember_kantata(record, found)
+        record.stage = ""
+        record.attempts = 0
+        decided = f"resolved by an operator: {record.last_error}"
+        record.last_error = None
+        record.error_kind = None
+        record.next_attempt_at = None
+        self.store.save_invoice(record, run_id=run_id, event="resolved", detail=decided)
+        log = self.log.bind(run_id=run_id, kantata_invoice_id=kantata_id)
+        if record.noko_invoice_id is not None:
+            reference = self._success_reference(record)
+            reference = dataclasses.replace(
+                reference, external_message="Resolved by an operator; Noko invoice kept as it is"
+            )
+            self._write_reference(kantata_id, record, reference, run_id, log)
+        return f"invoice {kantata_id}: {record.status}, Noko invoice kept as it is"
+
+    # ------------------------------------------------------------------ Noko -> Kantata
+
+    def _poll_noko(self, run_id: str, log: Any, result: CycleResult) -> None:
+        """Read Noko invoices changed since the last cycle (one request per 1,000): payment
+        states flow back to Kantata, hand edits become conflicts."""
+        cursor = self.store.get_cursor(NOKO_CURSOR)
+        started = self.clock()
+        params: dict[str, Any] = {}
+        if cursor is not None:
+            params["updated_from"] = format_timestamp(cursor - self.settings.lookback)
+        newest: datetime | None = None
+        noko_time: list[datetime | None] = []
+        batch: list[dict[str, Any]] = []
+        unknown: list[str] = []
+        for invoice in self.noko.list_invoices(params, on_server_time=noko_time.append):
+            moment = _parse_moment(invoice.get("updated_at"))
+            if moment is not None and (newest is None or moment > newest):
+                newest = moment
+            batch.append(invoice)
+            if len(batch) >= 500:
+                unknown += self._apply_noko(batch, run_id, log, result)
+                batch = []
+        if batch:
+            unknown += self._apply_noko(batch, run_id, log, result)
+        if unknown:
+            self._match_unknown(unknown, run_id, log, result)
+        # As for Kantata's cursor: Noko's clock at the first page when it gave it (every
+        # invoice changed before then was listed), else the newest change read.
+        mark: datetime | None = None
+        if noko_time and noko_time[0] is not None:
+            mark = min(started, noko_time[0]) - self.settings.clock_skew
+        elif newest is not None:
+            mark = min(newest, started - self.settings.clock_skew)
+        if mark is not None and (cursor is None or mark > cursor):
+            self.store.set_cursor(mark, NOKO_CURSOR)
+        if self.settings.record_payments:
+            for record in self.store.payments_due():
+                with self.lock_for(record.kantata_id):
+                    self._record_payment(record, run_id, log)
+
+    def _apply_noko(
+        self, invoices: list[dict[str, Any]], run_id: str, log: Any, result: CycleResult
+    ) -> list[str]:
+        """Follow Noko's changes; returns the Kantata ids of invoices of the connector's (owner
+        marker) that the state file does not know: it is older than Noko."""
+        ids = [i for i in (_int(inv.get("id")) for inv in invoices) if i is not None]
+        records = self.store.by_noko_ids(ids)
+        unknown: list[str] = []
+        for invoice in invoices:
+            noko_id = _int(invoice.get("id"))
+            record = records.get(noko_id) if noko_id is not None else None
+            if record is None and noko_id is not None:
+                kantata_id = self._kantata_id_of(str(invoice.get("reference") or ""))
+                if kantata_id is not None and is_ours(invoice, str(invoice.get("reference"))):
+                    unknown.append(kantata_id)
+                continue
+            if record is None or record.stage or record.status != "synced":
+                continue
+            with self.lock_for(record.kantata_id):
+                self._observe_noko(
+                    invoice,
+                    record,
+                    run_id,
+                    log.bind(kantata_invoice_id=record.kantata_id, noko_invoice_id=noko_id),
+                    result,
+                )
+        return unknown
+
+    def _kantata_id_of(self, reference: str) -> str | None:
+        """The Kantata id in a reference made from the profile's template, if it is one."""
+        pattern = re.escape(self.profile.noko.reference)
+        pattern = pattern.replace(re.escape("{id}"), "(?P<id>[0-9]+)", 1)
+        pattern = pattern.replace(re.escape("{number}"), ".*?")
+        match = re.fullmatch(pattern, reference)
+        return match.group("id") if match is not None else None
+
+    def _match_unknown(
+        self, kantata_ids: list[str], run_id: str, log: Any, result: CycleResult
+    ) -> None:
+        """Noko holds invoices of the connector's that the state file does not know (an old
+        backup put back, and Kantata did not list them as changed): read those Kantata invoices
+        (200 a request) and handle them now, matched against Noko, so that none is created
+        again when it next changes. Costs nothing when the state file is up to date."""
+        ids = sorted(set(kantata_ids), key=lambda i: (len(i), i))
+        log.warning(
+            "Noko holds invoices of the connector's that the state file does not know; "
+            "matching them",
+            invoices=len(ids),
+        )
+        self._index.wanted = True
+        for inv in self._fetch_by_id(ids, result):
+            if self.stop.is_set():
+                return
+            outcome, error = self.handle(inv, run_id, record=False)
+            result.counts[outcome] += 1
+            if outcome in ("failed", "waiting", "conflict"):
+                result.failed[inv.id] = error or outcome
+            else:
+                result.failed.pop(inv.id, None)
+
+    def _observe_noko(
+        self,
+        invoice: dict[str, Any],
+        record: InvoiceRecord,
+        run_id: str,
+        log: Any,
+        result: CycleResult,
+    ) -> None:
+        drift = self._drift(invoice, record)
+        if drift and self._as_kantata_asks(invoice, record, run_id, log):
+            drift = None  # the record was older than Noko, which is as Kantata asks
+        if drift:
+            outcome, message = self._conflict(record, "noko-edited", drift, run_id, log)
+            result.counts[outcome] += 1
+            result.failed[record.kantata_id] = message or drift
+            if self.on_invoice is not None:
+                self.on_invoice(record.kantata_id, outcome, message or drift, None)
+            return
+        state = str(invoice.get("state") or "")
+        # A link Noko's create answer left out (or an API address an earlier release stored)
+        # is taken from the listing: written with the next reference, at once if none is due.
+        link = _invoice_link(invoice)
+        relinked = link is not None and link != record.noko_url
+        if link is not None and relinked:
+            record.noko_url = link
+        if not state or state == record.noko_state:
+            if link is not None and relinked:
+                self.store.save_invoice(record, run_id=run_id, event="noko-link", detail=link)
+                self._write_reference(
+                    record.kantata_id, record, self._success_reference(record), run_id, log
+                )
+            return
+        record.noko_state = state
+        self.store.save_invoice(record, run_id=run_id, event="noko-state", detail=state)
+        log.info("Noko state changed", state=state)
+        if self._write_reference(
+            record.kantata_id, record, self._success_reference(record), run_id, log
+        ):
+            result.counts["state-written"] += 1
+            if self.on_invoice is not None:
+                self.on_invoice(record.kantata_id, "state-written", state, None)
+        if state == "paid":
+            self._record_payment(record, run_id, log)
+
+    def _as_kantata_asks(
+        self, invoice: dict[str, Any], record: InvoiceRecord, run_id: str, log: Any
+    ) -> bool:
+        """A Noko invoice that differs from the record may still be exactly what Kantata asks
+        for now (the record is older than Noko, e.g. a restored state file): then it is synced,
+        and the record is brought up to date. Only one matching neither is a hand edit. Costs
+        one Kantata request, only for an invoice that differs from its record."""
+        try:
+            decoded = decode_invoices(self.kantata.get_invoices([record.kantata_id]))
+        except ApiError as exc:
+            log.warning("could not read the Kantata invoice to compare", error=str(exc))
+            return False
+        inv = next((d for d in decoded if d.id == record.kantata_id), None)
+        if not isinstance(inv, KantataInvoice) or inv.draft or inv.is_cancelled:
+            return False
+        try:
+            doc = to_ledger(inv, self.profile)
+        except MappingError:
+            return False
+        plan = plan_invoice(doc)
+        if check_totals(plan, invoice):
+            return False
+        for key, wanted in (("expenses", len(plan.expenses)), ("entries", len(plan.entries))):
+            got = _int(invoice.get(key))
+            if got is not None and got != wanted:
+                return False
+        record.total_minor = doc.total_minor
+        record.balance_in_cents = doc.balance_in_cents
+        record.fingerprint = doc.fingerprint()
+        record.noko_lines = None
+        self._remember_kantata(record, inv)
+        self.store.save_invoice(
+            record,
+            run_id=run_id,
+            event="noko-as-kantata",
+            detail=f"Noko invoice {record.noko_invoice_id} differs from the record but is as "
+            "Kantata asks; record brought up to date",
+        )
+        log.info("Noko invoice differs from the record but is as Kantata asks")
+        return True
+
+    def _drift(self, invoice: dict[str, Any], record: InvoiceRecord) -> str | None:
+        """What changed by hand in Noko since the push, or None. A change of state (a payment)
+        or of `updated_at` alone is not drift."""
+        problems = []
+        if record.total_minor is not None and record.exponent is not None:
+            got = invoice.get("total_amount")
+            try:
+                minor = to_minor(str(got), record.exponent)
+            except ValueError:
+                minor = None
+            if minor != record.total_minor:
+                shown = f"{got!r}" if minor is None else _fmt_total(minor, record)
+                problems.append(f"total {shown}, pushed {_fmt_total(record.total_minor, record)}")
+        if record.noko_lines is not None:
+            keys = list(json.loads(record.noko_lines))
+            for label, wanted, count in (
+                ("expenses", sum(1 for k in keys if not k.startswith(ENTRY_KEY)), "expenses"),
+                ("time entries", sum(1 for k in keys if k.startswith(ENTRY_KEY)), "entries"),
+            ):
+                got_count = _int(invoice.get(count))
+                if got_count is not None and got_count != wanted:
+                    problems.append(f"{got_count} {label}, pushed {wanted}")
+        if not problems:
+            return None
+        return (
+            f"Noko invoice {record.noko_invoice_id} was changed by hand ({'; '.join(problems)}); "
+            "it is left as it is: run `kantata-sync reconcile --apply` or "
+            f"`kantata-sync retry {record.kantata_id} --force` to restore the Kantata version, "
+            f"or `kantata-sync resolve {record.kantata_id}` to keep the hand edit"
+        )
+
+    def _record_payment(self, record: InvoiceRecord, run_id: str, log: Any) -> None:
+        """Optionally mirror a Noko payment in full as a Kantata external payment, once."""
+        if not self.settings.record_payments or record.payment_recorded_at is not None:
+            return
+        if record.kantata_status != "new" or record.workspace_id is None:
+            return
+        if record.total_minor is None:
+            return
+        try:
+            # In full: Kantata records the invoice's balance, whatever amount is named.
+            self.kantata.record_external_payment(record.kantata_id, record.workspace_id)
+        except AuthError:
+            raise
+        except PermanentApiError as exc:
+            # Kantata refuses a second payment: the invoice is no longer pending.
+            log.info("Kantata did not take the external payment", error=str(exc))
+        except TransientApiError as exc:
+            log.warning(
+                "recording the payment in Kantata failed; retried next cycle", error=str(exc)
+            )
+            record.noko_state = "unpaid-pending-payment-record"
+            self.store.save_invoice(record, run_id=run_id)
+            return
+        record.payment_recorded_at = self.clock()
+        record.kantata_status = "accepted payment"
+        self.store.save_invoice(
+            record, run_id=run_id, event="payment-recorded", detail="external payment in Kantata"
+        )
+
+    # ------------------------------------------------------------------ Kantata write-back
+
+    def _success_reference(self, record: InvoiceRecord) -> ExternalReferenceWrite:
+        total = (
+            format_money(record.total_minor, record.exponent, record.currency)
+            if record.total_minor is not None and record.exponent is not None and record.currency
+            else ""
+        )
+        return ExternalReferenceWrite(
+            service_name=self.settings.service_name,
+            service_model=SERVICE_MODEL,
+            service_model_ref=str(record.noko_invoice_id),
+            status="successful",
+            external_link=_people_link(record.noko_url, self.settings.noko_base_url),
+            external_status=record.noko_state,
+            external_message=f"Noko invoice {record.reference} for {total}".strip(),
+        )
+
+    def _reference_in_place(self, inv: KantataInvoice, record: InvoiceRecord) -> bool:
+        current = inv.reference_for(self.settings.service_name)
+        if current is None:
+            # Kantata listed the invoice's references and ours is not among them: it was
+            # removed, and is written again. Only when references were not sent at all is our
+            # own record trusted.
+            return bool(record.writeback_hash) and not inv.references_included
+        wanted = self._success_reference(record)
+        return (
+            current.status == "successful"
+            and current.service_model_ref == wanted.service_model_ref
+            and (not wanted.external_link or current.external_link == wanted.external_link)
+        )
+
+    def _stale_reference(
+        self, inv: KantataInvoice, reference: ExternalReferenceWrite
+    ) -> str | None:
+        """The id of our reference on the invoice as read when it names another object (an
+        earlier Noko id, or the natural key a failure before any push wrote): it must be
+        removed before the new one is written."""
+        current = inv.reference_for(self.settings.service_name)
+        if current is None or not current.id:
+            return None
+        if (current.service_model, current.service_model_ref) == (
+            reference.service_model,
+            reference.service_model_ref,
+        ):
+            return None
+        return current.id
+
+    def _reference_same(self, inv: KantataInvoice, wanted: ExternalReferenceWrite) -> bool:
+        """Whether Kantata already holds exactly this reference (e.g. written before the state
+        file was lost): then writing it again would change nothing."""
+        current = inv.reference_for(self.settings.service_name)
+        if current is None:
+            return False
+        return (
+            current.service_model_ref == wanted.service_model_ref
+            and current.status == wanted.status
+            and (current.external_link or None) == (wanted.external_link or None)
+            and (current.external_status or None) == (wanted.external_status or None)
+            and (current.external_message or None) == (wanted.external_message or None)
+        )
+
+    def _write_success(
+        self, inv: KantataInvoice, record: InvoiceRecord, run_id: str, log: Any
+    ) -> tuple[Outcome, str | None]:
+        reference = self._success_reference(record)
+        digest = _hash_reference(reference)
+        already = (
+            record.writeback_hash == digest and self._reference_in_place(inv, record)
+        ) or self._reference_same(inv, reference)
+        try:
+            if not already:
+                self.kantata.write_external_reference(
+                    inv.id, reference, replace=self._stale_reference(inv, reference)
+                )
+        except AuthError:
+            # In Noko; the write-back is done by the next cycle (the record says `pushed`).
+            record.stage = "pushed"
+            raise
+        except (TransientApiError, PermanentApiError) as exc:
+            record.stage = "pushed"
+            return self._fail(
+                record,
+                "writeback",
+                f"in Noko as invoice {record.noko_invoice_id}, but writing the Kantata "
+                f"reference failed: {exc}",
+                run_id,
+                log,
+                retry=True,
+            )
+        record.stage = ""
+        record.status = "synced"
+        record.attempts = 0
+        record.last_error = None
+        record.error_kind = None
+        record.next_attempt_at = None
+        record.synced_at = self.clock()
+        record.writeback_hash = digest
+        self.store.save_invoice(
+            record,
+            durable=False,
+            run_id=run_id,
+            event="synced",
+            detail=f"reference {reference.external_link}",
+        )
+        return "pushed", None
+
+    def _write_failure(
+        self, kantata_id: str, record: InvoiceRecord, message: str, run_id: str, log: Any
+    ) -> None:
+        reference = ExternalReferenceWrite(
+            service_name=self.settings.service_name,
+            service_model=SERVICE_MODEL,
+            service_model_ref=str(record.noko_invoice_id)
+            if record.noko_invoice_id is not None
+            else (record.reference or reference_for_id(kantata_id, self.profile)),
+            status="failed",
+            external_link=_people_link(record.noko_url, self.settings.noko_base_url),
+            external_message=clean(message, 1000),
+        )
+        self._write_reference(kantata_id, record, reference, run_id, log)
+
+    def _write_reference(
+        self,
+        kantata_id: str,
+        record: InvoiceRecord,
+        reference: ExternalReferenceWrite,
+        run_id: str,
+        log: Any,
+    ) -> bool:
+        """Write a reference unless the same one was written last; False if Kantata refused."""
+        digest = _hash_reference(reference)
+        if record.writeback_hash == digest:
+            return True
+        try:
+            self.kantata.write_external_reference(kantata_id, reference)
+        except AuthError:
+            raise
+        except ApiError as exc:
+            log.warning("could not write the reference to Kantata", error=str(exc))
+            return False
+        record.writeback_hash = digest
+        self.store.save_invoice(
+            record,
+            run_id=run_id,
+            event=f"reference-{reference.status}",
+            detail=reference.external_message or reference.external_status or "",
+        )
+        return True
+
+
+class _Runner:
+    """Feeds invoices to the worker pool: one in flight per invoice id, bounded queue."""
+
+    def __init__(
+        self,
+        engine: SyncEngine,
+        pool: ThreadPoolExecutor,
+        run_id: str,
+        result: CycleResult,
+        dry_run: bool,
+        force: bool,
+        log: Any,
+    ) -> None:
+        self.engine = engine
+        self.pool = pool
+        self.run_id = run_id
+        self.result = result
+        self.dry_run = dry_run
+        self.force = force
+        self.retry_now = False
+        self.log = log
+        self.slots = _Slots(engine.settings.workers * 4)
+        self.lock = threading.Lock()
+
+    def submit_all(
+        self, invoices: Iterable[DecodedInvoice], scan: _Scan, *, until: datetime | None
+    ) -> None:
+        for batch in _chunks(invoices, PREFETCH):
+            # The stored records of the batch in one query. Only for invoices not yet handed
+            # out in this cycle: for those, nothing else writes the record until their turn
+            # (a second version of one already in flight reads its record under its lock).
+            fresh = Counter(inv.id for inv in batch if inv.id not in scan.seen)
+            records = self.engine.store.get_invoices(list(fresh))
+            self.engine.note_stale_state(batch, records)
+            for inv in batch:
+                if self.engine.halting():
+                    return
+                updated = inv.updated_at
+                if until is not None and updated is not None and updated >= until:
+                    continue
+                previous = scan.seen.get(inv.id)
+                if previous is not None and updated is not None and updated <= previous:
+                    continue  # the same version again (pages shifted): handled already
+                if updated is not None:
+                    scan.seen[inv.id] = updated
+                    if scan.max_updated is None or updated > scan.max_updated:
+                        scan.max_updated = updated
+                else:
+                    scan.seen.setdefault(inv.id, datetime.min.replace(tzinfo=UTC))
+                known: InvoiceRecord | Literal[False] | None = (
+                    records.get(inv.id) if previous is None and fresh[inv.id] == 1 else False
+                )
+                self.slots.acquire()
+                # Not kept: `_work` records every outcome itself, and `drain` waits on the slots.
+                self.pool.submit(self._work, inv, known)
+
+    def _work(self, inv: DecodedInvoice, record: InvoiceRecord | Literal[False] | None) -> None:
+        try:
+            if self.engine.halting():
+                # Stopping: invoices not yet started are left for the next run, untouched.
+                with self.lock:
+                    self.result.counts["stopped"] += 1
+                return
+            try:
+                with structlog.contextvars.bound_contextvars(
+                    run_id=self.run_id, kantata_invoice_id=inv.id
+                ):
+                    outcome, error = self.engine.handle(
+                        inv,
+                        self.run_id,
+                        dry_run=self.dry_run,
+                        force=self.force,
+                        retry_now=self.retry_now,
+                        record=record,
+                    )
+            except (SQLAlchemyError, sqlite3.Error) as exc:
+                # The state file, not the invoice: stop taking new ones (what this one did
+                # in Noko is found again from its intent on disk).
+                self.engine._store_failed(exc)
+                outcome, error = "stopped", None
+            except Exception as exc:  # one invoice must never stop the others
+                self.log.exception("unexpected error on one invoice", kantata_invoice_id=inv.id)
+                outcome, error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
+                if not self.dry_run:
+                    try:
+                        self.engine.record_failure(inv.id, error, self.run_id)
+                    except Exception:  # the store itself is failing: the run reports it
+                        self.log.exception("could not record the failure")
+            with self.lock:
+                self.result.counts[outcome] += 1
+                if outcome in ("failed", "waiting", "conflict"):
+                    self.result.failed[inv.id] = error or outcome
+                else:
+                    self.result.failed.pop(inv.id, None)
+                if outcome.startswith("would-"):
+                    self.result.planned[inv.id] = (outcome, error or "")
+                progress = self.engine.on_progress
+                if progress is not None:
+                    progress(self.result.counts)
+                on_invoice = self.engine.on_invoice
+                if on_invoice is not None:
+                    on_invoice(inv.id, outcome, error, inv)
+        finally:
+            self.slots.release()
+
+    def drain(self) -> None:
+        """Wait until every invoice handed out has been worked on."""
+        self.slots.drain()
+
+
+class _Slots:
+    """At most `capacity` invoices in flight between the scan and the workers.
+
+    A full feeder waits until half of them are done, then hands out the next half: it is
+    woken once per half-capacity invoices, not once per invoice (each wake-up is a thread
+    switch and a hand-over of the GIL)."""
+
+    __slots__ = ("_changed", "_in_flight", "capacity", "low")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.low = capacity // 2
+        self._in_flight = 0
+        self._changed = threading.Condition(threading.Lock())
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def acquire(self) -> None:
+        with self._changed:
+            if self._in_flight >= self.capacity:
+                self._changed.wait_for(lambda: self._in_flight <= self.low)
+            self._in_flight += 1
+
+    def release(self) -> None:
+        with self._changed:
+            if self._in_flight <= 0:
+                raise ValueError("released more slots than were acquired")
+            self._in_flight -= 1
+            if self._in_flight <= self.low:
+                self._changed.notify_all()
+
+    def drain(self) -> None:
+        """Wait until every slot handed out is back."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._in_flight == 0)
+
+
+def _chunks(items: Iterable[DecodedInvoice], size: int) -> Iterator[list[DecodedInvoice]]:
+    batch: list[DecodedInvoice] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _done(record: InvoiceRecord) -> bool:
+    """Nothing more will be created for this invoice: its uninvoiced leftovers are garbage."""
+    if record.stage:
+        return False
+    return (record.status == "synced" and record.noko_invoice_id is not None) or (
+        record.status == "skipped"
+    )
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _invoice_link(invoice: Mapping[str, Any]) -> str | None:
+    """The page a person can open: the invoice's `share_url`. Never its API `url`, which
+    answers only with a token. None when Noko's answer carries no `share_url`: the reference
+    then has no link (it still names the Noko invoice) until an answer that carries one."""
+    url = invoice.get("share_url")
+    if isinstance(url, str) and url.startswith(("http://", "https://")):
+        return url
+    return None
+
+
+def _people_link(url: str | None, api_base: str) -> str | None:
+    """`url` unless it is an address of Noko's API (what releases before share_url stored)."""
+    if not url or url.startswith(api_base.rstrip("/") + "/"):
+        return None
+    return url
+
+
+def _minor(value: Any, exponent: int) -> int | None:
+    try:
+        return to_minor(str(value), exponent)
+    except (ValueError, ArithmeticError):
+        return None
+
+
+def _describe(doc: LedgerDocument) -> str:
+    return (
+        f"{doc.reference}: {len(doc.lines)} line{'' if len(doc.lines) == 1 else 's'}, "
+        f"{format_money(doc.total_minor, doc.exponent, doc.currency)}"
+    )
+
+
+def _parse_moment(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _fmt_total(total_minor: int | None, record: InvoiceRecord) -> str:
+    if total_minor is None or record.exponent is None or not record.currency:
+        return "unknown"
+    return format_money(total_minor, record.exponent, record.currency)
+
+
+def _hash_reference(reference: ExternalReferenceWrite) -> str:
+    blob = json.dumps(reference.as_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]

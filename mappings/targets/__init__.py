@@ -1,0 +1,1 @@
+"""Each accounting system's pure planner: ledger document -> its payloads, markers, total check."""
