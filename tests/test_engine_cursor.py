@@ -13,7 +13,7 @@ import pytest
 
 from connector.faces.app import Connector, open_connector
 from connector.faces.config import Settings
-from connector.kantata.client import KantataPage
+from connector.kantata.paging import KantataPage
 from sandbox import Sandbox, generate
 from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books
 

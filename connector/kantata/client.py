@@ -22,12 +22,18 @@ import msgspec
 from connector.errors import NotFoundError, PermanentApiError, TransientApiError
 from connector.http import DEFAULT_MAX_BODY_BYTES, ApiStats, ApiTransport, RetryPolicy
 from connector.http.server_time import server_time
+from connector.kantata.paging import (
+    KantataPage,
+    highest_id,
+    page_count_of,
+    paging_verdict,
+    total_count,
+)
 
 __all__ = [
     "INVOICE_INCLUDES",
     "ExternalReferenceWrite",
     "KantataClient",
-    "KantataPage",
     "format_timestamp",
 ]
 
@@ -48,26 +54,6 @@ REFERENCE_STATUSES = frozenset({"pending", "successful", "failed"})
 REFERENCE_UPSERT_PATH = "/external_references/create_or_update"
 REFERENCE_UPSERT = f"POST {REFERENCE_UPSERT_PATH}"
 """The write-back's endpoint, as request statistics name it."""
-
-
-@dataclass(frozen=True)
-class KantataPage:
-    """One page of `GET /invoices`: the raw body, its 1-based number, the query's total count
-    (Kantata's top-level `count`) and `meta.page_count` when given."""
-
-    body: dict[str, Any]
-    page: int
-    count: int
-    page_count: int | None
-    server_time: datetime | None = None
-    """Kantata's clock when it answered (its `Date` header), if it said."""
-    note: str | None = None
-    """Set when the paging signals of this page disagree (a short page while `count` says
-    more, a `page_count` that ends before `count` is reached, ...): what was seen and what the
-    scan does about it."""
-    unseen: int = 0
-    """On the last page of a scan: how many rows Kantata's `count` promised that were never
-    served. Nonzero means the scan is incomplete, and nothing read may move a cursor."""
 
 
 @dataclass(frozen=True)
@@ -235,10 +221,10 @@ class KantataClient:
                 "GET", "/invoices.json", params=params
             )
             results = self._results(body, page)
-            page_count = _page_count(body)
-            count = _count(body)
+            page_count = page_count_of(body)
+            count = total_count(body)
             received += len(results)
-            page_highest = _highest_id(results)
+            page_highest = highest_id(results)
             stalled = (
                 bool(results)
                 and highest is not None
@@ -247,7 +233,7 @@ class KantataClient:
             )
             if page_highest is not None and (highest is None or page_highest > highest):
                 highest = page_highest
-            last, note, unseen = _paging_verdict(
+            last, note, unseen = paging_verdict(
                 page=page,
                 rows=len(results),
                 per_page=per_page,
@@ -438,100 +424,8 @@ class _AnyObject(msgspec.Struct):
 _ANY_OBJECT = msgspec.json.Decoder(_AnyObject)
 
 
-def _paging_verdict(
-    *,
-    page: int,
-    rows: int,
-    per_page: int,
-    received: int,
-    count: int | None,
-    page_count: int | None,
-    stalled: bool,
-) -> tuple[bool, str | None, int]:
-    """(is this the last page, a note when the signals disagree, rows promised but unseen)."""
-    missing = 0 if count is None else max(count - received, 0)
-    if stalled:
-        return (
-            True,
-            f"page {page} served only invoices already read: the server does not page on; "
-            f"{received} rows received of {count if count is not None else 'an unknown count'}",
-            max(missing, 1),
-        )
-    if rows == 0:
-        if missing:
-            return (
-                True,
-                f"page {page} is empty, yet Kantata counts {count} invoices and "
-                f"{received} were served",
-                missing,
-            )
-        return True, None, 0
-    if count is None:
-        return False, None, 0  # only an empty page can end the scan
-    if received >= count:
-        if page_count is None or page >= page_count:
-            return True, None, 0
-        return (
-            False,
-            f"all {count} counted invoices received by page {page}, but meta.page_count says "
-            f"{page_count}: reading on",
-            0,
-        )
-    if page_count is not None and page >= page_count:
-        return (
-            False,
-            f"meta.page_count says {page_count} pages, but {received} of {count} invoices "
-            "were received: reading on",
-            0,
-        )
-    if rows < per_page:
-        return (
-            False,
-            f"page {page} held {rows} invoices, fewer than the {per_page} asked for, but "
-            f"{received} of {count} were received: reading on",
-            0,
-        )
-    return False, None, 0
-
-
 def _text(value: Any) -> str | None:
     """A reference field as Kantata sent it, ids compared as text (None when absent)."""
     if value is None or isinstance(value, bool):
         return None
     return str(value)
-
-
-def _count(body: Mapping[str, Any]) -> int | None:
-    """Kantata's total for the query: the top-level `count`, else `meta.count`."""
-    meta = body.get("meta")
-    for value in (body.get("count"), meta.get("count") if isinstance(meta, Mapping) else None):
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-    return None
-
-
-def _highest_id(results: Sequence[Any]) -> int | None:
-    """The highest numeric id among a page's results (None when there is none)."""
-    highest: int | None = None
-    for result in results:
-        raw = result.get("id") if isinstance(result, Mapping) else None
-        text = str(raw) if isinstance(raw, str | int) and not isinstance(raw, bool) else ""
-        if text.isdigit():
-            value = int(text)
-            if highest is None or value > highest:
-                highest = value
-    return highest
-
-
-def _page_count(body: Mapping[str, Any]) -> int | None:
-    meta = body.get("meta")
-    if not isinstance(meta, Mapping):
-        return None
-    value = meta.get("page_count")
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
