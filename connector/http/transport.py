@@ -1,0 +1,732 @@
+"""The transport: httpx.Client with a pacing transport (deadline, size bounds, stop), the
+retry loop, and HTTP status -> typed error."""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import msgspec
+import structlog
+from pydantic import SecretStr
+
+from connector.errors import (
+    AmbiguousWriteError,
+    ApiError,
+    AuthError,
+    NotFoundError,
+    PermanentApiError,
+    TransientApiError,
+)
+from connector.http.codec import decode_json, decode_typed, encode_json
+from connector.http.error_bodies import describe_error_body
+from connector.http.pacing import TokenBucket
+from connector.http.retry import RetryPolicy, parse_retry_after
+from connector.http.stats import ApiStats, endpoint_template
+from connector.http.text import clean
+
+IDEMPOTENT_METHODS = frozenset({"GET", "PUT", "DELETE", "HEAD", "OPTIONS"})
+MAX_REDIRECTS = 5
+BODY_SNIPPET = 200
+
+# Header names whose values are credentials; matched case-insensitively.
+_SECRET_HEADER_HINTS = ("authorization", "token", "api-key", "apikey", "secret", "cookie")
+_NUMERIC_SEGMENT = re.compile(r"(?<=/)\d+(?=/|\.|$)")
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# The response status line and header block; httpcore's h11 refuses more than 100 KiB itself.
+MAX_HEADER_BYTES = 64 * 1024
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Request extension: (seconds the attempt may take once paced, monotonic time the request ends).
+_DEADLINE = "kantata_sync.deadline"
+
+
+class ResponseTooLargeError(httpx.TransportError):
+    """A response over the size bound: refused while it streams, never held whole."""
+
+
+class StoppedError(httpx.TransportError):
+    """A stop was requested while the request waited (`sent` False) or its answer was
+    arriving (`sent` True)."""
+
+    def __init__(self, message: str, *, request: httpx.Request, sent: bool) -> None:
+        super().__init__(message, request=request)
+        self.sent = sent
+
+
+class _RedirectRefused(Exception):
+    def __init__(self, reason: str, *, sent: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.sent = sent
+
+
+@dataclass
+class _Failure:
+    """One failed attempt, before the retry decision."""
+
+    message: str
+    status: int | None = None
+    request_id: str | None = None
+    code: str | None = None
+    retry_after: float | None = None
+    retryable: bool = True  # False: a permanent refusal
+    applied_maybe: bool = False  # the server may have acted on the request
+    not_found: bool = False
+    final: bool = False  # transient, but not retried now (a stop was requested)
+
+
+def _secrets_of(headers: Mapping[str, str]) -> tuple[SecretStr, ...]:
+    """Credential values to redact: whole header values, and the credential of `Bearer x`."""
+    found: list[SecretStr] = []
+    for name, value in headers.items():
+        if not value or not any(hint in name.lower() for hint in _SECRET_HEADER_HINTS):
+            continue
+        found.append(SecretStr(value))
+        scheme, _, credential = value.partition(" ")
+        if credential.strip() and scheme.isalpha():
+            found.append(SecretStr(credential.strip()))
+    # Longest first, so a whole "Bearer x" is replaced before its credential alone.
+    return tuple(sorted(found, key=lambda s: -len(s.get_secret_value())))
+
+
+# A path made of these characters only reads the same after httpx's percent-encoding and
+# dot-segment removal; any other is left to httpx's client to merge with the base URL.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9._~/-]*")
+
+
+# Parsing an URL costs httpx some 20 us; most requests go to a few URLs (POST /expenses, ...),
+# and an `httpx.URL` is immutable, so the last 1,024 are kept.
+_parse_url = functools.lru_cache(maxsize=1024)(httpx.URL)
+
+
+def _query_text(value: Any) -> str:
+    """A query value as httpx writes it (`true`/`false` for booleans, empty for None)."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return "" if value is None else str(value)
+
+
+def _environment_proxy(url: httpx.URL) -> str | None:
+    """The proxy the environment (HTTPS_PROXY, NO_PROXY, ...) names for `url`, if any."""
+    if urllib.request.proxy_bypass(url.host):
+        return None
+    return urllib.request.getproxies_environment().get(url.scheme)
+
+
+class PacedTransport(httpx.BaseTransport):
+    """httpx's transport for one API with its bounds: each attempt takes a token from the API's
+    `TokenBucket` first, ends by its deadline however slowly the answer trickles in (httpx's
+    timeouts apply to each read), and refuses a header block or body over its size bound while
+    it streams. A stop request ends a wait at once and an answer between two reads.
+
+    The body is read (and decoded, so the bound holds for what is kept) here, and the response
+    handed back holds it whole without its Content-Encoding."""
+
+    def __init__(
+        self,
+        inner: httpx.BaseTransport,
+        bucket: TokenBucket,
+        on_attempt: Callable[[httpx.Request, float], None],
+        *,
+        max_body: int,
+        clock: Callable[[], float],
+        stop: threading.Event | None,
+        on_exchange: Callable[[float, int | None], None] | None = None,
+    ) -> None:
+        self._inner = inner
+        self._bucket = bucket
+        self._on_attempt = on_attempt
+        self._on_exchange = on_exchange
+        self._max_body = max_body
+        self._clock = clock
+        self._stop = stop
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self._on_attempt(request, self._bucket.acquire())
+        if self._stop is not None and self._stop.is_set():
+            raise StoppedError("stopped before the request was sent", request=request, sent=False)
+        bounds: tuple[float, float] | None = request.extensions.get(_DEADLINE)
+        deadline = None
+        if bounds is not None:
+            # The attempt's time starts once it is paced: a wait for the rate limit is not
+            # taken from it (only from the request's total).
+            deadline = min(self._clock() + bounds[0], bounds[1])
+            left = deadline - self._clock()
+            if left <= 0:
+                raise httpx.PoolTimeout("no time left for the request", request=request)
+            timeout = request.extensions.get("timeout") or {}
+            request.extensions = {
+                **request.extensions,
+                "timeout": {
+                    phase: left if value is None else min(value, left)
+                    for phase, value in {
+                        "connect": None,
+                        "read": None,
+                        "write": None,
+                        "pool": None,
+                        **timeout,
+                    }.items()
+                },
+            }
+        sent = time.perf_counter()
+        status: int | None = None
+        try:
+            response = self._inner.handle_request(request)
+            try:
+                read = self._read(request, response, deadline)
+            finally:
+                response.close()
+            status = read.status_code
+            return read
+        finally:
+            # The exchange alone (not the pacing wait before it), answered or not.
+            if self._on_exchange is not None:
+                self._on_exchange(time.perf_counter() - sent, status)
+
+    def _read(
+        self, request: httpx.Request, response: httpx.Response, deadline: float | None
+    ) -> httpx.Response:
+        head = sum(len(name) + len(value) + 4 for name, value in response.headers.raw)
+        if head > MAX_HEADER_BYTES:
+            raise ResponseTooLargeError(
+                f"response header block over {MAX_HEADER_BYTES} bytes", request=request
+            )
+        chunks: list[bytes] = []
+        size = 0
+        # Without Content-Encoding the transport's own stream is the body; with it, httpx
+        # decodes, and the bound holds for the decoded bytes (a small gzip can unpack to GBs).
+        encoded = "Content-Encoding" in response.headers
+        for chunk in response.iter_bytes() if encoded else response.stream:  # type: ignore[union-attr]
+            size += len(chunk)
+            if size > self._max_body:
+                raise ResponseTooLargeError(
+                    f"response body over the limit of {self._max_body} bytes "
+                    "(KANTATA_SYNC_HTTP_MAX_BODY_BYTES)",
+                    request=request,
+                )
+            chunks.append(chunk)
+            if deadline is not None and self._clock() > deadline:
+                raise httpx.ReadTimeout(
+                    f"the answer took longer than the request's timeout ({size} bytes read)",
+                    request=request,
+                )
+            if self._stop is not None and self._stop.is_set():
+                raise StoppedError(
+                    "stopped while the answer was arriving", request=request, sent=True
+                )
+        headers = response.headers
+        if encoded:
+            headers = httpx.Headers(headers)
+            headers.pop("Content-Encoding", None)  # the body below is decoded already
+        return httpx.Response(
+            response.status_code,
+            headers=headers,
+            content=b"".join(chunks),
+            extensions=response.extensions,
+            request=request,
+        )
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class ApiTransport:
+    """One API's HTTP client: base URL, headers, pacing, retries and error translation.
+
+    Built on `httpx.Client` with a `PacedTransport` around httpx's own transport (or the one
+    given, for tests), which paces every attempt and bounds its time and size. This class
+    decides what to do with each attempt's outcome: retry (and how long to wait), give up, or
+    report a write that may have been applied. Redirects are followed here, by hand: on the
+    same origin only (the token never travels elsewhere), each hop paced, and the request
+    repeated verbatim as Noko's documents ask; a 303 (which means "GET this instead") is
+    followed for a GET only. One request, its retries and waits included, ends by
+    `retry.max_total`; each attempt by `timeout`.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        base_url: str,
+        headers: Mapping[str, str],
+        *,
+        rate: float | None,
+        burst: int,
+        retry: RetryPolicy,
+        timeout: float,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        logger: Any = None,
+        stop: threading.Event | None = None,
+        max_body: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        self.service = service
+        self.base_url = httpx.URL(base_url.rstrip("/") + "/")
+        if self.base_url.scheme not in ("http", "https") or not self.base_url.host:
+            raise ValueError(f"{service}: base URL must be an absolute http(s) URL")
+        self._base_path = self.base_url.path.rstrip("/")
+        self.retry = retry
+        self.timeout = timeout
+        self.stats = ApiStats()
+        self._sleep = sleep
+        self._clock = clock
+        self._stop = stop
+        self._bucket = TokenBucket(rate, burst, clock=clock, sleep=self._pause)
+        self._log = logger if logger is not None else structlog.get_logger("kantata_sync.http")
+        self._secrets = _secrets_of(headers)
+        self._secret_values = tuple(s.get_secret_value() for s in self._secrets)
+        self._base_text = str(self.base_url)
+        if transport is None:
+            transport = httpx.HTTPTransport(proxy=_environment_proxy(self.base_url))
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            headers=dict(headers),
+            timeout=timeout,
+            transport=PacedTransport(
+                transport,
+                self._bucket,
+                self._record_attempt,
+                max_body=max_body,
+                clock=clock,
+                stop=stop,
+                on_exchange=self.stats.record_exchange,
+            ),
+            follow_redirects=False,  # followed by hand: same origin only, each hop paced
+            trust_env=False,  # the proxy, if any, is the inner transport's: every hop paced
+        )
+        self._timeouts = self._client.timeout.as_dict()
+
+    def __repr__(self) -> str:
+        return f"ApiTransport(service={self.service!r}, base_url={str(self.base_url)!r})"
+
+    # -- public -------------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotent: bool | None = None,
+    ) -> httpx.Response:
+        """Send one request with pacing and retries; return the successful response."""
+        response, _ = self._call(method, path, params, body, idempotent, expect_json=False)
+        return response
+
+    def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """Like `request`, decoded with `Decimal` floats; 204 gives None."""
+        _, decoded = self._call(method, path, params, body, idempotent, expect_json=True)
+        return decoded
+
+    def request_typed(
+        self,
+        method: str,
+        path: str,
+        decoder: msgspec.json.Decoder[Any],
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """Like `request_json`, decoded into `decoder`'s type (a `msgspec.Struct` naming only
+        the fields the caller reads: the rest of the body is skipped, not built). A 2xx body
+        that is not that type fails like a body that is not JSON: it may have been applied."""
+        _, decoded = self._call(
+            method, path, params, body, idempotent, expect_json=True, decoder=decoder
+        )
+        return decoded
+
+    def request_json_response(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotent: bool | None = None,
+    ) -> tuple[httpx.Response, Any]:
+        """Like `request_json`, also returning the response (for Link headers)."""
+        return self._call(method, path, params, body, idempotent, expect_json=True)
+
+    def get_url(self, absolute_url: str) -> httpx.Response:
+        """GET a URL the API handed out (a Link next page); only on the base URL's host."""
+        response, _ = self._call("GET", self._own_url(absolute_url), None, None, True, False)
+        return response
+
+    def get_url_json(self, absolute_url: str) -> tuple[httpx.Response, Any]:
+        """`get_url`, decoded like `request_json` (a proxy page is retried, not returned)."""
+        return self._call("GET", self._own_url(absolute_url), None, None, True, True)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _own_url(self, absolute_url: str) -> httpx.URL:
+        url = httpx.URL(absolute_url)
+        if not self._same_origin(url):
+            raise PermanentApiError(
+                self.service,
+                f"refusing to follow a link to another host ({url.host or 'no host'})",
+                method="GET",
+            )
+        return url
+
+    def _same_origin(self, url: httpx.URL) -> bool:
+        return (url.scheme, url.host, url.port) == (
+            self.base_url.scheme,
+            self.base_url.host,
+            self.base_url.port,
+        )
+
+    def _pause(self, seconds: float) -> None:
+        """Wait `seconds` (pacing, backoff); a stop request ends the wait at once."""
+        stop = self._stop
+        if stop is not None and self._sleep is time.sleep:
+            stop.wait(seconds)
+        elif seconds > 0:
+            self._sleep(seconds)
+
+    def _url(self, target: str | httpx.URL, query: Mapping[str, Any] | None) -> httpx.URL:
+        """The absolute URL of a path under the base URL with its query, as httpx's client
+        merges them. A plain path and scalar params (nearly every request) are written out and
+        parsed once, where the client would parse the path, the merge and the params apart."""
+        if isinstance(target, httpx.URL):
+            return target.copy_merge_params(query) if query else target
+        if (
+            _PLAIN_PATH.fullmatch(target)
+            and not target.startswith(".")
+            and "/." not in target
+            and not (query and any(isinstance(v, list | tuple) for v in query.values()))
+        ):
+            text = self._base_text + target.lstrip("/")
+            if query:
+                text += "?" + urlencode([(k, _query_text(v)) for k, v in query.items()])
+            return _parse_url(text)
+        return self._client.build_request("GET", target, params=query).url
+
+    def _record_attempt(self, request: httpx.Request, waited: float) -> None:
+        self.stats.record_request(self._template(request.method, request.url), waited)
+
+    def _stopped(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    def _template(self, method: str, url: httpx.URL | str) -> str:
+        if isinstance(url, httpx.URL):
+            path = url.path
+            if self._base_path and path.startswith(self._base_path + "/"):
+                path = path[len(self._base_path) :]
+        else:
+            path = url
+        return endpoint_template(method, path)
+
+    def _clean(self, text: str) -> str:
+        """Text from an answer, fit to keep: this client's credentials and every registered
+        secret removed (any fragment of them) before it is cut to `BODY_SNIPPET`, and its
+        control characters neutralised (`connector.http.text.clean`)."""
+        return clean(text, BODY_SNIPPET, secrets=self._secret_values)
+
+    def _call(
+        self,
+        method: str,
+        target: str | httpx.URL,
+        params: Mapping[str, Any] | None,
+        body: Any,
+        idempotent: bool | None,
+        expect_json: bool,
+        decoder: msgspec.json.Decoder[Any] | None = None,
+    ) -> tuple[httpx.Response, Any]:
+        method = method.upper()
+        safe_to_repeat = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        template = self._template(method, target)
+        content = encode_json(body) if body is not None else None
+        query = {k: v for k, v in params.items() if v is not None} if params else None
+        request = self._client.build_request(
+            method,
+            self._url(target, query),
+            content=content,
+            headers={"Content-Type": "application/json"} if content is not None else None,
+        )
+        started = self._clock()
+        give_up_at = started + self.retry.max_total
+        attempt = 0
+        while True:
+            attempt += 1
+            response, failure, decoded = self._attempt(
+                request,
+                template,
+                expect_json,
+                decoder,
+                give_up_at,
+            )
+            if failure is None:
+                assert response is not None
+                return response, decoded
+            self.stats.record_error(status=failure.status)
+            if failure.applied_maybe and not safe_to_repeat:
+                self._log.warning(
+                    "http_ambiguous_write",
+                    service=self.service,
+                    method=method,
+                    path=template,
+                    status=failure.status,
+                    attempt=attempt,
+                    error=failure.message,
+                    request_id=failure.request_id,
+                )
+                raise self._error(failure, method, template, ambiguous=True)
+            if not failure.retryable:
+                raise self._error(failure, method, template)
+            if failure.final:
+                raise self._error(failure, method, template)
+            delay = self.retry.delay(attempt, failure.retry_after)
+            # A server asking for more than the rest of the budget is not slept through: the
+            # caller gets the error now, with the server's own retry_after, and comes back later.
+            wanted = max(delay, failure.retry_after or 0.0)
+            if attempt >= self.retry.max_attempts or self._clock() + wanted > give_up_at:
+                self._log.warning(
+                    "http_gave_up",
+                    service=self.service,
+                    method=method,
+                    path=template,
+                    status=failure.status,
+                    attempts=attempt,
+                    error=failure.message,
+                    request_id=failure.request_id,
+                )
+                failure.message += f" (gave up after {attempt} attempts)"
+                raise self._error(failure, method, template, retry_after=delay)
+            log = self._log.info if failure.status == 429 else self._log.warning
+            log(
+                "http_retry",
+                service=self.service,
+                method=method,
+                path=template,
+                status=failure.status,
+                attempt=attempt,
+                delay=round(delay, 3),
+                error=failure.message,
+                request_id=failure.request_id,
+            )
+            self.stats.record_retry()
+            self._pause(delay)
+
+    def _attempt(
+        self,
+        request: httpx.Request,
+        template: str,
+        expect_json: bool,
+        decoder: msgspec.json.Decoder[Any] | None,
+        give_up_at: float,
+    ) -> tuple[httpx.Response | None, _Failure | None, Any]:
+        if self._stopped():
+            return None, _Failure("stopped before the request was sent", final=True), None
+        try:
+            response = self._send_following_redirects(request, give_up_at)
+        except _RedirectRefused as exc:
+            return None, _Failure(exc.reason, retryable=False, applied_maybe=exc.sent), None
+        except (
+            httpx.ConnectError,
+            httpx.ConnectTimeout,
+            httpx.PoolTimeout,
+            httpx.ProxyError,
+        ) as exc:
+            # Nothing reached the server: safe to repeat even a POST.
+            return None, _Failure(self._transport_message(exc)), None
+        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+            return None, _Failure(self._transport_message(exc), retryable=False), None
+        except StoppedError as exc:
+            message = self._transport_message(exc)
+            return None, _Failure(message, final=True, applied_maybe=exc.sent), None
+        except ResponseTooLargeError as exc:
+            # Not retried: the same answer would come again. A write may have been applied.
+            message = self._transport_message(exc)
+            return None, _Failure(message, retryable=False, applied_maybe=True), None
+        except httpx.RemoteProtocolError as exc:
+            if "Receive buffer too long" in str(exc):  # h11's bound on the header block
+                message = f"response header block over {100 * 1024} bytes"
+                return None, _Failure(message, retryable=False, applied_maybe=True), None
+            return None, _Failure(self._transport_message(exc), applied_maybe=True), None
+        except httpx.TransportError as exc:
+            # Read timeouts, dropped connections: the server may have acted on it.
+            return None, _Failure(self._transport_message(exc), applied_maybe=True), None
+        failure = self._status_failure(response)
+        if failure is not None:
+            return response, failure, None
+        if not expect_json or response.status_code in (204, 205):
+            return response, None, None
+        try:
+            if decoder is None:
+                decoded = decode_json(response.content)
+            else:
+                decoded = decode_typed(response.content, decoder)
+        except msgspec.ValidationError as exc:
+            return (
+                response,
+                _Failure(
+                    self._clean(f"unexpected response: {exc}"),
+                    status=response.status_code,
+                    request_id=response.headers.get("x-request-id"),
+                    applied_maybe=True,
+                ),
+                None,
+            )
+        except (ValueError, UnicodeDecodeError):
+            content_type = response.headers.get("content-type", "no content type")
+            return (
+                response,
+                _Failure(
+                    f"response is not JSON ({content_type}, {len(response.content)} bytes)",
+                    status=response.status_code,
+                    request_id=response.headers.get("x-request-id"),
+                    applied_maybe=True,
+                ),
+                None,
+            )
+        return response, None, decoded
+
+    def _send_following_redirects(
+        self, request: httpx.Request, give_up_at: float
+    ) -> httpx.Response:
+        current = request
+        for _ in range(MAX_REDIRECTS + 1):
+            current.extensions = {"timeout": self._timeouts, _DEADLINE: (self.timeout, give_up_at)}
+            response = self._client.send(current)
+            if response.status_code not in _REDIRECT_STATUSES or "Location" not in response.headers:
+                return response
+            current = self._redirect(current, response)
+        return response  # the last redirect itself: reported as an unexpected status
+
+    def _redirect(self, request: httpx.Request, response: httpx.Response) -> httpx.Request:
+        """The next hop: the same request, verbatim, to the Location on the same origin.
+
+        Noko documents 301, 302 and 307 as "repeat the request verbatim"; a 308 says the same
+        by its RFC. A 303 means "GET this instead": followed for a GET or HEAD only, since
+        turning a write into a GET would report the write done when it was not."""
+        status = response.status_code
+        if status == 303 and request.method not in ("GET", "HEAD"):
+            raise _RedirectRefused(
+                f"redirect 303 would turn the {request.method} into a GET; not followed",
+                sent=True,
+            )
+        try:
+            url = httpx.URL(response.headers["Location"])
+        except httpx.InvalidURL as exc:
+            raise httpx.RemoteProtocolError(
+                f"Invalid URL in location header: {exc}.", request=request
+            ) from None
+        if url.scheme and not url.host:
+            url = url.copy_with(host=request.url.host)
+        if url.is_relative_url:
+            url = request.url.join(url)
+        if request.url.fragment and not url.fragment:
+            url = url.copy_with(fragment=request.url.fragment)
+        if not self._same_origin(url):
+            # Refused, not stripped: the request means nothing to another host without its
+            # credentials, and sending them there would hand the token away.
+            raise _RedirectRefused(
+                f"redirect to another host refused ({url.host or 'no host'})", sent=False
+            )
+        return httpx.Request(
+            request.method,
+            url,
+            headers=request.headers,
+            content=request.content,
+            extensions=request.extensions,
+        )
+
+    def _transport_message(self, exc: httpx.TransportError) -> str:
+        detail = str(exc).strip()
+        name = type(exc).__name__
+        return self._clean(f"{name}: {detail}" if detail else name)
+
+    def _status_failure(self, response: httpx.Response) -> _Failure | None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return None
+        request_id = response.headers.get("x-request-id")
+        message, code = self._error_text(response)
+        failure = _Failure(message, status=status, request_id=request_id, code=code)
+        if status in (408, 429):
+            # The server refused before acting: repeating is safe for any method.
+            failure.retry_after = parse_retry_after(response.headers.get("retry-after"))
+        elif status >= 500:
+            failure.retry_after = parse_retry_after(response.headers.get("retry-after"))
+            failure.applied_maybe = True
+        else:
+            failure.retryable = False
+            failure.not_found = status == 404
+        return failure
+
+    def _error_text(self, response: httpx.Response) -> tuple[str, str | None]:
+        reason = response.reason_phrase or "error"
+        if not response.content.strip():
+            return reason if response.status_code != 429 else "rate limited", None
+        try:
+            body = decode_json(response.content)
+        except (ValueError, UnicodeDecodeError):
+            content_type = response.headers.get("content-type", "no content type")
+            text = response.content.decode("utf-8", errors="replace")
+            return self._clean(f"{reason} ({content_type}): {text}"), None
+        message, code = describe_error_body(body)
+        if message is None:
+            return self._clean(f"{reason}: {response.text}"), code
+        return self._clean(message), code
+
+    def _error(
+        self,
+        failure: _Failure,
+        method: str,
+        template: str,
+        *,
+        ambiguous: bool = False,
+        retry_after: float | None = None,
+    ) -> ApiError:
+        path = template.split(" ", 1)[1]
+        common: dict[str, Any] = {
+            "status": failure.status,
+            "method": method,
+            "path": path,
+            "request_id": failure.request_id,
+            "code": failure.code,
+        }
+        if ambiguous:
+            return AmbiguousWriteError(
+                self.service,
+                f"{failure.message}; the request may have been applied",
+                retry_after=failure.retry_after,
+                **common,
+            )
+        if not failure.retryable:
+            kind: type[PermanentApiError] = PermanentApiError
+            if failure.not_found:
+                kind = NotFoundError
+            elif failure.status in (401, 403):
+                kind = AuthError
+            return kind(self.service, failure.message, **common)
+        return TransientApiError(
+            self.service,
+            failure.message,
+            retry_after=failure.retry_after if failure.retry_after is not None else retry_after,
+            **common,
+        )
