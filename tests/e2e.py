@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from connector.faces.config import Settings
 from sandbox import Sandbox
 
 KANTATA_TOKEN = "sandbox-kantata-token"
@@ -36,6 +37,24 @@ def cli_env(box: Sandbox, tmp_path: Path, **extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+def settings_for(box: Sandbox, tmp_path: Path, **extra: Any) -> Settings:
+    """Settings for an in-process connector against `box`, state in `tmp_path`."""
+    values: dict[str, Any] = {
+        "kantata_base_url": box.kantata_url,
+        "kantata_token": KANTATA_TOKEN,
+        "noko_base_url": box.noko_url,
+        "noko_token": NOKO_TOKEN,
+        "kantata_sync_database_url": f"sqlite:///{tmp_path / 'state.db'}",
+        "kantata_max_requests_per_second": 5000,
+        "noko_max_requests_per_second": 5000,
+        "noko_burst": 100,
+        "kantata_sync_retry_initial_delay": 0.01,
+        "kantata_sync_log_level": "warning",
+    }
+    values.update(extra)
+    return Settings(**values)
 
 
 def run_cli(

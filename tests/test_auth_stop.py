@@ -5,21 +5,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from connector.faces.app import open_connector
 from sandbox import FaultConfig, Sandbox, generate
-from tests.e2e import check_books, cli_env, run_cli, status_json
-from tests.test_engine_cursor import settings_for
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
+from tests.e2e import check_books, cli_env, run_cli, settings_for, status_json
 
 
 def _failed_references(box: Sandbox) -> list[str]:

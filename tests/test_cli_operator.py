@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,12 +18,6 @@ from connector.faces.cli import Pace, Progress
 from connector.faces.logs import configure_logging
 from sandbox import Sandbox, generate
 from tests.e2e import check_books, cli_env, run_cli
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
 
 
 def _writes(box: Sandbox) -> tuple[int, int]:

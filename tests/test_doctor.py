@@ -13,7 +13,7 @@ from rich.console import Console
 from connector.faces.doctor import run_checks
 from connector.state.store import Store
 from sandbox import Sandbox, generate
-from tests.test_engine_cursor import settings_for
+from tests.e2e import settings_for
 
 
 @pytest.fixture

@@ -7,21 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import pytest
 
 from connector.state.store import Store
 from sandbox import Sandbox, generate
 from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books, cli_env, run_cli, status_json
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
 
 
 def _writes(box: Sandbox) -> tuple[int, int]:

@@ -12,33 +12,9 @@ from typing import Any
 import pytest
 
 from connector.faces.app import Connector, open_connector
-from connector.faces.config import Settings
 from connector.kantata.paging import KantataPage
 from sandbox import Sandbox, generate
-from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
-
-
-def settings_for(box: Sandbox, tmp_path: Path, **extra: Any) -> Settings:
-    values: dict[str, Any] = {
-        "kantata_base_url": box.kantata_url,
-        "kantata_token": KANTATA_TOKEN,
-        "noko_base_url": box.noko_url,
-        "noko_token": NOKO_TOKEN,
-        "kantata_sync_database_url": f"sqlite:///{tmp_path / 'state.db'}",
-        "kantata_max_requests_per_second": 5000,
-        "noko_max_requests_per_second": 5000,
-        "noko_burst": 100,
-        "kantata_sync_retry_initial_delay": 0.01,
-        "kantata_sync_log_level": "warning",
-    }
-    values.update(extra)
-    return Settings(**values)
+from tests.e2e import check_books, settings_for
 
 
 def _eligible(box: Sandbox) -> set[str]:

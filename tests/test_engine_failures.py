@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +11,7 @@ import pytest
 import connector.sync.engine as engine_module
 from connector.faces.app import open_connector
 from sandbox import FaultConfig, Sandbox, generate
-from tests.e2e import check_books
-from tests.test_engine_cursor import settings_for
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
+from tests.e2e import check_books, settings_for
 
 
 def _eligible_ids(box: Sandbox) -> list[str]:

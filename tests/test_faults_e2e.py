@@ -13,7 +13,6 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -36,12 +35,6 @@ from tests.faults_support import (
     unfinished,
     wait_until,
 )
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
 
 
 def _calm(box: Sandbox) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -13,14 +12,7 @@ import pytest
 from connector.faces.app import open_connector
 from connector.sync.engine import IN_DOUBT_MARK, LATE_WRITE_WINDOW
 from sandbox import Sandbox, generate
-from tests.e2e import check_books
-from tests.test_engine_cursor import settings_for
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
+from tests.e2e import check_books, settings_for
 
 
 def _expense_ids(box: Sandbox) -> set[int]:

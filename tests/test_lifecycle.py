@@ -6,7 +6,6 @@ at both systems: the Noko invoice (same id, right total, state) and the Kantata 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,6 @@ import pytest
 
 from sandbox import Sandbox
 from tests.e2e import check_books, cli_env, run_cli, status_json
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
 
 
 def _workspace(box: Sandbox) -> int:

@@ -7,7 +7,6 @@ whose Noko totals differ from the ledger is removed from Noko again before it fa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,7 @@ import pytest
 
 from connector.faces.app import open_connector
 from sandbox import Sandbox, generate
-from tests.e2e import check_books
-from tests.test_engine_cursor import settings_for
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
+from tests.e2e import check_books, settings_for
 
 
 def _invoice(box: Sandbox, **extra: Any) -> int:

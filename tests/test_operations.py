@@ -37,16 +37,9 @@ from connector.http import ApiTransport, RetryPolicy
 from connector.state.store import Store
 from connector.sync.engine import CYCLE_OUTCOMES, CycleResult
 from sandbox import Sandbox, generate
-from tests.e2e import cli_env, run_cli, status_json
-from tests.test_engine_cursor import settings_for
+from tests.e2e import cli_env, run_cli, settings_for, status_json
 
 SECRET = "ops-SECRET-token-4242"
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
 
 
 @pytest.fixture(autouse=True)

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from sandbox import Sandbox, generate
 from tests.e2e import check_books, cli_env, run_cli
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
 
 
 def test_reconcile_finds_and_repairs_differences(box: Sandbox, tmp_path: Path) -> None:

@@ -4,23 +4,14 @@ would point a reference at another object), through the whole life of invoices."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from sandbox import Sandbox
 from tests.e2e import check_books, cli_env, run_cli
 
 UPSERT = "POST /external_references/create_or_update"
 DELETE = "DELETE /external_references/{id}"
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
 
 
 def _invoice(box: Sandbox) -> int:

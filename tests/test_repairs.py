@@ -13,24 +13,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from connector.faces.app import open_connector
 from connector.faces.config import load_settings
 from connector.sync.reconcile import RECONCILE_MARK, reconcile_if_due
 from sandbox import Sandbox
 from tests.e2e import check_books, cli_env, run_cli, status_json
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
 
 
 def _invoice(box: Sandbox, cents: int = 50000) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -15,12 +14,6 @@ from sandbox import FaultConfig, FaultInjector, RateLimiter, Sandbox
 
 KANTATA = {"Authorization": "Bearer sandbox-kantata-token"}
 NOKO = {"X-NokoToken": "sandbox-noko-token", "User-Agent": "kantata-sync-tests/1.0"}
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
 
 
 def admin_url(base: str) -> str:

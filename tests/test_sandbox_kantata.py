@@ -23,12 +23,6 @@ ALL_INCLUDES = (
 
 
 @pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
-
-
-@pytest.fixture
 def api(box: Sandbox) -> Iterator[httpx.Client]:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=box.kantata_url, headers=headers, timeout=10) as client:

@@ -69,12 +69,6 @@ FIXTURE_INVOICE_KEYS = {
 
 
 @pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
-
-
-@pytest.fixture
 def api(box: Sandbox) -> Iterator[httpx.Client]:
     headers = {"X-NokoToken": TOKEN, "User-Agent": "kantata-sync-tests/1.0"}
     with httpx.Client(base_url=box.noko_url, headers=headers, timeout=10) as client:

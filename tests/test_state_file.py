@@ -141,8 +141,7 @@ def test_a_full_disk_mid_run_stops_the_cycle_and_loses_nothing(
     file named, the cursor stays, and the next run with space again finishes the job, each
     invoice once in Noko."""
     from connector.faces.app import open_connector
-    from tests.e2e import check_books
-    from tests.test_engine_cursor import settings_for
+    from tests.e2e import check_books, settings_for
 
     real = Store._commit_until
     calls = {"n": 0}

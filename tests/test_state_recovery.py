@@ -8,20 +8,11 @@ invoice, with Kantata's total, and a successful reference to it.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from sandbox import Sandbox, generate
 from tests.e2e import check_books, cli_env, run_cli, status_json
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
 
 
 def _sync(box: Sandbox, tmp_path: Path, expect: int = 0) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,12 +19,6 @@ from sandbox import Sandbox, generate
 from tests.e2e import check_books, cli_env, run_cli
 from tests.faults_support import CliProcess, assert_no_traceback, reaping, wait_until
 from tests.loopback import LoopbackServer, response_bytes, trickle
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
 
 
 class TrickleProxy:

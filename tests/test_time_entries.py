@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from sandbox import Sandbox
 from tests.e2e import check_books, cli_env, run_cli, status_json
 
 PROFILE = '[time]\nmode = "entries"\nbilling_increment = 15\n'
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
-        yield sandbox
 
 
 def _env(box: Sandbox, tmp_path: Path) -> dict[str, str]:

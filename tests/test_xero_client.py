@@ -25,11 +25,13 @@ from mappings.targets.xero import plan_invoice
 from mappings.targets.xero_profile import XeroSettings
 from sandbox.server import ServiceServer
 from sandbox.xero import API, FakeXero
-from tests.test_xero_planner import CONTACT, fake_with_contact, ledger
 from tests.xero_support import (
+    CONTACT,
     FakeClock,
     FakeTransport,
     ValidatingTransport,
+    fake_with_contact,
+    ledger,
     make_client,
     validate,
 )

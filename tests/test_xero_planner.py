@@ -3,7 +3,6 @@ markers and ownership, the `[xero]` profile section."""
 
 from __future__ import annotations
 
-from datetime import date
 from decimal import Decimal
 
 import pytest
@@ -12,7 +11,6 @@ from hypothesis import strategies as st
 
 from mappings.errors import MappingError
 from mappings.kantata import KantataInvoice, decode_invoices
-from mappings.ledger import LedgerDocument, LedgerLine, LedgerTax
 from mappings.money import tax_amount
 from mappings.profile import ProfileError, parse_profile
 from mappings.targets.xero import (
@@ -26,59 +24,8 @@ from mappings.targets.xero import (
 )
 from mappings.targets.xero_profile import XeroSettings
 from mappings.to_ledger import to_ledger
-from sandbox.xero import FakeXero
-from tests.test_mapping_properties import invoice_pages
-from tests.xero_support import make_client
-
-CONTACT = "00000000-0000-0000-0000-00000000c0de"
-
-
-def ledger(
-    amounts: list[tuple[int, bool]],
-    rate: Decimal = Decimal(0),
-    *,
-    currency: str = "USD",
-    exponent: int = 2,
-    kantata_id: str = "77",
-) -> LedgerDocument:
-    lines = tuple(
-        LedgerLine(f"ex{i}", "expense", f"Line {i}", None, amount, taxable, "P")
-        for i, (amount, taxable) in enumerate(amounts)
-    )
-    subtotal = sum(a for a, _ in amounts)
-    taxable = sum(a for a, t in amounts if t)
-    tax = tax_amount(taxable, rate) if rate else 0
-    return LedgerDocument(
-        kantata_id=kantata_id,
-        reference=f"KS-{kantata_id}",
-        number="N1",
-        title="T",
-        invoice_date=date(2026, 11, 2),
-        due_date=date(2026, 12, 2),
-        payment_schedule=30,
-        currency=currency,
-        exponent=exponent,
-        currency_symbol="",
-        customer_name="Acme",
-        customer_details="",
-        purchase_order="",
-        project_code="",
-        message="",
-        projects=("P",),
-        lines=lines,
-        tax=LedgerTax("Tax", rate, tax) if rate and taxable else None,
-        subtotal_minor=subtotal,
-        taxable_subtotal_minor=taxable,
-        tax_minor=tax if rate and taxable else 0,
-        total_minor=subtotal + (tax if rate and taxable else 0),
-        balance_in_cents=None,
-    )
-
-
-def fake_with_contact(rate: Decimal) -> FakeXero:
-    fake = FakeXero(output_rate=rate, per_minute=10_000, per_day=100_000)
-    fake.contacts[CONTACT] = {"ContactID": CONTACT, "Name": "Acme", "ContactNumber": ""}
-    return fake
+from tests.strategies import invoice_pages
+from tests.xero_support import CONTACT, fake_with_contact, ledger, make_client
 
 
 def test_split_tax_sums_exactly_and_stays_within_one_unit_of_each_line() -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,6 +21,8 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from connector.targets.xero.auth import ClientCredentials, XeroCredentials
 from connector.targets.xero.client import PauseGate, XeroClient
+from mappings.ledger import LedgerDocument, LedgerLine, LedgerTax
+from mappings.money import tax_amount
 from sandbox._core import Request
 from sandbox.xero import API, FakeXero
 
@@ -164,3 +167,54 @@ def make_client(
         **kwargs,
     )
     return client, fake, transport, clock
+
+
+CONTACT = "00000000-0000-0000-0000-00000000c0de"
+
+
+def ledger(
+    amounts: list[tuple[int, bool]],
+    rate: Decimal = Decimal(0),
+    *,
+    currency: str = "USD",
+    exponent: int = 2,
+    kantata_id: str = "77",
+) -> LedgerDocument:
+    lines = tuple(
+        LedgerLine(f"ex{i}", "expense", f"Line {i}", None, amount, taxable, "P")
+        for i, (amount, taxable) in enumerate(amounts)
+    )
+    subtotal = sum(a for a, _ in amounts)
+    taxable = sum(a for a, t in amounts if t)
+    tax = tax_amount(taxable, rate) if rate else 0
+    return LedgerDocument(
+        kantata_id=kantata_id,
+        reference=f"KS-{kantata_id}",
+        number="N1",
+        title="T",
+        invoice_date=date(2026, 11, 2),
+        due_date=date(2026, 12, 2),
+        payment_schedule=30,
+        currency=currency,
+        exponent=exponent,
+        currency_symbol="",
+        customer_name="Acme",
+        customer_details="",
+        purchase_order="",
+        project_code="",
+        message="",
+        projects=("P",),
+        lines=lines,
+        tax=LedgerTax("Tax", rate, tax) if rate and taxable else None,
+        subtotal_minor=subtotal,
+        taxable_subtotal_minor=taxable,
+        tax_minor=tax if rate and taxable else 0,
+        total_minor=subtotal + (tax if rate and taxable else 0),
+        balance_in_cents=None,
+    )
+
+
+def fake_with_contact(rate: Decimal) -> FakeXero:
+    fake = FakeXero(output_rate=rate, per_minute=10_000, per_day=100_000)
+    fake.contacts[CONTACT] = {"ContactID": CONTACT, "Name": "Acme", "ContactNumber": ""}
+    return fake
