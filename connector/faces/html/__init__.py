@@ -1,0 +1,1 @@
+"""The parts of the HTML status page; `connector.faces.report_html` assembles them."""
