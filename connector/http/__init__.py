@@ -18,20 +18,17 @@ from __future__ import annotations
 
 from connector.http.codec import decode_json, decode_typed, encode_json
 from connector.http.error_bodies import describe_error_body
-from connector.http.pacing import TokenBucket
-from connector.http.retry import RetryPolicy, parse_retry_after
-from connector.http.stats import ApiStats, endpoint_template
-from connector.http.transport import (
-    BODY_SNIPPET,
+from connector.http.paced import (
     DEFAULT_MAX_BODY_BYTES,
-    IDEMPOTENT_METHODS,
     MAX_HEADER_BYTES,
-    MAX_REDIRECTS,
-    ApiTransport,
     PacedTransport,
     ResponseTooLargeError,
     StoppedError,
 )
+from connector.http.pacing import TokenBucket
+from connector.http.retry import RetryPolicy, parse_retry_after
+from connector.http.stats import ApiStats, endpoint_template
+from connector.http.transport import BODY_SNIPPET, IDEMPOTENT_METHODS, MAX_REDIRECTS, ApiTransport
 
 __all__ = [
     "BODY_SNIPPET",

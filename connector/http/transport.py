@@ -1,5 +1,6 @@
-"""The transport: httpx.Client with a pacing transport (deadline, size bounds, stop), the
-retry loop, and HTTP status -> typed error."""
+"""The transport: one API's `httpx.Client` over a `PacedTransport` (`paced.py`), the retry
+loop around each request, redirects followed by hand; failures become typed errors in
+`failures.py`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ import functools
 import re
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,17 +18,20 @@ import structlog
 from pydantic import SecretStr
 
 from connector.errors import (
-    AmbiguousWriteError,
-    ApiError,
-    AuthError,
-    NotFoundError,
     PermanentApiError,
-    TransientApiError,
 )
 from connector.http.codec import decode_json, decode_typed, encode_json
-from connector.http.error_bodies import describe_error_body
+from connector.http.failures import _Failure, _RedirectRefused, api_error, status_failure
+from connector.http.paced import (
+    _DEADLINE,
+    DEFAULT_MAX_BODY_BYTES,
+    PacedTransport,
+    ResponseTooLargeError,
+    StoppedError,
+    _environment_proxy,
+)
 from connector.http.pacing import TokenBucket
-from connector.http.retry import RetryPolicy, parse_retry_after
+from connector.http.retry import RetryPolicy
 from connector.http.stats import ApiStats, endpoint_template
 from connector.http.text import clean
 
@@ -41,47 +43,7 @@ BODY_SNIPPET = 200
 _SECRET_HEADER_HINTS = ("authorization", "token", "api-key", "apikey", "secret", "cookie")
 _NUMERIC_SEGMENT = re.compile(r"(?<=/)\d+(?=/|\.|$)")
 
-DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
-# The response status line and header block; httpcore's h11 refuses more than 100 KiB itself.
-MAX_HEADER_BYTES = 64 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Request extension: (seconds the attempt may take once paced, monotonic time the request ends).
-_DEADLINE = "kantata_sync.deadline"
-
-
-class ResponseTooLargeError(httpx.TransportError):
-    """A response over the size bound: refused while it streams, never held whole."""
-
-
-class StoppedError(httpx.TransportError):
-    """A stop was requested while the request waited (`sent` False) or its answer was
-    arriving (`sent` True)."""
-
-    def __init__(self, message: str, *, request: httpx.Request, sent: bool) -> None:
-        super().__init__(message, request=request)
-        self.sent = sent
-
-
-class _RedirectRefused(Exception):
-    def __init__(self, reason: str, *, sent: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.sent = sent
-
-
-@dataclass
-class _Failure:
-    """One failed attempt, before the retry decision."""
-
-    message: str
-    status: int | None = None
-    request_id: str | None = None
-    code: str | None = None
-    retry_after: float | None = None
-    retryable: bool = True  # False: a permanent refusal
-    applied_maybe: bool = False  # the server may have acted on the request
-    not_found: bool = False
-    final: bool = False  # transient, but not retried now (a stop was requested)
 
 
 def _secrets_of(headers: Mapping[str, str]) -> tuple[SecretStr, ...]:
@@ -115,130 +77,6 @@ def _query_text(value: Any) -> str:
     if value is False:
         return "false"
     return "" if value is None else str(value)
-
-
-def _environment_proxy(url: httpx.URL) -> str | None:
-    """The proxy the environment (HTTPS_PROXY, NO_PROXY, ...) names for `url`, if any."""
-    if urllib.request.proxy_bypass(url.host):
-        return None
-    return urllib.request.getproxies_environment().get(url.scheme)
-
-
-class PacedTransport(httpx.BaseTransport):
-    """httpx's transport for one API with its bounds: each attempt takes a token from the API's
-    `TokenBucket` first, ends by its deadline however slowly the answer trickles in (httpx's
-    timeouts apply to each read), and refuses a header block or body over its size bound while
-    it streams. A stop request ends a wait at once and an answer between two reads.
-
-    The body is read (and decoded, so the bound holds for what is kept) here, and the response
-    handed back holds it whole without its Content-Encoding."""
-
-    def __init__(
-        self,
-        inner: httpx.BaseTransport,
-        bucket: TokenBucket,
-        on_attempt: Callable[[httpx.Request, float], None],
-        *,
-        max_body: int,
-        clock: Callable[[], float],
-        stop: threading.Event | None,
-        on_exchange: Callable[[float, int | None], None] | None = None,
-    ) -> None:
-        self._inner = inner
-        self._bucket = bucket
-        self._on_attempt = on_attempt
-        self._on_exchange = on_exchange
-        self._max_body = max_body
-        self._clock = clock
-        self._stop = stop
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self._on_attempt(request, self._bucket.acquire())
-        if self._stop is not None and self._stop.is_set():
-            raise StoppedError("stopped before the request was sent", request=request, sent=False)
-        bounds: tuple[float, float] | None = request.extensions.get(_DEADLINE)
-        deadline = None
-        if bounds is not None:
-            # The attempt's time starts once it is paced: a wait for the rate limit is not
-            # taken from it (only from the request's total).
-            deadline = min(self._clock() + bounds[0], bounds[1])
-            left = deadline - self._clock()
-            if left <= 0:
-                raise httpx.PoolTimeout("no time left for the request", request=request)
-            timeout = request.extensions.get("timeout") or {}
-            request.extensions = {
-                **request.extensions,
-                "timeout": {
-                    phase: left if value is None else min(value, left)
-                    for phase, value in {
-                        "connect": None,
-                        "read": None,
-                        "write": None,
-                        "pool": None,
-                        **timeout,
-                    }.items()
-                },
-            }
-        sent = time.perf_counter()
-        status: int | None = None
-        try:
-            response = self._inner.handle_request(request)
-            try:
-                read = self._read(request, response, deadline)
-            finally:
-                response.close()
-            status = read.status_code
-            return read
-        finally:
-            # The exchange alone (not the pacing wait before it), answered or not.
-            if self._on_exchange is not None:
-                self._on_exchange(time.perf_counter() - sent, status)
-
-    def _read(
-        self, request: httpx.Request, response: httpx.Response, deadline: float | None
-    ) -> httpx.Response:
-        head = sum(len(name) + len(value) + 4 for name, value in response.headers.raw)
-        if head > MAX_HEADER_BYTES:
-            raise ResponseTooLargeError(
-                f"response header block over {MAX_HEADER_BYTES} bytes", request=request
-            )
-        chunks: list[bytes] = []
-        size = 0
-        # Without Content-Encoding the transport's own stream is the body; with it, httpx
-        # decodes, and the bound holds for the decoded bytes (a small gzip can unpack to GBs).
-        encoded = "Content-Encoding" in response.headers
-        for chunk in response.iter_bytes() if encoded else response.stream:  # type: ignore[union-attr]
-            size += len(chunk)
-            if size > self._max_body:
-                raise ResponseTooLargeError(
-                    f"response body over the limit of {self._max_body} bytes "
-                    "(KANTATA_SYNC_HTTP_MAX_BODY_BYTES)",
-                    request=request,
-                )
-            chunks.append(chunk)
-            if deadline is not None and self._clock() > deadline:
-                raise httpx.ReadTimeout(
-                    f"the answer took longer than the request's timeout ({size} bytes read)",
-                    request=request,
-                )
-            if self._stop is not None and self._stop.is_set():
-                raise StoppedError(
-                    "stopped while the answer was arriving", request=request, sent=True
-                )
-        headers = response.headers
-        if encoded:
-            headers = httpx.Headers(headers)
-            headers.pop("Content-Encoding", None)  # the body below is decoded already
-        return httpx.Response(
-            response.status_code,
-            headers=headers,
-            content=b"".join(chunks),
-            extensions=response.extensions,
-            request=request,
-        )
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 class ApiTransport:
@@ -494,11 +332,11 @@ class ApiTransport:
                     error=failure.message,
                     request_id=failure.request_id,
                 )
-                raise self._error(failure, method, template, ambiguous=True)
+                raise api_error(self.service, failure, method, template, ambiguous=True)
             if not failure.retryable:
-                raise self._error(failure, method, template)
+                raise api_error(self.service, failure, method, template)
             if failure.final:
-                raise self._error(failure, method, template)
+                raise api_error(self.service, failure, method, template)
             delay = self.retry.delay(attempt, failure.retry_after)
             # A server asking for more than the rest of the budget is not slept through: the
             # caller gets the error now, with the server's own retry_after, and comes back later.
@@ -515,7 +353,7 @@ class ApiTransport:
                     request_id=failure.request_id,
                 )
                 failure.message += f" (gave up after {attempt} attempts)"
-                raise self._error(failure, method, template, retry_after=delay)
+                raise api_error(self.service, failure, method, template, retry_after=delay)
             log = self._log.info if failure.status == 429 else self._log.warning
             log(
                 "http_retry",
@@ -570,7 +408,7 @@ class ApiTransport:
         except httpx.TransportError as exc:
             # Read timeouts, dropped connections: the server may have acted on it.
             return None, _Failure(self._transport_message(exc), applied_maybe=True), None
-        failure = self._status_failure(response)
+        failure = status_failure(response, self._clean)
         if failure is not None:
             return response, failure, None
         if not expect_json or response.status_code in (204, 205):
@@ -659,74 +497,3 @@ class ApiTransport:
         detail = str(exc).strip()
         name = type(exc).__name__
         return self._clean(f"{name}: {detail}" if detail else name)
-
-    def _status_failure(self, response: httpx.Response) -> _Failure | None:
-        status = response.status_code
-        if 200 <= status < 300:
-            return None
-        request_id = response.headers.get("x-request-id")
-        message, code = self._error_text(response)
-        failure = _Failure(message, status=status, request_id=request_id, code=code)
-        if status in (408, 429):
-            # The server refused before acting: repeating is safe for any method.
-            failure.retry_after = parse_retry_after(response.headers.get("retry-after"))
-        elif status >= 500:
-            failure.retry_after = parse_retry_after(response.headers.get("retry-after"))
-            failure.applied_maybe = True
-        else:
-            failure.retryable = False
-            failure.not_found = status == 404
-        return failure
-
-    def _error_text(self, response: httpx.Response) -> tuple[str, str | None]:
-        reason = response.reason_phrase or "error"
-        if not response.content.strip():
-            return reason if response.status_code != 429 else "rate limited", None
-        try:
-            body = decode_json(response.content)
-        except (ValueError, UnicodeDecodeError):
-            content_type = response.headers.get("content-type", "no content type")
-            text = response.content.decode("utf-8", errors="replace")
-            return self._clean(f"{reason} ({content_type}): {text}"), None
-        message, code = describe_error_body(body)
-        if message is None:
-            return self._clean(f"{reason}: {response.text}"), code
-        return self._clean(message), code
-
-    def _error(
-        self,
-        failure: _Failure,
-        method: str,
-        template: str,
-        *,
-        ambiguous: bool = False,
-        retry_after: float | None = None,
-    ) -> ApiError:
-        path = template.split(" ", 1)[1]
-        common: dict[str, Any] = {
-            "status": failure.status,
-            "method": method,
-            "path": path,
-            "request_id": failure.request_id,
-            "code": failure.code,
-        }
-        if ambiguous:
-            return AmbiguousWriteError(
-                self.service,
-                f"{failure.message}; the request may have been applied",
-                retry_after=failure.retry_after,
-                **common,
-            )
-        if not failure.retryable:
-            kind: type[PermanentApiError] = PermanentApiError
-            if failure.not_found:
-                kind = NotFoundError
-            elif failure.status in (401, 403):
-                kind = AuthError
-            return kind(self.service, failure.message, **common)
-        return TransientApiError(
-            self.service,
-            failure.message,
-            retry_after=failure.retry_after if failure.retry_after is not None else retry_after,
-            **common,
-        )
