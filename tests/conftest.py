@@ -1,7 +1,13 @@
-"""Fixtures shared by the test suites.
+"""Fixtures shared by the test suites, and the `e2e` marker's rule.
+
+A test is end to end (`-m e2e`) when it runs the CLI in a subprocess or talks real HTTP to the
+sandbox: every test that takes the `box` fixture is marked here; modules and tests that start
+processes or a `Sandbox` themselves carry `pytest.mark.e2e`. `pytest -m "not e2e"` runs the
+fast unit layer; `make test` runs everything.
 
 Helper functions (not fixtures) live in support modules: `tests/e2e.py` (CLI runs, settings,
-books), `tests/loopback.py`, `tests/faults_support.py`, `tests/xero_support.py`.
+books), `tests/strategies.py`, `tests/loopback.py`, `tests/faults_support.py`,
+`tests/xero_support.py`.
 """
 
 from __future__ import annotations
@@ -15,6 +21,12 @@ import pytest
 from connector.faces.config import Settings
 from sandbox import Sandbox
 from tests.e2e import settings_for
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "box" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture

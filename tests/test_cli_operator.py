@@ -122,6 +122,7 @@ def test_sync_dry_run_and_json_lines(box: Sandbox, tmp_path: Path) -> None:
     assert (mine["total"], mine["currency"]) == ("1234.56", "USD")
 
 
+@pytest.mark.e2e  # the CLI in a subprocess
 def test_show_and_resolve_refuse_a_bad_id_alike(tmp_path: Path) -> None:
     """`show abc` and `resolve abc` are both usage errors: exit 2, one line."""
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
@@ -131,6 +132,7 @@ def test_show_and_resolve_refuse_a_bad_id_alike(tmp_path: Path) -> None:
     assert shown.stderr == resolved.stderr == "kantata-sync: not a Kantata invoice id: abc\n"
 
 
+@pytest.mark.e2e  # the CLI in a subprocess
 def test_help_shows_no_bool_on_flags(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "COLUMNS": "100"}
     for command in (["--help"], ["sync", "--help"], ["backfill", "--help"], ["reconcile", "-h"]):
@@ -218,6 +220,7 @@ def test_hand_edit_message_uses_one_money_format(box: Sandbox, tmp_path: Path) -
     assert re.search(rf"\(total {money}, pushed {money}[;)]", conflict["reason"]), conflict
 
 
+@pytest.mark.e2e  # the CLI in a subprocess
 def test_sandbox_help_shows_the_admin_api(tmp_path: Path) -> None:
     """`sandbox --help` says how to inject faults, corrupt an invoice and undo it, and edit
     Noko by hand, with commands that can be copied."""

@@ -11,6 +11,8 @@ from connector.errors import ConfigError
 from connector.faces.config import load_settings
 from tests.e2e import run_cli
 
+pytestmark = pytest.mark.e2e  # the CLI in a subprocess
+
 
 def _file(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.toml"

@@ -461,6 +461,7 @@ def test_unit_is_hardened() -> None:
     shutil.which("systemd-analyze") is None,
     reason="systemd-analyze not installed: unit file not verified",
 )
+@pytest.mark.e2e
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     """`systemd-analyze verify` accepts the unit with no warnings (ExecStart pointed at this
     environment's kantata-sync, as it would be in /opt/kantata-sync)."""
@@ -570,6 +571,7 @@ def healthz() -> Iterator[tuple[int, list[int]]]:
         server.server_close()
 
 
+@pytest.mark.e2e
 def test_dockerfile_healthcheck_passes_and_fails(healthz: tuple[int, list[int]]) -> None:
     """The HEALTHCHECK command exits 0 on a 200 from /healthz and non-zero on 503."""
     port, statuses = healthz

@@ -15,6 +15,8 @@ from connector.state.store import Store
 from sandbox import Sandbox, generate
 from tests.e2e import settings_for
 
+pytestmark = pytest.mark.e2e  # the connector against the sandbox over HTTP
+
 
 @pytest.fixture
 def box() -> Iterator[Sandbox]:

@@ -10,6 +10,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from connector.state.store import Store
 from sandbox import Sandbox, generate
 from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books, cli_env, run_cli, status_json
@@ -91,6 +93,7 @@ def test_bad_invoice_fails_alone_with_a_named_field(box: Sandbox, tmp_path: Path
     assert "amount_in_cents" in refs[0]["external_message"]
 
 
+@pytest.mark.e2e  # the CLI in a subprocess
 def test_config_error_exits_2_with_one_line(tmp_path: Path) -> None:
     """A bad setting stops the CLI at start with exit 2 and one readable line."""
     env = {
@@ -129,6 +132,7 @@ def test_tokens_never_reach_logs_or_database(box: Sandbox, tmp_path: Path) -> No
     assert (tmp_path / "state.db").stat().st_mode & 0o077 == 0
 
 
+@pytest.mark.e2e  # the CLI in a subprocess
 def test_status_json_on_an_empty_database(tmp_path: Path) -> None:
     """`status --json` works on a state file no sync has written to yet and prints exactly one
     JSON document. (A state file that does not exist at all is an error: status never creates

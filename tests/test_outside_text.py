@@ -19,6 +19,8 @@ from connector.http.text import FRAGMENT, clean, neutralise, redact
 from sandbox import FaultConfig, Sandbox, generate
 from tests.e2e import cli_env, run_cli
 
+pytestmark = pytest.mark.e2e  # the CLI in a subprocess against the sandbox
+
 TOKEN = "tok_9f8e7d6c5b4a39281706f5e4d3c2b1a0"  # 36 characters
 # Random-looking tokens (32 characters), so that no fragment matches ordinary text by chance.
 KANTATA_SECRET = "Kq7Zp2Lx9Wv4Ns8Rt3Bm6Yc1Hd5Gf0Je"

@@ -21,6 +21,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.e2e,
     pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: browser test skipped"),
 ]
 

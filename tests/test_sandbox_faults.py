@@ -12,6 +12,8 @@ import pytest
 
 from sandbox import FaultConfig, FaultInjector, RateLimiter, Sandbox
 
+pytestmark = pytest.mark.e2e  # the sandbox served over HTTP
+
 KANTATA = {"Authorization": "Bearer sandbox-kantata-token"}
 NOKO = {"X-NokoToken": "sandbox-noko-token", "User-Agent": "kantata-sync-tests/1.0"}
 

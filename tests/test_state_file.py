@@ -16,6 +16,8 @@ from connector.state.store import Store
 from sandbox import Sandbox, generate
 from tests.e2e import cli_env, run_cli
 
+pytestmark = pytest.mark.e2e  # the CLI in a subprocess
+
 FAKE_ENV = {
     "KANTATA_BASE_URL": "http://127.0.0.1:9/api/v1",
     "KANTATA_TOKEN": "k" * 32,

@@ -7,7 +7,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from connector.state.store import Store
+
+pytestmark = pytest.mark.e2e  # four processes migrating one file
 
 # Each child waits for the go file, then opens the store (which migrates it) and prints the
 # schema revision; every child reaches the go file long before it appears.

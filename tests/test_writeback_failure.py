@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sandbox import FaultConfig, Sandbox, generate
 from tests.e2e import cli_env, run_cli, status_json
+
+pytestmark = pytest.mark.e2e  # the CLI in a subprocess against the sandbox
 
 
 def _ids(box: Sandbox) -> list[int]:
