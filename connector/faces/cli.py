@@ -408,7 +408,7 @@ def _json_lines(dry_run: bool) -> Any:
             line: dict[str, Any] = {
                 "kantata_invoice_id": kantata_id,
                 "action": outcome,
-                "noko_invoice_id": record.noko_invoice_id if record is not None else None,
+                "noko_invoice_id": record.target_id if record is not None else None,
                 "total": None,
                 "currency": None,
             }
@@ -708,8 +708,8 @@ def show(kantata_invoice_id: Annotated[str, typer.Argument(help="Kantata invoice
         f"Kantata invoice {record.kantata_id}: {record.status}"
         + (f" ({record.skip_reason})" if record.skip_reason else ""),
         f"  Kantata:   {kantata_link}",
-        f"  Noko:      {record.noko_invoice_id or '-'}  {record.noko_url or ''}".rstrip(),
-        f"  reference: {record.reference or '-'}   Noko state: {record.noko_state or '-'}",
+        f"  Noko:      {record.target_id or '-'}  {record.target_link or ''}".rstrip(),
+        f"  reference: {record.reference or '-'}   Noko state: {record.target_state or '-'}",
     ]
     if record.total_minor is not None and record.exponent is not None and record.currency:
         from mappings.money import format_money
@@ -914,7 +914,7 @@ def reconcile(
                     verdict = "  -> left alone (not repaired automatically)"
             console.print(
                 f"  {diff.kind:<18} kantata {diff.kantata_invoice_id or '-':<10} "
-                f"noko {diff.noko_invoice_id or '-':<8} {clean(diff.detail)}{verdict}",
+                f"noko {diff.target_id or '-':<8} {clean(diff.detail)}{verdict}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,

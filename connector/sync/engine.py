@@ -607,7 +607,7 @@ class SyncEngine:
 
     def _vanish_needs_proof(self, kantata_ids: list[str]) -> bool:
         records = self.store.get_invoices(kantata_ids)
-        return any(r.noko_invoice_id is not None or r.stage for r in records.values())
+        return any(r.target_id is not None or r.stage for r in records.values())
 
     def _vanished(self, kantata_id: str, run_id: str = "") -> tuple[Outcome, str | None] | None:
         """A Kantata invoice asked for by id is gone (deleted in Kantata). Before its push it
@@ -619,7 +619,7 @@ class SyncEngine:
                 return None
             log = self.log.bind(run_id=run_id, kantata_invoice_id=kantata_id)
             in_noko = (
-                record.noko_invoice_id is not None and record.noko_state != "deleted"
+                record.target_id is not None and record.target_state != "deleted"
             ) or record.stage in ("pushing", "pushed", "updating", "cancelling")
             if in_noko:
                 if record.status == "conflict" and record.error_kind == "lifecycle":
@@ -684,10 +684,10 @@ class SyncEngine:
     def _forget_noko(record: InvoiceRecord, *, recover: bool) -> None:
         """The Noko invoice is gone: the next push makes a new one. With `recover`, that push
         first reuses or removes the expenses the old one left behind."""
-        record.noko_invoice_id = None
-        record.noko_url = None
-        record.noko_state = None
-        record.noko_lines = None
+        record.target_id = None
+        record.target_link = None
+        record.target_state = None
+        record.target_lines = None
         if recover:
             record.stage = "pushing"
 
@@ -721,8 +721,8 @@ class SyncEngine:
         # there by an operator's decision).
         in_noko = record is not None and (
             (
-                record.noko_invoice_id is not None
-                and record.noko_state != "deleted"
+                record.target_id is not None
+                and record.target_state != "deleted"
                 and record.status != "skipped"
             )
             or record.stage in ("pushing", "pushed", "updating", "cancelling")
@@ -754,7 +754,7 @@ class SyncEngine:
             return self._skip(inv.id, record, "draft", run_id, dry_run, inv.updated_at)
         if (
             record is not None
-            and record.noko_state == "deleted"
+            and record.target_state == "deleted"
             and (record.skip_reason or "").startswith("cancelled")
             and not force
         ):
@@ -813,8 +813,8 @@ class SyncEngine:
 
         if (
             record is not None
-            and record.noko_invoice_id is not None
-            and (record.noko_state != "deleted")
+            and record.target_id is not None
+            and (record.target_state != "deleted")
         ):
             if record.stage == "pushed" and record.fingerprint == fingerprint and not force:
                 return self._write_success(inv, record, run_id, log)
@@ -823,7 +823,7 @@ class SyncEngine:
             return self._update(inv, doc, fingerprint, record, run_id, log, force)
         if dry_run:
             return "would-push", _describe(doc)
-        if record is not None and record.noko_state == "deleted":
+        if record is not None and record.target_state == "deleted":
             self._forget_noko(record, recover=False)
         return self._push(inv, doc, fingerprint, record, run_id, log)
 
@@ -846,9 +846,9 @@ class SyncEngine:
         named = self._noko_id_in_kantata(inv)
         if named is None:
             return False
-        if record is None or record.noko_invoice_id is None:
+        if record is None or record.target_id is None:
             return True
-        return record.stage == "" and record.noko_invoice_id != named
+        return record.stage == "" and record.target_id != named
 
     def note_stale_state(
         self, batch: Iterable[DecodedInvoice], records: dict[str, InvoiceRecord]
@@ -878,7 +878,7 @@ class SyncEngine:
             return True
         if not self._index.wanted:
             return False
-        return record is None or record.noko_invoice_id is None or record.noko_state == "deleted"
+        return record is None or record.target_id is None or record.target_state == "deleted"
 
     def _own_in_noko(self, reference: str, kantata_says: int | None) -> list[dict[str, Any]]:
         index = self._index
@@ -926,7 +926,7 @@ class SyncEngine:
         invoice = own[0]
         noko_id = _int(invoice.get("id"))
         assert noko_id is not None
-        if record is not None and record.noko_invoice_id == noko_id:
+        if record is not None and record.target_id == noko_id:
             return record
         log = log.bind(noko_invoice_id=noko_id)
         plan = plan_invoice(doc)
@@ -935,10 +935,10 @@ class SyncEngine:
             return "would-update", f"found in Noko as invoice {noko_id}: adopt it"
         record = record or self.store.new_invoice(inv.id)
         known_total = record.total_minor
-        record.noko_invoice_id = noko_id
-        record.noko_url = _invoice_link(invoice)
-        record.noko_state = str(invoice.get("state") or "") or None
-        record.noko_lines = None  # the lines as pushed are not known: totals are compared
+        record.target_id = noko_id
+        record.target_link = _invoice_link(invoice)
+        record.target_state = str(invoice.get("state") or "") or None
+        record.target_lines = None  # the lines as pushed are not known: totals are compared
         record.reference = doc.reference
         record.currency = doc.currency
         record.exponent = doc.exponent
@@ -1020,9 +1020,9 @@ class SyncEngine:
     ) -> tuple[Outcome, str | None]:
         if (
             record is not None
-            and record.noko_state != "deleted"
+            and record.target_state != "deleted"
             and record.status != "skipped"
-            and (record.noko_invoice_id is not None or record.stage)
+            and (record.target_id is not None or record.stage)
         ):
             # In Noko, yet a draft (again) or cancelled in Kantata: not for the books.
             log = self.log.bind(run_id=run_id, kantata_invoice_id=kantata_id)
@@ -1171,11 +1171,11 @@ class SyncEngine:
                 record, "permanent", "Noko's answer has no invoice id", run_id, log, retry=True
             )
         log = log.bind(noko_invoice_id=noko_id)
-        record.noko_invoice_id = noko_id
-        record.noko_url = _invoice_link(noko_invoice)
-        record.noko_state = str(noko_invoice.get("state") or "") or None
+        record.target_id = noko_id
+        record.target_link = _invoice_link(noko_invoice)
+        record.target_state = str(noko_invoice.get("state") or "") or None
         # The lines as pushed, for the hand-edit check; unknown for an adopted invoice.
-        record.noko_lines = (
+        record.target_lines = (
             None if pushed.adopted else json.dumps(pushed.expense_ids, sort_keys=True)
         )
         mismatch = self._verify(
@@ -1279,8 +1279,8 @@ class SyncEngine:
         force: bool,
     ) -> tuple[Outcome, str | None]:
         """Bring the Noko invoice up to date in place; the same Noko id throughout."""
-        assert record.noko_invoice_id is not None
-        noko_id = record.noko_invoice_id
+        assert record.target_id is not None
+        noko_id = record.target_id
         log = log.bind(noko_invoice_id=noko_id)
         plan = plan_invoice(doc)
         previous_total = record.total_minor
@@ -1312,8 +1312,8 @@ class SyncEngine:
             ):
                 # Paid or locked, but already what Kantata asks for (the state file was older
                 # than Noko): nothing to change, so nothing refused.
-                record.noko_state = str(current.get("state") or "") or record.noko_state
-                record.noko_lines = None
+                record.target_state = str(current.get("state") or "") or record.target_state
+                record.target_lines = None
                 record.stage = "pushed"
                 self.store.save_invoice(
                     record,
@@ -1356,9 +1356,9 @@ class SyncEngine:
             outcome = self._fail(record, "permanent", str(exc), run_id, log, retry=False)
             self._write_failure(inv.id, record, f"Noko refused the update: {exc}", run_id, log)
             return outcome
-        record.noko_state = str(updated.invoice.get("state") or "") or record.noko_state
-        record.noko_url = _invoice_link(updated.invoice) or record.noko_url
-        record.noko_lines = json.dumps(updated.line_ids, sort_keys=True)
+        record.target_state = str(updated.invoice.get("state") or "") or record.target_state
+        record.target_link = _invoice_link(updated.invoice) or record.target_link
+        record.target_lines = json.dumps(updated.line_ids, sort_keys=True)
         mismatch = self._verify(plan, updated.invoice, record, "after the update ", run_id, log)
         if mismatch is not None:
             return mismatch
@@ -1393,15 +1393,15 @@ class SyncEngine:
         if dry_run:
             return (
                 "would-cancel",
-                f"delete Noko invoice {record.noko_invoice_id or record.reference}",
+                f"delete Noko invoice {record.target_id or record.reference}",
             )
-        if record.noko_invoice_id is None:
+        if record.target_id is None:
             # Pushing never finished: nothing may be left in Noko, whatever stage it reached.
             if record.reference:
                 found = self.pusher.find_invoice(record.reference)
                 if found is not None and _int(found.get("id")) is not None:
-                    record.noko_invoice_id = _int(found.get("id"))
-            if record.noko_invoice_id is None:
+                    record.target_id = _int(found.get("id"))
+            if record.target_id is None:
                 if record.reference:
                     self.pusher.sweep_reference(record.reference)
                 record.stage = ""
@@ -1417,7 +1417,7 @@ class SyncEngine:
                     )
                     return "skipped", None
                 return self._skip(kantata_id, record, reason, run_id, False, None)
-        noko_id = record.noko_invoice_id
+        noko_id = record.target_id
         assert noko_id is not None
         assert record.reference is not None
         log = log.bind(noko_invoice_id=noko_id)
@@ -1447,7 +1447,7 @@ class SyncEngine:
         record.stage = ""
         record.status = "skipped"
         record.skip_reason = f"{why} in Kantata; Noko invoice {noko_id} deleted"
-        record.noko_state = "deleted"
+        record.target_state = "deleted"
         record.last_error = None
         record.error_kind = None
         record.next_attempt_at = None
@@ -1515,11 +1515,11 @@ class SyncEngine:
             return f"invoice {kantata_id} is {record.status}, not a conflict: nothing to resolve"
         decoded = decode_invoices(self.kantata.get_invoices([kantata_id]))
         found = next((d for d in decoded if d.id == kantata_id), None)
-        if found is None and record.noko_invoice_id is not None:
+        if found is None and record.target_id is not None:
             # Deleted in Kantata, its Noko invoice paid: kept in Noko as the operator decides.
             record.status = "skipped"
             record.skip_reason = (
-                f"deleted in Kantata; Noko invoice {record.noko_invoice_id} kept by an "
+                f"deleted in Kantata; Noko invoice {record.target_id} kept by an "
                 "operator's decision"
             )
             decided = f"resolved by an operator: {record.last_error}"
@@ -1534,16 +1534,12 @@ class SyncEngine:
             raise ConnectorError(f"Kantata has no invoice {kantata_id}")
         if isinstance(found, UndecodableInvoice):
             raise ConnectorError(f"cannot resolve: {found.error}")
-        noko = (
-            self.noko.get_invoice(record.noko_invoice_id)
-            if record.noko_invoice_id is not None
-            else None
-        )
+        noko = self.noko.get_invoice(record.target_id) if record.target_id is not None else None
         if found.draft or found.is_cancelled:
             record.status = "skipped"
             record.skip_reason = (
                 f"{'draft' if found.draft else 'cancelled'} in Kantata; Noko invoice "
-                f"{record.noko_invoice_id} kept by an operator's decision"
+                f"{record.target_id} kept by an operator's decision"
             )
         else:
             try:
@@ -1557,8 +1553,8 @@ class SyncEngine:
                 record.total_minor = to_minor(str(noko.get("total_amount")), record.exponent)
             except ValueError:
                 record.total_minor = None
-            record.noko_state = str(noko.get("state") or "") or record.noko_state
-        record.noko_lines = None  # Noko's lines as they are now are the accepted ones
+            record.target_state = str(noko.get("state") or "") or record.target_state
+        record.target_lines = None  # Noko's lines as they are now are the accepted ones
         self._remember_kantata(record, found)
         record.stage = ""
         record.attempts = 0
@@ -1568,7 +1564,7 @@ class SyncEngine:
         record.next_attempt_at = None
         self.store.save_invoice(record, run_id=run_id, event="resolved", detail=decided)
         log = self.log.bind(run_id=run_id, kantata_invoice_id=kantata_id)
-        if record.noko_invoice_id is not None:
+        if record.target_id is not None:
             reference = self._success_reference(record)
             reference = dataclasses.replace(
                 reference, external_message="Resolved by an operator; Noko invoice kept as it is"
@@ -1622,7 +1618,7 @@ class SyncEngine:
         """Follow Noko's changes; returns the Kantata ids of invoices of the connector's (owner
         marker) that the state file does not know: it is older than Noko."""
         ids = [i for i in (_int(inv.get("id")) for inv in invoices) if i is not None]
-        records = self.store.by_noko_ids(ids)
+        records = self.store.by_target_ids(ids)
         unknown: list[str] = []
         for invoice in invoices:
             noko_id = _int(invoice.get("id"))
@@ -1698,17 +1694,17 @@ class SyncEngine:
         # A link Noko's create answer left out (or an API address an earlier release stored)
         # is taken from the listing: written with the next reference, at once if none is due.
         link = _invoice_link(invoice)
-        relinked = link is not None and link != record.noko_url
+        relinked = link is not None and link != record.target_link
         if link is not None and relinked:
-            record.noko_url = link
-        if not state or state == record.noko_state:
+            record.target_link = link
+        if not state or state == record.target_state:
             if link is not None and relinked:
                 self.store.save_invoice(record, run_id=run_id, event="noko-link", detail=link)
                 self._write_reference(
                     record.kantata_id, record, self._success_reference(record), run_id, log
                 )
             return
-        record.noko_state = state
+        record.target_state = state
         self.store.save_invoice(record, run_id=run_id, event="noko-state", detail=state)
         log.info("Noko state changed", state=state)
         if self._write_reference(
@@ -1749,13 +1745,13 @@ class SyncEngine:
         record.total_minor = doc.total_minor
         record.balance_in_cents = doc.balance_in_cents
         record.fingerprint = doc.fingerprint()
-        record.noko_lines = None
+        record.target_lines = None
         self._remember_kantata(record, inv)
         self.store.save_invoice(
             record,
             run_id=run_id,
             event="noko-as-kantata",
-            detail=f"Noko invoice {record.noko_invoice_id} differs from the record but is as "
+            detail=f"Noko invoice {record.target_id} differs from the record but is as "
             "Kantata asks; record brought up to date",
         )
         log.info("Noko invoice differs from the record but is as Kantata asks")
@@ -1774,8 +1770,8 @@ class SyncEngine:
             if minor != record.total_minor:
                 shown = f"{got!r}" if minor is None else _fmt_total(minor, record)
                 problems.append(f"total {shown}, pushed {_fmt_total(record.total_minor, record)}")
-        if record.noko_lines is not None:
-            keys = list(json.loads(record.noko_lines))
+        if record.target_lines is not None:
+            keys = list(json.loads(record.target_lines))
             for label, wanted, count in (
                 ("expenses", sum(1 for k in keys if not k.startswith(ENTRY_KEY)), "expenses"),
                 ("time entries", sum(1 for k in keys if k.startswith(ENTRY_KEY)), "entries"),
@@ -1786,7 +1782,7 @@ class SyncEngine:
         if not problems:
             return None
         return (
-            f"Noko invoice {record.noko_invoice_id} was changed by hand ({'; '.join(problems)}); "
+            f"Noko invoice {record.target_id} was changed by hand ({'; '.join(problems)}); "
             "it is left as it is: run `kantata-sync reconcile --apply` or "
             f"`kantata-sync retry {record.kantata_id} --force` to restore the Kantata version, "
             f"or `kantata-sync resolve {record.kantata_id}` to keep the hand edit"
@@ -1812,7 +1808,7 @@ class SyncEngine:
             log.warning(
                 "recording the payment in Kantata failed; retried next cycle", error=str(exc)
             )
-            record.noko_state = "unpaid-pending-payment-record"
+            record.target_state = "unpaid-pending-payment-record"
             self.store.save_invoice(record, run_id=run_id)
             return
         record.payment_recorded_at = self.clock()
@@ -1832,10 +1828,10 @@ class SyncEngine:
         return ExternalReferenceWrite(
             service_name=self.settings.service_name,
             service_model=SERVICE_MODEL,
-            service_model_ref=str(record.noko_invoice_id),
+            service_model_ref=str(record.target_id),
             status="successful",
-            external_link=_people_link(record.noko_url, self.settings.noko_base_url),
-            external_status=record.noko_state,
+            external_link=_people_link(record.target_link, self.settings.noko_base_url),
+            external_status=record.target_state,
             external_message=f"Noko invoice {record.reference} for {total}".strip(),
         )
 
@@ -1905,7 +1901,7 @@ class SyncEngine:
             return self._fail(
                 record,
                 "writeback",
-                f"in Noko as invoice {record.noko_invoice_id}, but writing the Kantata "
+                f"in Noko as invoice {record.target_id}, but writing the Kantata "
                 f"reference failed: {exc}",
                 run_id,
                 log,
@@ -1934,11 +1930,11 @@ class SyncEngine:
         reference = ExternalReferenceWrite(
             service_name=self.settings.service_name,
             service_model=SERVICE_MODEL,
-            service_model_ref=str(record.noko_invoice_id)
-            if record.noko_invoice_id is not None
+            service_model_ref=str(record.target_id)
+            if record.target_id is not None
             else (record.reference or reference_for_id(kantata_id, self.profile)),
             status="failed",
-            external_link=_people_link(record.noko_url, self.settings.noko_base_url),
+            external_link=_people_link(record.target_link, self.settings.noko_base_url),
             external_message=clean(message, 1000),
         )
         self._write_reference(kantata_id, record, reference, run_id, log)
@@ -2138,7 +2134,7 @@ def _done(record: InvoiceRecord) -> bool:
     """Nothing more will be created for this invoice: its uninvoiced leftovers are garbage."""
     if record.stage:
         return False
-    return (record.status == "synced" and record.noko_invoice_id is not None) or (
+    return (record.status == "synced" and record.target_id is not None) or (
         record.status == "skipped"
     )
 
