@@ -48,6 +48,7 @@ from connector.errors import (
 from connector.http.text import clean
 from connector.kantata.client import ExternalReferenceWrite, KantataClient, format_timestamp
 from connector.state.store import InvoiceRecord, Store, state_file_problem
+from connector.sync.decide import IN_FLIGHT_STAGES, Action, decide, decide_source
 from connector.targets.noko.client import NokoClient
 from connector.targets.noko.push import (
     ENTRY_KEY,
@@ -713,118 +714,104 @@ class SyncEngine:
         force: bool,
         retry_now: bool = False,
     ) -> tuple[Outcome, str | None]:
-        if record is not None and record.status == "conflict" and not force:
-            # Never overwritten blindly: an operator decides (`retry --force`, `reconcile
-            # --apply`, or `resolve` to keep Noko as it is).
+        """Carry out what `decide_source`, then `decide`, ask for this invoice."""
+        first = decide_source(inv, record, force=force)
+        if first.action is Action.CONFLICT:
+            assert record is not None
             return "conflict", record.last_error or "conflict"
-        # In Noko and not settled: a skipped record is done with (deleted in Noko, or kept
-        # there by an operator's decision).
-        in_noko = record is not None and (
-            (
-                record.target_id is not None
-                and record.target_state != "deleted"
-                and record.status != "skipped"
-            )
-            or record.stage in ("pushing", "pushed", "updating", "cancelling")
-        )
-        if isinstance(inv, UndecodableInvoice):
-            if inv.draft is True or (inv.status or "").strip().lower() == "cancelled":
-                if (inv.status or "").strip().lower() == "cancelled" and in_noko:
-                    assert record is not None
-                    return self._cancel(inv.id, record, run_id, log, dry_run)
-                reason = "draft" if inv.draft else "cancelled"
-                return self._skip(inv.id, record, reason, run_id, dry_run, inv.updated_at)
-            return self._fail_unmappable(
-                inv.id,
-                record,
-                inv.source_fingerprint,
-                inv.updated_at,
-                inv.error,
-                run_id,
-                log,
-                dry_run,
-                force,
-            )
-        if inv.is_cancelled:
-            if in_noko:
-                assert record is not None
-                return self._cancel(inv.id, record, run_id, log, dry_run)
-            return self._skip(inv.id, record, "cancelled", run_id, dry_run, inv.updated_at)
-        if inv.draft:
-            return self._skip(inv.id, record, "draft", run_id, dry_run, inv.updated_at)
-        if (
-            record is not None
-            and record.target_state == "deleted"
-            and (record.skip_reason or "").startswith("cancelled")
-            and not force
-        ):
+        if first.action is Action.CANCEL:
+            assert record is not None
+            return self._cancel(inv.id, record, run_id, log, dry_run)
+        if first.action is Action.SKIP:
+            return self._skip(inv.id, record, first.reason, run_id, dry_run, inv.updated_at)
+        if first.action is Action.SETTLED:
             return "skipped", None
-        try:
-            doc = to_ledger(inv, self.profile)
-        except MappingError as error:
-            return self._fail_unmappable(
-                inv.id,
-                record,
-                inv.source_fingerprint,
-                inv.updated_at,
-                error,
-                run_id,
-                log,
-                dry_run,
-                force,
-            )
-        fingerprint = doc.fingerprint()
+        if isinstance(inv, UndecodableInvoice):
+            assert first.action is Action.UNMAPPABLE
+            error: MappingError = inv.error
+        else:
+            try:
+                doc = to_ledger(inv, self.profile)
+            except MappingError as exc:
+                error = exc
+            else:
+                return self._handle_mapped(inv, doc, record, run_id, log, dry_run, force, retry_now)
+        return self._fail_unmappable(
+            inv.id,
+            record,
+            inv.source_fingerprint,
+            inv.updated_at,
+            error,
+            run_id,
+            log,
+            dry_run,
+            force,
+        )
 
-        if self._state_may_be_stale(inv, record):
+    def _handle_mapped(
+        self,
+        inv: KantataInvoice,
+        doc: LedgerDocument,
+        record: InvoiceRecord | None,
+        run_id: str,
+        log: Any,
+        dry_run: bool,
+        force: bool,
+        retry_now: bool,
+    ) -> tuple[Outcome, str | None]:
+        fingerprint = doc.fingerprint()
+        stale = self._state_may_be_stale(inv, record)
+        while True:
+            decision = decide(
+                inv,
+                record,
+                fingerprint,
+                stale=stale,
+                reference_in_place=lambda r: self._reference_in_place(inv, r),
+                now=self.clock(),
+                force=force,
+                retry_now=retry_now,
+            )
+            if decision.action is not Action.RECOVER:
+                break
             # Before anything is decided from the record: it may be older than Noko.
             found = self._recover_from_noko(
                 inv, doc, fingerprint, record, run_id, log, dry_run, force
             )
             if isinstance(found, tuple):
                 return found
-            record = found
-
-        if (
-            record is not None
-            and record.stage == ""
-            and record.status == "synced"
-            and record.fingerprint == fingerprint
-            and not force
-        ):
-            if self._reference_in_place(inv, record):
-                if record.kantata_status != inv.status and not dry_run:
-                    self._remember_kantata(record, inv)
-                    self.store.save_invoice(record, durable=False)
-                return "unchanged", None
+            record, stale = found, False
+        action = decision.action
+        if action is Action.UNCHANGED:
+            assert record is not None
+            if record.kantata_status != inv.status and not dry_run:
+                self._remember_kantata(record, inv)
+                self.store.save_invoice(record, durable=False)
+            return "unchanged", None
+        if action is Action.WRITE_REFERENCE:
+            assert record is not None
             if dry_run:
                 return "would-update", "reference only"
             self._remember_kantata(record, inv)
             # What the write-back did is the outcome: a refused or failed one is a failure.
             written, why = self._write_success(inv, record, run_id, log)
             return ("repaired", None) if written == "pushed" else (written, why)
-
-        if force and record is not None and record.error_kind == "gone":
-            # The operator asks to push again what was deleted in Noko.
-            self._forget_noko(record, recover=True)
-
-        if not (force or retry_now) and not self._due(record, inv, fingerprint):
+        if action is Action.WAIT:
             assert record is not None
             return "waiting", record.last_error or "failed earlier"
-
-        if (
-            record is not None
-            and record.target_id is not None
-            and (record.target_state != "deleted")
-        ):
-            if record.stage == "pushed" and record.fingerprint == fingerprint and not force:
-                return self._write_success(inv, record, run_id, log)
+        if action is Action.FINISH:
+            assert record is not None
+            return self._write_success(inv, record, run_id, log)
+        if action is Action.UPDATE:
+            assert record is not None
             if dry_run:
                 return "would-update", _describe(doc)
             return self._update(inv, doc, fingerprint, record, run_id, log, force)
+        assert action is Action.PUSH
+        if record is not None and decision.forget:
+            self._forget_noko(record, recover=decision.forget == "recover")
         if dry_run:
             return "would-push", _describe(doc)
-        if record is not None and record.target_state == "deleted":
-            self._forget_noko(record, recover=False)
         return self._push(inv, doc, fingerprint, record, run_id, log)
 
     # ------------------------------------------------------------------ lost or old state
@@ -871,7 +858,7 @@ class SyncEngine:
         """Whether to look in the index before deciding: about to create (no Noko id known,
         not resuming an earlier attempt, which looks by reference itself) in a cycle where the
         state file may not know everything, or the record names another Noko id than Kantata."""
-        if record is not None and record.stage in ("pushing", "pushed", "updating", "cancelling"):
+        if record is not None and record.stage in IN_FLIGHT_STAGES:
             return False
         if self._stale_signal(inv, record):
             self._index.wanted = True
@@ -991,14 +978,6 @@ class SyncEngine:
             run_id,
             log,
         )
-
-    def _due(self, record: InvoiceRecord | None, inv: KantataInvoice, fingerprint: str) -> bool:
-        """Whether a failed invoice may be tried now: its retry time came, or Kantata changed."""
-        if record is None or record.status != "failed":
-            return True
-        if record.source_fingerprint != inv.source_fingerprint or record.fingerprint != fingerprint:
-            return True
-        return record.next_attempt_at is not None and record.next_attempt_at <= self.clock()
 
     @staticmethod
     def _remember_kantata(record: InvoiceRecord, inv: KantataInvoice) -> None:
