@@ -21,21 +21,16 @@ import dataclasses
 import hashlib
 import json
 import re
-import sqlite3
 import threading
 import time
 import uuid
-from array import array
-from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 
 from connector.errors import (
     ApiError,
@@ -48,8 +43,12 @@ from connector.errors import (
 from connector.http.text import clean
 from connector.kantata.client import ExternalReferenceWrite, KantataClient, format_timestamp
 from connector.state.store import InvoiceRecord, Store, state_file_problem
+from connector.sync.cursor import Scan
 from connector.sync.decide import IN_FLIGHT_STAGES, Action, decide, decide_source
+from connector.sync.outcome import CYCLE_OUTCOMES, CycleResult, EngineSettings, Outcome
+from connector.sync.pool import Runner
 from connector.targets.noko.client import NokoClient
+from connector.targets.noko.index import NokoIndex
 from connector.targets.noko.push import (
     ENTRY_KEY,
     DuplicateInNokoError,
@@ -67,21 +66,8 @@ from mappings.profile import Profile
 from mappings.targets.noko import NokoInvoicePlan, check_totals, is_ours, plan_invoice
 from mappings.to_ledger import reference_for_id, to_ledger
 
-Outcome = Literal[
-    "pushed",
-    "updated",
-    "cancelled",
-    "unchanged",
-    "skipped",
-    "failed",
-    "conflict",
-    "waiting",
-    "repaired",
-    "would-push",
-    "would-update",
-    "would-cancel",
-    "stopped",
-]
+__all__ = ["CYCLE_OUTCOMES", "CycleResult", "EngineSettings", "Outcome", "SyncEngine"]
+
 SERVICE_MODEL = "invoice"
 NOKO_CURSOR = "noko"
 # When a Noko create was last left in doubt (no answer, or a process died mid-push): for a while
@@ -90,218 +76,10 @@ IN_DOUBT_MARK = "writes-in-doubt"
 LATE_WRITE_WINDOW = timedelta(minutes=15)
 MAX_SCAN_PASSES = 3
 ID_LOCK_STRIPES = 1024
-PREFETCH = 200  # records read from the store in one query, a page's worth
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    service_name: str = "noko"
-    workers: int = 8
-    lookback: timedelta = timedelta(minutes=5)
-    clock_skew: timedelta = timedelta(minutes=1)
-    retry_initial_delay: float = 2.0
-    retry_max_delay: float = 6 * 3600.0
-    per_page: int = 200
-    noko_base_url: str = "https://api.nokotime.com/v2"
-    record_payments: bool = False
-
-
-CYCLE_OUTCOMES: dict[str, str] = {
-    "ok": "every invoice it handled is synced or deliberately skipped",
-    "failed": "the cycle ran through, but some invoices failed or are in conflict",
-    "aborted": "Kantata could not be read; nothing after that point was done",
-    "degraded": "reading Noko's changes (payment states) failed after the pushes, which are kept",
-    "interrupted": "stopped by a signal; the next start continues where this one stopped",
-}
-"""The one word for how a cycle went, the same in logs, the summary line, `status`, the state
-file's runs, `/healthz`, `/readyz` and the metrics (`CycleResult.final_outcome`)."""
-
-
-@dataclass
-class CycleResult:
-    run_id: str
-    kind: str
-    outcome: str = "ok"
-    """How the cycle itself ran: ok | aborted | degraded | interrupted. What is reported is
-    `final_outcome`, which also says `failed` when invoices failed."""
-    counts: Counter[str] = field(default_factory=Counter)
-    failed: dict[str, str] = field(default_factory=dict)
-    cursor_before: datetime | None = None
-    cursor_after: datetime | None = None
-    duration: float = 0.0
-    pages: int = 0
-    error: str | None = None
-    planned: dict[str, tuple[str, str]] = field(default_factory=dict)
-    """Dry runs: Kantata id -> (would-push | would-update | would-cancel, what)."""
-    auth_error: AuthError | None = None
-    """The refused token that stopped the cycle (the invoices not done were left as they were)."""
-
-    @property
-    def final_outcome(self) -> str:
-        """One of `CYCLE_OUTCOMES`: the cycle's own outcome, or `failed` when it ran through
-        but invoices failed or are in conflict."""
-        if self.outcome != "ok":
-            return self.outcome
-        return "failed" if self.failed else "ok"
-
-    @property
-    def conflicts(self) -> int:
-        return self.counts["conflict"]
-
-    @property
-    def failures(self) -> int:
-        """Invoices that ended failed (conflicts counted apart)."""
-        return max(0, len(self.failed) - self.counts["conflict"])
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.final_outcome == "ok" else 1
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-class _Seen:
-    """The invoices handed out in this cycle, each with the `updated_at` it had: what tells a
-    row read again (pages shifted, a second pass) from a new version.
-
-    Kept for the whole cycle, so kept small: 16 bytes an invoice instead of a dict entry with a
-    string and a datetime (about 200). Kantata ids are decimal numbers and a scan reads them in
-    ascending order, so the usual write is an append to two int64 arrays and a read a binary
-    search. Anything else (an id out of order, as retries and a second pass bring; an id that
-    is not a plain number) goes to a dict beside them."""
-
-    __slots__ = ("_ids", "_other", "_times")
-
-    def __init__(self) -> None:
-        self._ids = array("q")
-        self._times = array("q")
-        self._other: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._ids) + len(self._other)
-
-    @staticmethod
-    def _number(kantata_id: str) -> int | None:
-        if (
-            kantata_id.isascii()
-            and kantata_id.isdigit()
-            and len(kantata_id) < 19
-            and (kantata_id[0] != "0" or kantata_id == "0")
-        ):
-            return int(kantata_id)
-        return None
-
-    def _index(self, number: int) -> int | None:
-        ids = self._ids
-        if not ids or number > ids[-1]:
-            return None
-        index = bisect_left(ids, number)
-        return index if ids[index] == number else None
-
-    def _micros(self, kantata_id: str) -> int | None:
-        number = self._number(kantata_id)
-        if number is not None:
-            index = self._index(number)
-            if index is not None:
-                return self._times[index]
-        return self._other.get(kantata_id)
-
-    def __contains__(self, kantata_id: object) -> bool:
-        return isinstance(kantata_id, str) and self._micros(kantata_id) is not None
-
-    def get(self, kantata_id: str) -> datetime | None:
-        micros = self._micros(kantata_id)
-        return None if micros is None else _EPOCH + micros * _MICROSECOND
-
-    def __setitem__(self, kantata_id: str, updated: datetime) -> None:
-        micros = (updated - _EPOCH) // _MICROSECOND
-        number = self._number(kantata_id)
-        if number is not None:
-            ids = self._ids
-            if not ids or number > ids[-1]:
-                # Past every id kept: never in `_other`, which only takes ids below the last.
-                ids.append(number)
-                self._times.append(micros)
-                return
-            index = self._index(number)
-            if index is not None:
-                self._times[index] = micros
-                return
-        self._other[kantata_id] = micros
-
-    def setdefault(self, kantata_id: str, updated: datetime) -> None:
-        if kantata_id not in self:
-            self[kantata_id] = updated
-
-
-class _NokoIndex:
-    """The connector's invoices in Noko, listed in bulk (1,000 a request) at most once a cycle,
-    and only in a cycle where the state file may not know everything Noko holds: a new state
-    file (no cursor yet), or one older than Noko (a Kantata invoice carries our reference to a
-    Noko invoice the state file does not have). Before anything is created for an invoice
-    without a Noko id, it is looked for here, so a lost or restored state file never duplicates.
-
-    Only invoices whose reference starts with the profile's prefix are kept, each as its scalar
-    fields (no line lists): enough to compare totals and header with what Kantata asks for."""
-
-    def __init__(self, *, wanted: bool) -> None:
-        self.wanted = wanted
-        self.loaded = False
-        self.lock = threading.Lock()
-        self.by_reference: dict[str, list[dict[str, Any]]] = {}
-        self.by_id: dict[int, dict[str, Any]] = {}
-
-    def load(self, invoices: Iterable[dict[str, Any]], prefix: str) -> int:
-        count = 0
-        for invoice in invoices:
-            reference = invoice.get("reference")
-            noko_id = _int(invoice.get("id"))
-            if noko_id is None or not isinstance(reference, str):
-                continue
-            if prefix and not reference.startswith(prefix):
-                continue
-            slim = {k: v for k, v in invoice.items() if not isinstance(v, list)}
-            self.by_reference.setdefault(reference, []).append(slim)
-            self.by_id[noko_id] = slim
-            count += 1
-        self.loaded = True
-        return count
-
-    def own(
-        self,
-        reference: str,
-        kantata_says: int | None,
-        owns: Callable[[dict[str, Any], str], bool],
-    ) -> list[dict[str, Any]]:
-        """The connector's invoices for `reference`: those `owns` proves (the owner marker),
-        and the one its Kantata reference names (`kantata_says`) when that carries it."""
-        found = {
-            _int(inv.get("id")): inv
-            for inv in self.by_reference.get(reference, [])
-            if _int(inv.get("id")) == kantata_says or owns(inv, reference)
-        }
-        named = self.by_id.get(kantata_says) if kantata_says is not None else None
-        if named is not None and named.get("reference") == reference:
-            found[kantata_says] = named
-        return [inv for key, inv in sorted(found.items(), key=lambda kv: kv[0] or 0)]
-
-
-@dataclass
-class _Scan:
-    """Bookkeeping of one cycle's read of Kantata."""
-
-    max_updated: datetime | None = None
-    server_time: datetime | None = None
-    """Kantata's clock (its `Date` header) at the scan's first page."""
-    seen: _Seen = field(default_factory=_Seen)
-    shrank: bool = False
-    complete: bool = False
 
 
 class SyncEngine:
@@ -336,7 +114,7 @@ class SyncEngine:
         self.on_invoice: Callable[[str, str, str | None, DecodedInvoice | None], None] | None = None
         """Called once per invoice handled (`sync --json`): its Kantata id, the outcome, the
         detail, and the Kantata invoice read (None for what Noko's changes brought)."""
-        self._index = _NokoIndex(wanted=False)
+        self._index = NokoIndex(wanted=False)
         # A refused token (401/403) ends the cycle: set by the first worker that meets one;
         # the scan and the workers take no new invoice after it.
         self._auth_stop = threading.Event()
@@ -394,9 +172,9 @@ class SyncEngine:
             until=until.isoformat() if until else None,
             dry_run=dry_run,
         )
-        scan = _Scan()
+        scan = Scan()
         # A new state file knows nothing of what Noko holds: look before creating anything.
-        self._index = _NokoIndex(
+        self._index = NokoIndex(
             wanted=cursor is None and self.store.get_cursor(NOKO_CURSOR) is None
         )
         self._auth_stop.clear()
@@ -409,7 +187,7 @@ class SyncEngine:
                     max_workers=self.settings.workers, thread_name_prefix="sync"
                 ) as pool,
             ):
-                runner = _Runner(self, pool, run_id, result, dry_run, force, log)
+                runner = Runner(self, pool, run_id, result, dry_run, force, log)
                 # Invoices named by the operator are tried now, whatever their retry time.
                 runner.retry_now = only_ids is not None
                 if only_ids is not None:
@@ -507,7 +285,7 @@ class SyncEngine:
         return cursor is not None and lower <= cursor - self.settings.lookback
 
     def _next_cursor(
-        self, cursor: datetime | None, scan: _Scan, scan_start: datetime
+        self, cursor: datetime | None, scan: Scan, scan_start: datetime
     ) -> datetime | None:
         """Where the next scan starts (before its lookback), after a complete scan.
 
@@ -526,8 +304,8 @@ class SyncEngine:
 
     def _scan(
         self,
-        runner: _Runner,
-        scan: _Scan,
+        runner: Runner,
+        scan: Scan,
         lower: datetime | None,
         until: datetime | None,
         log: Any,
@@ -1945,168 +1723,6 @@ class SyncEngine:
             detail=reference.external_message or reference.external_status or "",
         )
         return True
-
-
-class _Runner:
-    """Feeds invoices to the worker pool: one in flight per invoice id, bounded queue."""
-
-    def __init__(
-        self,
-        engine: SyncEngine,
-        pool: ThreadPoolExecutor,
-        run_id: str,
-        result: CycleResult,
-        dry_run: bool,
-        force: bool,
-        log: Any,
-    ) -> None:
-        self.engine = engine
-        self.pool = pool
-        self.run_id = run_id
-        self.result = result
-        self.dry_run = dry_run
-        self.force = force
-        self.retry_now = False
-        self.log = log
-        self.slots = _Slots(engine.settings.workers * 4)
-        self.lock = threading.Lock()
-
-    def submit_all(
-        self, invoices: Iterable[DecodedInvoice], scan: _Scan, *, until: datetime | None
-    ) -> None:
-        for batch in _chunks(invoices, PREFETCH):
-            # The stored records of the batch in one query. Only for invoices not yet handed
-            # out in this cycle: for those, nothing else writes the record until their turn
-            # (a second version of one already in flight reads its record under its lock).
-            fresh = Counter(inv.id for inv in batch if inv.id not in scan.seen)
-            records = self.engine.store.get_invoices(list(fresh))
-            self.engine.note_stale_state(batch, records)
-            for inv in batch:
-                if self.engine.halting():
-                    return
-                updated = inv.updated_at
-                if until is not None and updated is not None and updated >= until:
-                    continue
-                previous = scan.seen.get(inv.id)
-                if previous is not None and updated is not None and updated <= previous:
-                    continue  # the same version again (pages shifted): handled already
-                if updated is not None:
-                    scan.seen[inv.id] = updated
-                    if scan.max_updated is None or updated > scan.max_updated:
-                        scan.max_updated = updated
-                else:
-                    scan.seen.setdefault(inv.id, datetime.min.replace(tzinfo=UTC))
-                known: InvoiceRecord | Literal[False] | None = (
-                    records.get(inv.id) if previous is None and fresh[inv.id] == 1 else False
-                )
-                self.slots.acquire()
-                # Not kept: `_work` records every outcome itself, and `drain` waits on the slots.
-                self.pool.submit(self._work, inv, known)
-
-    def _work(self, inv: DecodedInvoice, record: InvoiceRecord | Literal[False] | None) -> None:
-        try:
-            if self.engine.halting():
-                # Stopping: invoices not yet started are left for the next run, untouched.
-                with self.lock:
-                    self.result.counts["stopped"] += 1
-                return
-            try:
-                with structlog.contextvars.bound_contextvars(
-                    run_id=self.run_id, kantata_invoice_id=inv.id
-                ):
-                    outcome, error = self.engine.handle(
-                        inv,
-                        self.run_id,
-                        dry_run=self.dry_run,
-                        force=self.force,
-                        retry_now=self.retry_now,
-                        record=record,
-                    )
-            except (SQLAlchemyError, sqlite3.Error) as exc:
-                # The state file, not the invoice: stop taking new ones (what this one did
-                # in Noko is found again from its intent on disk).
-                self.engine._store_failed(exc)
-                outcome, error = "stopped", None
-            except Exception as exc:  # one invoice must never stop the others
-                self.log.exception("unexpected error on one invoice", kantata_invoice_id=inv.id)
-                outcome, error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
-                if not self.dry_run:
-                    try:
-                        self.engine.record_failure(inv.id, error, self.run_id)
-                    except Exception:  # the store itself is failing: the run reports it
-                        self.log.exception("could not record the failure")
-            with self.lock:
-                self.result.counts[outcome] += 1
-                if outcome in ("failed", "waiting", "conflict"):
-                    self.result.failed[inv.id] = error or outcome
-                else:
-                    self.result.failed.pop(inv.id, None)
-                if outcome.startswith("would-"):
-                    self.result.planned[inv.id] = (outcome, error or "")
-                progress = self.engine.on_progress
-                if progress is not None:
-                    progress(self.result.counts)
-                on_invoice = self.engine.on_invoice
-                if on_invoice is not None:
-                    on_invoice(inv.id, outcome, error, inv)
-        finally:
-            self.slots.release()
-
-    def drain(self) -> None:
-        """Wait until every invoice handed out has been worked on."""
-        self.slots.drain()
-
-
-class _Slots:
-    """At most `capacity` invoices in flight between the scan and the workers.
-
-    A full feeder waits until half of them are done, then hands out the next half: it is
-    woken once per half-capacity invoices, not once per invoice (each wake-up is a thread
-    switch and a hand-over of the GIL)."""
-
-    __slots__ = ("_changed", "_in_flight", "capacity", "low")
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
-        self.capacity = capacity
-        self.low = capacity // 2
-        self._in_flight = 0
-        self._changed = threading.Condition(threading.Lock())
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    def acquire(self) -> None:
-        with self._changed:
-            if self._in_flight >= self.capacity:
-                self._changed.wait_for(lambda: self._in_flight <= self.low)
-            self._in_flight += 1
-
-    def release(self) -> None:
-        with self._changed:
-            if self._in_flight <= 0:
-                raise ValueError("released more slots than were acquired")
-            self._in_flight -= 1
-            if self._in_flight <= self.low:
-                self._changed.notify_all()
-
-    def drain(self) -> None:
-        """Wait until every slot handed out is back."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._in_flight == 0)
-
-
-def _chunks(items: Iterable[DecodedInvoice], size: int) -> Iterator[list[DecodedInvoice]]:
-    batch: list[DecodedInvoice] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _done(record: InvoiceRecord) -> bool:
