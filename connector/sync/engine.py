@@ -18,14 +18,12 @@ finding what Noko already holds by its natural key instead of creating it twice.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import re
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -40,17 +38,23 @@ from connector.errors import (
     StateFileError,
     TransientApiError,
 )
-from connector.http.text import clean
-from connector.kantata.client import ExternalReferenceWrite, KantataClient, format_timestamp
+from connector.kantata.client import ExternalReferenceWrite, KantataClient
 from connector.state.store import InvoiceRecord, Store, state_file_problem
+from connector.sync.changes import NOKO_CURSOR, Changes
 from connector.sync.cursor import Scan
 from connector.sync.decide import IN_FLIGHT_STAGES, Action, decide, decide_source
 from connector.sync.outcome import CYCLE_OUTCOMES, CycleResult, EngineSettings, Outcome
 from connector.sync.pool import Runner
+from connector.sync.values import describe as _describe
+from connector.sync.values import done as _done
+from connector.sync.values import fmt_total as _fmt_total
+from connector.sync.values import int_or_none as _int
+from connector.sync.values import invoice_link as _invoice_link
+from connector.sync.values import minor as _minor
+from connector.sync.writeback import SERVICE_MODEL
 from connector.targets.noko.client import NokoClient
 from connector.targets.noko.index import NokoIndex
 from connector.targets.noko.push import (
-    ENTRY_KEY,
     DuplicateInNokoError,
     NokoGoneError,
     NokoPusher,
@@ -63,13 +67,11 @@ from mappings.kantata import DecodedInvoice, KantataInvoice, UndecodableInvoice,
 from mappings.ledger import LedgerDocument
 from mappings.money import format_money, to_minor
 from mappings.profile import Profile
-from mappings.targets.noko import NokoInvoicePlan, check_totals, is_ours, plan_invoice
-from mappings.to_ledger import reference_for_id, to_ledger
+from mappings.targets.noko import NokoInvoicePlan, check_totals, plan_invoice
+from mappings.to_ledger import to_ledger
 
 __all__ = ["CYCLE_OUTCOMES", "CycleResult", "EngineSettings", "Outcome", "SyncEngine"]
 
-SERVICE_MODEL = "invoice"
-NOKO_CURSOR = "noko"
 # When a Noko create was last left in doubt (no answer, or a process died mid-push): for a while
 # after it, each cycle removes leftovers that such creates made after their invoice was done.
 IN_DOUBT_MARK = "writes-in-doubt"
@@ -82,7 +84,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class SyncEngine:
+class SyncEngine(Changes):
     """Joins the Kantata client, the pure mapping, the Noko pusher and the state store."""
 
     def __init__(
@@ -1328,466 +1330,3 @@ class SyncEngine:
             )
             self._write_reference(kantata_id, record, reference, run_id, log)
         return f"invoice {kantata_id}: {record.status}, Noko invoice kept as it is"
-
-    # ------------------------------------------------------------------ Noko -> Kantata
-
-    def _poll_noko(self, run_id: str, log: Any, result: CycleResult) -> None:
-        """Read Noko invoices changed since the last cycle (one request per 1,000): payment
-        states flow back to Kantata, hand edits become conflicts."""
-        cursor = self.store.get_cursor(NOKO_CURSOR)
-        started = self.clock()
-        params: dict[str, Any] = {}
-        if cursor is not None:
-            params["updated_from"] = format_timestamp(cursor - self.settings.lookback)
-        newest: datetime | None = None
-        noko_time: list[datetime | None] = []
-        batch: list[dict[str, Any]] = []
-        unknown: list[str] = []
-        for invoice in self.noko.list_invoices(params, on_server_time=noko_time.append):
-            moment = _parse_moment(invoice.get("updated_at"))
-            if moment is not None and (newest is None or moment > newest):
-                newest = moment
-            batch.append(invoice)
-            if len(batch) >= 500:
-                unknown += self._apply_noko(batch, run_id, log, result)
-                batch = []
-        if batch:
-            unknown += self._apply_noko(batch, run_id, log, result)
-        if unknown:
-            self._match_unknown(unknown, run_id, log, result)
-        # As for Kantata's cursor: Noko's clock at the first page when it gave it (every
-        # invoice changed before then was listed), else the newest change read.
-        mark: datetime | None = None
-        if noko_time and noko_time[0] is not None:
-            mark = min(started, noko_time[0]) - self.settings.clock_skew
-        elif newest is not None:
-            mark = min(newest, started - self.settings.clock_skew)
-        if mark is not None and (cursor is None or mark > cursor):
-            self.store.set_cursor(mark, NOKO_CURSOR)
-        if self.settings.record_payments:
-            for record in self.store.payments_due():
-                with self.lock_for(record.kantata_id):
-                    self._record_payment(record, run_id, log)
-
-    def _apply_noko(
-        self, invoices: list[dict[str, Any]], run_id: str, log: Any, result: CycleResult
-    ) -> list[str]:
-        """Follow Noko's changes; returns the Kantata ids of invoices of the connector's (owner
-        marker) that the state file does not know: it is older than Noko."""
-        ids = [i for i in (_int(inv.get("id")) for inv in invoices) if i is not None]
-        records = self.store.by_target_ids(ids)
-        unknown: list[str] = []
-        for invoice in invoices:
-            noko_id = _int(invoice.get("id"))
-            record = records.get(noko_id) if noko_id is not None else None
-            if record is None and noko_id is not None:
-                kantata_id = self._kantata_id_of(str(invoice.get("reference") or ""))
-                if kantata_id is not None and is_ours(invoice, str(invoice.get("reference"))):
-                    unknown.append(kantata_id)
-                continue
-            if record is None or record.stage or record.status != "synced":
-                continue
-            with self.lock_for(record.kantata_id):
-                self._observe_noko(
-                    invoice,
-                    record,
-                    run_id,
-                    log.bind(kantata_invoice_id=record.kantata_id, noko_invoice_id=noko_id),
-                    result,
-                )
-        return unknown
-
-    def _kantata_id_of(self, reference: str) -> str | None:
-        """The Kantata id in a reference made from the profile's template, if it is one."""
-        pattern = re.escape(self.profile.noko.reference)
-        pattern = pattern.replace(re.escape("{id}"), "(?P<id>[0-9]+)", 1)
-        pattern = pattern.replace(re.escape("{number}"), ".*?")
-        match = re.fullmatch(pattern, reference)
-        return match.group("id") if match is not None else None
-
-    def _match_unknown(
-        self, kantata_ids: list[str], run_id: str, log: Any, result: CycleResult
-    ) -> None:
-        """Noko holds invoices of the connector's that the state file does not know (an old
-        backup put back, and Kantata did not list them as changed): read those Kantata invoices
-        (200 a request) and handle them now, matched against Noko, so that none is created
-        again when it next changes. Costs nothing when the state file is up to date."""
-        ids = sorted(set(kantata_ids), key=lambda i: (len(i), i))
-        log.warning(
-            "Noko holds invoices of the connector's that the state file does not know; "
-            "matching them",
-            invoices=len(ids),
-        )
-        self._index.wanted = True
-        for inv in self._fetch_by_id(ids, result):
-            if self.stop.is_set():
-                return
-            outcome, error = self.handle(inv, run_id, record=False)
-            result.counts[outcome] += 1
-            if outcome in ("failed", "waiting", "conflict"):
-                result.failed[inv.id] = error or outcome
-            else:
-                result.failed.pop(inv.id, None)
-
-    def _observe_noko(
-        self,
-        invoice: dict[str, Any],
-        record: InvoiceRecord,
-        run_id: str,
-        log: Any,
-        result: CycleResult,
-    ) -> None:
-        drift = self._drift(invoice, record)
-        if drift and self._as_kantata_asks(invoice, record, run_id, log):
-            drift = None  # the record was older than Noko, which is as Kantata asks
-        if drift:
-            outcome, message = self._conflict(record, "noko-edited", drift, run_id, log)
-            result.counts[outcome] += 1
-            result.failed[record.kantata_id] = message or drift
-            if self.on_invoice is not None:
-                self.on_invoice(record.kantata_id, outcome, message or drift, None)
-            return
-        state = str(invoice.get("state") or "")
-        # A link Noko's create answer left out (or an API address an earlier release stored)
-        # is taken from the listing: written with the next reference, at once if none is due.
-        link = _invoice_link(invoice)
-        relinked = link is not None and link != record.target_link
-        if link is not None and relinked:
-            record.target_link = link
-        if not state or state == record.target_state:
-            if link is not None and relinked:
-                self.store.save_invoice(record, run_id=run_id, event="noko-link", detail=link)
-                self._write_reference(
-                    record.kantata_id, record, self._success_reference(record), run_id, log
-                )
-            return
-        record.target_state = state
-        self.store.save_invoice(record, run_id=run_id, event="noko-state", detail=state)
-        log.info("Noko state changed", state=state)
-        if self._write_reference(
-            record.kantata_id, record, self._success_reference(record), run_id, log
-        ):
-            result.counts["state-written"] += 1
-            if self.on_invoice is not None:
-                self.on_invoice(record.kantata_id, "state-written", state, None)
-        if state == "paid":
-            self._record_payment(record, run_id, log)
-
-    def _as_kantata_asks(
-        self, invoice: dict[str, Any], record: InvoiceRecord, run_id: str, log: Any
-    ) -> bool:
-        """A Noko invoice that differs from the record may still be exactly what Kantata asks
-        for now (the record is older than Noko, e.g. a restored state file): then it is synced,
-        and the record is brought up to date. Only one matching neither is a hand edit. Costs
-        one Kantata request, only for an invoice that differs from its record."""
-        try:
-            decoded = decode_invoices(self.kantata.get_invoices([record.kantata_id]))
-        except ApiError as exc:
-            log.warning("could not read the Kantata invoice to compare", error=str(exc))
-            return False
-        inv = next((d for d in decoded if d.id == record.kantata_id), None)
-        if not isinstance(inv, KantataInvoice) or inv.draft or inv.is_cancelled:
-            return False
-        try:
-            doc = to_ledger(inv, self.profile)
-        except MappingError:
-            return False
-        plan = plan_invoice(doc)
-        if check_totals(plan, invoice):
-            return False
-        for key, wanted in (("expenses", len(plan.expenses)), ("entries", len(plan.entries))):
-            got = _int(invoice.get(key))
-            if got is not None and got != wanted:
-                return False
-        record.total_minor = doc.total_minor
-        record.balance_in_cents = doc.balance_in_cents
-        record.fingerprint = doc.fingerprint()
-        record.target_lines = None
-        self._remember_kantata(record, inv)
-        self.store.save_invoice(
-            record,
-            run_id=run_id,
-            event="noko-as-kantata",
-            detail=f"Noko invoice {record.target_id} differs from the record but is as "
-            "Kantata asks; record brought up to date",
-        )
-        log.info("Noko invoice differs from the record but is as Kantata asks")
-        return True
-
-    def _drift(self, invoice: dict[str, Any], record: InvoiceRecord) -> str | None:
-        """What changed by hand in Noko since the push, or None. A change of state (a payment)
-        or of `updated_at` alone is not drift."""
-        problems = []
-        if record.total_minor is not None and record.exponent is not None:
-            got = invoice.get("total_amount")
-            try:
-                minor = to_minor(str(got), record.exponent)
-            except ValueError:
-                minor = None
-            if minor != record.total_minor:
-                shown = f"{got!r}" if minor is None else _fmt_total(minor, record)
-                problems.append(f"total {shown}, pushed {_fmt_total(record.total_minor, record)}")
-        if record.target_lines is not None:
-            keys = list(json.loads(record.target_lines))
-            for label, wanted, count in (
-                ("expenses", sum(1 for k in keys if not k.startswith(ENTRY_KEY)), "expenses"),
-                ("time entries", sum(1 for k in keys if k.startswith(ENTRY_KEY)), "entries"),
-            ):
-                got_count = _int(invoice.get(count))
-                if got_count is not None and got_count != wanted:
-                    problems.append(f"{got_count} {label}, pushed {wanted}")
-        if not problems:
-            return None
-        return (
-            f"Noko invoice {record.target_id} was changed by hand ({'; '.join(problems)}); "
-            "it is left as it is: run `kantata-sync reconcile --apply` or "
-            f"`kantata-sync retry {record.kantata_id} --force` to restore the Kantata version, "
-            f"or `kantata-sync resolve {record.kantata_id}` to keep the hand edit"
-        )
-
-    def _record_payment(self, record: InvoiceRecord, run_id: str, log: Any) -> None:
-        """Optionally mirror a Noko payment in full as a Kantata external payment, once."""
-        if not self.settings.record_payments or record.payment_recorded_at is not None:
-            return
-        if record.kantata_status != "new" or record.workspace_id is None:
-            return
-        if record.total_minor is None:
-            return
-        try:
-            # In full: Kantata records the invoice's balance, whatever amount is named.
-            self.kantata.record_external_payment(record.kantata_id, record.workspace_id)
-        except AuthError:
-            raise
-        except PermanentApiError as exc:
-            # Kantata refuses a second payment: the invoice is no longer pending.
-            log.info("Kantata did not take the external payment", error=str(exc))
-        except TransientApiError as exc:
-            log.warning(
-                "recording the payment in Kantata failed; retried next cycle", error=str(exc)
-            )
-            record.target_state = "unpaid-pending-payment-record"
-            self.store.save_invoice(record, run_id=run_id)
-            return
-        record.payment_recorded_at = self.clock()
-        record.kantata_status = "accepted payment"
-        self.store.save_invoice(
-            record, run_id=run_id, event="payment-recorded", detail="external payment in Kantata"
-        )
-
-    # ------------------------------------------------------------------ Kantata write-back
-
-    def _success_reference(self, record: InvoiceRecord) -> ExternalReferenceWrite:
-        total = (
-            format_money(record.total_minor, record.exponent, record.currency)
-            if record.total_minor is not None and record.exponent is not None and record.currency
-            else ""
-        )
-        return ExternalReferenceWrite(
-            service_name=self.settings.service_name,
-            service_model=SERVICE_MODEL,
-            service_model_ref=str(record.target_id),
-            status="successful",
-            external_link=_people_link(record.target_link, self.settings.noko_base_url),
-            external_status=record.target_state,
-            external_message=f"Noko invoice {record.reference} for {total}".strip(),
-        )
-
-    def _reference_in_place(self, inv: KantataInvoice, record: InvoiceRecord) -> bool:
-        current = inv.reference_for(self.settings.service_name)
-        if current is None:
-            # Kantata listed the invoice's references and ours is not among them: it was
-            # removed, and is written again. Only when references were not sent at all is our
-            # own record trusted.
-            return bool(record.writeback_hash) and not inv.references_included
-        wanted = self._success_reference(record)
-        return (
-            current.status == "successful"
-            and current.service_model_ref == wanted.service_model_ref
-            and (not wanted.external_link or current.external_link == wanted.external_link)
-        )
-
-    def _stale_reference(
-        self, inv: KantataInvoice, reference: ExternalReferenceWrite
-    ) -> str | None:
-        """The id of our reference on the invoice as read when it names another object (an
-        earlier Noko id, or the natural key a failure before any push wrote): it must be
-        removed before the new one is written."""
-        current = inv.reference_for(self.settings.service_name)
-        if current is None or not current.id:
-            return None
-        if (current.service_model, current.service_model_ref) == (
-            reference.service_model,
-            reference.service_model_ref,
-        ):
-            return None
-        return current.id
-
-    def _reference_same(self, inv: KantataInvoice, wanted: ExternalReferenceWrite) -> bool:
-        """Whether Kantata already holds exactly this reference (e.g. written before the state
-        file was lost): then writing it again would change nothing."""
-        current = inv.reference_for(self.settings.service_name)
-        if current is None:
-            return False
-        return (
-            current.service_model_ref == wanted.service_model_ref
-            and current.status == wanted.status
-            and (current.external_link or None) == (wanted.external_link or None)
-            and (current.external_status or None) == (wanted.external_status or None)
-            and (current.external_message or None) == (wanted.external_message or None)
-        )
-
-    def _write_success(
-        self, inv: KantataInvoice, record: InvoiceRecord, run_id: str, log: Any
-    ) -> tuple[Outcome, str | None]:
-        reference = self._success_reference(record)
-        digest = _hash_reference(reference)
-        already = (
-            record.writeback_hash == digest and self._reference_in_place(inv, record)
-        ) or self._reference_same(inv, reference)
-        try:
-            if not already:
-                self.kantata.write_external_reference(
-                    inv.id, reference, replace=self._stale_reference(inv, reference)
-                )
-        except AuthError:
-            # In Noko; the write-back is done by the next cycle (the record says `pushed`).
-            record.stage = "pushed"
-            raise
-        except (TransientApiError, PermanentApiError) as exc:
-            record.stage = "pushed"
-            return self._fail(
-                record,
-                "writeback",
-                f"in Noko as invoice {record.target_id}, but writing the Kantata "
-                f"reference failed: {exc}",
-                run_id,
-                log,
-                retry=True,
-            )
-        record.stage = ""
-        record.status = "synced"
-        record.attempts = 0
-        record.last_error = None
-        record.error_kind = None
-        record.next_attempt_at = None
-        record.synced_at = self.clock()
-        record.writeback_hash = digest
-        self.store.save_invoice(
-            record,
-            durable=False,
-            run_id=run_id,
-            event="synced",
-            detail=f"reference {reference.external_link}",
-        )
-        return "pushed", None
-
-    def _write_failure(
-        self, kantata_id: str, record: InvoiceRecord, message: str, run_id: str, log: Any
-    ) -> None:
-        reference = ExternalReferenceWrite(
-            service_name=self.settings.service_name,
-            service_model=SERVICE_MODEL,
-            service_model_ref=str(record.target_id)
-            if record.target_id is not None
-            else (record.reference or reference_for_id(kantata_id, self.profile)),
-            status="failed",
-            external_link=_people_link(record.target_link, self.settings.noko_base_url),
-            external_message=clean(message, 1000),
-        )
-        self._write_reference(kantata_id, record, reference, run_id, log)
-
-    def _write_reference(
-        self,
-        kantata_id: str,
-        record: InvoiceRecord,
-        reference: ExternalReferenceWrite,
-        run_id: str,
-        log: Any,
-    ) -> bool:
-        """Write a reference unless the same one was written last; False if Kantata refused."""
-        digest = _hash_reference(reference)
-        if record.writeback_hash == digest:
-            return True
-        try:
-            self.kantata.write_external_reference(kantata_id, reference)
-        except AuthError:
-            raise
-        except ApiError as exc:
-            log.warning("could not write the reference to Kantata", error=str(exc))
-            return False
-        record.writeback_hash = digest
-        self.store.save_invoice(
-            record,
-            run_id=run_id,
-            event=f"reference-{reference.status}",
-            detail=reference.external_message or reference.external_status or "",
-        )
-        return True
-
-
-def _done(record: InvoiceRecord) -> bool:
-    """Nothing more will be created for this invoice: its uninvoiced leftovers are garbage."""
-    if record.stage:
-        return False
-    return (record.status == "synced" and record.target_id is not None) or (
-        record.status == "skipped"
-    )
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _invoice_link(invoice: Mapping[str, Any]) -> str | None:
-    """The page a person can open: the invoice's `share_url`. Never its API `url`, which
-    answers only with a token. None when Noko's answer carries no `share_url`: the reference
-    then has no link (it still names the Noko invoice) until an answer that carries one."""
-    url = invoice.get("share_url")
-    if isinstance(url, str) and url.startswith(("http://", "https://")):
-        return url
-    return None
-
-
-def _people_link(url: str | None, api_base: str) -> str | None:
-    """`url` unless it is an address of Noko's API (what releases before share_url stored)."""
-    if not url or url.startswith(api_base.rstrip("/") + "/"):
-        return None
-    return url
-
-
-def _minor(value: Any, exponent: int) -> int | None:
-    try:
-        return to_minor(str(value), exponent)
-    except (ValueError, ArithmeticError):
-        return None
-
-
-def _describe(doc: LedgerDocument) -> str:
-    return (
-        f"{doc.reference}: {len(doc.lines)} line{'' if len(doc.lines) == 1 else 's'}, "
-        f"{format_money(doc.total_minor, doc.exponent, doc.currency)}"
-    )
-
-
-def _parse_moment(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _fmt_total(total_minor: int | None, record: InvoiceRecord) -> str:
-    if total_minor is None or record.exponent is None or not record.currency:
-        return "unknown"
-    return format_money(total_minor, record.exponent, record.currency)
-
-
-def _hash_reference(reference: ExternalReferenceWrite) -> str:
-    blob = json.dumps(reference.as_dict(), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
