@@ -252,6 +252,9 @@ class FakeNoko(Service):
         super().__init__(faults=faults, rate_limit=rate_limit, burst=burst)
         self.token = token
         self.public_url = "http://127.0.0.1/v2"
+        self.share_root: str | None = None
+        """Where the people's pages (`share_url`) live; None: the API's own host. Fixed in
+        replays that must give the same links on any port."""
         self._projects: dict[int, _Project] = {}
         self._entries: dict[int, _Entry] = {}
         self._expenses: dict[int, _Expense] = {}
@@ -933,6 +936,9 @@ class FakeNoko(Service):
     def _url(self, path: str) -> str:
         return f"{self.public_url}{path}"
 
+    def _share_root(self) -> str:
+        return self.share_root or self.public_url.rsplit("/v2", 1)[0]
+
     def _render_user(self, user_id: int) -> dict[str, Any] | None:
         user = self._users.get(user_id)
         if user is None:
@@ -1120,7 +1126,7 @@ class FakeNoko(Service):
             "entries_url": f"{url}/entries",
             "expenses": len(invoice.expense_ids),
             "expenses_url": f"{url}/expenses",
-            "share_url": f"{self.public_url.rsplit('/v2', 1)[0]}/i/{invoice.share_token}",
+            "share_url": f"{self._share_root()}/i/{invoice.share_token}",
             "created_at": _fmt(invoice.created_at),
             "updated_at": _fmt(invoice.updated_at),
             "url": url,

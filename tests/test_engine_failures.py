@@ -118,7 +118,7 @@ def test_total_mismatch_is_recorded_not_hidden(
         record = c.store.get_invoice(victim)
         assert record is not None
         assert record.error_kind == "verify"
-        assert record.noko_invoice_id is None
+        assert record.target_id is None
         assert not [i for i in box.noko.state()["invoices"] if i["reference"] == f"KS-{victim}"]
         assert record.next_attempt_at is None
         refs = box.kantata.external_references(int(victim))

@@ -1,4 +1,5 @@
-"""The scan's memory of invoices handed out (`engine._Seen`) answers as a plain dict would."""
+"""The scan's memory of invoices handed out (`connector.sync.cursor.Seen`) answers as a
+plain dict would."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.sync.engine import _Seen
+from connector.sync.cursor import Seen
 
 _IDS = st.one_of(
     st.integers(min_value=0, max_value=10**6).map(str),
@@ -21,7 +22,7 @@ _TIMES = st.datetimes(
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["set", "default"]), _IDS, _TIMES), max_size=60))
 def test_behaves_like_a_dict(operations: list[tuple[str, str, datetime]]) -> None:
-    seen = _Seen()
+    seen = Seen()
     model: dict[str, datetime] = {}
     for operation, kantata_id, when in operations:
         if operation == "set":
@@ -40,7 +41,7 @@ def test_behaves_like_a_dict(operations: list[tuple[str, str, datetime]]) -> Non
 
 
 def test_ascending_ids_are_kept_in_the_arrays() -> None:
-    seen = _Seen()
+    seen = Seen()
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for number in range(1, 1001):
         seen[str(number)] = start + timedelta(seconds=number)

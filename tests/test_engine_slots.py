@@ -1,5 +1,6 @@
-"""The bound between the scan and the workers (`engine._Slots`): never more than `capacity`
-invoices in flight; a full feeder resumes at half; `drain` returns only when all are back."""
+"""The bound between the scan and the workers (`connector.sync.pool.Slots`): never more than
+`capacity` invoices in flight; a full feeder resumes at half; `drain` returns only when all are
+back."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from connector.sync.engine import _Slots
+from connector.sync.pool import Slots
 
 
 def _started(target: object) -> threading.Thread:
@@ -19,7 +20,7 @@ def _started(target: object) -> threading.Thread:
 
 
 def test_a_full_feeder_waits_until_half_are_back() -> None:
-    slots = _Slots(4)
+    slots = Slots(4)
     for _ in range(4):
         slots.acquire()
     fed = threading.Event()
@@ -38,7 +39,7 @@ def test_a_full_feeder_waits_until_half_are_back() -> None:
 
 
 def test_never_more_than_capacity_in_flight_and_drain_waits_for_all() -> None:
-    slots = _Slots(6)
+    slots = Slots(6)
     highest = 0
     lock = threading.Lock()
     done: list[int] = []
@@ -65,7 +66,7 @@ def test_never_more_than_capacity_in_flight_and_drain_waits_for_all() -> None:
 
 
 def test_drain_returns_at_once_when_nothing_is_in_flight() -> None:
-    slots = _Slots(1)
+    slots = Slots(1)
     slots.drain()
     slots.acquire()
     slots.release()
@@ -74,7 +75,7 @@ def test_drain_returns_at_once_when_nothing_is_in_flight() -> None:
 
 
 def test_more_releases_than_acquires_is_an_error() -> None:
-    slots = _Slots(2)
+    slots = Slots(2)
     slots.acquire()
     slots.release()
     with pytest.raises(ValueError, match="more slots"):
@@ -83,4 +84,4 @@ def test_more_releases_than_acquires_is_an_error() -> None:
 
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        _Slots(0)
+        Slots(0)

@@ -31,7 +31,7 @@ from connector.kantata.client import (
     KantataClient,
     format_timestamp,
 )
-from connector.sync.engine import _hash_reference
+from connector.sync.writeback import _hash_reference
 
 BASE = "https://api.mavenlink.test/api/v1"
 TOKEN = "kantata-SECRET-token-42"

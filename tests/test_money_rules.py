@@ -77,7 +77,7 @@ def test_balance_one_minor_unit_off_is_not_pushed_and_names_both(
         record = c.store.get_invoice(str(off))
         assert record is not None
         assert (record.status, record.error_kind) == ("failed", "mapping")
-        assert record.noko_invoice_id is None
+        assert record.target_id is None
         message = record.last_error or ""
         assert "Kantata states 290.01 USD (balance_in_cents)" in message
         assert "but its lines add up to 290.00 USD (with 22.50 USD tax at 10%)" in message
@@ -122,7 +122,7 @@ def test_external_link_is_the_share_url(box: Sandbox, tmp_path: Path) -> None:
     assert noko["share_url"] != noko["url"]
     (reference,) = [r for r in box.kantata.external_references(kid) if r["service_name"] == "noko"]
     assert reference["external_link"] == noko["share_url"]
-    assert record is not None and record.noko_url == noko["share_url"]
+    assert record is not None and record.target_link == noko["share_url"]
 
 
 def test_a_create_answer_without_share_url_gets_its_link_from_the_listing(
@@ -187,7 +187,7 @@ def test_a_create_with_a_wrong_noko_total_is_removed_again(box: Sandbox, tmp_pat
         record = c.store.get_invoice(str(kid))
         assert record is not None
         assert (record.status, record.error_kind) == ("failed", "verify")
-        assert record.noko_invoice_id is None
+        assert record.target_id is None
         message = record.last_error or ""
         assert "Noko's total_amount is 290.01 USD but Kantata's total is 290.00 USD" in message
         assert "were deleted again" in message

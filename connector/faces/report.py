@@ -84,7 +84,7 @@ def build_report(store: Store, *, now: datetime | None = None, limit: int = 200)
                 "error_kind": record.error_kind,
                 "attempts": record.attempts,
                 "next_attempt_at": _iso(record.next_attempt_at),
-                "noko_invoice_id": record.noko_invoice_id,
+                "noko_invoice_id": record.target_id,
                 "amount": _amount(record),
                 "action": action_for(record),
             }
@@ -93,8 +93,8 @@ def build_report(store: Store, *, now: datetime | None = None, limit: int = 200)
         {
             "kantata_invoice_id": record.kantata_id,
             "reason": _safe(record.last_error or ""),
-            "noko_invoice_id": record.noko_invoice_id,
-            "noko_link": record.noko_url,
+            "noko_invoice_id": record.target_id,
+            "noko_link": record.target_link,
             "action": action_for(record),
         }
         for record in store.invoices_with_status("conflict", limit=limit)

@@ -46,18 +46,22 @@ class InvoiceRow(SQLModel, table=True):
     status: str = Field(index=True)
     """pending | synced | failed | skipped | conflict"""
     stage: str = ""
-    """'' (at rest) | 'pushing' (intent recorded, Noko objects may exist) |
-    'pushed' (Noko invoice exists, Kantata write-back outstanding)"""
+    """'' (at rest) | 'pushing' (intent recorded, the target's objects may exist) |
+    'pushed' (the target's invoice exists, Kantata write-back outstanding)"""
     reference: str | None = None
     fingerprint: str | None = None
-    """Ledger fingerprint of the document in Noko (or being pushed)."""
+    """Ledger fingerprint of the document in the target (or being pushed)."""
     source_fingerprint: str | None = None
     """Fingerprint of the Kantata invoice as last seen (also for unmappable ones)."""
-    noko_invoice_id: int | None = Field(default=None, index=True)
-    noko_url: str | None = None
-    noko_state: str | None = None
-    noko_lines: str | None = None
-    """JSON object: line key -> Noko expense id of the pushed document."""
+    target_id: int | None = Field(default=None, index=True)
+    """The accounting system's id of the invoice pushed for it."""
+    target_link: str | None = None
+    """The page a person opens to see that invoice."""
+    target_state: str | None = None
+    """The accounting system's state of that invoice as last seen ('unpaid', 'paid', ...)."""
+    target_lines: str | None = None
+    """JSON object: line key -> the accounting system's id of that line of the pushed
+    document."""
     currency: str | None = None
     exponent: int | None = None
     total_minor: int | None = None
@@ -95,10 +99,10 @@ class InvoiceRecord:
     reference: str | None = None
     fingerprint: str | None = None
     source_fingerprint: str | None = None
-    noko_invoice_id: int | None = None
-    noko_url: str | None = None
-    noko_state: str | None = None
-    noko_lines: str | None = None
+    target_id: int | None = None
+    target_link: str | None = None
+    target_state: str | None = None
+    target_lines: str | None = None
     currency: str | None = None
     exponent: int | None = None
     total_minor: int | None = None

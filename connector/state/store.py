@@ -460,20 +460,21 @@ class Store:
         )
 
     def by_references(self, references: Sequence[str]) -> dict[str, InvoiceRecord]:
-        """The invoices pushed (or being pushed) under these Noko references."""
+        """The invoices pushed (or being pushed) under these references."""
         rows = self._rows_in(_INVOICES.c.reference, references)
         return {row.reference: row for row in rows if row.reference}
 
-    def by_noko_ids(self, noko_ids: Sequence[int]) -> dict[int, InvoiceRecord]:
-        rows = self._rows_in(_INVOICES.c.noko_invoice_id, noko_ids)
-        return {row.noko_invoice_id: row for row in rows if row.noko_invoice_id}
+    def by_target_ids(self, target_ids: Sequence[int]) -> dict[int, InvoiceRecord]:
+        """The invoices pushed as these ids of the accounting system."""
+        rows = self._rows_in(_INVOICES.c.target_id, target_ids)
+        return {row.target_id: row for row in rows if row.target_id}
 
     def payments_due(self) -> list[InvoiceRecord]:
-        """Paid in Noko, still pending in Kantata, payment not yet recorded there."""
+        """Paid in the target, still pending in Kantata, payment not yet recorded there."""
         c = _INVOICES.c
         return self._records(
             select(_INVOICES).where(
-                (c.noko_state == "paid")
+                (c.target_state == "paid")
                 & c.payment_recorded_at.is_(None)
                 & (c.kantata_status == "new")
                 & c.workspace_id.is_not(None)

@@ -18,24 +18,17 @@ finding what Noko already holds by its natural key instead of creating it twice.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import re
-import sqlite3
 import threading
 import time
 import uuid
-from array import array
-from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 
 from connector.errors import (
     ApiError,
@@ -45,12 +38,23 @@ from connector.errors import (
     StateFileError,
     TransientApiError,
 )
-from connector.http.text import clean
-from connector.kantata.client import ExternalReferenceWrite, KantataClient, format_timestamp
+from connector.kantata.client import ExternalReferenceWrite, KantataClient
 from connector.state.store import InvoiceRecord, Store, state_file_problem
+from connector.sync.changes import NOKO_CURSOR, Changes
+from connector.sync.cursor import Scan
+from connector.sync.decide import IN_FLIGHT_STAGES, Action, decide, decide_source
+from connector.sync.outcome import CYCLE_OUTCOMES, CycleResult, EngineSettings, Outcome
+from connector.sync.pool import Runner
+from connector.sync.values import describe as _describe
+from connector.sync.values import done as _done
+from connector.sync.values import fmt_total as _fmt_total
+from connector.sync.values import int_or_none as _int
+from connector.sync.values import invoice_link as _invoice_link
+from connector.sync.values import minor as _minor
+from connector.sync.writeback import SERVICE_MODEL
 from connector.targets.noko.client import NokoClient
+from connector.targets.noko.index import NokoIndex
 from connector.targets.noko.push import (
-    ENTRY_KEY,
     DuplicateInNokoError,
     NokoGoneError,
     NokoPusher,
@@ -63,247 +67,24 @@ from mappings.kantata import DecodedInvoice, KantataInvoice, UndecodableInvoice,
 from mappings.ledger import LedgerDocument
 from mappings.money import format_money, to_minor
 from mappings.profile import Profile
-from mappings.targets.noko import NokoInvoicePlan, check_totals, is_ours, plan_invoice
-from mappings.to_ledger import reference_for_id, to_ledger
+from mappings.targets.noko import NokoInvoicePlan, check_totals, plan_invoice
+from mappings.to_ledger import to_ledger
 
-Outcome = Literal[
-    "pushed",
-    "updated",
-    "cancelled",
-    "unchanged",
-    "skipped",
-    "failed",
-    "conflict",
-    "waiting",
-    "repaired",
-    "would-push",
-    "would-update",
-    "would-cancel",
-    "stopped",
-]
-SERVICE_MODEL = "invoice"
-NOKO_CURSOR = "noko"
+__all__ = ["CYCLE_OUTCOMES", "CycleResult", "EngineSettings", "Outcome", "SyncEngine"]
+
 # When a Noko create was last left in doubt (no answer, or a process died mid-push): for a while
 # after it, each cycle removes leftovers that such creates made after their invoice was done.
 IN_DOUBT_MARK = "writes-in-doubt"
 LATE_WRITE_WINDOW = timedelta(minutes=15)
 MAX_SCAN_PASSES = 3
 ID_LOCK_STRIPES = 1024
-PREFETCH = 200  # records read from the store in one query, a page's worth
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    service_name: str = "noko"
-    workers: int = 8
-    lookback: timedelta = timedelta(minutes=5)
-    clock_skew: timedelta = timedelta(minutes=1)
-    retry_initial_delay: float = 2.0
-    retry_max_delay: float = 6 * 3600.0
-    per_page: int = 200
-    noko_base_url: str = "https://api.nokotime.com/v2"
-    record_payments: bool = False
-
-
-CYCLE_OUTCOMES: dict[str, str] = {
-    "ok": "every invoice it handled is synced or deliberately skipped",
-    "failed": "the cycle ran through, but some invoices failed or are in conflict",
-    "aborted": "Kantata could not be read; nothing after that point was done",
-    "degraded": "reading Noko's changes (payment states) failed after the pushes, which are kept",
-    "interrupted": "stopped by a signal; the next start continues where this one stopped",
-}
-"""The one word for how a cycle went, the same in logs, the summary line, `status`, the state
-file's runs, `/healthz`, `/readyz` and the metrics (`CycleResult.final_outcome`)."""
-
-
-@dataclass
-class CycleResult:
-    run_id: str
-    kind: str
-    outcome: str = "ok"
-    """How the cycle itself ran: ok | aborted | degraded | interrupted. What is reported is
-    `final_outcome`, which also says `failed` when invoices failed."""
-    counts: Counter[str] = field(default_factory=Counter)
-    failed: dict[str, str] = field(default_factory=dict)
-    cursor_before: datetime | None = None
-    cursor_after: datetime | None = None
-    duration: float = 0.0
-    pages: int = 0
-    error: str | None = None
-    planned: dict[str, tuple[str, str]] = field(default_factory=dict)
-    """Dry runs: Kantata id -> (would-push | would-update | would-cancel, what)."""
-    auth_error: AuthError | None = None
-    """The refused token that stopped the cycle (the invoices not done were left as they were)."""
-
-    @property
-    def final_outcome(self) -> str:
-        """One of `CYCLE_OUTCOMES`: the cycle's own outcome, or `failed` when it ran through
-        but invoices failed or are in conflict."""
-        if self.outcome != "ok":
-            return self.outcome
-        return "failed" if self.failed else "ok"
-
-    @property
-    def conflicts(self) -> int:
-        return self.counts["conflict"]
-
-    @property
-    def failures(self) -> int:
-        """Invoices that ended failed (conflicts counted apart)."""
-        return max(0, len(self.failed) - self.counts["conflict"])
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.final_outcome == "ok" else 1
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-class _Seen:
-    """The invoices handed out in this cycle, each with the `updated_at` it had: what tells a
-    row read again (pages shifted, a second pass) from a new version.
-
-    Kept for the whole cycle, so kept small: 16 bytes an invoice instead of a dict entry with a
-    string and a datetime (about 200). Kantata ids are decimal numbers and a scan reads them in
-    ascending order, so the usual write is an append to two int64 arrays and a read a binary
-    search. Anything else (an id out of order, as retries and a second pass bring; an id that
-    is not a plain number) goes to a dict beside them."""
-
-    __slots__ = ("_ids", "_other", "_times")
-
-    def __init__(self) -> None:
-        self._ids = array("q")
-        self._times = array("q")
-        self._other: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._ids) + len(self._other)
-
-    @staticmethod
-    def _number(kantata_id: str) -> int | None:
-        if (
-            kantata_id.isascii()
-            and kantata_id.isdigit()
-            and len(kantata_id) < 19
-            and (kantata_id[0] != "0" or kantata_id == "0")
-        ):
-            return int(kantata_id)
-        return None
-
-    def _index(self, number: int) -> int | None:
-        ids = self._ids
-        if not ids or number > ids[-1]:
-            return None
-        index = bisect_left(ids, number)
-        return index if ids[index] == number else None
-
-    def _micros(self, kantata_id: str) -> int | None:
-        number = self._number(kantata_id)
-        if number is not None:
-            index = self._index(number)
-            if index is not None:
-                return self._times[index]
-        return self._other.get(kantata_id)
-
-    def __contains__(self, kantata_id: object) -> bool:
-        return isinstance(kantata_id, str) and self._micros(kantata_id) is not None
-
-    def get(self, kantata_id: str) -> datetime | None:
-        micros = self._micros(kantata_id)
-        return None if micros is None else _EPOCH + micros * _MICROSECOND
-
-    def __setitem__(self, kantata_id: str, updated: datetime) -> None:
-        micros = (updated - _EPOCH) // _MICROSECOND
-        number = self._number(kantata_id)
-        if number is not None:
-            ids = self._ids
-            if not ids or number > ids[-1]:
-                # Past every id kept: never in `_other`, which only takes ids below the last.
-                ids.append(number)
-                self._times.append(micros)
-                return
-            index = self._index(number)
-            if index is not None:
-                self._times[index] = micros
-                return
-        self._other[kantata_id] = micros
-
-    def setdefault(self, kantata_id: str, updated: datetime) -> None:
-        if kantata_id not in self:
-            self[kantata_id] = updated
-
-
-class _NokoIndex:
-    """The connector's invoices in Noko, listed in bulk (1,000 a request) at most once a cycle,
-    and only in a cycle where the state file may not know everything Noko holds: a new state
-    file (no cursor yet), or one older than Noko (a Kantata invoice carries our reference to a
-    Noko invoice the state file does not have). Before anything is created for an invoice
-    without a Noko id, it is looked for here, so a lost or restored state file never duplicates.
-
-    Only invoices whose reference starts with the profile's prefix are kept, each as its scalar
-    fields (no line lists): enough to compare totals and header with what Kantata asks for."""
-
-    def __init__(self, *, wanted: bool) -> None:
-        self.wanted = wanted
-        self.loaded = False
-        self.lock = threading.Lock()
-        self.by_reference: dict[str, list[dict[str, Any]]] = {}
-        self.by_id: dict[int, dict[str, Any]] = {}
-
-    def load(self, invoices: Iterable[dict[str, Any]], prefix: str) -> int:
-        count = 0
-        for invoice in invoices:
-            reference = invoice.get("reference")
-            noko_id = _int(invoice.get("id"))
-            if noko_id is None or not isinstance(reference, str):
-                continue
-            if prefix and not reference.startswith(prefix):
-                continue
-            slim = {k: v for k, v in invoice.items() if not isinstance(v, list)}
-            self.by_reference.setdefault(reference, []).append(slim)
-            self.by_id[noko_id] = slim
-            count += 1
-        self.loaded = True
-        return count
-
-    def own(
-        self,
-        reference: str,
-        kantata_says: int | None,
-        owns: Callable[[dict[str, Any], str], bool],
-    ) -> list[dict[str, Any]]:
-        """The connector's invoices for `reference`: those `owns` proves (the owner marker),
-        and the one its Kantata reference names (`kantata_says`) when that carries it."""
-        found = {
-            _int(inv.get("id")): inv
-            for inv in self.by_reference.get(reference, [])
-            if _int(inv.get("id")) == kantata_says or owns(inv, reference)
-        }
-        named = self.by_id.get(kantata_says) if kantata_says is not None else None
-        if named is not None and named.get("reference") == reference:
-            found[kantata_says] = named
-        return [inv for key, inv in sorted(found.items(), key=lambda kv: kv[0] or 0)]
-
-
-@dataclass
-class _Scan:
-    """Bookkeeping of one cycle's read of Kantata."""
-
-    max_updated: datetime | None = None
-    server_time: datetime | None = None
-    """Kantata's clock (its `Date` header) at the scan's first page."""
-    seen: _Seen = field(default_factory=_Seen)
-    shrank: bool = False
-    complete: bool = False
-
-
-class SyncEngine:
+class SyncEngine(Changes):
     """Joins the Kantata client, the pure mapping, the Noko pusher and the state store."""
 
     def __init__(
@@ -335,7 +116,7 @@ class SyncEngine:
         self.on_invoice: Callable[[str, str, str | None, DecodedInvoice | None], None] | None = None
         """Called once per invoice handled (`sync --json`): its Kantata id, the outcome, the
         detail, and the Kantata invoice read (None for what Noko's changes brought)."""
-        self._index = _NokoIndex(wanted=False)
+        self._index = NokoIndex(wanted=False)
         # A refused token (401/403) ends the cycle: set by the first worker that meets one;
         # the scan and the workers take no new invoice after it.
         self._auth_stop = threading.Event()
@@ -393,9 +174,9 @@ class SyncEngine:
             until=until.isoformat() if until else None,
             dry_run=dry_run,
         )
-        scan = _Scan()
+        scan = Scan()
         # A new state file knows nothing of what Noko holds: look before creating anything.
-        self._index = _NokoIndex(
+        self._index = NokoIndex(
             wanted=cursor is None and self.store.get_cursor(NOKO_CURSOR) is None
         )
         self._auth_stop.clear()
@@ -408,7 +189,7 @@ class SyncEngine:
                     max_workers=self.settings.workers, thread_name_prefix="sync"
                 ) as pool,
             ):
-                runner = _Runner(self, pool, run_id, result, dry_run, force, log)
+                runner = Runner(self, pool, run_id, result, dry_run, force, log)
                 # Invoices named by the operator are tried now, whatever their retry time.
                 runner.retry_now = only_ids is not None
                 if only_ids is not None:
@@ -506,7 +287,7 @@ class SyncEngine:
         return cursor is not None and lower <= cursor - self.settings.lookback
 
     def _next_cursor(
-        self, cursor: datetime | None, scan: _Scan, scan_start: datetime
+        self, cursor: datetime | None, scan: Scan, scan_start: datetime
     ) -> datetime | None:
         """Where the next scan starts (before its lookback), after a complete scan.
 
@@ -525,8 +306,8 @@ class SyncEngine:
 
     def _scan(
         self,
-        runner: _Runner,
-        scan: _Scan,
+        runner: Runner,
+        scan: Scan,
         lower: datetime | None,
         until: datetime | None,
         log: Any,
@@ -607,7 +388,7 @@ class SyncEngine:
 
     def _vanish_needs_proof(self, kantata_ids: list[str]) -> bool:
         records = self.store.get_invoices(kantata_ids)
-        return any(r.noko_invoice_id is not None or r.stage for r in records.values())
+        return any(r.target_id is not None or r.stage for r in records.values())
 
     def _vanished(self, kantata_id: str, run_id: str = "") -> tuple[Outcome, str | None] | None:
         """A Kantata invoice asked for by id is gone (deleted in Kantata). Before its push it
@@ -619,7 +400,7 @@ class SyncEngine:
                 return None
             log = self.log.bind(run_id=run_id, kantata_invoice_id=kantata_id)
             in_noko = (
-                record.noko_invoice_id is not None and record.noko_state != "deleted"
+                record.target_id is not None and record.target_state != "deleted"
             ) or record.stage in ("pushing", "pushed", "updating", "cancelling")
             if in_noko:
                 if record.status == "conflict" and record.error_kind == "lifecycle":
@@ -684,10 +465,10 @@ class SyncEngine:
     def _forget_noko(record: InvoiceRecord, *, recover: bool) -> None:
         """The Noko invoice is gone: the next push makes a new one. With `recover`, that push
         first reuses or removes the expenses the old one left behind."""
-        record.noko_invoice_id = None
-        record.noko_url = None
-        record.noko_state = None
-        record.noko_lines = None
+        record.target_id = None
+        record.target_link = None
+        record.target_state = None
+        record.target_lines = None
         if recover:
             record.stage = "pushing"
 
@@ -713,118 +494,104 @@ class SyncEngine:
         force: bool,
         retry_now: bool = False,
     ) -> tuple[Outcome, str | None]:
-        if record is not None and record.status == "conflict" and not force:
-            # Never overwritten blindly: an operator decides (`retry --force`, `reconcile
-            # --apply`, or `resolve` to keep Noko as it is).
+        """Carry out what `decide_source`, then `decide`, ask for this invoice."""
+        first = decide_source(inv, record, force=force)
+        if first.action is Action.CONFLICT:
+            assert record is not None
             return "conflict", record.last_error or "conflict"
-        # In Noko and not settled: a skipped record is done with (deleted in Noko, or kept
-        # there by an operator's decision).
-        in_noko = record is not None and (
-            (
-                record.noko_invoice_id is not None
-                and record.noko_state != "deleted"
-                and record.status != "skipped"
-            )
-            or record.stage in ("pushing", "pushed", "updating", "cancelling")
-        )
-        if isinstance(inv, UndecodableInvoice):
-            if inv.draft is True or (inv.status or "").strip().lower() == "cancelled":
-                if (inv.status or "").strip().lower() == "cancelled" and in_noko:
-                    assert record is not None
-                    return self._cancel(inv.id, record, run_id, log, dry_run)
-                reason = "draft" if inv.draft else "cancelled"
-                return self._skip(inv.id, record, reason, run_id, dry_run, inv.updated_at)
-            return self._fail_unmappable(
-                inv.id,
-                record,
-                inv.source_fingerprint,
-                inv.updated_at,
-                inv.error,
-                run_id,
-                log,
-                dry_run,
-                force,
-            )
-        if inv.is_cancelled:
-            if in_noko:
-                assert record is not None
-                return self._cancel(inv.id, record, run_id, log, dry_run)
-            return self._skip(inv.id, record, "cancelled", run_id, dry_run, inv.updated_at)
-        if inv.draft:
-            return self._skip(inv.id, record, "draft", run_id, dry_run, inv.updated_at)
-        if (
-            record is not None
-            and record.noko_state == "deleted"
-            and (record.skip_reason or "").startswith("cancelled")
-            and not force
-        ):
+        if first.action is Action.CANCEL:
+            assert record is not None
+            return self._cancel(inv.id, record, run_id, log, dry_run)
+        if first.action is Action.SKIP:
+            return self._skip(inv.id, record, first.reason, run_id, dry_run, inv.updated_at)
+        if first.action is Action.SETTLED:
             return "skipped", None
-        try:
-            doc = to_ledger(inv, self.profile)
-        except MappingError as error:
-            return self._fail_unmappable(
-                inv.id,
-                record,
-                inv.source_fingerprint,
-                inv.updated_at,
-                error,
-                run_id,
-                log,
-                dry_run,
-                force,
-            )
-        fingerprint = doc.fingerprint()
+        if isinstance(inv, UndecodableInvoice):
+            assert first.action is Action.UNMAPPABLE
+            error: MappingError = inv.error
+        else:
+            try:
+                doc = to_ledger(inv, self.profile)
+            except MappingError as exc:
+                error = exc
+            else:
+                return self._handle_mapped(inv, doc, record, run_id, log, dry_run, force, retry_now)
+        return self._fail_unmappable(
+            inv.id,
+            record,
+            inv.source_fingerprint,
+            inv.updated_at,
+            error,
+            run_id,
+            log,
+            dry_run,
+            force,
+        )
 
-        if self._state_may_be_stale(inv, record):
+    def _handle_mapped(
+        self,
+        inv: KantataInvoice,
+        doc: LedgerDocument,
+        record: InvoiceRecord | None,
+        run_id: str,
+        log: Any,
+        dry_run: bool,
+        force: bool,
+        retry_now: bool,
+    ) -> tuple[Outcome, str | None]:
+        fingerprint = doc.fingerprint()
+        stale = self._state_may_be_stale(inv, record)
+        while True:
+            decision = decide(
+                inv,
+                record,
+                fingerprint,
+                stale=stale,
+                reference_in_place=lambda r: self._reference_in_place(inv, r),
+                now=self.clock(),
+                force=force,
+                retry_now=retry_now,
+            )
+            if decision.action is not Action.RECOVER:
+                break
             # Before anything is decided from the record: it may be older than Noko.
             found = self._recover_from_noko(
                 inv, doc, fingerprint, record, run_id, log, dry_run, force
             )
             if isinstance(found, tuple):
                 return found
-            record = found
-
-        if (
-            record is not None
-            and record.stage == ""
-            and record.status == "synced"
-            and record.fingerprint == fingerprint
-            and not force
-        ):
-            if self._reference_in_place(inv, record):
-                if record.kantata_status != inv.status and not dry_run:
-                    self._remember_kantata(record, inv)
-                    self.store.save_invoice(record, durable=False)
-                return "unchanged", None
+            record, stale = found, False
+        action = decision.action
+        if action is Action.UNCHANGED:
+            assert record is not None
+            if record.kantata_status != inv.status and not dry_run:
+                self._remember_kantata(record, inv)
+                self.store.save_invoice(record, durable=False)
+            return "unchanged", None
+        if action is Action.WRITE_REFERENCE:
+            assert record is not None
             if dry_run:
                 return "would-update", "reference only"
             self._remember_kantata(record, inv)
             # What the write-back did is the outcome: a refused or failed one is a failure.
             written, why = self._write_success(inv, record, run_id, log)
             return ("repaired", None) if written == "pushed" else (written, why)
-
-        if force and record is not None and record.error_kind == "gone":
-            # The operator asks to push again what was deleted in Noko.
-            self._forget_noko(record, recover=True)
-
-        if not (force or retry_now) and not self._due(record, inv, fingerprint):
+        if action is Action.WAIT:
             assert record is not None
             return "waiting", record.last_error or "failed earlier"
-
-        if (
-            record is not None
-            and record.noko_invoice_id is not None
-            and (record.noko_state != "deleted")
-        ):
-            if record.stage == "pushed" and record.fingerprint == fingerprint and not force:
-                return self._write_success(inv, record, run_id, log)
+        if action is Action.FINISH:
+            assert record is not None
+            return self._write_success(inv, record, run_id, log)
+        if action is Action.UPDATE:
+            assert record is not None
             if dry_run:
                 return "would-update", _describe(doc)
             return self._update(inv, doc, fingerprint, record, run_id, log, force)
+        assert action is Action.PUSH
+        if record is not None and decision.forget:
+            self._forget_noko(record, recover=decision.forget == "recover")
         if dry_run:
             return "would-push", _describe(doc)
-        if record is not None and record.noko_state == "deleted":
-            self._forget_noko(record, recover=False)
         return self._push(inv, doc, fingerprint, record, run_id, log)
 
     # ------------------------------------------------------------------ lost or old state
@@ -846,9 +613,9 @@ class SyncEngine:
         named = self._noko_id_in_kantata(inv)
         if named is None:
             return False
-        if record is None or record.noko_invoice_id is None:
+        if record is None or record.target_id is None:
             return True
-        return record.stage == "" and record.noko_invoice_id != named
+        return record.stage == "" and record.target_id != named
 
     def note_stale_state(
         self, batch: Iterable[DecodedInvoice], records: dict[str, InvoiceRecord]
@@ -871,14 +638,14 @@ class SyncEngine:
         """Whether to look in the index before deciding: about to create (no Noko id known,
         not resuming an earlier attempt, which looks by reference itself) in a cycle where the
         state file may not know everything, or the record names another Noko id than Kantata."""
-        if record is not None and record.stage in ("pushing", "pushed", "updating", "cancelling"):
+        if record is not None and record.stage in IN_FLIGHT_STAGES:
             return False
         if self._stale_signal(inv, record):
             self._index.wanted = True
             return True
         if not self._index.wanted:
             return False
-        return record is None or record.noko_invoice_id is None or record.noko_state == "deleted"
+        return record is None or record.target_id is None or record.target_state == "deleted"
 
     def _own_in_noko(self, reference: str, kantata_says: int | None) -> list[dict[str, Any]]:
         index = self._index
@@ -926,7 +693,7 @@ class SyncEngine:
         invoice = own[0]
         noko_id = _int(invoice.get("id"))
         assert noko_id is not None
-        if record is not None and record.noko_invoice_id == noko_id:
+        if record is not None and record.target_id == noko_id:
             return record
         log = log.bind(noko_invoice_id=noko_id)
         plan = plan_invoice(doc)
@@ -935,10 +702,10 @@ class SyncEngine:
             return "would-update", f"found in Noko as invoice {noko_id}: adopt it"
         record = record or self.store.new_invoice(inv.id)
         known_total = record.total_minor
-        record.noko_invoice_id = noko_id
-        record.noko_url = _invoice_link(invoice)
-        record.noko_state = str(invoice.get("state") or "") or None
-        record.noko_lines = None  # the lines as pushed are not known: totals are compared
+        record.target_id = noko_id
+        record.target_link = _invoice_link(invoice)
+        record.target_state = str(invoice.get("state") or "") or None
+        record.target_lines = None  # the lines as pushed are not known: totals are compared
         record.reference = doc.reference
         record.currency = doc.currency
         record.exponent = doc.exponent
@@ -992,14 +759,6 @@ class SyncEngine:
             log,
         )
 
-    def _due(self, record: InvoiceRecord | None, inv: KantataInvoice, fingerprint: str) -> bool:
-        """Whether a failed invoice may be tried now: its retry time came, or Kantata changed."""
-        if record is None or record.status != "failed":
-            return True
-        if record.source_fingerprint != inv.source_fingerprint or record.fingerprint != fingerprint:
-            return True
-        return record.next_attempt_at is not None and record.next_attempt_at <= self.clock()
-
     @staticmethod
     def _remember_kantata(record: InvoiceRecord, inv: KantataInvoice) -> None:
         record.kantata_status = inv.status
@@ -1020,9 +779,9 @@ class SyncEngine:
     ) -> tuple[Outcome, str | None]:
         if (
             record is not None
-            and record.noko_state != "deleted"
+            and record.target_state != "deleted"
             and record.status != "skipped"
-            and (record.noko_invoice_id is not None or record.stage)
+            and (record.target_id is not None or record.stage)
         ):
             # In Noko, yet a draft (again) or cancelled in Kantata: not for the books.
             log = self.log.bind(run_id=run_id, kantata_invoice_id=kantata_id)
@@ -1171,11 +930,11 @@ class SyncEngine:
                 record, "permanent", "Noko's answer has no invoice id", run_id, log, retry=True
             )
         log = log.bind(noko_invoice_id=noko_id)
-        record.noko_invoice_id = noko_id
-        record.noko_url = _invoice_link(noko_invoice)
-        record.noko_state = str(noko_invoice.get("state") or "") or None
+        record.target_id = noko_id
+        record.target_link = _invoice_link(noko_invoice)
+        record.target_state = str(noko_invoice.get("state") or "") or None
         # The lines as pushed, for the hand-edit check; unknown for an adopted invoice.
-        record.noko_lines = (
+        record.target_lines = (
             None if pushed.adopted else json.dumps(pushed.expense_ids, sort_keys=True)
         )
         mismatch = self._verify(
@@ -1279,8 +1038,8 @@ class SyncEngine:
         force: bool,
     ) -> tuple[Outcome, str | None]:
         """Bring the Noko invoice up to date in place; the same Noko id throughout."""
-        assert record.noko_invoice_id is not None
-        noko_id = record.noko_invoice_id
+        assert record.target_id is not None
+        noko_id = record.target_id
         log = log.bind(noko_invoice_id=noko_id)
         plan = plan_invoice(doc)
         previous_total = record.total_minor
@@ -1312,8 +1071,8 @@ class SyncEngine:
             ):
                 # Paid or locked, but already what Kantata asks for (the state file was older
                 # than Noko): nothing to change, so nothing refused.
-                record.noko_state = str(current.get("state") or "") or record.noko_state
-                record.noko_lines = None
+                record.target_state = str(current.get("state") or "") or record.target_state
+                record.target_lines = None
                 record.stage = "pushed"
                 self.store.save_invoice(
                     record,
@@ -1356,9 +1115,9 @@ class SyncEngine:
             outcome = self._fail(record, "permanent", str(exc), run_id, log, retry=False)
             self._write_failure(inv.id, record, f"Noko refused the update: {exc}", run_id, log)
             return outcome
-        record.noko_state = str(updated.invoice.get("state") or "") or record.noko_state
-        record.noko_url = _invoice_link(updated.invoice) or record.noko_url
-        record.noko_lines = json.dumps(updated.line_ids, sort_keys=True)
+        record.target_state = str(updated.invoice.get("state") or "") or record.target_state
+        record.target_link = _invoice_link(updated.invoice) or record.target_link
+        record.target_lines = json.dumps(updated.line_ids, sort_keys=True)
         mismatch = self._verify(plan, updated.invoice, record, "after the update ", run_id, log)
         if mismatch is not None:
             return mismatch
@@ -1393,15 +1152,15 @@ class SyncEngine:
         if dry_run:
             return (
                 "would-cancel",
-                f"delete Noko invoice {record.noko_invoice_id or record.reference}",
+                f"delete Noko invoice {record.target_id or record.reference}",
             )
-        if record.noko_invoice_id is None:
+        if record.target_id is None:
             # Pushing never finished: nothing may be left in Noko, whatever stage it reached.
             if record.reference:
                 found = self.pusher.find_invoice(record.reference)
                 if found is not None and _int(found.get("id")) is not None:
-                    record.noko_invoice_id = _int(found.get("id"))
-            if record.noko_invoice_id is None:
+                    record.target_id = _int(found.get("id"))
+            if record.target_id is None:
                 if record.reference:
                     self.pusher.sweep_reference(record.reference)
                 record.stage = ""
@@ -1417,7 +1176,7 @@ class SyncEngine:
                     )
                     return "skipped", None
                 return self._skip(kantata_id, record, reason, run_id, False, None)
-        noko_id = record.noko_invoice_id
+        noko_id = record.target_id
         assert noko_id is not None
         assert record.reference is not None
         log = log.bind(noko_invoice_id=noko_id)
@@ -1447,7 +1206,7 @@ class SyncEngine:
         record.stage = ""
         record.status = "skipped"
         record.skip_reason = f"{why} in Kantata; Noko invoice {noko_id} deleted"
-        record.noko_state = "deleted"
+        record.target_state = "deleted"
         record.last_error = None
         record.error_kind = None
         record.next_attempt_at = None
@@ -1515,11 +1274,11 @@ class SyncEngine:
             return f"invoice {kantata_id} is {record.status}, not a conflict: nothing to resolve"
         decoded = decode_invoices(self.kantata.get_invoices([kantata_id]))
         found = next((d for d in decoded if d.id == kantata_id), None)
-        if found is None and record.noko_invoice_id is not None:
+        if found is None and record.target_id is not None:
             # Deleted in Kantata, its Noko invoice paid: kept in Noko as the operator decides.
             record.status = "skipped"
             record.skip_reason = (
-                f"deleted in Kantata; Noko invoice {record.noko_invoice_id} kept by an "
+                f"deleted in Kantata; Noko invoice {record.target_id} kept by an "
                 "operator's decision"
             )
             decided = f"resolved by an operator: {record.last_error}"
@@ -1534,16 +1293,12 @@ class SyncEngine:
             raise ConnectorError(f"Kantata has no invoice {kantata_id}")
         if isinstance(found, UndecodableInvoice):
             raise ConnectorError(f"cannot resolve: {found.error}")
-        noko = (
-            self.noko.get_invoice(record.noko_invoice_id)
-            if record.noko_invoice_id is not None
-            else None
-        )
+        noko = self.noko.get_invoice(record.target_id) if record.target_id is not None else None
         if found.draft or found.is_cancelled:
             record.status = "skipped"
             record.skip_reason = (
                 f"{'draft' if found.draft else 'cancelled'} in Kantata; Noko invoice "
-                f"{record.noko_invoice_id} kept by an operator's decision"
+                f"{record.target_id} kept by an operator's decision"
             )
         else:
             try:
@@ -1557,8 +1312,8 @@ class SyncEngine:
                 record.total_minor = to_minor(str(noko.get("total_amount")), record.exponent)
             except ValueError:
                 record.total_minor = None
-            record.noko_state = str(noko.get("state") or "") or record.noko_state
-        record.noko_lines = None  # Noko's lines as they are now are the accepted ones
+            record.target_state = str(noko.get("state") or "") or record.target_state
+        record.target_lines = None  # Noko's lines as they are now are the accepted ones
         self._remember_kantata(record, found)
         record.stage = ""
         record.attempts = 0
@@ -1568,635 +1323,10 @@ class SyncEngine:
         record.next_attempt_at = None
         self.store.save_invoice(record, run_id=run_id, event="resolved", detail=decided)
         log = self.log.bind(run_id=run_id, kantata_invoice_id=kantata_id)
-        if record.noko_invoice_id is not None:
+        if record.target_id is not None:
             reference = self._success_reference(record)
             reference = dataclasses.replace(
                 reference, external_message="Resolved by an operator; Noko invoice kept as it is"
             )
             self._write_reference(kantata_id, record, reference, run_id, log)
         return f"invoice {kantata_id}: {record.status}, Noko invoice kept as it is"
-
-    # ------------------------------------------------------------------ Noko -> Kantata
-
-    def _poll_noko(self, run_id: str, log: Any, result: CycleResult) -> None:
-        """Read Noko invoices changed since the last cycle (one request per 1,000): payment
-        states flow back to Kantata, hand edits become conflicts."""
-        cursor = self.store.get_cursor(NOKO_CURSOR)
-        started = self.clock()
-        params: dict[str, Any] = {}
-        if cursor is not None:
-            params["updated_from"] = format_timestamp(cursor - self.settings.lookback)
-        newest: datetime | None = None
-        noko_time: list[datetime | None] = []
-        batch: list[dict[str, Any]] = []
-        unknown: list[str] = []
-        for invoice in self.noko.list_invoices(params, on_server_time=noko_time.append):
-            moment = _parse_moment(invoice.get("updated_at"))
-            if moment is not None and (newest is None or moment > newest):
-                newest = moment
-            batch.append(invoice)
-            if len(batch) >= 500:
-                unknown += self._apply_noko(batch, run_id, log, result)
-                batch = []
-        if batch:
-            unknown += self._apply_noko(batch, run_id, log, result)
-        if unknown:
-            self._match_unknown(unknown, run_id, log, result)
-        # As for Kantata's cursor: Noko's clock at the first page when it gave it (every
-        # invoice changed before then was listed), else the newest change read.
-        mark: datetime | None = None
-        if noko_time and noko_time[0] is not None:
-            mark = min(started, noko_time[0]) - self.settings.clock_skew
-        elif newest is not None:
-            mark = min(newest, started - self.settings.clock_skew)
-        if mark is not None and (cursor is None or mark > cursor):
-            self.store.set_cursor(mark, NOKO_CURSOR)
-        if self.settings.record_payments:
-            for record in self.store.payments_due():
-                with self.lock_for(record.kantata_id):
-                    self._record_payment(record, run_id, log)
-
-    def _apply_noko(
-        self, invoices: list[dict[str, Any]], run_id: str, log: Any, result: CycleResult
-    ) -> list[str]:
-        """Follow Noko's changes; returns the Kantata ids of invoices of the connector's (owner
-        marker) that the state file does not know: it is older than Noko."""
-        ids = [i for i in (_int(inv.get("id")) for inv in invoices) if i is not None]
-        records = self.store.by_noko_ids(ids)
-        unknown: list[str] = []
-        for invoice in invoices:
-            noko_id = _int(invoice.get("id"))
-            record = records.get(noko_id) if noko_id is not None else None
-            if record is None and noko_id is not None:
-                kantata_id = self._kantata_id_of(str(invoice.get("reference") or ""))
-                if kantata_id is not None and is_ours(invoice, str(invoice.get("reference"))):
-                    unknown.append(kantata_id)
-                continue
-            if record is None or record.stage or record.status != "synced":
-                continue
-            with self.lock_for(record.kantata_id):
-                self._observe_noko(
-                    invoice,
-                    record,
-                    run_id,
-                    log.bind(kantata_invoice_id=record.kantata_id, noko_invoice_id=noko_id),
-                    result,
-                )
-        return unknown
-
-    def _kantata_id_of(self, reference: str) -> str | None:
-        """The Kantata id in a reference made from the profile's template, if it is one."""
-        pattern = re.escape(self.profile.noko.reference)
-        pattern = pattern.replace(re.escape("{id}"), "(?P<id>[0-9]+)", 1)
-        pattern = pattern.replace(re.escape("{number}"), ".*?")
-        match = re.fullmatch(pattern, reference)
-        return match.group("id") if match is not None else None
-
-    def _match_unknown(
-        self, kantata_ids: list[str], run_id: str, log: Any, result: CycleResult
-    ) -> None:
-        """Noko holds invoices of the connector's that the state file does not know (an old
-        backup put back, and Kantata did not list them as changed): read those Kantata invoices
-        (200 a request) and handle them now, matched against Noko, so that none is created
-        again when it next changes. Costs nothing when the state file is up to date."""
-        ids = sorted(set(kantata_ids), key=lambda i: (len(i), i))
-        log.warning(
-            "Noko holds invoices of the connector's that the state file does not know; "
-            "matching them",
-            invoices=len(ids),
-        )
-        self._index.wanted = True
-        for inv in self._fetch_by_id(ids, result):
-            if self.stop.is_set():
-                return
-            outcome, error = self.handle(inv, run_id, record=False)
-            result.counts[outcome] += 1
-            if outcome in ("failed", "waiting", "conflict"):
-                result.failed[inv.id] = error or outcome
-            else:
-                result.failed.pop(inv.id, None)
-
-    def _observe_noko(
-        self,
-        invoice: dict[str, Any],
-        record: InvoiceRecord,
-        run_id: str,
-        log: Any,
-        result: CycleResult,
-    ) -> None:
-        drift = self._drift(invoice, record)
-        if drift and self._as_kantata_asks(invoice, record, run_id, log):
-            drift = None  # the record was older than Noko, which is as Kantata asks
-        if drift:
-            outcome, message = self._conflict(record, "noko-edited", drift, run_id, log)
-            result.counts[outcome] += 1
-            result.failed[record.kantata_id] = message or drift
-            if self.on_invoice is not None:
-                self.on_invoice(record.kantata_id, outcome, message or drift, None)
-            return
-        state = str(invoice.get("state") or "")
-        # A link Noko's create answer left out (or an API address an earlier release stored)
-        # is taken from the listing: written with the next reference, at once if none is due.
-        link = _invoice_link(invoice)
-        relinked = link is not None and link != record.noko_url
-        if link is not None and relinked:
-            record.noko_url = link
-        if not state or state == record.noko_state:
-            if link is not None and relinked:
-                self.store.save_invoice(record, run_id=run_id, event="noko-link", detail=link)
-                self._write_reference(
-                    record.kantata_id, record, self._success_reference(record), run_id, log
-                )
-            return
-        record.noko_state = state
-        self.store.save_invoice(record, run_id=run_id, event="noko-state", detail=state)
-        log.info("Noko state changed", state=state)
-        if self._write_reference(
-            record.kantata_id, record, self._success_reference(record), run_id, log
-        ):
-            result.counts["state-written"] += 1
-            if self.on_invoice is not None:
-                self.on_invoice(record.kantata_id, "state-written", state, None)
-        if state == "paid":
-            self._record_payment(record, run_id, log)
-
-    def _as_kantata_asks(
-        self, invoice: dict[str, Any], record: InvoiceRecord, run_id: str, log: Any
-    ) -> bool:
-        """A Noko invoice that differs from the record may still be exactly what Kantata asks
-        for now (the record is older than Noko, e.g. a restored state file): then it is synced,
-        and the record is brought up to date. Only one matching neither is a hand edit. Costs
-        one Kantata request, only for an invoice that differs from its record."""
-        try:
-            decoded = decode_invoices(self.kantata.get_invoices([record.kantata_id]))
-        except ApiError as exc:
-            log.warning("could not read the Kantata invoice to compare", error=str(exc))
-            return False
-        inv = next((d for d in decoded if d.id == record.kantata_id), None)
-        if not isinstance(inv, KantataInvoice) or inv.draft or inv.is_cancelled:
-            return False
-        try:
-            doc = to_ledger(inv, self.profile)
-        except MappingError:
-            return False
-        plan = plan_invoice(doc)
-        if check_totals(plan, invoice):
-            return False
-        for key, wanted in (("expenses", len(plan.expenses)), ("entries", len(plan.entries))):
-            got = _int(invoice.get(key))
-            if got is not None and got != wanted:
-                return False
-        record.total_minor = doc.total_minor
-        record.balance_in_cents = doc.balance_in_cents
-        record.fingerprint = doc.fingerprint()
-        record.noko_lines = None
-        self._remember_kantata(record, inv)
-        self.store.save_invoice(
-            record,
-            run_id=run_id,
-            event="noko-as-kantata",
-            detail=f"Noko invoice {record.noko_invoice_id} differs from the record but is as "
-            "Kantata asks; record brought up to date",
-        )
-        log.info("Noko invoice differs from the record but is as Kantata asks")
-        return True
-
-    def _drift(self, invoice: dict[str, Any], record: InvoiceRecord) -> str | None:
-        """What changed by hand in Noko since the push, or None. A change of state (a payment)
-        or of `updated_at` alone is not drift."""
-        problems = []
-        if record.total_minor is not None and record.exponent is not None:
-            got = invoice.get("total_amount")
-            try:
-                minor = to_minor(str(got), record.exponent)
-            except ValueError:
-                minor = None
-            if minor != record.total_minor:
-                shown = f"{got!r}" if minor is None else _fmt_total(minor, record)
-                problems.append(f"total {shown}, pushed {_fmt_total(record.total_minor, record)}")
-        if record.noko_lines is not None:
-            keys = list(json.loads(record.noko_lines))
-            for label, wanted, count in (
-                ("expenses", sum(1 for k in keys if not k.startswith(ENTRY_KEY)), "expenses"),
-                ("time entries", sum(1 for k in keys if k.startswith(ENTRY_KEY)), "entries"),
-            ):
-                got_count = _int(invoice.get(count))
-                if got_count is not None and got_count != wanted:
-                    problems.append(f"{got_count} {label}, pushed {wanted}")
-        if not problems:
-            return None
-        return (
-            f"Noko invoice {record.noko_invoice_id} was changed by hand ({'; '.join(problems)}); "
-            "it is left as it is: run `kantata-sync reconcile --apply` or "
-            f"`kantata-sync retry {record.kantata_id} --force` to restore the Kantata version, "
-            f"or `kantata-sync resolve {record.kantata_id}` to keep the hand edit"
-        )
-
-    def _record_payment(self, record: InvoiceRecord, run_id: str, log: Any) -> None:
-        """Optionally mirror a Noko payment in full as a Kantata external payment, once."""
-        if not self.settings.record_payments or record.payment_recorded_at is not None:
-            return
-        if record.kantata_status != "new" or record.workspace_id is None:
-            return
-        if record.total_minor is None:
-            return
-        try:
-            # In full: Kantata records the invoice's balance, whatever amount is named.
-            self.kantata.record_external_payment(record.kantata_id, record.workspace_id)
-        except AuthError:
-            raise
-        except PermanentApiError as exc:
-            # Kantata refuses a second payment: the invoice is no longer pending.
-            log.info("Kantata did not take the external payment", error=str(exc))
-        except TransientApiError as exc:
-            log.warning(
-                "recording the payment in Kantata failed; retried next cycle", error=str(exc)
-            )
-            record.noko_state = "unpaid-pending-payment-record"
-            self.store.save_invoice(record, run_id=run_id)
-            return
-        record.payment_recorded_at = self.clock()
-        record.kantata_status = "accepted payment"
-        self.store.save_invoice(
-            record, run_id=run_id, event="payment-recorded", detail="external payment in Kantata"
-        )
-
-    # ------------------------------------------------------------------ Kantata write-back
-
-    def _success_reference(self, record: InvoiceRecord) -> ExternalReferenceWrite:
-        total = (
-            format_money(record.total_minor, record.exponent, record.currency)
-            if record.total_minor is not None and record.exponent is not None and record.currency
-            else ""
-        )
-        return ExternalReferenceWrite(
-            service_name=self.settings.service_name,
-            service_model=SERVICE_MODEL,
-            service_model_ref=str(record.noko_invoice_id),
-            status="successful",
-            external_link=_people_link(record.noko_url, self.settings.noko_base_url),
-            external_status=record.noko_state,
-            external_message=f"Noko invoice {record.reference} for {total}".strip(),
-        )
-
-    def _reference_in_place(self, inv: KantataInvoice, record: InvoiceRecord) -> bool:
-        current = inv.reference_for(self.settings.service_name)
-        if current is None:
-            # Kantata listed the invoice's references and ours is not among them: it was
-            # removed, and is written again. Only when references were not sent at all is our
-            # own record trusted.
-            return bool(record.writeback_hash) and not inv.references_included
-        wanted = self._success_reference(record)
-        return (
-            current.status == "successful"
-            and current.service_model_ref == wanted.service_model_ref
-            and (not wanted.external_link or current.external_link == wanted.external_link)
-        )
-
-    def _stale_reference(
-        self, inv: KantataInvoice, reference: ExternalReferenceWrite
-    ) -> str | None:
-        """The id of our reference on the invoice as read when it names another object (an
-        earlier Noko id, or the natural key a failure before any push wrote): it must be
-        removed before the new one is written."""
-        current = inv.reference_for(self.settings.service_name)
-        if current is None or not current.id:
-            return None
-        if (current.service_model, current.service_model_ref) == (
-            reference.service_model,
-            reference.service_model_ref,
-        ):
-            return None
-        return current.id
-
-    def _reference_same(self, inv: KantataInvoice, wanted: ExternalReferenceWrite) -> bool:
-        """Whether Kantata already holds exactly this reference (e.g. written before the state
-        file was lost): then writing it again would change nothing."""
-        current = inv.reference_for(self.settings.service_name)
-        if current is None:
-            return False
-        return (
-            current.service_model_ref == wanted.service_model_ref
-            and current.status == wanted.status
-            and (current.external_link or None) == (wanted.external_link or None)
-            and (current.external_status or None) == (wanted.external_status or None)
-            and (current.external_message or None) == (wanted.external_message or None)
-        )
-
-    def _write_success(
-        self, inv: KantataInvoice, record: InvoiceRecord, run_id: str, log: Any
-    ) -> tuple[Outcome, str | None]:
-        reference = self._success_reference(record)
-        digest = _hash_reference(reference)
-        already = (
-            record.writeback_hash == digest and self._reference_in_place(inv, record)
-        ) or self._reference_same(inv, reference)
-        try:
-            if not already:
-                self.kantata.write_external_reference(
-                    inv.id, reference, replace=self._stale_reference(inv, reference)
-                )
-        except AuthError:
-            # In Noko; the write-back is done by the next cycle (the record says `pushed`).
-            record.stage = "pushed"
-            raise
-        except (TransientApiError, PermanentApiError) as exc:
-            record.stage = "pushed"
-            return self._fail(
-                record,
-                "writeback",
-                f"in Noko as invoice {record.noko_invoice_id}, but writing the Kantata "
-                f"reference failed: {exc}",
-                run_id,
-                log,
-                retry=True,
-            )
-        record.stage = ""
-        record.status = "synced"
-        record.attempts = 0
-        record.last_error = None
-        record.error_kind = None
-        record.next_attempt_at = None
-        record.synced_at = self.clock()
-        record.writeback_hash = digest
-        self.store.save_invoice(
-            record,
-            durable=False,
-            run_id=run_id,
-            event="synced",
-            detail=f"reference {reference.external_link}",
-        )
-        return "pushed", None
-
-    def _write_failure(
-        self, kantata_id: str, record: InvoiceRecord, message: str, run_id: str, log: Any
-    ) -> None:
-        reference = ExternalReferenceWrite(
-            service_name=self.settings.service_name,
-            service_model=SERVICE_MODEL,
-            service_model_ref=str(record.noko_invoice_id)
-            if record.noko_invoice_id is not None
-            else (record.reference or reference_for_id(kantata_id, self.profile)),
-            status="failed",
-            external_link=_people_link(record.noko_url, self.settings.noko_base_url),
-            external_message=clean(message, 1000),
-        )
-        self._write_reference(kantata_id, record, reference, run_id, log)
-
-    def _write_reference(
-        self,
-        kantata_id: str,
-        record: InvoiceRecord,
-        reference: ExternalReferenceWrite,
-        run_id: str,
-        log: Any,
-    ) -> bool:
-        """Write a reference unless the same one was written last; False if Kantata refused."""
-        digest = _hash_reference(reference)
-        if record.writeback_hash == digest:
-            return True
-        try:
-            self.kantata.write_external_reference(kantata_id, reference)
-        except AuthError:
-            raise
-        except ApiError as exc:
-            log.warning("could not write the reference to Kantata", error=str(exc))
-            return False
-        record.writeback_hash = digest
-        self.store.save_invoice(
-            record,
-            run_id=run_id,
-            event=f"reference-{reference.status}",
-            detail=reference.external_message or reference.external_status or "",
-        )
-        return True
-
-
-class _Runner:
-    """Feeds invoices to the worker pool: one in flight per invoice id, bounded queue."""
-
-    def __init__(
-        self,
-        engine: SyncEngine,
-        pool: ThreadPoolExecutor,
-        run_id: str,
-        result: CycleResult,
-        dry_run: bool,
-        force: bool,
-        log: Any,
-    ) -> None:
-        self.engine = engine
-        self.pool = pool
-        self.run_id = run_id
-        self.result = result
-        self.dry_run = dry_run
-        self.force = force
-        self.retry_now = False
-        self.log = log
-        self.slots = _Slots(engine.settings.workers * 4)
-        self.lock = threading.Lock()
-
-    def submit_all(
-        self, invoices: Iterable[DecodedInvoice], scan: _Scan, *, until: datetime | None
-    ) -> None:
-        for batch in _chunks(invoices, PREFETCH):
-            # The stored records of the batch in one query. Only for invoices not yet handed
-            # out in this cycle: for those, nothing else writes the record until their turn
-            # (a second version of one already in flight reads its record under its lock).
-            fresh = Counter(inv.id for inv in batch if inv.id not in scan.seen)
-            records = self.engine.store.get_invoices(list(fresh))
-            self.engine.note_stale_state(batch, records)
-            for inv in batch:
-                if self.engine.halting():
-                    return
-                updated = inv.updated_at
-                if until is not None and updated is not None and updated >= until:
-                    continue
-                previous = scan.seen.get(inv.id)
-                if previous is not None and updated is not None and updated <= previous:
-                    continue  # the same version again (pages shifted): handled already
-                if updated is not None:
-                    scan.seen[inv.id] = updated
-                    if scan.max_updated is None or updated > scan.max_updated:
-                        scan.max_updated = updated
-                else:
-                    scan.seen.setdefault(inv.id, datetime.min.replace(tzinfo=UTC))
-                known: InvoiceRecord | Literal[False] | None = (
-                    records.get(inv.id) if previous is None and fresh[inv.id] == 1 else False
-                )
-                self.slots.acquire()
-                # Not kept: `_work` records every outcome itself, and `drain` waits on the slots.
-                self.pool.submit(self._work, inv, known)
-
-    def _work(self, inv: DecodedInvoice, record: InvoiceRecord | Literal[False] | None) -> None:
-        try:
-            if self.engine.halting():
-                # Stopping: invoices not yet started are left for the next run, untouched.
-                with self.lock:
-                    self.result.counts["stopped"] += 1
-                return
-            try:
-                with structlog.contextvars.bound_contextvars(
-                    run_id=self.run_id, kantata_invoice_id=inv.id
-                ):
-                    outcome, error = self.engine.handle(
-                        inv,
-                        self.run_id,
-                        dry_run=self.dry_run,
-                        force=self.force,
-                        retry_now=self.retry_now,
-                        record=record,
-                    )
-            except (SQLAlchemyError, sqlite3.Error) as exc:
-                # The state file, not the invoice: stop taking new ones (what this one did
-                # in Noko is found again from its intent on disk).
-                self.engine._store_failed(exc)
-                outcome, error = "stopped", None
-            except Exception as exc:  # one invoice must never stop the others
-                self.log.exception("unexpected error on one invoice", kantata_invoice_id=inv.id)
-                outcome, error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
-                if not self.dry_run:
-                    try:
-                        self.engine.record_failure(inv.id, error, self.run_id)
-                    except Exception:  # the store itself is failing: the run reports it
-                        self.log.exception("could not record the failure")
-            with self.lock:
-                self.result.counts[outcome] += 1
-                if outcome in ("failed", "waiting", "conflict"):
-                    self.result.failed[inv.id] = error or outcome
-                else:
-                    self.result.failed.pop(inv.id, None)
-                if outcome.startswith("would-"):
-                    self.result.planned[inv.id] = (outcome, error or "")
-                progress = self.engine.on_progress
-                if progress is not None:
-                    progress(self.result.counts)
-                on_invoice = self.engine.on_invoice
-                if on_invoice is not None:
-                    on_invoice(inv.id, outcome, error, inv)
-        finally:
-            self.slots.release()
-
-    def drain(self) -> None:
-        """Wait until every invoice handed out has been worked on."""
-        self.slots.drain()
-
-
-class _Slots:
-    """At most `capacity` invoices in flight between the scan and the workers.
-
-    A full feeder waits until half of them are done, then hands out the next half: it is
-    woken once per half-capacity invoices, not once per invoice (each wake-up is a thread
-    switch and a hand-over of the GIL)."""
-
-    __slots__ = ("_changed", "_in_flight", "capacity", "low")
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
-        self.capacity = capacity
-        self.low = capacity // 2
-        self._in_flight = 0
-        self._changed = threading.Condition(threading.Lock())
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    def acquire(self) -> None:
-        with self._changed:
-            if self._in_flight >= self.capacity:
-                self._changed.wait_for(lambda: self._in_flight <= self.low)
-            self._in_flight += 1
-
-    def release(self) -> None:
-        with self._changed:
-            if self._in_flight <= 0:
-                raise ValueError("released more slots than were acquired")
-            self._in_flight -= 1
-            if self._in_flight <= self.low:
-                self._changed.notify_all()
-
-    def drain(self) -> None:
-        """Wait until every slot handed out is back."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._in_flight == 0)
-
-
-def _chunks(items: Iterable[DecodedInvoice], size: int) -> Iterator[list[DecodedInvoice]]:
-    batch: list[DecodedInvoice] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _done(record: InvoiceRecord) -> bool:
-    """Nothing more will be created for this invoice: its uninvoiced leftovers are garbage."""
-    if record.stage:
-        return False
-    return (record.status == "synced" and record.noko_invoice_id is not None) or (
-        record.status == "skipped"
-    )
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _invoice_link(invoice: Mapping[str, Any]) -> str | None:
-    """The page a person can open: the invoice's `share_url`. Never its API `url`, which
-    answers only with a token. None when Noko's answer carries no `share_url`: the reference
-    then has no link (it still names the Noko invoice) until an answer that carries one."""
-    url = invoice.get("share_url")
-    if isinstance(url, str) and url.startswith(("http://", "https://")):
-        return url
-    return None
-
-
-def _people_link(url: str | None, api_base: str) -> str | None:
-    """`url` unless it is an address of Noko's API (what releases before share_url stored)."""
-    if not url or url.startswith(api_base.rstrip("/") + "/"):
-        return None
-    return url
-
-
-def _minor(value: Any, exponent: int) -> int | None:
-    try:
-        return to_minor(str(value), exponent)
-    except (ValueError, ArithmeticError):
-        return None
-
-
-def _describe(doc: LedgerDocument) -> str:
-    return (
-        f"{doc.reference}: {len(doc.lines)} line{'' if len(doc.lines) == 1 else 's'}, "
-        f"{format_money(doc.total_minor, doc.exponent, doc.currency)}"
-    )
-
-
-def _parse_moment(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _fmt_total(total_minor: int | None, record: InvoiceRecord) -> str:
-    if total_minor is None or record.exponent is None or not record.currency:
-        return "unknown"
-    return format_money(total_minor, record.exponent, record.currency)
-
-
-def _hash_reference(reference: ExternalReferenceWrite) -> str:
-    blob = json.dumps(reference.as_dict(), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]

@@ -56,7 +56,7 @@ WITHOUT_FORCE = {"reference_missing", "deleted_in_kantata"}
 class Difference:
     kind: str
     kantata_invoice_id: str | None
-    noko_invoice_id: int | None
+    target_id: int | None
     detail: str
     repairable: bool = True
 
@@ -64,7 +64,7 @@ class Difference:
         return {
             "kind": self.kind,
             "kantata_invoice_id": self.kantata_invoice_id,
-            "noko_invoice_id": self.noko_invoice_id,
+            "noko_invoice_id": self.target_id,
             "detail": self.detail,
             "repairable": self.repairable,
         }
@@ -154,7 +154,7 @@ def reconcile(
         reference = profile.noko.reference.format(id=kid, number=inv.user_invoice_number)
         seen_references.add(reference)
         ref = inv.reference_for(service)
-        proven = {record.noko_invoice_id if record is not None else None}
+        proven = {record.target_id if record is not None else None}
         if ref is not None and (ref.external_status or "") != "deleted":
             proven.add(_int(ref.service_model_ref))
         proven.discard(None)
@@ -171,10 +171,10 @@ def reconcile(
             and record is not None
             and record.status == "synced"
             and not record.stage
-            and record.noko_invoice_id is not None
-            and record.noko_state != "deleted"
+            and record.target_id is not None
+            and record.target_state != "deleted"
         ):
-            still = engine.noko.get_invoice(record.noko_invoice_id)
+            still = engine.noko.get_invoice(record.target_id)
             if still is None:
                 gone = _mark_gone(engine, record)
                 result.differences.append(Difference("missing_in_noko", kid, None, gone))
@@ -182,7 +182,7 @@ def reconcile(
             found = [still]  # ours, with a reference changed by hand: not gone
         if record is not None and record.status == "conflict":
             result.differences.append(
-                Difference("conflict", kid, record.noko_invoice_id, record.last_error or "")
+                Difference("conflict", kid, record.target_id, record.last_error or "")
             )
             continue
         if len(found) > 1:
@@ -260,7 +260,7 @@ def reconcile(
         record = records.get(kid)
         if record is not None and record.status == "conflict":
             result.differences.append(
-                Difference("conflict", kid, record.noko_invoice_id, record.last_error or "")
+                Difference("conflict", kid, record.target_id, record.last_error or "")
             )
         elif bad.draft is True or (bad.status or "").strip().lower() == "cancelled":
             if found:  # not for the books, malformed or not: the engine takes it out of Noko
@@ -282,13 +282,13 @@ def reconcile(
         for record in _pushed_records(engine):
             if record.kantata_id in kantata or record.kantata_id in unreadable:
                 continue
-            orphans.add(record.noko_invoice_id)
+            orphans.add(record.target_id)
             result.differences.append(
                 Difference(
                     "deleted_in_kantata",
                     record.kantata_id,
-                    record.noko_invoice_id,
-                    f"deleted in Kantata after its push; Noko invoice {record.noko_invoice_id} "
+                    record.target_id,
+                    f"deleted in Kantata after its push; Noko invoice {record.target_id} "
                     "is deleted by `reconcile --apply` (left as a conflict if it is paid)",
                 )
             )
@@ -368,7 +368,7 @@ def _mark_gone(engine: SyncEngine, record: InvoiceRecord) -> str:
     """A synced invoice's Noko invoice is not listed, and Noko confirms that it is gone
     (deleted by hand; one request, only for such an invoice): the record becomes a `gone`
     conflict, so that `status` shows it. Returns the reason."""
-    noko_id = record.noko_invoice_id
+    noko_id = record.target_id
     message = (
         f"Noko invoice {noko_id} was deleted in Noko; run `kantata-sync reconcile --apply` "
         f"(or `kantata-sync retry {record.kantata_id} --force`) to push it again as a new Noko "
@@ -390,7 +390,7 @@ def _pushed_records(engine: SyncEngine) -> list[InvoiceRecord]:
         for r in engine.store.all_invoices()
         if r.status != "skipped"
         and (
-            (r.noko_invoice_id is not None and r.noko_state != "deleted")
+            (r.target_id is not None and r.target_state != "deleted")
             or r.stage in ("pushing", "pushed", "updating")
         )
     ]

@@ -177,8 +177,8 @@ def show(kantata_invoice_id: Annotated[str, typer.Argument(help="Kantata invoice
         f"Kantata invoice {record.kantata_id}: {record.status}"
         + (f" ({record.skip_reason})" if record.skip_reason else ""),
         f"  Kantata:   {kantata_link}",
-        f"  Noko:      {record.noko_invoice_id or '-'}  {record.noko_url or ''}".rstrip(),
-        f"  reference: {record.reference or '-'}   Noko state: {record.noko_state or '-'}",
+        f"  Noko:      {record.target_id or '-'}  {record.target_link or ''}".rstrip(),
+        f"  reference: {record.reference or '-'}   Noko state: {record.target_state or '-'}",
     ]
     if record.total_minor is not None and record.exponent is not None and record.currency:
         from mappings.money import format_money

@@ -211,7 +211,7 @@ def reconcile(
                     verdict = "  -> left alone (not repaired automatically)"
             console.print(
                 f"  {diff.kind:<18} kantata {diff.kantata_invoice_id or '-':<10} "
-                f"noko {diff.noko_invoice_id or '-':<8} {clean(diff.detail)}{verdict}",
+                f"noko {diff.target_id or '-':<8} {clean(diff.detail)}{verdict}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,

@@ -85,7 +85,7 @@ def _json_lines(dry_run: bool) -> Any:
             line: dict[str, Any] = {
                 "kantata_invoice_id": kantata_id,
                 "action": outcome,
-                "noko_invoice_id": record.noko_invoice_id if record is not None else None,
+                "noko_invoice_id": record.target_id if record is not None else None,
                 "total": None,
                 "currency": None,
             }

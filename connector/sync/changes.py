@@ -1,0 +1,323 @@
+"""What changed in the target since the last cycle, brought back to Kantata: states (paid,
+deleted, ...) as the reference's external status, payments as Kantata payments, hand edits as
+conflicts."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from connector.errors import ApiError, AuthError, PermanentApiError, TransientApiError
+from connector.kantata.client import format_timestamp
+from connector.state.store import InvoiceRecord
+from connector.sync.values import fmt_total as _fmt_total
+from connector.sync.values import int_or_none as _int
+from connector.sync.values import invoice_link as _invoice_link
+from connector.sync.values import parse_moment as _parse_moment
+from connector.sync.writeback import Writeback
+from connector.targets.noko.push import ENTRY_KEY
+from mappings.errors import MappingError
+from mappings.kantata import KantataInvoice, decode_invoices
+from mappings.money import to_minor
+from mappings.targets.noko import check_totals, is_ours, plan_invoice
+from mappings.to_ledger import to_ledger
+
+if TYPE_CHECKING:
+    from connector.sync.outcome import CycleResult, Outcome
+    from connector.targets.noko.client import NokoClient
+    from connector.targets.noko.index import NokoIndex
+    from mappings.kantata import DecodedInvoice
+
+
+NOKO_CURSOR = "noko"
+"""The store's cursor of the target's changes."""
+
+
+class Changes(Writeback):
+    """The engine's reading of the target's changes (a part of `SyncEngine`)."""
+
+    noko: NokoClient
+    stop: threading.Event
+    log: Any
+    _index: NokoIndex
+    on_invoice: Callable[[str, str, str | None, DecodedInvoice | None], None] | None
+
+    if TYPE_CHECKING:
+
+        def _conflict(
+            self,
+            record: InvoiceRecord,
+            kind: str,
+            message: str,
+            run_id: str,
+            log: Any,
+            *,
+            write_back: bool = True,
+        ) -> tuple[Outcome, str | None]: ...
+
+        def _fetch_by_id(
+            self, ids: list[str], result: CycleResult | None = None
+        ) -> Iterator[DecodedInvoice]: ...
+
+        def lock_for(self, kantata_id: str) -> threading.Lock: ...
+
+        def handle(
+            self,
+            inv: DecodedInvoice,
+            run_id: str,
+            *,
+            dry_run: bool = False,
+            force: bool = False,
+            retry_now: bool = False,
+            record: InvoiceRecord | Literal[False] | None = False,
+        ) -> tuple[Outcome, str | None]: ...
+
+        @staticmethod
+        def _remember_kantata(record: InvoiceRecord, inv: KantataInvoice) -> None: ...
+
+    def _poll_noko(self, run_id: str, log: Any, result: CycleResult) -> None:
+        """Read Noko invoices changed since the last cycle (one request per 1,000): payment
+        states flow back to Kantata, hand edits become conflicts."""
+        cursor = self.store.get_cursor(NOKO_CURSOR)
+        started = self.clock()
+        params: dict[str, Any] = {}
+        if cursor is not None:
+            params["updated_from"] = format_timestamp(cursor - self.settings.lookback)
+        newest: datetime | None = None
+        noko_time: list[datetime | None] = []
+        batch: list[dict[str, Any]] = []
+        unknown: list[str] = []
+        for invoice in self.noko.list_invoices(params, on_server_time=noko_time.append):
+            moment = _parse_moment(invoice.get("updated_at"))
+            if moment is not None and (newest is None or moment > newest):
+                newest = moment
+            batch.append(invoice)
+            if len(batch) >= 500:
+                unknown += self._apply_noko(batch, run_id, log, result)
+                batch = []
+        if batch:
+            unknown += self._apply_noko(batch, run_id, log, result)
+        if unknown:
+            self._match_unknown(unknown, run_id, log, result)
+        # As for Kantata's cursor: Noko's clock at the first page when it gave it (every
+        # invoice changed before then was listed), else the newest change read.
+        mark: datetime | None = None
+        if noko_time and noko_time[0] is not None:
+            mark = min(started, noko_time[0]) - self.settings.clock_skew
+        elif newest is not None:
+            mark = min(newest, started - self.settings.clock_skew)
+        if mark is not None and (cursor is None or mark > cursor):
+            self.store.set_cursor(mark, NOKO_CURSOR)
+        if self.settings.record_payments:
+            for record in self.store.payments_due():
+                with self.lock_for(record.kantata_id):
+                    self._record_payment(record, run_id, log)
+
+    def _apply_noko(
+        self, invoices: list[dict[str, Any]], run_id: str, log: Any, result: CycleResult
+    ) -> list[str]:
+        """Follow Noko's changes; returns the Kantata ids of invoices of the connector's (owner
+        marker) that the state file does not know: it is older than Noko."""
+        ids = [i for i in (_int(inv.get("id")) for inv in invoices) if i is not None]
+        records = self.store.by_target_ids(ids)
+        unknown: list[str] = []
+        for invoice in invoices:
+            noko_id = _int(invoice.get("id"))
+            record = records.get(noko_id) if noko_id is not None else None
+            if record is None and noko_id is not None:
+                kantata_id = self._kantata_id_of(str(invoice.get("reference") or ""))
+                if kantata_id is not None and is_ours(invoice, str(invoice.get("reference"))):
+                    unknown.append(kantata_id)
+                continue
+            if record is None or record.stage or record.status != "synced":
+                continue
+            with self.lock_for(record.kantata_id):
+                self._observe_noko(
+                    invoice,
+                    record,
+                    run_id,
+                    log.bind(kantata_invoice_id=record.kantata_id, noko_invoice_id=noko_id),
+                    result,
+                )
+        return unknown
+
+    def _kantata_id_of(self, reference: str) -> str | None:
+        """The Kantata id in a reference made from the profile's template, if it is one."""
+        pattern = re.escape(self.profile.noko.reference)
+        pattern = pattern.replace(re.escape("{id}"), "(?P<id>[0-9]+)", 1)
+        pattern = pattern.replace(re.escape("{number}"), ".*?")
+        match = re.fullmatch(pattern, reference)
+        return match.group("id") if match is not None else None
+
+    def _match_unknown(
+        self, kantata_ids: list[str], run_id: str, log: Any, result: CycleResult
+    ) -> None:
+        """Noko holds invoices of the connector's that the state file does not know (an old
+        backup put back, and Kantata did not list them as changed): read those Kantata invoices
+        (200 a request) and handle them now, matched against Noko, so that none is created
+        again when it next changes. Costs nothing when the state file is up to date."""
+        ids = sorted(set(kantata_ids), key=lambda i: (len(i), i))
+        log.warning(
+            "Noko holds invoices of the connector's that the state file does not know; "
+            "matching them",
+            invoices=len(ids),
+        )
+        self._index.wanted = True
+        for inv in self._fetch_by_id(ids, result):
+            if self.stop.is_set():
+                return
+            outcome, error = self.handle(inv, run_id, record=False)
+            result.counts[outcome] += 1
+            if outcome in ("failed", "waiting", "conflict"):
+                result.failed[inv.id] = error or outcome
+            else:
+                result.failed.pop(inv.id, None)
+
+    def _observe_noko(
+        self,
+        invoice: dict[str, Any],
+        record: InvoiceRecord,
+        run_id: str,
+        log: Any,
+        result: CycleResult,
+    ) -> None:
+        drift = self._drift(invoice, record)
+        if drift and self._as_kantata_asks(invoice, record, run_id, log):
+            drift = None  # the record was older than Noko, which is as Kantata asks
+        if drift:
+            outcome, message = self._conflict(record, "noko-edited", drift, run_id, log)
+            result.counts[outcome] += 1
+            result.failed[record.kantata_id] = message or drift
+            if self.on_invoice is not None:
+                self.on_invoice(record.kantata_id, outcome, message or drift, None)
+            return
+        state = str(invoice.get("state") or "")
+        # A link Noko's create answer left out (or an API address an earlier release stored)
+        # is taken from the listing: written with the next reference, at once if none is due.
+        link = _invoice_link(invoice)
+        relinked = link is not None and link != record.target_link
+        if link is not None and relinked:
+            record.target_link = link
+        if not state or state == record.target_state:
+            if link is not None and relinked:
+                self.store.save_invoice(record, run_id=run_id, event="noko-link", detail=link)
+                self._write_reference(
+                    record.kantata_id, record, self._success_reference(record), run_id, log
+                )
+            return
+        record.target_state = state
+        self.store.save_invoice(record, run_id=run_id, event="noko-state", detail=state)
+        log.info("Noko state changed", state=state)
+        if self._write_reference(
+            record.kantata_id, record, self._success_reference(record), run_id, log
+        ):
+            result.counts["state-written"] += 1
+            if self.on_invoice is not None:
+                self.on_invoice(record.kantata_id, "state-written", state, None)
+        if state == "paid":
+            self._record_payment(record, run_id, log)
+
+    def _as_kantata_asks(
+        self, invoice: dict[str, Any], record: InvoiceRecord, run_id: str, log: Any
+    ) -> bool:
+        """A Noko invoice that differs from the record may still be exactly what Kantata asks
+        for now (the record is older than Noko, e.g. a restored state file): then it is synced,
+        and the record is brought up to date. Only one matching neither is a hand edit. Costs
+        one Kantata request, only for an invoice that differs from its record."""
+        try:
+            decoded = decode_invoices(self.kantata.get_invoices([record.kantata_id]))
+        except ApiError as exc:
+            log.warning("could not read the Kantata invoice to compare", error=str(exc))
+            return False
+        inv = next((d for d in decoded if d.id == record.kantata_id), None)
+        if not isinstance(inv, KantataInvoice) or inv.draft or inv.is_cancelled:
+            return False
+        try:
+            doc = to_ledger(inv, self.profile)
+        except MappingError:
+            return False
+        plan = plan_invoice(doc)
+        if check_totals(plan, invoice):
+            return False
+        for key, wanted in (("expenses", len(plan.expenses)), ("entries", len(plan.entries))):
+            got = _int(invoice.get(key))
+            if got is not None and got != wanted:
+                return False
+        record.total_minor = doc.total_minor
+        record.balance_in_cents = doc.balance_in_cents
+        record.fingerprint = doc.fingerprint()
+        record.target_lines = None
+        self._remember_kantata(record, inv)
+        self.store.save_invoice(
+            record,
+            run_id=run_id,
+            event="noko-as-kantata",
+            detail=f"Noko invoice {record.target_id} differs from the record but is as "
+            "Kantata asks; record brought up to date",
+        )
+        log.info("Noko invoice differs from the record but is as Kantata asks")
+        return True
+
+    def _drift(self, invoice: dict[str, Any], record: InvoiceRecord) -> str | None:
+        """What changed by hand in Noko since the push, or None. A change of state (a payment)
+        or of `updated_at` alone is not drift."""
+        problems = []
+        if record.total_minor is not None and record.exponent is not None:
+            got = invoice.get("total_amount")
+            try:
+                minor = to_minor(str(got), record.exponent)
+            except ValueError:
+                minor = None
+            if minor != record.total_minor:
+                shown = f"{got!r}" if minor is None else _fmt_total(minor, record)
+                problems.append(f"total {shown}, pushed {_fmt_total(record.total_minor, record)}")
+        if record.target_lines is not None:
+            keys = list(json.loads(record.target_lines))
+            for label, wanted, count in (
+                ("expenses", sum(1 for k in keys if not k.startswith(ENTRY_KEY)), "expenses"),
+                ("time entries", sum(1 for k in keys if k.startswith(ENTRY_KEY)), "entries"),
+            ):
+                got_count = _int(invoice.get(count))
+                if got_count is not None and got_count != wanted:
+                    problems.append(f"{got_count} {label}, pushed {wanted}")
+        if not problems:
+            return None
+        return (
+            f"Noko invoice {record.target_id} was changed by hand ({'; '.join(problems)}); "
+            "it is left as it is: run `kantata-sync reconcile --apply` or "
+            f"`kantata-sync retry {record.kantata_id} --force` to restore the Kantata version, "
+            f"or `kantata-sync resolve {record.kantata_id}` to keep the hand edit"
+        )
+
+    def _record_payment(self, record: InvoiceRecord, run_id: str, log: Any) -> None:
+        """Optionally mirror a Noko payment in full as a Kantata external payment, once."""
+        if not self.settings.record_payments or record.payment_recorded_at is not None:
+            return
+        if record.kantata_status != "new" or record.workspace_id is None:
+            return
+        if record.total_minor is None:
+            return
+        try:
+            # In full: Kantata records the invoice's balance, whatever amount is named.
+            self.kantata.record_external_payment(record.kantata_id, record.workspace_id)
+        except AuthError:
+            raise
+        except PermanentApiError as exc:
+            # Kantata refuses a second payment: the invoice is no longer pending.
+            log.info("Kantata did not take the external payment", error=str(exc))
+        except TransientApiError as exc:
+            log.warning(
+                "recording the payment in Kantata failed; retried next cycle", error=str(exc)
+            )
+            record.target_state = "unpaid-pending-payment-record"
+            self.store.save_invoice(record, run_id=run_id)
+            return
+        record.payment_recorded_at = self.clock()
+        record.kantata_status = "accepted payment"
+        self.store.save_invoice(
+            record, run_id=run_id, event="payment-recorded", detail="external payment in Kantata"
+        )

@@ -1,0 +1,103 @@
+"""An upgrade writes nothing: a state file written by the release before the store's columns
+became neutral (`tests/fixtures/state/v0.db`, see `tests/state_v0.py`) is migrated on open, and
+the next `sync` against the same sandbox books pushes nothing to Noko, writes nothing to Kantata,
+and finds every fingerprint still matching."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.state.store import Store
+from sandbox import Sandbox
+from tests.e2e import run_cli, status_json
+from tests.state_v0 import books, build, env
+
+FIXTURES = Path(__file__).parent / "fixtures" / "state"
+
+# Old column -> the record's field today.
+_KEPT = {
+    "status": "status",
+    "stage": "stage",
+    "reference": "reference",
+    "fingerprint": "fingerprint",
+    "source_fingerprint": "source_fingerprint",
+    "noko_invoice_id": "target_id",
+    "noko_url": "target_link",
+    "noko_state": "target_state",
+    "noko_lines": "target_lines",
+    "total_minor": "total_minor",
+    "writeback_hash": "writeback_hash",
+    "error_kind": "error_kind",
+    "attempts": "attempts",
+}
+
+
+@pytest.fixture
+def box() -> Iterator[Sandbox]:
+    with Sandbox() as sandbox:
+        yield sandbox
+
+
+def _old_rows(path: Path) -> dict[str, dict[str, Any]]:
+    with sqlite3.connect(path) as db:
+        db.row_factory = sqlite3.Row
+        rows = db.execute("SELECT * FROM invoices").fetchall()
+    return {row["kantata_id"]: {k: row[k] for k in _KEPT} for row in rows}
+
+
+def _writes(service: Any) -> dict[str, int]:
+    requests: dict[str, int] = service.stats.snapshot()["requests"]
+    return {k: v for k, v in requests.items() if not k.startswith("GET ")}
+
+
+def test_a_state_file_of_the_release_before_upgrades_without_a_write(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    build(box, replay)
+    recorded = json.loads((FIXTURES / "v0.books.json").read_text())
+    assert json.loads(json.dumps(books(box))) == recorded
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copyfile(FIXTURES / "v0.db", work / "state.db")
+    before = _old_rows(work / "state.db")
+    assert {row["status"] for row in before.values()} == {
+        "synced",
+        "failed",
+        "skipped",
+        "conflict",
+    }
+    box.noko.stats.reset()
+    box.kantata.stats.reset()
+
+    done = run_cli(["sync"], env(box, work), work)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr  # the conflict and the failure stay
+    assert _writes(box.noko) == {}
+    assert _writes(box.kantata) == {}
+    # The quiet cycle: one Kantata page, one Noko poll.
+    assert sum(box.noko.stats.snapshot()["requests"].values()) == 1
+    assert sum(box.kantata.stats.snapshot()["requests"].values()) == 1
+
+    store = Store(f"sqlite:///{work / 'state.db'}", create=False)
+    try:
+        for kantata_id, old in before.items():
+            record = store.get_invoice(kantata_id)
+            assert record is not None
+            now = {column: getattr(record, field) for column, field in _KEPT.items()}
+            assert now == old, kantata_id
+    finally:
+        store.close()
+    counts = status_json(env(box, work), work)["counts"]
+    assert counts["synced"] == 5
+    assert counts["conflict"] == 1
+    assert counts["skipped"] == 3
