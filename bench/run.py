@@ -279,6 +279,7 @@ def http_run(
         kantata_burst=limits.burst,
     )
     workload = populate(box.kantata, box.noko, n, seed=seed)
+    projects_before = len(box.noko.state()["projects"])
     settings: dict[str, Any] = {
         "noko_max_requests_per_second": limits.noko or UNLIMITED,
         "kantata_max_requests_per_second": limits.kantata or UNLIMITED,
@@ -300,6 +301,13 @@ def http_run(
         out = _child(job, tmp / f"{name}.log", timeout)
         books = check_books(box)
         needed, projects = _noko_needed(box.noko)
+        # A project the connector had to create (the invoices' own projects exist already; a
+        # line that does not name its project goes on a combined one) costs its create, and a
+        # new state file is matched against Noko before anything is created: one listing of
+        # the connector's invoices per 1,000.
+        created = len(box.noko.state()["projects"]) - projects_before
+        if mode == "connector":
+            needed += created + math.ceil(workload.eligible / 1000)
         k_stats = box.kantata.stats.snapshot()
         n_stats = box.noko.stats.snapshot()
     run = Run(label, workload, out["cycles"], workers=out.get("workers"))
@@ -817,7 +825,9 @@ def _notes(http_runs: list[Run], started: float) -> str:
         "  N: invoices pushed (quiet rows: invoices in the state). Requests are the connector's",
         "  own counts, retries and 429s included. bound s: (Noko requests truly needed / Noko",
         "  rate) or the same for Kantata, whichever is longer; 'needed' = one per Noko expense",
-        "  and invoice that exist afterwards + one lookup per project they use. of bound: bound /",
+        "  and invoice that exist afterwards + one lookup per project they use + one create per",
+        "  project that did not exist + one listing per 1,000 invoices to match a new state",
+        "  file before creating. of bound: bound /",
         "  wall. CPU ms/inv: CPU time (user + system, all threads) of the connector's process",
         "  during the cycle / N; the sandbox runs in another process. In-process rows take off",
         "  the hand-off to the fakes (hand-off ms/inv: the CPU its callers spent in it, by",

@@ -216,3 +216,41 @@ def test_several_saves_of_one_invoice_in_a_batch_leave_the_last_and_every_event(
     assert on_disk is not None and (on_disk.status, on_disk.stage) == ("synced", "")
     assert reader.get_invoice("2") is not None
     assert [e.event for e in reader.events("1")] == ["skipped", "pushed", "synced"]
+
+
+def test_a_read_waits_for_a_commit_another_thread_has_under_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write taken from the queue by another thread's commit, not yet committed: a read in
+    this thread still sees it (it waits for that commit), never the row as it was before."""
+    store, _ = _store(tmp_path)
+    record = store.new_invoice("1")
+    store.save_invoice(record)  # durable: on disk as pending
+    raw = store._writer_connection()
+    inside = threading.Event()
+    release = threading.Event()
+
+    class SlowCommit:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(raw, name)
+
+        def commit(self) -> None:
+            inside.set()  # the batch is out of the queue, not yet on disk
+            release.wait(5)
+            raw.commit()
+
+    monkeypatch.setattr(store, "_writer_connection", lambda: SlowCommit())
+    record.status = "synced"
+    store.save_invoice(record, durable=False)
+    committer = threading.Thread(target=store.flush)
+    committer.start()
+    assert inside.wait(5)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.append(store.get_invoice("1").status))  # type: ignore[union-attr]
+    reader.start()
+    reader.join(0.2)
+    assert seen == []  # the read waits for the commit under way
+    release.set()
+    committer.join(5)
+    reader.join(5)
+    assert seen == ["synced"]

@@ -291,8 +291,7 @@ class Store:
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[Session]:
-        if self._pending:
-            self.flush()  # reads see every write made before them
+        self._settle()
         with Session(self.engine, expire_on_commit=False) as session:
             yield session
 
@@ -330,8 +329,7 @@ class Store:
         return list(self._iter_records(statement))
 
     def _iter_records(self, statement: Any) -> Iterator[InvoiceRecord]:
-        if self._pending:
-            self.flush()  # reads see every write made before them
+        self._settle()
         with self.engine.connect() as connection:
             for row in connection.execute(statement):
                 yield InvoiceRecord(**row._asdict())
@@ -393,6 +391,12 @@ class Store:
         if durable or not lazy_ok:
             self._commit_until(ticket)
         return record
+
+    def _settle(self) -> None:
+        """Reads see every write made before them: queued ones, and ones another thread has
+        taken from the queue but not committed yet (its commit is waited for)."""
+        if self._committed < self._queued:
+            self.flush()
 
     def flush(self) -> None:
         """Commit every write made so far."""
