@@ -1107,3 +1107,18 @@ def test_a_gzip_encoded_body_is_decoded(clock: FakeClock) -> None:
     )
     api = recorded_transport(clock, recorder)
     assert api.request_json("GET", "/invoices/7") == {"id": 7, "total": Decimal("3.10")}
+
+
+def test_cookies_set_by_the_api_are_never_sent_back(clock: FakeClock) -> None:
+    """An API client keeps no session: a `Set-Cookie` in one answer is not sent with the next
+    request (it would be state outside the state file, and a way to track the connector)."""
+    recorder = Recorder(
+        lambda request: httpx.Response(
+            200, json={"ok": True}, headers={"Set-Cookie": "session=abc123; Path=/"}
+        )
+    )
+    transport = recorded_transport(clock, recorder)
+    transport.request_json("GET", "/first")
+    transport.request_json("GET", "/second")
+    assert len(recorder.requests) == 2
+    assert "cookie" not in recorder.requests[1].headers

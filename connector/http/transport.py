@@ -79,6 +79,28 @@ def _query_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+class _NoCookies(httpx.Cookies):
+    """An API client keeps no session: a `Set-Cookie` is neither stored nor sent back, and the
+    standard library's cookie parsing is not paid on every answer."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _Client(httpx.Client):
+    """`httpx.Client` without a cookie jar (see `_NoCookies`)."""
+
+    _no_cookies = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        return None
+
+
 class ApiTransport:
     """One API's HTTP client: base URL, headers, pacing, retries and error translation.
 
@@ -127,7 +149,7 @@ class ApiTransport:
         self._base_text = str(self.base_url)
         if transport is None:
             transport = httpx.HTTPTransport(proxy=_environment_proxy(self.base_url))
-        self._client = httpx.Client(
+        self._client = _Client(
             base_url=self.base_url,
             headers=dict(headers),
             timeout=timeout,
@@ -144,6 +166,9 @@ class ApiTransport:
             trust_env=False,  # the proxy, if any, is the inner transport's: every hop paced
         )
         self._timeouts = self._client.timeout.as_dict()
+        # The client's headers, merged once: each request is built from these directly.
+        self._headers = httpx.Headers(self._client.headers)
+        self._json_headers = httpx.Headers({**self._headers, "Content-Type": "application/json"})
 
     def __repr__(self) -> str:
         return f"ApiTransport(service={self.service!r}, base_url={str(self.base_url)!r})"
@@ -299,11 +324,11 @@ class ApiTransport:
         template = self._template(method, target)
         content = encode_json(body) if body is not None else None
         query = {k: v for k, v in params.items() if v is not None} if params else None
-        request = self._client.build_request(
+        request = httpx.Request(
             method,
             self._url(target, query),
             content=content,
-            headers={"Content-Type": "application/json"} if content is not None else None,
+            headers=self._json_headers if content is not None else self._headers,
         )
         started = self._clock()
         give_up_at = started + self.retry.max_total
