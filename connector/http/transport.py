@@ -168,7 +168,8 @@ class ApiTransport:
         self._timeouts = self._client.timeout.as_dict()
         # The client's headers, merged once: each request is built from these directly.
         self._headers = httpx.Headers(self._client.headers)
-        self._json_headers = httpx.Headers({**self._headers, "Content-Type": "application/json"})
+        self._json_headers = httpx.Headers(self._client.headers)
+        self._json_headers["Content-Type"] = "application/json"
 
     def __repr__(self) -> str:
         return f"ApiTransport(service={self.service!r}, base_url={str(self.base_url)!r})"
