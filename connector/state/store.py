@@ -83,8 +83,9 @@ def state_file_problem(exc: BaseException, path: Path | None) -> str:
     lowered = reason.lower()
     if "not a database" in lowered or "malformed" in lowered:
         return (
-            f"state file {where} is not a readable kantata-sync database ({reason}): restore "
-            "it from a backup, or move it aside"
+            f"state file {where} is not a readable kantata-sync database ({reason}): move it "
+            "aside (the next sync rebuilds the records from Kantata and Noko, creating nothing "
+            "twice) or restore a backup"
         )
     if "full" in lowered or "no space" in lowered:
         return (
