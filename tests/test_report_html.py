@@ -368,3 +368,18 @@ def test_running_cycle_is_listed_but_not_drawn() -> None:
     healthy, reasons = verdict(report)
     assert not healthy
     assert reasons == ["the last cycle (2024-05-01 09:05:00 UTC) aborted: Kantata unreachable"]
+
+
+def test_each_month_is_named_once_at_each_width() -> None:
+    """The desktop chart names a month at its first column and on each 1st; the first day a
+    phone shows is named too, but only on a phone (on a desktop it would repeat a month)."""
+    import re
+
+    page = render_html(daily_report([("2024-04-29", 3, 0, 0)]))  # 2024-04-02 .. 2024-04-29
+    check(page)
+    shown_always = re.findall(r'<span class="month">(\w+)</span>', page)
+    phone_only = re.findall(r'<span class="month phone-first">(\w+)</span>', page)
+    assert shown_always[0] == "Apr"  # the first column names its month
+    assert len(shown_always) == len(set(shown_always))  # no month named twice on a desktop
+    assert phone_only == ["Apr"]  # the phone's first day, named there only
+    assert ".chart .month.phone-first { display: none; }" in page

@@ -96,11 +96,12 @@ def render_chart(report: Mapping[str, Any]) -> str:
         label = f"{d.day:%Y-%m-%d}: {d.synced} synced, {d.failed} failed"
         if d.open_failures is not None:
             label += f", {d.open_failures} open at the day's end"
-        month = (
-            f'<span class="month">{d.day:%b}</span>'
-            if d.day.day == 1 or index in (0, DAYS - PHONE_DAYS)
-            else ""
-        )
+        if d.day.day == 1 or index == 0:
+            month = f'<span class="month">{d.day:%b}</span>'
+        elif index == DAYS - PHONE_DAYS:  # the first day a phone shows: named there only
+            month = f'<span class="month phone-first">{d.day:%b}</span>'
+        else:
+            month = ""
         open_cell = (
             ""
             if d.open_failures is None

@@ -63,6 +63,7 @@ figure { margin: 0; }
 .chart .date { font-size: 12px; text-align: center; color: var(--muted); line-height: 15px;
   padding-top: 2px; font-variant-numeric: tabular-nums; }
 .chart .month { display: block; font-weight: 600; color: var(--ink); }
+.chart .month.phone-first { display: none; }
 .days-phone { display: none; }
 figcaption { font-size: 13px; color: var(--muted); margin-top: 4px; }
 .scroll { overflow-x: auto; }
@@ -89,6 +90,7 @@ td.action { min-width: 300px; }
   .facts dl { gap: 8px 24px; }
   .chart { padding: 8px 6px 4px; }
   .chart .day.old { display: none; }
+  .chart .month.phone-first { display: block; }
   .chart .bar { height: var(--h-recent); }
   .chart .figures, .chart .backlog, .chart .date { font-size: 11px; }
   .chart .legend { font-size: 13px; }
