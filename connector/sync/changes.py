@@ -12,11 +12,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from connector.errors import ApiError, AuthError, PermanentApiError, TransientApiError
-from connector.kantata.client import format_timestamp
 from connector.state.store import InvoiceRecord
 from connector.sync.values import fmt_total as _fmt_total
 from connector.sync.values import int_or_none as _int
-from connector.sync.values import invoice_link as _invoice_link
 from connector.sync.values import parse_moment as _parse_moment
 from connector.sync.writeback import Writeback
 from connector.targets.noko.push import ENTRY_KEY
@@ -28,8 +26,7 @@ from mappings.to_ledger import to_ledger
 
 if TYPE_CHECKING:
     from connector.sync.outcome import CycleResult, Outcome
-    from connector.targets.noko.client import NokoClient
-    from connector.targets.noko.index import NokoIndex
+    from connector.targets.base import Target, TargetIndex
     from mappings.kantata import DecodedInvoice
 
 
@@ -40,10 +37,10 @@ NOKO_CURSOR = "noko"
 class Changes(Writeback):
     """The engine's reading of the target's changes (a part of `SyncEngine`)."""
 
-    noko: NokoClient
+    target: Target
     stop: threading.Event
     log: Any
-    _index: NokoIndex
+    _index: TargetIndex
     on_invoice: Callable[[str, str, str | None, DecodedInvoice | None], None] | None
 
     if TYPE_CHECKING:
@@ -84,14 +81,12 @@ class Changes(Writeback):
         states flow back to Kantata, hand edits become conflicts."""
         cursor = self.store.get_cursor(NOKO_CURSOR)
         started = self.clock()
-        params: dict[str, Any] = {}
-        if cursor is not None:
-            params["updated_from"] = format_timestamp(cursor - self.settings.lookback)
+        since = None if cursor is None else cursor - self.settings.lookback
         newest: datetime | None = None
         noko_time: list[datetime | None] = []
         batch: list[dict[str, Any]] = []
         unknown: list[str] = []
-        for invoice in self.noko.list_invoices(params, on_server_time=noko_time.append):
+        for invoice in self.target.changes_since(since, on_server_time=noko_time.append):
             moment = _parse_moment(invoice.get("updated_at"))
             if moment is not None and (newest is None or moment > newest):
                 newest = moment
@@ -198,7 +193,7 @@ class Changes(Writeback):
         state = str(invoice.get("state") or "")
         # A link Noko's create answer left out (or an API address an earlier release stored)
         # is taken from the listing: written with the next reference, at once if none is due.
-        link = _invoice_link(invoice)
+        link = self.target.link(invoice)
         relinked = link is not None and link != record.target_link
         if link is not None and relinked:
             record.target_link = link
