@@ -80,14 +80,9 @@ def test_engine_reads_changes_and_lists_through_the_target(box: Sandbox, tmp_pat
         real = c.engine.target
 
         class Spy:
-            name = real.name
-
             def find(self, prefix: str) -> Iterator[dict[str, Any]]:
                 calls.append(("find", prefix))
                 return real.find(prefix)
-
-            def get(self, target_id: int) -> dict[str, Any] | None:
-                return real.get(target_id)
 
             def changes_since(
                 self,
@@ -98,11 +93,8 @@ def test_engine_reads_changes_and_lists_through_the_target(box: Sandbox, tmp_pat
                 calls.append(("changes", since))
                 return real.changes_since(since, on_server_time=on_server_time)
 
-            def new_index(self, *, wanted: bool) -> Any:
-                return real.new_index(wanted=wanted)
-
-            def link(self, invoice: Mapping[str, Any]) -> str | None:
-                return real.link(invoice)
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
 
         c.engine.target = Spy()
         assert c.engine.run_cycle().exit_code == 0
@@ -114,3 +106,18 @@ def test_engine_reads_changes_and_lists_through_the_target(box: Sandbox, tmp_pat
         ((kind, since),) = calls
         assert kind == "changes"
         assert isinstance(since, datetime)
+
+
+def test_noko_target_owner_marker_and_line_drift() -> None:
+    target, _ = _target()
+    ours = {"reference": "KS-5", "footer": "Thanks\n[KS-5/invoice]"}
+    assert target.carries_marker(ours, "KS-5")
+    assert not target.carries_marker({"reference": "KS-5", "footer": "Thanks"}, "KS-5")
+    assert not target.carries_marker(ours, "KS-6")
+    pushed = ["KS-5/1", "KS-5/2", "entry:KS-5/3"]
+    assert target.line_drift({"expenses": 2, "entries": 1}, pushed) == []
+    assert target.line_drift({}, pushed) == []  # an answer without counts shows no drift
+    assert target.line_drift({"expenses": 3, "entries": 0}, pushed) == [
+        "3 expenses, pushed 2",
+        "0 time entries, pushed 1",
+    ]

@@ -17,11 +17,9 @@ from connector.sync.values import fmt_total as _fmt_total
 from connector.sync.values import int_or_none as _int
 from connector.sync.values import parse_moment as _parse_moment
 from connector.sync.writeback import Writeback
-from connector.targets.noko.push import ENTRY_KEY
 from mappings.errors import MappingError
 from mappings.kantata import KantataInvoice, decode_invoices
 from mappings.money import to_minor
-from mappings.targets.noko import check_totals, is_ours, plan_invoice
 from mappings.to_ledger import to_ledger
 
 if TYPE_CHECKING:
@@ -125,7 +123,9 @@ class Changes(Writeback):
             record = records.get(noko_id) if noko_id is not None else None
             if record is None and noko_id is not None:
                 kantata_id = self._kantata_id_of(str(invoice.get("reference") or ""))
-                if kantata_id is not None and is_ours(invoice, str(invoice.get("reference"))):
+                if kantata_id is not None and self.target.carries_marker(
+                    invoice, str(invoice.get("reference"))
+                ):
                     unknown.append(kantata_id)
                 continue
             if record is None or record.stage or record.status != "synced":
@@ -235,13 +235,8 @@ class Changes(Writeback):
             doc = to_ledger(inv, self.profile)
         except MappingError:
             return False
-        plan = plan_invoice(doc)
-        if check_totals(plan, invoice):
+        if not self.target.as_asked(doc, invoice):
             return False
-        for key, wanted in (("expenses", len(plan.expenses)), ("entries", len(plan.entries))):
-            got = _int(invoice.get(key))
-            if got is not None and got != wanted:
-                return False
         record.total_minor = doc.total_minor
         record.balance_in_cents = doc.balance_in_cents
         record.fingerprint = doc.fingerprint()
@@ -271,14 +266,8 @@ class Changes(Writeback):
                 shown = f"{got!r}" if minor is None else _fmt_total(minor, record)
                 problems.append(f"total {shown}, pushed {_fmt_total(record.total_minor, record)}")
         if record.target_lines is not None:
-            keys = list(json.loads(record.target_lines))
-            for label, wanted, count in (
-                ("expenses", sum(1 for k in keys if not k.startswith(ENTRY_KEY)), "expenses"),
-                ("time entries", sum(1 for k in keys if k.startswith(ENTRY_KEY)), "entries"),
-            ):
-                got_count = _int(invoice.get(count))
-                if got_count is not None and got_count != wanted:
-                    problems.append(f"{got_count} {label}, pushed {wanted}")
+            keys = [str(key) for key in json.loads(record.target_lines)]
+            problems += self.target.line_drift(invoice, keys)
         if not problems:
             return None
         return (

@@ -6,17 +6,20 @@ invoices through it. An invoice as the target answers is a plain mapping of its 
 
 What goes through this interface today: listing the connector's own invoices by the
 natural key's prefix (the bulk match of a new or restored state file, `reconcile`), reading one
-invoice, reading the changes since a moment, the per-cycle index of own invoices, and the link
-for people. Creating, updating and cancelling still go through the target's own pusher (the
-engine is handed it beside the target) and its own error types.
+invoice, reading the changes since a moment, the per-cycle index of own invoices, the link
+for people, and comparing an invoice read with a ledger document or with the lines pushed.
+Creating, updating and cancelling still go through the target's own pusher (the engine is
+handed it beside the target) and its own error types.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
+
+from mappings.ledger import LedgerDocument
 
 TargetInvoice = Mapping[str, Any]
 """An invoice as the target answers it: its fields by name."""
@@ -72,4 +75,18 @@ class Target(Protocol):
 
     def link(self, invoice: TargetInvoice) -> str | None:
         """The page a person can open for the invoice, or None when the answer has none."""
+        ...
+
+    def carries_marker(self, invoice: TargetInvoice, reference: str) -> bool:
+        """Whether the invoice carries `reference` and the connector's owner marker for it
+        (no request: what the answer itself shows)."""
+        ...
+
+    def as_asked(self, doc: LedgerDocument, invoice: TargetInvoice) -> bool:
+        """Whether the invoice's totals and line counts are what `doc` asks for."""
+        ...
+
+    def line_drift(self, invoice: TargetInvoice, pushed: Sequence[str]) -> list[str]:
+        """How the invoice's line counts differ from the lines pushed (their keys, as the
+        store keeps them); empty when they do not, or the answer does not show them."""
         ...

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from connector.targets.base import TargetIndex, TargetInvoice
 from connector.targets.noko.client import NokoClient
 from connector.targets.noko.index import NokoIndex
-from connector.targets.noko.push import NokoPusher
+from connector.targets.noko.push import ENTRY_KEY, NokoPusher
+from mappings.ledger import LedgerDocument
+from mappings.targets.noko import check_totals, is_ours, plan_invoice
 
 
 class NokoTarget:
@@ -50,4 +52,35 @@ class NokoTarget:
         url = invoice.get("share_url")
         if isinstance(url, str) and url.startswith(("http://", "https://")):
             return url
+        return None
+
+    def carries_marker(self, invoice: TargetInvoice, reference: str) -> bool:
+        return is_ours(invoice, reference)
+
+    def as_asked(self, doc: LedgerDocument, invoice: TargetInvoice) -> bool:
+        plan = plan_invoice(doc)
+        if check_totals(plan, invoice):
+            return False
+        for key, wanted in (("expenses", len(plan.expenses)), ("entries", len(plan.entries))):
+            got = _int(invoice.get(key))
+            if got is not None and got != wanted:
+                return False
+        return True
+
+    def line_drift(self, invoice: TargetInvoice, pushed: Sequence[str]) -> list[str]:
+        problems = []
+        for label, wanted, count in (
+            ("expenses", sum(1 for k in pushed if not k.startswith(ENTRY_KEY)), "expenses"),
+            ("time entries", sum(1 for k in pushed if k.startswith(ENTRY_KEY)), "entries"),
+        ):
+            got = _int(invoice.get(count))
+            if got is not None and got != wanted:
+                problems.append(f"{got} {label}, pushed {wanted}")
+        return problems
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
         return None
