@@ -16,6 +16,7 @@ from connector.kantata.client import KantataClient
 from connector.state.store import Store
 from connector.sync.engine import EngineSettings, SyncEngine
 from connector.targets.noko.client import NokoClient
+from connector.targets.noko.target import NokoTarget
 
 USER_AGENT = f"kantata-sync/{__version__} (+https://github.com/kantata-sync/kantata-sync)"
 
@@ -76,9 +77,12 @@ def open_connector(
         stop=stop,
         max_body=settings.kantata_sync_http_max_body_bytes,
     )
+    # The accounting system the sync writes to: the engine reaches it through `Target`.
+    target = NokoTarget(noko)
     engine = SyncEngine(
         kantata=kantata,
-        noko=noko,
+        target=target,
+        pusher=target.pusher,
         store=store,
         profile=profile,
         settings=EngineSettings(

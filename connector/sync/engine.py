@@ -49,11 +49,9 @@ from connector.sync.values import describe as _describe
 from connector.sync.values import done as _done
 from connector.sync.values import fmt_total as _fmt_total
 from connector.sync.values import int_or_none as _int
-from connector.sync.values import invoice_link as _invoice_link
 from connector.sync.values import minor as _minor
 from connector.sync.writeback import SERVICE_MODEL
-from connector.targets.noko.client import NokoClient
-from connector.targets.noko.index import NokoIndex
+from connector.targets.base import Target
 from connector.targets.noko.push import (
     DuplicateInNokoError,
     NokoGoneError,
@@ -91,7 +89,8 @@ class SyncEngine(Changes):
         self,
         *,
         kantata: KantataClient,
-        noko: NokoClient,
+        target: Target,
+        pusher: NokoPusher,
         store: Store,
         profile: Profile,
         settings: EngineSettings,
@@ -99,13 +98,13 @@ class SyncEngine(Changes):
         stop: threading.Event | None = None,
     ) -> None:
         self.kantata = kantata
-        self.noko = noko
+        self.target = target
         self.store = store
         self.profile = profile
         self.settings = settings
         self.clock = clock
         self.stop = stop or threading.Event()
-        self.pusher = NokoPusher(noko)
+        self.pusher = pusher
         self.log = structlog.get_logger("kantata_sync.engine")
         # One invoice is worked on by one thread at a time. A fixed set of locks, picked by the
         # id's hash, serves every id: nothing is kept per invoice, and no code path holds two.
@@ -116,7 +115,7 @@ class SyncEngine(Changes):
         self.on_invoice: Callable[[str, str, str | None, DecodedInvoice | None], None] | None = None
         """Called once per invoice handled (`sync --json`): its Kantata id, the outcome, the
         detail, and the Kantata invoice read (None for what Noko's changes brought)."""
-        self._index = NokoIndex(wanted=False)
+        self._index = target.new_index(wanted=False)
         # A refused token (401/403) ends the cycle: set by the first worker that meets one;
         # the scan and the workers take no new invoice after it.
         self._auth_stop = threading.Event()
@@ -176,7 +175,7 @@ class SyncEngine(Changes):
         )
         scan = Scan()
         # A new state file knows nothing of what Noko holds: look before creating anything.
-        self._index = NokoIndex(
+        self._index = self.target.new_index(
             wanted=cursor is None and self.store.get_cursor(NOKO_CURSOR) is None
         )
         self._auth_stop.clear()
@@ -652,9 +651,7 @@ class SyncEngine(Changes):
         with index.lock:
             if not index.loaded:
                 prefix = self.profile.noko.reference.split("{", 1)[0]
-                count = index.load(
-                    self.noko.list_invoices({"reference": prefix} if prefix else {}), prefix
-                )
+                count = index.load(self.target.find(prefix), prefix)
                 self.log.info(
                     "listed the connector's Noko invoices to match a new or old state file",
                     invoices=count,
@@ -703,7 +700,7 @@ class SyncEngine(Changes):
         record = record or self.store.new_invoice(inv.id)
         known_total = record.total_minor
         record.target_id = noko_id
-        record.target_link = _invoice_link(invoice)
+        record.target_link = self.target.link(invoice)
         record.target_state = str(invoice.get("state") or "") or None
         record.target_lines = None  # the lines as pushed are not known: totals are compared
         record.reference = doc.reference
@@ -931,7 +928,7 @@ class SyncEngine(Changes):
             )
         log = log.bind(noko_invoice_id=noko_id)
         record.target_id = noko_id
-        record.target_link = _invoice_link(noko_invoice)
+        record.target_link = self.target.link(noko_invoice)
         record.target_state = str(noko_invoice.get("state") or "") or None
         # The lines as pushed, for the hand-edit check; unknown for an adopted invoice.
         record.target_lines = (
@@ -978,7 +975,7 @@ class SyncEngine(Changes):
             # An answer without the total proves nothing wrong: read the invoice once (only
             # then) before deleting what was just created.
             try:
-                fresh = self.pusher.noko.get_invoice(created)
+                fresh = self.target.get(created)
             except ApiError:
                 fresh = None
             if fresh is not None:
@@ -1116,7 +1113,7 @@ class SyncEngine(Changes):
             self._write_failure(inv.id, record, f"Noko refused the update: {exc}", run_id, log)
             return outcome
         record.target_state = str(updated.invoice.get("state") or "") or record.target_state
-        record.target_link = _invoice_link(updated.invoice) or record.target_link
+        record.target_link = self.target.link(updated.invoice) or record.target_link
         record.target_lines = json.dumps(updated.line_ids, sort_keys=True)
         mismatch = self._verify(plan, updated.invoice, record, "after the update ", run_id, log)
         if mismatch is not None:
@@ -1293,7 +1290,7 @@ class SyncEngine(Changes):
             raise ConnectorError(f"Kantata has no invoice {kantata_id}")
         if isinstance(found, UndecodableInvoice):
             raise ConnectorError(f"cannot resolve: {found.error}")
-        noko = self.noko.get_invoice(record.target_id) if record.target_id is not None else None
+        noko = self.target.get(record.target_id) if record.target_id is not None else None
         if found.draft or found.is_cancelled:
             record.status = "skipped"
             record.skip_reason = (

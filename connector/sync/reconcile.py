@@ -138,8 +138,7 @@ def reconcile(
 
     prefix = _reference_prefix(profile.noko.reference)
     by_reference: dict[str, list[dict[str, Any]]] = {}
-    params = {"reference": prefix} if prefix else {}
-    for listed in engine.noko.list_invoices(params):
+    for listed in engine.target.find(prefix):
         reference = str(listed.get("reference") or "")
         if prefix and not reference.startswith(prefix):
             continue
@@ -174,7 +173,7 @@ def reconcile(
             and record.target_id is not None
             and record.target_state != "deleted"
         ):
-            still = engine.noko.get_invoice(record.target_id)
+            still = engine.target.get(record.target_id)
             if still is None:
                 gone = _mark_gone(engine, record)
                 result.differences.append(Difference("missing_in_noko", kid, None, gone))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,16 +24,6 @@ def int_or_none(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-def invoice_link(invoice: Mapping[str, Any]) -> str | None:
-    """The page a person can open: the invoice's `share_url`. Never its API `url`, which
-    answers only with a token. None when Noko's answer carries no `share_url`: the reference
-    then has no link (it still names the Noko invoice) until an answer that carries one."""
-    url = invoice.get("share_url")
-    if isinstance(url, str) and url.startswith(("http://", "https://")):
-        return url
-    return None
 
 
 def minor(value: Any, exponent: int) -> int | None:
