@@ -1,4 +1,4 @@
-"""The sandbox history behind `tests/fixtures/state/v0.db`, a state file written by the release
+"""The sandbox history behind `tests/fixtures/state/v0.sql`, a state file written by the release
 before the store's columns became neutral (`noko_*` -> `target_*`).
 
 `build(box, tmp_path)` replays it: both fakes' clocks frozen at `FROZEN`, `generate(seed=SEED)`,
@@ -7,12 +7,12 @@ Noko and cancelled in Kantata (a conflict), and a second `sync`; one worker, so 
 come out the same every time, and Noko's people's links on a fixed host, whatever the port.
 Drafts and cancelled invoices are skipped.
 
-Made with `python -m tests.state_v0 tests/fixtures/state/v0.db` at commit e02f21a.
+Made with `python -m tests.state_v0 tests/fixtures/state/v0.sql` at commit e02f21a.
 """
 
 from __future__ import annotations
 
-import shutil
+import sqlite3
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -77,7 +77,10 @@ def books(box: Sandbox) -> dict[str, Any]:
 def main(out: str) -> None:
     with tempfile.TemporaryDirectory() as tmp, Sandbox() as box:
         build(box, Path(tmp))
-        shutil.copyfile(Path(tmp) / "state.db", out)
+        # Kept as SQL text, not as a database file: `sqlite3 state.db .dump`.
+        with sqlite3.connect(Path(tmp) / "state.db") as made:
+            Path(out).write_text("\n".join(made.iterdump()) + "\n")
+        made.close()
         print(books(box))
 
 

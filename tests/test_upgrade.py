@@ -1,12 +1,11 @@
 """An upgrade writes nothing: a state file written by the release before the store's columns
-became neutral (`tests/fixtures/state/v0.db`, see `tests/state_v0.py`) is migrated on open, and
+became neutral (`tests/fixtures/state/v0.sql`, see `tests/state_v0.py`) is migrated on open, and
 the next `sync` against the same sandbox books pushes nothing to Noko, writes nothing to Kantata,
 and finds every fingerprint still matching."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,7 +67,10 @@ def test_a_state_file_of_the_release_before_upgrades_without_a_write(
 
     work = tmp_path / "work"
     work.mkdir()
-    shutil.copyfile(FIXTURES / "v0.db", work / "state.db")
+    # The old file is kept as its SQL text (`sqlite3 v0.db .dump`), made into a file here.
+    with sqlite3.connect(work / "state.db") as old:
+        old.executescript((FIXTURES / "v0.sql").read_text())
+    old.close()
     before = _old_rows(work / "state.db")
     assert {row["status"] for row in before.values()} == {
         "synced",
