@@ -9,12 +9,13 @@
         ├── TransientApiError        429, 5xx, timeouts, dropped connections: try again later
         │   └── AmbiguousWriteError  a create whose outcome is unknown (sent, no answer):
         │                            look the object up by its natural key before retrying
-        └── PermanentApiError        other 4xx, undecodable bodies: retrying will not help
-            ├── NotFoundError        404
-            └── AuthError            401/403: the token is refused; the cycle stops, the
+        ├── PermanentApiError        other 4xx, undecodable bodies: retrying will not help
+        │   └── NotFoundError        404
+        └── AuthError                401/403: the token is refused; the cycle stops, the
                                      invoices stay as they were (no failure is recorded)
 
-The engine catches `TransientApiError` or `PermanentApiError` with one isinstance; retries of
+The engine catches `TransientApiError` or `PermanentApiError` with one isinstance; an
+`AuthError` is neither, so it passes every handler of one invoice and stops the cycle. Retries of
 single requests live only in `connector.http`. Messages never carry tokens.
 """
 
@@ -96,7 +97,7 @@ _TOKEN_FIX = {
 }
 
 
-class AuthError(PermanentApiError):
+class AuthError(ApiError):
     """The API refused the credentials (HTTP 401 or 403): nothing will work until an operator
     replaces the token, so no invoice is to blame."""
 

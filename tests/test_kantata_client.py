@@ -539,7 +539,7 @@ def test_token_absent_from_repr_and_errors(router: respx.MockRouter, client: Kan
         401, json={"errors": [{"type": "oauth", "message": f"Invalid token {TOKEN}"}]}
     )
     assert TOKEN not in repr(client)
-    with pytest.raises(PermanentApiError) as info:
+    with pytest.raises(AuthError) as info:
         client.current_user()
     assert TOKEN not in str(info.value)
     assert TOKEN not in repr(info.value)

@@ -476,7 +476,7 @@ def test_token_absent_from_repr_and_errors(router: respx.MockRouter, client: Nok
     """Neither repr(client) nor an error shows the token, even if Noko echoes it."""
     router.get("/current_user").respond(403, json={"message": f"token {TOKEN} lacks access"})
     assert TOKEN not in repr(client)
-    with pytest.raises(PermanentApiError) as info:
+    with pytest.raises(AuthError) as info:
         client.current_user()
     assert TOKEN not in str(info.value)
     assert TOKEN not in repr(info.value)

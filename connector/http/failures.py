@@ -104,7 +104,7 @@ def api_error(
             **common,
         )
     if not failure.retryable:
-        kind: type[PermanentApiError] = PermanentApiError
+        kind: type[PermanentApiError] | type[AuthError] = PermanentApiError
         if failure.not_found:
             kind = NotFoundError
         elif failure.status in (401, 403):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from connector.errors import ApiError, AuthError, PermanentApiError, TransientApiError
+from connector.errors import ApiError, PermanentApiError, TransientApiError
 from connector.state.store import InvoiceRecord
 from connector.sync.values import fmt_total as _fmt_total
 from connector.sync.values import int_or_none as _int
@@ -288,8 +288,6 @@ class Changes(Writeback):
         try:
             # In full: Kantata records the invoice's balance, whatever amount is named.
             self.kantata.record_external_payment(record.kantata_id, record.workspace_id)
-        except AuthError:
-            raise
         except PermanentApiError as exc:
             # Kantata refuses a second payment: the invoice is no longer pending.
             log.info("Kantata did not take the external payment", error=str(exc))

@@ -910,8 +910,6 @@ class SyncEngine(Changes):
             if isinstance(exc, WriteInDoubtError):
                 self._note_in_doubt()
             return self._fail(record, "transient", str(exc), run_id, log, retry=True)
-        except AuthError:
-            raise
         except PermanentApiError as exc:
             outcome = self._fail(record, "permanent", str(exc), run_id, log, retry=False)
             self._write_failure(inv.id, record, f"Noko refused the invoice: {exc}", run_id, log)
@@ -1106,8 +1104,6 @@ class SyncEngine(Changes):
             if isinstance(exc, WriteInDoubtError):
                 self._note_in_doubt()
             return self._fail(record, "transient", str(exc), run_id, log, retry=True)
-        except AuthError:
-            raise
         except PermanentApiError as exc:
             outcome = self._fail(record, "permanent", str(exc), run_id, log, retry=False)
             self._write_failure(inv.id, record, f"Noko refused the update: {exc}", run_id, log)
@@ -1196,8 +1192,6 @@ class SyncEngine(Changes):
             )
         except TransientApiError as exc:
             return self._fail(record, "transient", str(exc), run_id, log, retry=True)
-        except AuthError:
-            raise
         except PermanentApiError as exc:
             return self._fail(record, "permanent", str(exc), run_id, log, retry=False)
         record.stage = ""
@@ -1248,8 +1242,6 @@ class SyncEngine(Changes):
                 if record is not None and _done(record):
                     self.pusher.delete_leftover(item)
                     deleted += 1
-        except AuthError:
-            raise
         except ApiError as exc:
             log.warning(
                 "could not look for late writes; the next cycle looks again", error=str(exc)

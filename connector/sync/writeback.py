@@ -178,8 +178,6 @@ class Writeback:
             return True
         try:
             self.kantata.write_external_reference(kantata_id, reference)
-        except AuthError:
-            raise
         except ApiError as exc:
             log.warning("could not write the reference to Kantata", error=str(exc))
             return False

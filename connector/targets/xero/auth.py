@@ -36,7 +36,7 @@ import httpx
 import structlog
 from pydantic import SecretStr
 
-from connector.errors import PermanentApiError, TransientApiError
+from connector.errors import AuthError, TransientApiError
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +51,7 @@ GRANULAR_SCOPES = (
 )
 
 
-class XeroAuthError(PermanentApiError):
+class XeroAuthError(AuthError):
     """Xero refused the credentials or the token (revoked, expired refresh token, wrong
     tenant): the cycle ends; the operator must fix the connection."""
 
