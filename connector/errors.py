@@ -11,12 +11,16 @@
         │                            look the object up by its natural key before retrying
         ├── PermanentApiError        other 4xx, undecodable bodies: retrying will not help
         │   └── NotFoundError        404
-        └── AuthError                401/403: the token is refused; the cycle stops, the
-                                     invoices stay as they were (no failure is recorded)
+        ├── AuthError                401/403: the token is refused; the cycle stops, the
+        │                            invoices stay as they were (no failure is recorded)
+        └── LimitReachedError        the target's budget of requests is spent until a given
+                                     moment (Xero's day limit): the cycle ends cleanly, no
+                                     invoice is failed for it, the next cycle tries again
 
 The engine catches `TransientApiError` or `PermanentApiError` with one isinstance; an
-`AuthError` is neither, so it passes every handler of one invoice and stops the cycle. Retries of
-single requests live only in `connector.http`. Messages never carry tokens.
+`AuthError` or `LimitReachedError` is neither, so it passes every handler of one invoice and
+stops the cycle. Retries of single requests live only in `connector.http`. Messages never
+carry tokens.
 """
 
 from __future__ import annotations
@@ -110,3 +114,13 @@ class AuthError(ApiError):
         what = "refused the token" if self.status == 401 else "denied access"
         name = {"kantata": "Kantata", "noko": "Noko"}.get(self.service.lower(), self.service)
         return f"{name} {what} (HTTP {self.status}): {self.fix}"
+
+
+class LimitReachedError(ApiError):
+    """The API's budget of requests is spent until `resume_at` (a day limit): not a failure of
+    any invoice. The cycle ends cleanly; the next cycle tries again with one call, whatever
+    moment was announced."""
+
+    def __init__(self, service: str, message: str, *, resume_at: object = None, **kwargs: object):
+        self.resume_at = resume_at
+        super().__init__(service, message, **kwargs)  # type: ignore[arg-type]

@@ -4,18 +4,24 @@ The engine is handed a `Target` (built in `connector/faces/app.py`); it reads th
 invoices through it. An invoice as the target answers is a plain mapping of its fields (`id`,
 `reference`, `state`, `total_amount`, ...): the engine reads scalar fields only.
 
-What goes through this interface today: listing the connector's own invoices by the
-natural key's prefix (the bulk match of a new or restored state file, `reconcile`), reading one
-invoice, reading the changes since a moment, the per-cycle index of own invoices, the link
-for people, and comparing an invoice read with a ledger document or with the lines pushed.
-Creating, updating and cancelling still go through the target's own pusher (the engine is
-handed it beside the target) and its own error types.
+Neutral fields of a target invoice (each target normalises its answers to these): `id`
+(str), `reference` (the natural key, e.g. `KS-123`), `state` (the target's own status word,
+shown to people as `external_status`), `total_amount` (decimal string, major units),
+`updated_at` (ISO 8601), `paid` (bool: paid in full). A target may add its own fields.
+
+Writes take batches (`batch_size` invoices per call: Noko 1, Xero 50); the engine hands each
+invoice to a `connector.sync.batch.Batcher`, which coalesces the invoices of concurrent
+workers into one call. Each item of a batch gets its own result: a `Written` / `Cancelled`,
+or the exception that item met (`TargetRefusedError`, `TargetGoneError`,
+`DuplicateInTargetError`, `TransientApiError`, `PermanentApiError`, `MappingError`). What
+concerns the whole call (`AuthError`, `LimitReachedError`) is raised instead.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -23,6 +29,101 @@ from mappings.ledger import LedgerDocument
 
 TargetInvoice = Mapping[str, Any]
 """An invoice as the target answers it: its fields by name."""
+
+
+class TargetRefusedError(Exception):
+    """The target will not let the invoice change (paid, part-paid, locked): a conflict for
+    people, never retried by itself."""
+
+    def __init__(
+        self, target_id: str, code: str, message: str, invoice: TargetInvoice | None = None
+    ) -> None:
+        self.target_id = target_id
+        self.code = code
+        """The target's word for why (`paid`, `in_progress`, `PAID`, ...)."""
+        self.invoice = invoice
+        """The invoice as read, when it was (to tell whether it is already as wanted)."""
+        super().__init__(message)
+
+
+class TargetGoneError(Exception):
+    """The invoice the connector pushed no longer exists in the target."""
+
+    def __init__(self, target_id: str, message: str = "") -> None:
+        self.target_id = target_id
+        super().__init__(message or f"invoice {target_id} no longer exists")
+
+
+class DuplicateInTargetError(Exception):
+    """The target holds more than one invoice with our reference: an operator decides."""
+
+    def __init__(self, target: str, reference: str, ids: Sequence[Any]) -> None:
+        self.reference = reference
+        self.ids = list(ids)
+        super().__init__(
+            f"{target} has {len(self.ids)} invoices with reference {reference} (ids "
+            f"{', '.join(str(i) for i in self.ids)}); delete the extra ones in {target}, "
+            "then retry"
+        )
+
+
+@dataclass(frozen=True)
+class Write:
+    """One invoice to create or update."""
+
+    kantata_id: str
+    doc: LedgerDocument
+    target_id: str | None = None
+    """Update: the target's invoice to change in place. Create: None."""
+    known_ids: tuple[str, ...] = ()
+    """Create: ids Kantata's reference names (an earlier push of ours), to adopt if found."""
+    recovering: bool = False
+    """Create: an earlier attempt may have left objects behind; look for them first."""
+    force: bool = False
+    """Update: the operator asks for Kantata's version (hand-made lines go too)."""
+
+
+@dataclass
+class Written:
+    """What the target holds for one invoice after a create or update."""
+
+    invoice: TargetInvoice
+    """The target's answer, neutral fields (see above)."""
+    target_id: str
+    link: str | None
+    state: str | None
+    lines: list[str] | None
+    """Keys of the lines as pushed (for the hand-edit check); None when not known (adopted)."""
+    adopted: bool = False
+    """Create: found from an earlier attempt (or already there) instead of made now."""
+    created: bool = False
+    """Create: made by this call (so a wrong total may be discarded again)."""
+    problems: list[str] = field(default_factory=list)
+    """How the target's totals differ from the ledger document; empty when exact to the
+    minor unit. A target that approves only verified invoices leaves these unapproved."""
+    detail: str = ""
+    """For the invoice's event log ("3 lines added, 1 removed")."""
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """One invoice to take out of the books."""
+
+    kantata_id: str
+    reference: str
+    target_id: str
+
+
+@dataclass
+class Cancelled:
+    target_id: str
+    state: str
+    """What the target now says (`deleted`, `DELETED`, `VOIDED`)."""
+    detail: str = ""
+
+
+Result = Any
+"""A `Written` / `Cancelled`, or the exception that item met."""
 
 
 class TargetIndex(Protocol):
@@ -55,7 +156,7 @@ class Target(Protocol):
         an empty prefix); the target may return more, the caller filters exactly."""
         ...
 
-    def get(self, target_id: int) -> dict[str, Any] | None:
+    def get(self, target_id: str) -> dict[str, Any] | None:
         """One invoice, or None when the target has no such invoice."""
         ...
 
@@ -89,4 +190,47 @@ class Target(Protocol):
     def line_drift(self, invoice: TargetInvoice, pushed: Sequence[str]) -> list[str]:
         """How the invoice's line counts differ from the lines pushed (their keys, as the
         store keeps them); empty when they do not, or the answer does not show them."""
+        ...
+
+    # ------------------------------------------------------------------ writes
+
+    batch_size: int
+    """Invoices per write call (the Batcher fills batches up to it)."""
+
+    def create(self, items: Sequence[Write]) -> list[Written | Exception]:
+        """Create each invoice (or adopt the one an earlier attempt made: looked up by
+        reference before anything is sent again), verify its totals, and (for a target with
+        approval) approve the verified ones. One result per item, in order."""
+        ...
+
+    def update(self, items: Sequence[Write]) -> list[Written | Exception]:
+        """Bring each invoice to its ledger document in place (same id), verified."""
+        ...
+
+    def cancel(self, items: Sequence[Cancel]) -> list[Cancelled | Exception]:
+        """Take each invoice out of the books (delete or void, as the target allows);
+        `TargetRefusedError` for one paid or part-paid (never touched)."""
+        ...
+
+    def discard(self, reference: str, target_id: str) -> int:
+        """Delete an invoice this attempt just created with wrong totals, with whatever was
+        made for it; returns how many objects went."""
+        ...
+
+    def find_one(self, reference: str) -> TargetInvoice | None:
+        """The connector's one invoice with this reference (None when there is none);
+        `DuplicateInTargetError` when there are several."""
+        ...
+
+    def sweep(self, reference: str) -> int:
+        """Remove what a never-finished push of `reference` may have left; returns how many."""
+        ...
+
+    def sweep_late_writes(self, done: Callable[[str], bool]) -> int:
+        """Remove objects of ours that landed after their invoice was done (`done(reference)`);
+        0 for a target whose writes cannot land late."""
+        ...
+
+    def header_differs(self, doc: LedgerDocument, invoice: TargetInvoice) -> bool:
+        """Whether the invoice's header fields (dates, customer, ...) differ from `doc`."""
         ...
