@@ -143,7 +143,19 @@ PINNED: dict[str, dict[str, str]] = {
 
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_fingerprints_are_those_of_the_previous_release(name: str) -> None:
+    """Today's code gives the pinned fingerprints, old `[noko]` keys included."""
     assert fingerprints()[name] == PINNED[name]
+
+
+@pytest.mark.parametrize("name", ["old_noko_keys", "old_noko_entries"])
+def test_the_same_settings_under_ledger_give_the_same_fingerprints(name: str) -> None:
+    """Moving the keys from `[noko]` to `[ledger]` (company_name as issuer_name) changes no
+    fingerprint: nothing is pushed again after an operator edits the profile so."""
+    old = OLD_NOKO_KEYS if name == "old_noko_keys" else OLD_NOKO_ENTRIES
+    new = old.replace("[noko]", "[ledger]").replace("company_name", "issuer_name")
+    assert "[noko]" not in new
+    profile = parse_profile(new, "<new>")
+    assert {inv.id: to_ledger(inv, profile).fingerprint() for inv in invoices()} == PINNED[name]
 
 
 if __name__ == "__main__":  # pragma: no cover
