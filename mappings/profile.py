@@ -183,7 +183,7 @@ class _TargetSections:
     __hash__ = None  # type: ignore[assignment]
 
 
-Settings = TypeVar("Settings", bound=BaseModel)
+SectionModel = TypeVar("SectionModel", bound=BaseModel)
 
 
 class Profile(_Section):
@@ -215,7 +215,7 @@ class Profile(_Section):
             raise ValueError(f"no accounting system section [{name}] in a profile")
         return copy.deepcopy(self._targets.sections.get(name, {}))
 
-    def target_settings(self, name: str, model: type[Settings]) -> Settings:
+    def target_settings(self, name: str, model: type[SectionModel]) -> SectionModel:
         """`model` validated from the section `[name]`; `ProfileError` naming the profile's
         file, the line and `name.key` of every problem."""
         section = self.target_section(name)
