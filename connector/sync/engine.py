@@ -650,7 +650,7 @@ class SyncEngine(Changes):
         index = self._index
         with index.lock:
             if not index.loaded:
-                prefix = self.profile.noko.reference.split("{", 1)[0]
+                prefix = self.profile.ledger.reference.split("{", 1)[0]
                 count = index.load(self.target.find(prefix), prefix)
                 self.log.info(
                     "listed the connector's Noko invoices to match a new or old state file",
@@ -1232,7 +1232,7 @@ class SyncEngine(Changes):
         mark = self.store.get_cursor(IN_DOUBT_MARK)
         if mark is None or self.clock() - mark > LATE_WRITE_WINDOW:
             return
-        prefix = "[" + self.profile.noko.reference.split("{", 1)[0]
+        prefix = "[" + self.profile.ledger.reference.split("{", 1)[0]
         deleted = 0
         try:
             leftovers = self.pusher.leftovers(prefix)
