@@ -10,14 +10,14 @@ body, so a new key). The request loop (pacing, limits, tokens, errors) is `trans
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from connector.errors import AmbiguousWriteError, PermanentApiError
+from connector.errors import AmbiguousWriteError, NotFoundError, PermanentApiError
 from connector.targets.xero.transport import (
     BASE_URL,
     CONNECTIONS_URL,
@@ -72,11 +72,16 @@ def idempotency_key(method: str, path: str, body: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def deep_link(short_code: str, invoice_id: str) -> str:
+def deep_link(short_code: str, invoice_id: str, *, credit_note: bool = False) -> str:
     """The documented deep link into the organisation (xero.md §8)."""
+    page = (
+        f"ViewCreditNote.aspx?creditNoteID={invoice_id}"
+        if credit_note
+        else f"View.aspx?InvoiceID={invoice_id}"
+    )
     return (
         "https://go.xero.com/organisationlogin/default.aspx?shortcode="
-        f"{short_code}&redirecturl=/AccountsReceivable/View.aspx?InvoiceID={invoice_id}"
+        f"{short_code}&redirecturl=/AccountsReceivable/{page}"
     )
 
 
@@ -95,7 +100,11 @@ class XeroClient(XeroTransport):
 
     # ----- reads ------------------------------------------------------------------------------
     def _pages(
-        self, collection: str, params: Mapping[str, Any], headers: Mapping[str, str] | None = None
+        self,
+        collection: str,
+        params: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
+        on_answer: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         page = 1
@@ -106,11 +115,53 @@ class XeroClient(XeroTransport):
                 params={**params, "page": page, "pageSize": PAGE},
                 headers=headers,
             )
+            if on_answer is not None and isinstance(answer, Mapping):
+                on_answer(answer)
             rows = answer.get(collection) or []
             out.extend(rows)
             if len(rows) < PAGE:
                 return out
             page += 1
+
+    def get_document(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        """One invoice or credit note by id (with its lines), None when Xero has none."""
+        try:
+            answer = self._call("GET", f"/{collection}/{doc_id}")
+        except NotFoundError:
+            return None
+        rows = answer.get(collection) or []
+        return dict(rows[0]) if rows else None
+
+    def invoices_by_ids(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Invoices by InvoiceID with their lines, 50 ids to a request (more fail at Xero)."""
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start : start + BATCH]
+            answer = self._call(
+                "GET",
+                "/Invoices",
+                params={"IDs": ",".join(chunk), "page": 1, "pageSize": BATCH},
+            )
+            out.extend(answer.get("Invoices") or [])
+        return out
+
+    def list_ours(
+        self,
+        collection: str,
+        prefix: str,
+        *,
+        statuses: Sequence[str] = (),
+        on_answer: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Our documents whose Reference starts with `prefix` (all of ours with ""), with their
+        lines, 1,000 a request: invoices made by this app (`createdByMyApp`), credit notes by
+        reference (Xero offers no such filter for them: the caller checks the markers)."""
+        params: dict[str, Any] = {"createdByMyApp": "true"} if collection == "Invoices" else {}
+        if prefix:
+            params["where"] = f'Reference.StartsWith("{_quoted(prefix)}")'
+        if statuses and collection == "Invoices":
+            params["Statuses"] = ",".join(statuses)
+        return self._pages(collection, params, on_answer=on_answer)
 
     def find_by_references(
         self, references: Iterable[str], collection: str = "Invoices"
@@ -134,11 +185,19 @@ class XeroClient(XeroTransport):
                 found[ref].append(row)
         return found
 
-    def changed_since(self, since: datetime, collection: str = "Invoices") -> list[dict[str, Any]]:
+    def changed_since(
+        self,
+        since: datetime,
+        collection: str = "Invoices",
+        *,
+        on_answer: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
         """Our documents created or changed since `since` (one request per 1,000)."""
         stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         mine = {"createdByMyApp": "true"} if collection == "Invoices" else {}
-        return self._pages(collection, mine, headers={"If-Modified-Since": stamp})
+        return self._pages(
+            collection, mine, headers={"If-Modified-Since": stamp}, on_answer=on_answer
+        )
 
     # ----- writes -----------------------------------------------------------------------------
     def _write_batch(
@@ -247,6 +306,10 @@ class XeroClient(XeroTransport):
         return self.set_status(collection, changes)
 
     # ----- contacts ---------------------------------------------------------------------------
+    def list_contacts(self) -> list[dict[str, Any]]:
+        """Every contact of the organisation, 1,000 a request."""
+        return self._pages("Contacts", {})
+
     def contacts_for(
         self, clients: Sequence[tuple[str | None, str]], *, _rounds: int = 3
     ) -> dict[str, str]:
