@@ -445,3 +445,25 @@ def test_a_late_copy_of_a_create_is_swept_once_the_invoice_is_done() -> None:
     assert statuses == ["AUTHORISED", "AUTHORISED", "DELETED", "DRAFT"]
     assert fake.docs["Invoices"][made.target_id]["Status"] == "AUTHORISED"
     assert target.sweep("KS-1") == 0
+
+
+def test_an_edit_back_to_an_earlier_version_is_applied_not_answered_from_a_stored_key() -> None:
+    target, fake, _t = target_for(FakeXero(output_rate=RATE, allow_authorised_edits=True))
+    made = only(target.create([Write("1", doc("1", 10_000))]))
+    for cents in (10_000, 20_000, 10_000, 20_000):
+        updated = only(target.update([Write("1", doc("1", cents), target_id=made.target_id)]))
+        stored = fake.docs["Invoices"][made.target_id]
+        assert stored["Total"] * 100 == doc("1", cents).total_minor
+        assert not updated.problems
+
+
+def test_a_create_after_a_discard_makes_a_new_draft_even_where_xero_keeps_keys() -> None:
+    fake = WrongTaxXero(output_rate=RATE)
+    fake.contacts[CONTACT] = {"ContactID": CONTACT, "Name": "Acme", "ContactNumber": ""}
+    target, fake, _t = target_for(fake)
+    bad = ledger([(1_005, True), (1_005, True)], RATE, kantata_id="1")
+    first = only(target.create([Write("1", bad)]))
+    assert first.problems and target.discard("KS-1", first.target_id) == 1
+    second = only(target.create([Write("1", bad)]))
+    assert second.created and second.target_id != first.target_id
+    assert fake.docs["Invoices"][second.target_id]["Status"] == "DRAFT"

@@ -66,9 +66,16 @@ class XeroResult:
         return self.document is not None and not self.errors
 
 
-def idempotency_key(method: str, path: str, body: Mapping[str, Any]) -> str:
-    """The key of one request body: the same body always gets the same key, any other never."""
+def idempotency_key(method: str, path: str, body: Mapping[str, Any], version: str = "") -> str:
+    """The key of one request body: the same body always gets the same key, any other never.
+
+    `version` names what the body is sent against (the documents' `UpdatedDateUTC`, the ids
+    already made for the references): the same body sent again to changed documents (an
+    edit back to an earlier version, an approval after a refused one, a create after a
+    discard) gets a new key, so a key Xero remembers cannot answer it with a stale result."""
     blob = method.encode() + b" " + path.encode() + b"\n" + canonical_json(body, str)
+    if version:
+        blob += b"\n" + version.encode()
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -201,10 +208,14 @@ class XeroClient(XeroTransport):
 
     # ----- writes -----------------------------------------------------------------------------
     def _write_batch(
-        self, method: str, collection: str, elements: Sequence[Mapping[str, Any]]
+        self,
+        method: str,
+        collection: str,
+        elements: Sequence[Mapping[str, Any]],
+        version: str = "",
     ) -> list[XeroResult]:
         body = {collection: list(elements)}
-        key = idempotency_key(method, f"/{collection}", body)
+        key = idempotency_key(method, f"/{collection}", body, version)
         answer = self._call(
             method,
             f"/{collection}",
@@ -229,19 +240,25 @@ class XeroClient(XeroTransport):
         return results
 
     def save(
-        self, method: str, collection: str, payloads: Sequence[Mapping[str, Any]]
+        self,
+        method: str,
+        collection: str,
+        payloads: Sequence[Mapping[str, Any]],
+        version: str = "",
     ) -> list[XeroResult]:
         """PUT (create) or POST (update) documents, 50 to a request, one result per payload,
         in order. A batch whose answer was lost is looked up by reference before a resend."""
         results: list[XeroResult] = []
         for start in range(0, len(payloads), BATCH):
             results.extend(
-                self._save_resolving(method, collection, list(payloads[start : start + BATCH]))
+                self._save_resolving(
+                    method, collection, list(payloads[start : start + BATCH]), version
+                )
             )
         return results
 
     def _save_resolving(
-        self, method: str, collection: str, chunk: list[Mapping[str, Any]]
+        self, method: str, collection: str, chunk: list[Mapping[str, Any]], version: str = ""
     ) -> list[XeroResult]:
         by_position: dict[int, XeroResult] = {}
         pending = list(range(len(chunk)))
@@ -249,7 +266,7 @@ class XeroClient(XeroTransport):
             try:
                 for pos, result in zip(
                     pending,
-                    self._write_batch(method, collection, [chunk[i] for i in pending]),
+                    self._write_batch(method, collection, [chunk[i] for i in pending], version),
                     strict=True,
                 ):
                     by_position[pos] = result
@@ -285,25 +302,29 @@ class XeroClient(XeroTransport):
         return self.save("POST", "CreditNotes", payloads)
 
     def set_status(
-        self, collection: str, changes: Sequence[tuple[str, str, str]]
+        self, collection: str, changes: Sequence[tuple[str, str, str]], version: str = ""
     ) -> list[XeroResult]:
         """(id, reference, status) -> POST `{"<ID field>": id, "Reference": ref, "Status": s}`:
         approve (AUTHORISED), delete (DELETED) or void (VOIDED), 50 to a request."""
         id_field = "CreditNoteID" if collection == "CreditNotes" else "InvoiceID"
         payloads = [{id_field: i, "Reference": ref, "Status": s} for i, ref, s in changes]
-        return self.save("POST", collection, payloads)
+        return self.save("POST", collection, payloads, version)
 
-    def approve(self, collection: str, docs: Sequence[tuple[str, str]]) -> list[XeroResult]:
+    def approve(
+        self, collection: str, docs: Sequence[tuple[str, str]], version: str = ""
+    ) -> list[XeroResult]:
         """(id, reference) -> AUTHORISED: after the drafts' totals were verified."""
-        return self.set_status(collection, [(i, ref, "AUTHORISED") for i, ref in docs])
+        return self.set_status(collection, [(i, ref, "AUTHORISED") for i, ref in docs], version)
 
-    def cancel(self, collection: str, docs: Sequence[tuple[str, str, str]]) -> list[XeroResult]:
+    def cancel(
+        self, collection: str, docs: Sequence[tuple[str, str, str]], version: str = ""
+    ) -> list[XeroResult]:
         """(id, reference, current status) -> DELETED for DRAFT/SUBMITTED, VOIDED for
         AUTHORISED. Paid documents are refused by Xero and come back with its message."""
         changes = [
             (i, ref, "VOIDED" if status == "AUTHORISED" else "DELETED") for i, ref, status in docs
         ]
-        return self.set_status(collection, changes)
+        return self.set_status(collection, changes, version)
 
     # ----- contacts ---------------------------------------------------------------------------
     def list_contacts(self) -> list[dict[str, Any]]:
@@ -376,8 +397,23 @@ def _applied(
                     return None  # an edit's effect cannot be told by status: resend it
                 return doc
         return None
-    live = [doc for doc in found if doc.get("Status") in LIVE]
+    reference = str(payload.get("Reference") or "")
+    live = [doc for doc in found if doc.get("Status") in LIVE and _marked(doc, reference)]
     return live[0] if live else None
+
+
+def _marked(doc: Mapping[str, Any], reference: str) -> bool:
+    """Whether a line of `doc` carries the marker `[<reference>/...]` a create of ours writes
+    (credit notes have no `createdByMyApp` filter: a hand-made one is never taken for ours)."""
+    if not reference:
+        return True
+    items = doc.get("LineItems")
+    if not isinstance(items, list):
+        return True  # a list without lines: `createdByMyApp` and the reference decide
+    needle = f"[{reference}/"
+    return any(
+        needle in str(item.get("Description") or "") for item in items if isinstance(item, Mapping)
+    )
 
 
 def _quoted(value: str) -> str:

@@ -81,6 +81,8 @@ UNAPPROVED = ("DRAFT", "SUBMITTED")
 CANCELLED = ("DELETED", "VOIDED")
 _MS_DATE = re.compile(r"/Date\((?P<ms>-?\d+)(?P<offset>[+-]\d{4})?\)/")
 _REFUSED_EDIT = ("valid status for modification", "cannot be edited")
+_NOT_KEPT = ("HasErrors", "StatusAttributeString", "ValidationErrors", "Warnings", "Payments")
+_LINE_KEPT = ("LineItemID", "Description", "LineAmount", "TaxAmount", "AccountCode", "TaxType")
 _LINE_FIELDS = (
     "LineItemID",
     "Description",
@@ -148,6 +150,16 @@ def _money(value: Any) -> Decimal:
     return _decimal(value) or Decimal(0)
 
 
+def _settled_part(doc: Mapping[str, Any]) -> bool:
+    """Whether anything was paid or allocated against the document (a credit note: part of
+    its credit used, `RemainingCredit` below `Total`)."""
+    if _money(doc.get("AmountPaid")) or _money(doc.get("AmountCredited")):
+        return True
+    remaining = _decimal(doc.get("RemainingCredit"))
+    total = _decimal(doc.get("Total"))
+    return remaining is not None and total is not None and remaining < total
+
+
 def neutral(doc: Mapping[str, Any], *, by_app: bool | None = None) -> dict[str, Any]:
     """A Xero invoice or credit note with the neutral fields added (see the module docstring)."""
     out = dict(doc)
@@ -164,12 +176,17 @@ def neutral(doc: Mapping[str, Any], *, by_app: bool | None = None) -> dict[str, 
         total_amount=None if total is None else str(total.quantize(Decimal("0.01"))),
         updated_at=updated.isoformat() if updated is not None else None,
         paid=status == "PAID",
-        part_paid=bool(_money(doc.get("AmountPaid")) or _money(doc.get("AmountCredited"))),
+        part_paid=_settled_part(doc),
         collection=CREDIT_NOTES if credit else INVOICES,
     )
     if by_app is not None:
         out["by_app"] = by_app
     return out
+
+
+def _versions(docs: Iterable[Mapping[str, Any]]) -> str:
+    """What a status change or an edit is sent against: each document's id and last change."""
+    return ";".join(f"{id_of(d)}@{d.get('UpdatedDateUTC') or ''}" for d in docs)
 
 
 def _marked_for(doc: Mapping[str, Any], reference: str) -> bool:
@@ -211,8 +228,15 @@ class _Ours:
             return
         collection = collection_of(doc)
         old = self.docs[collection].get(doc_id)
-        new = {k: v for k, v in doc.items() if k not in ("HasErrors", "StatusAttributeString")}
-        if old is not None and "LineItems" not in new and "LineItems" in old:
+        new = {k: v for k, v in doc.items() if k not in _NOT_KEPT}
+        if isinstance(new.get("LineItems"), list):
+            # Enough to adopt, verify and tell ours (the lines' ids, markers and amounts).
+            new["LineItems"] = [
+                {k: item.get(k) for k in _LINE_KEPT if k in item}
+                for item in new["LineItems"]
+                if isinstance(item, Mapping)
+            ]
+        elif old is not None and "LineItems" in old:
             new["LineItems"] = old["LineItems"]
         self.docs[collection][doc_id] = new
 
@@ -642,7 +666,9 @@ class XeroTarget:
                 continue
             try:
                 results = self.client.approve(
-                    collection, [(id_of(d), p.reference) for _pos, p, d in chosen]
+                    collection,
+                    [(id_of(d), p.reference) for _pos, p, d in chosen],
+                    _versions(d for _pos, _p, d in chosen),
                 )
             except AmbiguousWriteError as exc:
                 self._forget_listing(collection)
@@ -665,6 +691,15 @@ class XeroTarget:
                         path=f"/{collection}",
                     )
         return out
+
+    def _all(self, reference: str) -> list[dict[str, Any]]:
+        """Every document of ours seen for `reference`, whatever its status."""
+        return [
+            d
+            for collection in COLLECTIONS
+            for d in self._ours.docs[collection].values()
+            if d.get("Reference") == reference
+        ]
 
     def _forget_listing(self, collection: str) -> None:
         """A write left in doubt: the next create lists the collection again."""
@@ -693,8 +728,17 @@ class XeroTarget:
                     chosen.append((pos, plan, plan.payload(contact, status="DRAFT")))
             if not chosen:
                 continue
+            with self._lock:
+                earlier = {plan.reference: self._all(plan.reference) for _p, plan, _b in chosen}
+            made_before = ";".join(
+                f"{ref}:{','.join(sorted(id_of(d) for d in docs))}"
+                for ref, docs in earlier.items()
+                if docs
+            )
             try:
-                results = self.client.save("PUT", collection, [body for _p, _pl, body in chosen])
+                results = self.client.save(
+                    "PUT", collection, [body for _p, _pl, body in chosen], made_before
+                )
             except AmbiguousWriteError as exc:
                 self._forget_listing(collection)
                 for pos, _plan, _body in chosen:
@@ -719,6 +763,8 @@ class XeroTarget:
                 plans[pos] = self._plan(item.doc)
             except MappingError as exc:
                 results[pos] = exc
+        if plans:
+            self.link({"id": "-"})  # the organisation's short code, read once, before writing
         self._ensure_listed(p.collection for p in plans.values())
         adopted: dict[int, dict[str, Any]] = {}
         to_make: dict[int, XeroPlan] = {}
@@ -796,7 +842,7 @@ class XeroTarget:
             return TargetRefusedError(
                 doc_id, "PAID", f"Xero {number} is paid: never changed", neutral(doc)
             )
-        if _money(doc.get("AmountPaid")) or _money(doc.get("AmountCredited")):
+        if _settled_part(doc):
             return TargetRefusedError(
                 doc_id,
                 "part_paid",
@@ -879,7 +925,9 @@ class XeroTarget:
             if not chosen:
                 continue
             try:
-                answers = self.client.save("POST", collection, [c[3] for c in chosen])
+                answers = self.client.save(
+                    "POST", collection, [c[3] for c in chosen], _versions(c[2] for c in chosen)
+                )
             except AmbiguousWriteError as exc:
                 for pos, *_rest in chosen:
                     results[pos] = exc
@@ -952,7 +1000,8 @@ class XeroTarget:
             try:
                 results = self.client.cancel(
                     collection,
-                    [
+                    version=_versions(d for _p, d in chosen),
+                    docs=[
                         (id_of(d), str(d.get("Reference") or ""), str(d.get("Status")))
                         for _p, d in chosen
                     ],
