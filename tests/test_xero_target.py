@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 
 from connector.errors import (
@@ -467,3 +468,38 @@ def test_a_create_after_a_discard_makes_a_new_draft_even_where_xero_keeps_keys()
     second = only(target.create([Write("1", bad)]))
     assert second.created and second.target_id != first.target_id
     assert fake.docs["Invoices"][second.target_id]["Status"] == "DRAFT"
+
+
+def test_the_day_limit_between_drafts_and_approval_leaves_drafts_the_next_day_approves() -> None:
+    fake = FakeXero(output_rate=RATE, per_day=6)  # settings 3, look-up 1, contacts 1, drafts 1
+    fake.contacts[CONTACT] = {"ContactID": CONTACT, "Name": "Acme", "ContactNumber": ""}
+    target, fake, transport = target_for(fake)
+    with pytest.raises(LimitReachedError):
+        target.create(writes(range(1, 6)))
+    assert [d["Status"] for d in fake.docs["Invoices"].values()] == ["DRAFT"] * 5
+    fake.advance_clock(24 * 3600)
+    again = target.create(writes(range(1, 6)))
+    assert all(isinstance(r, Written) and r.adopted and r.state == "AUTHORISED" for r in again)
+    assert len(fake.docs["Invoices"]) == 5
+    assert api_calls(transport).count(("PUT", "Invoices")) == 1
+
+
+def test_a_batch_whose_answers_are_lost_three_times_fails_transiently_then_is_looked_up() -> None:
+    target, fake, transport = target_for()
+    inner = transport.handle_request
+
+    def lose_puts(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and request.url.path.endswith("/Invoices"):
+            raise httpx.ReadError("reset", request=request)
+        return inner(request)
+
+    transport.handle_request = lose_puts  # type: ignore[method-assign]
+    results = target.create(writes(range(1, 4)))
+    assert all(isinstance(r, TransientApiError) for r in results)
+    transport.handle_request = inner  # type: ignore[method-assign]
+    listed = api_calls(transport).count(("GET", "Invoices"))
+    made = target.create(writes(range(1, 4)))
+    assert all(isinstance(r, Written) and r.created for r in made)
+    # the write left in doubt made the next create list ours again before sending
+    assert api_calls(transport).count(("GET", "Invoices")) == listed + 1
+    assert len(fake.docs["Invoices"]) == 3
