@@ -5,14 +5,17 @@ currencies; every request checked against Xero's OpenAPI spec (tests/xero_suppor
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from connector.errors import (
+    AuthError,
     LimitReachedError,
     PermanentApiError,
     TransientApiError,
@@ -27,13 +30,23 @@ from connector.targets.base import (
     Write,
     Written,
 )
-from connector.targets.xero.client import XeroDailyLimitReached
+from connector.targets.xero.auth import ClientCredentials, XeroCredentials
+from connector.targets.xero.client import PauseGate, XeroClient, XeroDailyLimitReached
 from connector.targets.xero.target import XeroTarget
 from mappings.errors import MappingError
 from mappings.ledger import LedgerDocument
 from mappings.targets.xero_profile import XeroSettings
-from sandbox.xero import FakeXero
-from tests.xero_support import CONTACT, FakeTransport, fake_with_contact, ledger, make_client
+from sandbox.server import ServiceServer
+from sandbox.xero import API, FakeXero
+from tests.xero_support import (
+    CONTACT,
+    FakeClock,
+    FakeTransport,
+    ValidatingTransport,
+    fake_with_contact,
+    ledger,
+    make_client,
+)
 
 RATE = Decimal(10)
 
@@ -503,3 +516,85 @@ def test_a_batch_whose_answers_are_lost_three_times_fails_transiently_then_is_lo
     # the write left in doubt made the next create list ours again before sending
     assert api_calls(transport).count(("GET", "Invoices")) == listed + 1
     assert len(fake.docs["Invoices"]) == 3
+
+
+def test_a_refused_token_ends_the_call_with_an_auth_error() -> None:
+    target, fake, _t = target_for()
+    fake.client_secret = "rotated-by-the-operator"
+    fake.revoke_tokens()
+    with pytest.raises(AuthError):
+        target.create(writes(["1"]))
+    assert not fake.docs["Invoices"]
+
+
+def test_concurrent_batches_of_creates_and_updates_share_one_look_up() -> None:
+    target, fake, transport = target_for(FakeXero(output_rate=RATE, allow_authorised_edits=True))
+    first = target.create(writes(range(1, 11)))
+    outcomes: list[Any] = []
+
+    def creating(start: int) -> None:
+        outcomes.extend(target.create(writes(range(start, start + 10))))
+
+    def updating() -> None:
+        outcomes.extend(
+            target.update(
+                [
+                    Write(
+                        w.invoice["Reference"][3:],
+                        doc(w.invoice["Reference"][3:], 30_000),
+                        target_id=w.target_id,
+                    )
+                    for w in first
+                    if isinstance(w, Written)
+                ]
+            )
+        )
+
+    threads = [threading.Thread(target=creating, args=(s,)) for s in (11, 21, 31)]
+    threads.append(threading.Thread(target=updating))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(outcomes) == 40 and all(isinstance(o, Written) for o in outcomes)
+    assert len(fake.docs["Invoices"]) == 40
+    assert len({d["Reference"] for d in fake.docs["Invoices"].values()}) == 40
+    assert api_calls(transport).count(("GET", "Invoices")) == 2  # one look-up, one read by ids
+
+
+def test_over_real_http_an_answer_dropped_after_commit_makes_no_duplicate() -> None:
+    fake = fake_with_contact(RATE)
+    fake.set_clock(datetime(2026, 12, 1, 9, 0, 0, tzinfo=UTC))
+    server = ServiceServer(("127.0.0.1", 0), fake)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.port}"
+    transport = ValidatingTransport()
+    try:
+        with httpx.Client(transport=transport, timeout=10) as http:
+            clock = FakeClock(fake)
+            client = XeroClient(
+                ClientCredentials(
+                    XeroCredentials(
+                        fake.client_id,
+                        SecretStr(fake.client_secret),
+                        token_url=url + "/connect/token",
+                    ),
+                    http=http,
+                    clock=clock,
+                ),
+                base_url=url + API,
+                connections_url=url + "/connections",
+                http=http,
+                gate=PauseGate(clock, clock.sleep),
+                clock=clock,
+                sleep=clock.sleep,
+            )
+            target = XeroTarget(client, XeroSettings())
+            fake.drop_answers(2)  # the drafts' answer and the approval's answer are lost
+            results = target.create(writes(range(1, 8)))
+    finally:
+        server.shutdown()
+        server.close_all()
+        server.server_close()
+    assert all(isinstance(r, Written) and r.state == "AUTHORISED" for r in results)
+    assert len(fake.docs["Invoices"]) == 7
