@@ -598,3 +598,15 @@ def test_over_real_http_an_answer_dropped_after_commit_makes_no_duplicate() -> N
         server.server_close()
     assert all(isinstance(r, Written) and r.state == "AUTHORISED" for r in results)
     assert len(fake.docs["Invoices"]) == 7
+
+
+def test_after_a_restart_a_late_draft_beside_the_approved_invoice_is_swept() -> None:
+    target, fake, _t = target_for()
+    made = only(target.create([Write("1", doc("1"))]))
+    fake.idempotency.clear()
+    assert target.client.create_invoices([copy_of(fake.docs["Invoices"][made.target_id])])[0].ok
+    restarted, _f, _t2 = target_for(fake)
+    list(restarted.find("KS-"))
+    assert restarted.sweep_late_writes(lambda ref: False) == 0
+    assert restarted.sweep_late_writes(lambda ref: True) == 1
+    assert [d["Status"] for d in live(fake)] == ["AUTHORISED"]

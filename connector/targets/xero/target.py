@@ -342,7 +342,7 @@ class XeroTarget:
             with self._lock:
                 self._ours.listed.add(collection)
                 if collection == CREDIT_NOTES:
-                    self._credit_notes = bool(rows)
+                    self._credit_notes = bool(self._ours.docs[CREDIT_NOTES])
         return out
 
     def _ensure_listed(self, collections: Iterable[str]) -> None:
@@ -360,15 +360,8 @@ class XeroTarget:
         target_id = str(target_id)
         with self._lock:
             known = self._ours.find(target_id)
-        order = (
-            [CREDIT_NOTES, INVOICES]
-            if known and collection_of(known) == CREDIT_NOTES
-            else [
-                INVOICES,
-                CREDIT_NOTES,
-            ]
-        )
-        for collection in order:
+        note = known is not None and collection_of(known) == CREDIT_NOTES
+        for collection in (CREDIT_NOTES, INVOICES) if note else COLLECTIONS:
             doc = self.client.get_document(collection, target_id)
             if doc is not None:
                 return self._remember(doc, by_app=None)
@@ -1089,30 +1082,36 @@ class XeroTarget:
         return 0
 
     def sweep_late_writes(self, done: Callable[[str], bool]) -> int:
-        """Delete our drafts of a done reference other than the one this process holds: a
-        create that got no answer can be applied after its resend (every create is a draft
-        until verified, so a late one is a draft)."""
-        deleted: dict[int, dict[str, Any]] = {}
+        """Delete our drafts of a done reference that are not the document the engine holds: a
+        create that got no answer can be applied after its resend, and every create is a draft
+        until verified, so a late one is a draft. The one held is the one this process last
+        handed the engine, else (after a restart) the approved one; with neither known (drafts
+        kept as drafts) nothing is deleted."""
+        late: dict[int, dict[str, Any]] = {}
         for collection in COLLECTIONS:
             if collection == CREDIT_NOTES and self._credit_notes is False:
                 continue
             for row in self.client.list_ours(collection, self.prefix, statuses=["DRAFT"]):
                 shown = self._remember(row, by_app=True if collection == INVOICES else None)
                 reference = str(shown.get("reference") or "")
+                if shown["state"] != "DRAFT" or not self.carries_marker(shown, reference):
+                    continue
                 with self._lock:
                     held = self._held.get(reference)
-                if (
-                    shown["state"] == "DRAFT"
-                    and held is not None
-                    and held != shown["id"]
-                    and self.carries_marker(shown, reference)
-                    and done(reference)
-                ):
-                    deleted[len(deleted)] = row
-        if not deleted:
+                    approved = [
+                        id_of(d)
+                        for d in self._ours.live(collection, reference)
+                        if d.get("Status") in ("AUTHORISED", "PAID")
+                    ]
+                keeper = held if held is not None else (approved[0] if len(approved) == 1 else None)
+                if keeper is not None and keeper != shown["id"] and done(reference):
+                    late[len(late)] = row
+        if not late:
             return 0
-        outcomes = self._cancel_docs(deleted)
-        return sum(1 for o in outcomes.values() if not isinstance(o, Exception))
+        outcomes = self._cancel_docs(late)
+        gone = sum(1 for o in outcomes.values() if not isinstance(o, Exception))
+        log.info("xero.late_drafts_deleted", deleted=gone)
+        return gone
 
 
 class XeroIndex:
