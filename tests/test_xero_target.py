@@ -610,3 +610,62 @@ def test_after_a_restart_a_late_draft_beside_the_approved_invoice_is_swept() -> 
     assert restarted.sweep_late_writes(lambda ref: False) == 0
     assert restarted.sweep_late_writes(lambda ref: True) == 1
     assert [d["Status"] for d in live(fake)] == ["AUTHORISED"]
+
+
+def test_hand_made_lines_are_kept_unless_forced_and_never_approved_wrong() -> None:
+    target, fake, _t = target_for(settings=XeroSettings(keep_as_draft=True))
+    made = only(target.create([Write("1", doc("1"))]))
+    stored = fake.docs["Invoices"][made.target_id]
+    hand = {
+        "Description": "by hand",
+        "LineAmount": Decimal("7.00"),
+        "AccountCode": "200",
+        "TaxType": "NONE",
+    }
+    lines = [
+        {k: v for k, v in line.items() if k in ("LineItemID", "Description", "LineAmount")}
+        for line in stored["LineItems"]
+    ]
+    [edited] = target.client.update_invoices(
+        [{"InvoiceID": made.target_id, "LineItems": [*lines, hand]}]
+    )
+    assert edited.ok, edited.errors
+    got = target.get(made.target_id)
+    assert got is not None and target.line_drift(got, made.lines or []) == [
+        "3 lines, pushed 2",
+        "1 line(s) added in Xero",
+    ]
+    target.settings = XeroSettings()
+    kept = only(target.update([Write("1", doc("1", 20_000), target_id=made.target_id)]))
+    assert kept.problems and kept.state == "DRAFT"  # the hand line keeps the total off
+    assert len(fake.docs["Invoices"][made.target_id]["LineItems"]) == 3
+    forced = only(
+        target.update([Write("1", doc("1", 20_000), target_id=made.target_id, force=True)])
+    )
+    assert not forced.problems and forced.state == "AUTHORISED"
+    assert [line["Description"] for line in fake.docs["Invoices"][made.target_id]["LineItems"]] == [
+        "Line 0 [KS-1/ex0]",
+        "Line 1 [KS-1/ex1]",
+    ]
+
+
+def test_a_total_turning_negative_voids_the_invoice_and_makes_a_credit_note() -> None:
+    target, fake, _t = target_for()
+    made = only(target.create([Write("1", doc("1"))]))
+    credit = ledger([(-3_000, True)], RATE, kantata_id="1")
+    updated = only(target.update([Write("1", credit, target_id=made.target_id)]))
+    assert fake.docs["Invoices"][made.target_id]["Status"] == "VOIDED"
+    [note] = fake.docs["CreditNotes"].values()
+    assert updated.target_id == note["CreditNoteID"] and note["Total"] == Decimal("33.00")
+    assert updated.invoice["total_amount"] == "-33.00" and "total changed sign" in updated.detail
+
+
+def test_a_contact_made_by_hand_since_the_listing_is_found_by_listing_again() -> None:
+    target, fake, transport = target_for()
+    target.create([Write("1", doc("1"))])  # contacts listed now
+    zeta = "00000000-0000-0000-0000-00000000ze7a".replace("ze7a", "0e7a")
+    fake.contacts[zeta] = {"ContactID": zeta, "Name": "Zeta", "ContactNumber": ""}
+    made = only(target.create([Write("2", dataclasses.replace(doc("2"), customer_name="Zeta"))]))
+    assert fake.docs["Invoices"][made.target_id]["Contact"]["ContactID"] == zeta
+    assert len(fake.contacts) == 2
+    assert api_calls(transport).count(("GET", "Contacts")) == 2
