@@ -221,6 +221,7 @@ class _Ours:
         self.docs: dict[str, dict[str, dict[str, Any]]] = {c: {} for c in COLLECTIONS}
         self.listed: set[str] = set()
         """Collections listed in full (our prefix): the look-up before creating uses them."""
+        self.by_reference: dict[str, set[tuple[str, str]]] = {}
 
     def put(self, doc: Mapping[str, Any]) -> None:
         doc_id = id_of(doc)
@@ -239,12 +240,20 @@ class _Ours:
         elif old is not None and "LineItems" in old:
             new["LineItems"] = old["LineItems"]
         self.docs[collection][doc_id] = new
+        if old is not None and old.get("Reference") != new.get("Reference"):
+            self.by_reference.get(str(old.get("Reference")), set()).discard((collection, doc_id))
+        self.by_reference.setdefault(str(new.get("Reference")), set()).add((collection, doc_id))
+
+    def all(self, reference: str) -> list[dict[str, Any]]:
+        """Every document seen with this reference, whatever its status."""
+        keys = sorted(self.by_reference.get(reference, ()))
+        return [self.docs[c][i] for c, i in keys if self.docs[c][i].get("Reference") == reference]
 
     def live(self, collection: str, reference: str) -> list[dict[str, Any]]:
         return [
             d
-            for d in self.docs[collection].values()
-            if d.get("Reference") == reference and d.get("Status") in LIVE
+            for d in self.all(reference)
+            if collection_of(d) == collection and d.get("Status") in LIVE
         ]
 
     def find(self, doc_id: str) -> dict[str, Any] | None:
@@ -685,15 +694,6 @@ class XeroTarget:
                     )
         return out
 
-    def _all(self, reference: str) -> list[dict[str, Any]]:
-        """Every document of ours seen for `reference`, whatever its status."""
-        return [
-            d
-            for collection in COLLECTIONS
-            for d in self._ours.docs[collection].values()
-            if d.get("Reference") == reference
-        ]
-
     def _forget_listing(self, collection: str) -> None:
         """A write left in doubt: the next create lists the collection again."""
         with self._lock:
@@ -722,7 +722,9 @@ class XeroTarget:
             if not chosen:
                 continue
             with self._lock:
-                earlier = {plan.reference: self._all(plan.reference) for _p, plan, _b in chosen}
+                earlier = {
+                    plan.reference: self._ours.all(plan.reference) for _p, plan, _b in chosen
+                }
             made_before = ";".join(
                 f"{ref}:{','.join(sorted(id_of(d) for d in docs))}"
                 for ref, docs in earlier.items()
