@@ -669,3 +669,14 @@ def test_a_contact_made_by_hand_since_the_listing_is_found_by_listing_again() ->
     assert fake.docs["Invoices"][made.target_id]["Contact"]["ContactID"] == zeta
     assert len(fake.contacts) == 2
     assert api_calls(transport).count(("GET", "Contacts")) == 2
+
+
+def test_a_listing_stops_at_xeros_page_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    import connector.targets.xero.client as client_module
+
+    target, fake, transport = target_for()
+    target.create(writes(range(1, 11)))
+    monkeypatch.setattr(client_module, "PAGE", 5)
+    before = api_calls(transport).count(("GET", "Invoices"))
+    assert len(target.client.list_ours("Invoices", "KS-")) == 10
+    assert api_calls(transport).count(("GET", "Invoices")) - before == 2  # not a third, empty one

@@ -126,7 +126,9 @@ class XeroClient(XeroTransport):
                 on_answer(answer)
             rows = answer.get(collection) or []
             out.extend(rows)
-            if len(rows) < PAGE:
+            pagination = answer.get("pagination")
+            count = pagination.get("pageCount") if isinstance(pagination, Mapping) else None
+            if len(rows) < PAGE or (isinstance(count, int) and page >= count):
                 return out
             page += 1
 
