@@ -674,7 +674,7 @@ def test_a_contact_made_by_hand_since_the_listing_is_found_by_listing_again() ->
 def test_a_listing_stops_at_xeros_page_count(monkeypatch: pytest.MonkeyPatch) -> None:
     import connector.targets.xero.client as client_module
 
-    target, fake, transport = target_for()
+    target, _fake, transport = target_for()
     target.create(writes(range(1, 11)))
     monkeypatch.setattr(client_module, "PAGE", 5)
     before = api_calls(transport).count(("GET", "Invoices"))
