@@ -680,3 +680,20 @@ def test_a_listing_stops_at_xeros_page_count(monkeypatch: pytest.MonkeyPatch) ->
     before = api_calls(transport).count(("GET", "Invoices"))
     assert len(target.client.list_ours("Invoices", "KS-")) == 10
     assert api_calls(transport).count(("GET", "Invoices")) - before == 2  # not a third, empty one
+
+
+def test_a_payment_landing_between_the_read_and_the_edit_is_refused_not_voided() -> None:
+    target, fake, _t = target_for(FakeXero(output_rate=RATE, allow_authorised_edits=True))
+    made = only(target.create([Write("1", doc("1"))]))
+    read = target._current
+
+    def read_then_paid(ids: Any) -> dict[str, dict[str, Any]]:
+        found = read(ids)
+        fake.pay(made.target_id, Decimal("1.00"))
+        return found
+
+    target._current = read_then_paid  # type: ignore[method-assign]
+    [result] = target.update([Write("1", doc("1", 20_000), target_id=made.target_id)])
+    assert isinstance(result, TargetRefusedError)
+    assert fake.docs["Invoices"][made.target_id]["Status"] == "AUTHORISED"
+    assert len(fake.docs["Invoices"]) == 1

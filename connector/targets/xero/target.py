@@ -934,7 +934,12 @@ class XeroTarget:
                     edited[pos] = (plan, dict(result.document), detail)
                     continue
                 message = "; ".join(result.errors).lower()
-                if doc.get("Status") == "AUTHORISED" and any(m in message for m in _REFUSED_EDIT):
+                if "payment" in message or "credit note" in message:
+                    # paid since it was read: never voided, never touched
+                    results[pos] = TargetRefusedError(
+                        id_of(doc), "part_paid", f"Xero refused: {'; '.join(result.errors)}"
+                    )
+                elif doc.get("Status") == "AUTHORISED" and any(m in message for m in _REFUSED_EDIT):
                     remake[pos] = (plan, doc, "Xero refused to edit the approved document")
                 else:
                     results[pos] = self._item_error(plan, result, "POST")
