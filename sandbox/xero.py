@@ -17,8 +17,9 @@ What it does, and where the docs are silent the stricter choice it makes (docs/X
   `allow_authorised_edits`.
 - `Idempotency-Key`: a repeated key gets the stored answer, whatever the body.
 - Lists: `where` (`Field=="v"`, `Field.StartsWith("v")`, AND/OR), `createdByMyApp`, `Statuses`,
-  `If-Modified-Since`, `page` with `pageSize` (default 100, at most 1000; more is a 400);
-  without `page` everything comes back without line items.
+  `IDs` (more than 52 is a 404, as reported of the real API), `If-Modified-Since`, `page`
+  with `pageSize` (default 100, at most 1000; more is a 400); without `page` everything comes
+  back without line items; every list answer carries Xero's clock as `DateTimeUTC`.
 - Limits: 60 a minute (fixed window), 5 in flight, a day limit; 429 with `Retry-After` and
   `X-Rate-Limit-Problem`; `X-MinLimit-Remaining`/`X-DayLimit-Remaining` on every answer.
 - Faults: `drop_answers(n)` commits the next n writes and drops their answers.
@@ -427,6 +428,12 @@ class FakeXero(Service):
     def _lister(self, kind: str) -> Any:
         def handler(request: Request, params: dict[str, str]) -> Response:
             rows = self._filtered(list(self.docs[kind].values()), request)
+            id_list = request.query.get("IDs")
+            if id_list:
+                ids = set(id_list.split(","))
+                if len(ids) > 52:
+                    return self.error(404, "The resource you're looking for cannot be found")
+                rows = [r for r in rows if r[_KINDS[kind][0]] in ids]
             status_list = request.query.get("Statuses")
             if status_list:
                 wanted = set(status_list.split(","))
@@ -445,7 +452,7 @@ class FakeXero(Service):
             rows.sort(key=lambda r: (r["_updated"], r["_seq"]))
             if "page" not in request.query:
                 out = [{k: v for k, v in self._public(r).items() if k != "LineItems"} for r in rows]
-                return Response.json(200, {kind: out})
+                return Response.json(200, {"DateTimeUTC": ms_date(self.clock.now()), kind: out})
             try:
                 page = int(request.query["page"])
                 size = int(request.query.get("pageSize", "100"))
@@ -460,7 +467,11 @@ class FakeXero(Service):
                 "pageCount": (len(rows) + size - 1) // size,
                 "itemCount": len(rows),
             }
-            body = {"pagination": pagination, kind: [self._public(r) for r in chunk]}
+            body = {
+                "DateTimeUTC": ms_date(self.clock.now()),
+                "pagination": pagination,
+                kind: [self._public(r) for r in chunk],
+            }
             return Response.json(200, body)
 
         return handler

@@ -10,14 +10,14 @@ body, so a new key). The request loop (pacing, limits, tokens, errors) is `trans
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from connector.errors import AmbiguousWriteError, PermanentApiError
+from connector.errors import AmbiguousWriteError, NotFoundError, PermanentApiError
 from connector.targets.xero.transport import (
     BASE_URL,
     CONNECTIONS_URL,
@@ -66,17 +66,29 @@ class XeroResult:
         return self.document is not None and not self.errors
 
 
-def idempotency_key(method: str, path: str, body: Mapping[str, Any]) -> str:
-    """The key of one request body: the same body always gets the same key, any other never."""
+def idempotency_key(method: str, path: str, body: Mapping[str, Any], version: str = "") -> str:
+    """The key of one request body: the same body always gets the same key, any other never.
+
+    `version` names what the body is sent against (the documents' `UpdatedDateUTC`, the ids
+    already made for the references): the same body sent again to changed documents (an
+    edit back to an earlier version, an approval after a refused one, a create after a
+    discard) gets a new key, so a key Xero remembers cannot answer it with a stale result."""
     blob = method.encode() + b" " + path.encode() + b"\n" + canonical_json(body, str)
+    if version:
+        blob += b"\n" + version.encode()
     return hashlib.sha256(blob).hexdigest()
 
 
-def deep_link(short_code: str, invoice_id: str) -> str:
+def deep_link(short_code: str, invoice_id: str, *, credit_note: bool = False) -> str:
     """The documented deep link into the organisation (xero.md §8)."""
+    page = (
+        f"ViewCreditNote.aspx?creditNoteID={invoice_id}"
+        if credit_note
+        else f"View.aspx?InvoiceID={invoice_id}"
+    )
     return (
         "https://go.xero.com/organisationlogin/default.aspx?shortcode="
-        f"{short_code}&redirecturl=/AccountsReceivable/View.aspx?InvoiceID={invoice_id}"
+        f"{short_code}&redirecturl=/AccountsReceivable/{page}"
     )
 
 
@@ -95,7 +107,11 @@ class XeroClient(XeroTransport):
 
     # ----- reads ------------------------------------------------------------------------------
     def _pages(
-        self, collection: str, params: Mapping[str, Any], headers: Mapping[str, str] | None = None
+        self,
+        collection: str,
+        params: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
+        on_answer: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         page = 1
@@ -106,11 +122,55 @@ class XeroClient(XeroTransport):
                 params={**params, "page": page, "pageSize": PAGE},
                 headers=headers,
             )
+            if on_answer is not None and isinstance(answer, Mapping):
+                on_answer(answer)
             rows = answer.get(collection) or []
             out.extend(rows)
-            if len(rows) < PAGE:
+            pagination = answer.get("pagination")
+            count = pagination.get("pageCount") if isinstance(pagination, Mapping) else None
+            if len(rows) < PAGE or (isinstance(count, int) and page >= count):
                 return out
             page += 1
+
+    def get_document(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        """One invoice or credit note by id (with its lines), None when Xero has none."""
+        try:
+            answer = self._call("GET", f"/{collection}/{doc_id}")
+        except NotFoundError:
+            return None
+        rows = answer.get(collection) or []
+        return dict(rows[0]) if rows else None
+
+    def invoices_by_ids(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Invoices by InvoiceID with their lines, 50 ids to a request (more fail at Xero)."""
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start : start + BATCH]
+            answer = self._call(
+                "GET",
+                "/Invoices",
+                params={"IDs": ",".join(chunk), "page": 1, "pageSize": BATCH},
+            )
+            out.extend(answer.get("Invoices") or [])
+        return out
+
+    def list_ours(
+        self,
+        collection: str,
+        prefix: str,
+        *,
+        statuses: Sequence[str] = (),
+        on_answer: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Our documents whose Reference starts with `prefix` (all of ours with ""), with their
+        lines, 1,000 a request: invoices made by this app (`createdByMyApp`), credit notes by
+        reference (Xero offers no such filter for them: the caller checks the markers)."""
+        params: dict[str, Any] = {"createdByMyApp": "true"} if collection == "Invoices" else {}
+        if prefix:
+            params["where"] = f'Reference.StartsWith("{_quoted(prefix)}")'
+        if statuses and collection == "Invoices":
+            params["Statuses"] = ",".join(statuses)
+        return self._pages(collection, params, on_answer=on_answer)
 
     def find_by_references(
         self, references: Iterable[str], collection: str = "Invoices"
@@ -134,18 +194,30 @@ class XeroClient(XeroTransport):
                 found[ref].append(row)
         return found
 
-    def changed_since(self, since: datetime, collection: str = "Invoices") -> list[dict[str, Any]]:
+    def changed_since(
+        self,
+        since: datetime,
+        collection: str = "Invoices",
+        *,
+        on_answer: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
         """Our documents created or changed since `since` (one request per 1,000)."""
         stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         mine = {"createdByMyApp": "true"} if collection == "Invoices" else {}
-        return self._pages(collection, mine, headers={"If-Modified-Since": stamp})
+        return self._pages(
+            collection, mine, headers={"If-Modified-Since": stamp}, on_answer=on_answer
+        )
 
     # ----- writes -----------------------------------------------------------------------------
     def _write_batch(
-        self, method: str, collection: str, elements: Sequence[Mapping[str, Any]]
+        self,
+        method: str,
+        collection: str,
+        elements: Sequence[Mapping[str, Any]],
+        version: str = "",
     ) -> list[XeroResult]:
         body = {collection: list(elements)}
-        key = idempotency_key(method, f"/{collection}", body)
+        key = idempotency_key(method, f"/{collection}", body, version)
         answer = self._call(
             method,
             f"/{collection}",
@@ -170,19 +242,25 @@ class XeroClient(XeroTransport):
         return results
 
     def save(
-        self, method: str, collection: str, payloads: Sequence[Mapping[str, Any]]
+        self,
+        method: str,
+        collection: str,
+        payloads: Sequence[Mapping[str, Any]],
+        version: str = "",
     ) -> list[XeroResult]:
         """PUT (create) or POST (update) documents, 50 to a request, one result per payload,
         in order. A batch whose answer was lost is looked up by reference before a resend."""
         results: list[XeroResult] = []
         for start in range(0, len(payloads), BATCH):
             results.extend(
-                self._save_resolving(method, collection, list(payloads[start : start + BATCH]))
+                self._save_resolving(
+                    method, collection, list(payloads[start : start + BATCH]), version
+                )
             )
         return results
 
     def _save_resolving(
-        self, method: str, collection: str, chunk: list[Mapping[str, Any]]
+        self, method: str, collection: str, chunk: list[Mapping[str, Any]], version: str = ""
     ) -> list[XeroResult]:
         by_position: dict[int, XeroResult] = {}
         pending = list(range(len(chunk)))
@@ -190,7 +268,7 @@ class XeroClient(XeroTransport):
             try:
                 for pos, result in zip(
                     pending,
-                    self._write_batch(method, collection, [chunk[i] for i in pending]),
+                    self._write_batch(method, collection, [chunk[i] for i in pending], version),
                     strict=True,
                 ):
                     by_position[pos] = result
@@ -226,27 +304,35 @@ class XeroClient(XeroTransport):
         return self.save("POST", "CreditNotes", payloads)
 
     def set_status(
-        self, collection: str, changes: Sequence[tuple[str, str, str]]
+        self, collection: str, changes: Sequence[tuple[str, str, str]], version: str = ""
     ) -> list[XeroResult]:
         """(id, reference, status) -> POST `{"<ID field>": id, "Reference": ref, "Status": s}`:
         approve (AUTHORISED), delete (DELETED) or void (VOIDED), 50 to a request."""
         id_field = "CreditNoteID" if collection == "CreditNotes" else "InvoiceID"
         payloads = [{id_field: i, "Reference": ref, "Status": s} for i, ref, s in changes]
-        return self.save("POST", collection, payloads)
+        return self.save("POST", collection, payloads, version)
 
-    def approve(self, collection: str, docs: Sequence[tuple[str, str]]) -> list[XeroResult]:
+    def approve(
+        self, collection: str, docs: Sequence[tuple[str, str]], version: str = ""
+    ) -> list[XeroResult]:
         """(id, reference) -> AUTHORISED: after the drafts' totals were verified."""
-        return self.set_status(collection, [(i, ref, "AUTHORISED") for i, ref in docs])
+        return self.set_status(collection, [(i, ref, "AUTHORISED") for i, ref in docs], version)
 
-    def cancel(self, collection: str, docs: Sequence[tuple[str, str, str]]) -> list[XeroResult]:
+    def cancel(
+        self, collection: str, docs: Sequence[tuple[str, str, str]], version: str = ""
+    ) -> list[XeroResult]:
         """(id, reference, current status) -> DELETED for DRAFT/SUBMITTED, VOIDED for
         AUTHORISED. Paid documents are refused by Xero and come back with its message."""
         changes = [
             (i, ref, "VOIDED" if status == "AUTHORISED" else "DELETED") for i, ref, status in docs
         ]
-        return self.set_status(collection, changes)
+        return self.set_status(collection, changes, version)
 
     # ----- contacts ---------------------------------------------------------------------------
+    def list_contacts(self) -> list[dict[str, Any]]:
+        """Every contact of the organisation, 1,000 a request."""
+        return self._pages("Contacts", {})
+
     def contacts_for(
         self, clients: Sequence[tuple[str | None, str]], *, _rounds: int = 3
     ) -> dict[str, str]:
@@ -313,8 +399,23 @@ def _applied(
                     return None  # an edit's effect cannot be told by status: resend it
                 return doc
         return None
-    live = [doc for doc in found if doc.get("Status") in LIVE]
+    reference = str(payload.get("Reference") or "")
+    live = [doc for doc in found if doc.get("Status") in LIVE and _marked(doc, reference)]
     return live[0] if live else None
+
+
+def _marked(doc: Mapping[str, Any], reference: str) -> bool:
+    """Whether a line of `doc` carries the marker `[<reference>/...]` a create of ours writes
+    (credit notes have no `createdByMyApp` filter: a hand-made one is never taken for ours)."""
+    if not reference:
+        return True
+    items = doc.get("LineItems")
+    if not isinstance(items, list):
+        return True  # a list without lines: `createdByMyApp` and the reference decide
+    needle = f"[{reference}/"
+    return any(
+        needle in str(item.get("Description") or "") for item in items if isinstance(item, Mapping)
+    )
 
 
 def _quoted(value: str) -> str:

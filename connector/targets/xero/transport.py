@@ -23,6 +23,7 @@ import structlog
 from connector.errors import (
     AmbiguousWriteError,
     ConfigError,
+    LimitReachedError,
     NotFoundError,
     PermanentApiError,
     TransientApiError,
@@ -38,19 +39,24 @@ MAX_429 = 20
 _SAFE_TO_RESEND = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-class XeroDailyLimitReached(TransientApiError):
+class XeroDailyLimitReached(LimitReachedError):
     """Xero's day limit for this organisation is spent: end the cycle cleanly, try again
-    (one call) on the next one whatever `resume_at` says."""
+    (one call) on the next one whatever `resume_at` says. Neither transient nor permanent:
+    no invoice is failed for it."""
+
+    resume_at: datetime
 
     def __init__(self, resume_at: datetime, *, path: str = "") -> None:
-        self.resume_at = resume_at
         super().__init__(
             "xero",
             f"Xero's daily limit reached; resumes after {resume_at:%Y-%m-%d %H:%M:%S} UTC",
+            resume_at=resume_at,
             status=429,
             path=path,
-            retry_after=None,
         )
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class PauseGate:
