@@ -189,7 +189,7 @@ def _run_once(
                 connector.engine.on_page = progress.page
                 connector.engine.on_progress = progress.advance
                 if progress.pace is not None:
-                    noko, kantata = connector.noko.stats, connector.kantata.stats
+                    noko, kantata = connector.target_stats, connector.kantata.stats
                     progress.pace.requests = lambda: (noko.requests, kantata.requests)
             if on_invoice is not None:
                 connector.engine.on_invoice = on_invoice(connector)

@@ -48,7 +48,7 @@ def status(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     try:
-        report = build_report(store)
+        report = build_report(store, target=settings.target_name)
     finally:
         store.close()
     if html is not None:

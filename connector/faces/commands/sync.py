@@ -208,6 +208,7 @@ def run(
                     metrics=metrics,
                     status_token_file=settings.kantata_sync_status_token_file,
                     exposed=settings.status_exposed(),
+                    target=settings.target_name,
                 )
             except OSError as exc:
                 raise _fail(

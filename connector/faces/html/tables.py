@@ -163,14 +163,14 @@ def _failures_table(failures: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def _conflicts_table(conflicts: Sequence[Mapping[str, Any]]) -> str:
+def _conflicts_table(conflicts: Sequence[Mapping[str, Any]], target: str = "Noko") -> str:
     rows = []
     for row in conflicts:
         noko_id = row.get("noko_invoice_id")
         link = _safe_link(row.get("noko_link"))
         noko = _e(noko_id if noko_id is not None else "")
         if link:
-            noko = f'<a href="{_e(link)}" rel="noreferrer">{noko or "open in Noko"}</a>'
+            noko = f'<a href="{_e(link)}" rel="noreferrer">{noko or "open in " + _e(target)}</a>'
         rows.append(
             f'<tr data-kantata-id="{_e(row.get("kantata_invoice_id"))}">'
             f'<td class="nowrap id">{_e(row.get("kantata_invoice_id"))}</td>'
@@ -180,7 +180,7 @@ def _conflicts_table(conflicts: Sequence[Mapping[str, Any]]) -> str:
         )
     return _table(
         "conflicts",
-        ("Kantata id", "Noko invoice", "why", "what to do"),
+        ("Kantata id", f"{target} invoice", "why", "what to do"),
         rows,
         "No conflicts.",
         set(),
