@@ -78,15 +78,20 @@ def token_source(
 
 
 def counting_http(stats: ApiStats, base_url: str) -> httpx.Client:
-    """An HTTP client whose every request is counted in `stats` (by endpoint, the API root
-    left out), for the progress line, the demo and the daemon's metrics."""
-    prefix = httpx.URL(base_url).path.rstrip("/")
+    """An HTTP client whose every Accounting API request is counted in `stats` (by endpoint,
+    the API root left out), for the progress line, the demo and the daemon's metrics. Token
+    and connections requests are not Accounting API calls (no organisation's limit): not
+    counted."""
+    root = httpx.URL(base_url)
+    prefix = root.path.rstrip("/")
 
     def count(request: httpx.Request) -> None:
         path = request.url.path
-        if prefix and path.startswith(prefix):
-            path = path[len(prefix) :] or "/"
-        stats.record_request(endpoint_template(request.method, path), 0.0)
+        if request.url.host != root.host or request.url.port != root.port:
+            return
+        if not (path == prefix or path.startswith(prefix + "/")):
+            return
+        stats.record_request(endpoint_template(request.method, path[len(prefix) :] or "/"), 0.0)
 
     return httpx.Client(timeout=XERO_TIMEOUT, event_hooks={"request": [count]})
 
