@@ -97,13 +97,18 @@ def counting_http(stats: ApiStats, base_url: str) -> httpx.Client:
 
 
 def build_client(
-    settings: Settings, stats: ApiStats, *, http: httpx.Client | None = None
+    settings: Settings,
+    stats: ApiStats,
+    *,
+    http: httpx.Client | None = None,
+    tokens: TokenSource | None = None,
+    **options: Any,
 ) -> XeroClient:
     """The Xero client of the settings (pacing, tenant, token source). ConfigError when the
     credentials are missing."""
     http = http or counting_http(stats, settings.xero_base_url)
     try:
-        tokens = token_source(settings, http)
+        tokens = tokens or token_source(settings, http)
     except BaseException:
         http.close()
         raise
@@ -115,6 +120,7 @@ def build_client(
         per_minute=settings.xero_max_requests_per_minute,
         concurrent=settings.xero_max_concurrent,
         http=http,
+        **options,
     )
 
 
