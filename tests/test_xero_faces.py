@@ -228,10 +228,10 @@ def test_the_client_reaches_the_sandboxs_xero_and_counts_its_requests(
 class _StubTarget:
     """Stands in for `connector.targets.xero.target.XeroTarget` (built on another branch)."""
 
-    made: ClassVar[list[tuple[Any, Any, str]]] = []
+    made: ClassVar[list[tuple[Any, Any]]] = []
 
-    def __init__(self, client: Any, settings: Any, *, kantata_service: str = "xero") -> None:
-        type(self).made.append((client, settings, kantata_service))
+    def __init__(self, client: Any, settings: Any) -> None:
+        type(self).made.append((client, settings))
 
     def __getattr__(self, name: str) -> Any:
         return mock.MagicMock(name=name)
@@ -255,10 +255,10 @@ def test_target_xero_wires_the_xero_client_and_target_without_noko(
         assert connector.noko is None
         assert isinstance(connector.xero, XeroClient)
         assert connector.target_name == "Xero"
-        [(client, profile_section, service)] = stub_target.made
+        [(client, profile_section)] = stub_target.made
         assert client is connector.xero
         assert isinstance(profile_section, XeroSettings)
-        assert service == "xero"
+        assert connector.engine.settings.service_name == "xero"
         assert connector.engine.target is not None
         connector.xero.accounts()
         assert connector.target_stats.by_endpoint == {"GET /Accounts": 1}

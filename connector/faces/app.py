@@ -83,7 +83,7 @@ def open_connector(
         target: Any
         if settings.kantata_sync_target == "xero":
             # Imported here: a Noko run never loads the Xero package.
-            from connector.faces.xero import build_client, counting_http
+            from connector.faces.xero import build_client, counting_http, xero_section
             from connector.targets.xero.target import (  # type: ignore[import-not-found, unused-ignore]
                 XeroTarget,
             )
@@ -95,9 +95,7 @@ def open_connector(
             if secret is not None:
                 register_secret(secret.get_secret_value())
             xero = build_client(settings, stats, http=http)
-            target = XeroTarget(
-                xero, profile.xero, kantata_service=settings.kantata_sync_service_name
-            )
+            target = XeroTarget(xero, xero_section(profile))
         else:
             noko_token = settings.noko_secret()
             register_secret(noko_token)

@@ -16,7 +16,7 @@ import httpx
 
 from connector.errors import ApiError, AuthError, ConfigError
 from connector.faces.config import Settings
-from connector.faces.xero import XERO_TIMEOUT, build_client, token_source
+from connector.faces.xero import XERO_TIMEOUT, build_client, token_source, xero_section
 from connector.http import ApiStats
 from connector.targets.xero.auth import (
     ClientCredentials,
@@ -179,7 +179,7 @@ def check_profile_codes(
 ) -> list[Check]:
     """The account codes and tax types the profile's `[xero]` section names exist in the
     organisation and are active."""
-    section = profile.xero
+    section = xero_section(profile)
     active_codes = {
         str(a.get("Code"))
         for a in accounts

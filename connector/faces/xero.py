@@ -26,8 +26,20 @@ from connector.targets.xero.auth import (
     login,
 )
 from connector.targets.xero.client import XeroClient
+from mappings.profile import Profile
+from mappings.targets.xero_profile import XeroSettings
 
 XERO_TIMEOUT = 60.0
+
+
+def xero_section(profile: Profile) -> XeroSettings:
+    """The profile's `[xero]` section: `XeroSettings.from_profile` where the profile keeps
+    target sections as written, else the profile's own `xero` field."""
+    from_profile = getattr(XeroSettings, "from_profile", None)
+    if from_profile is not None:
+        section: XeroSettings = from_profile(profile)
+        return section
+    return XeroSettings.model_validate(getattr(profile, "xero", None) or {})
 
 
 def xero_credentials(settings: Settings, *, secret_required: bool = True) -> XeroCredentials:
