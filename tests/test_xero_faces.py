@@ -487,6 +487,7 @@ def test_a_cycle_that_met_the_day_limit_is_shown_as_such_not_as_a_failure(
     assert 'data-verdict="healthy"' in page
     assert "outcome-day-limit" in page
     assert "into Xero" in page
+    assert "in Xero and verified" in page and "Noko" not in page
 
 
 def test_a_later_cycle_clears_the_day_limit_line(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="kantata-sync",
-    help="Sync Kantata OX invoices into Noko, exactly once and to the cent.",
+    help="Sync Kantata OX invoices into Noko or Xero, exactly once and to the cent.",
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -65,7 +65,7 @@ def sync(
         full_refresh=full_refresh,
     )
     if dry_run and not as_json:
-        _print_plan(result)
+        _print_plan(result, settings.target_name)
     typer.echo(_summary(result), err=as_json)
     raise typer.Exit(result.exit_code)
 
@@ -145,17 +145,17 @@ def backfill(
         dry_run=dry_run,
     )
     if dry_run:
-        _print_plan(result)
+        _print_plan(result, settings.target_name)
     typer.echo(_summary(result))
     raise typer.Exit(result.exit_code)
 
 
-def _print_plan(result: CycleResult) -> None:
+def _print_plan(result: CycleResult, target: str = "Noko") -> None:
     """What a dry run would do, invoice by invoice, with the totals."""
     labels = {"would-push": "create", "would-update": "update", "would-cancel": "delete"}
     for kantata_id, (outcome, what) in sorted(result.planned.items(), key=lambda i: int(i[0])):
         label = labels.get(outcome, outcome)
-        typer.echo(f"would {label:<6} Noko invoice for Kantata invoice {kantata_id}: {what}")
+        typer.echo(f"would {label:<6} {target} invoice for Kantata invoice {kantata_id}: {what}")
     for kantata_id, why in sorted(result.failed.items(), key=lambda i: int(i[0])):
         typer.echo(f"would fail   Kantata invoice {kantata_id}: {why}")
     counts = dict.fromkeys(labels.values(), 0)

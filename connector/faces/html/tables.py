@@ -22,6 +22,11 @@ from connector.faces.html.values import (
 
 def _counts(report: Mapping[str, Any]) -> str:
     counts = report.get("counts") or {}
+    target = str(report.get("target") or "Noko")
+
+    def hint(state: str) -> str:
+        return STATE_HINTS.get(state, "").replace("Noko", target)
+
     states = list(STATES) + [str(key) for key in counts if key not in STATES]
     cards = []
     for state in states:
@@ -32,7 +37,7 @@ def _counts(report: Mapping[str, Any]) -> str:
             f'<div class="{klass}" data-state="{_e(state)}">'
             f'<div class="figure" id="count-{_e(state)}" data-count="{value}">{value:,}</div>'
             f'<div class="label">{_e(STATE_LABELS.get(state, state))}</div>'
-            f'<div class="hint">{_e(STATE_HINTS.get(state, ""))}</div></div>'
+            f'<div class="hint">{_e(hint(state))}</div></div>'
         )
     return (
         '<section class="counts" id="counts" aria-label="invoices by state">'
