@@ -151,8 +151,12 @@ def _install_stop_handlers(stop: threading.Event, *, grace: float = STOP_GRACE) 
 
 
 def _summary(result: CycleResult) -> str:
+    from connector.faces.report import DAY_LIMIT_OUTCOME, day_limit
+
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()) if v) or "nothing"
-    line = f"{result.kind} {result.final_outcome}: {counts} in {result.duration:.1f} s"
+    # A cycle that ran out of the target's day budget says so, as `status` does: not a failure.
+    outcome = DAY_LIMIT_OUTCOME if day_limit(result.error) is not None else result.final_outcome
+    line = f"{result.kind} {outcome}: {counts} in {result.duration:.1f} s"
     if result.failed:
         line += "; see `kantata-sync status`"
     if result.error:
