@@ -3,7 +3,10 @@ sandbox serving a fake Xero, the demo's settings and check, and the report's wor
 
 from __future__ import annotations
 
+import os
+import signal
 import stat
+import subprocess
 import sys
 import types
 from collections.abc import Iterator
@@ -443,6 +446,42 @@ def test_the_demo_check_counts_one_live_invoice_of_the_kantata_total(
     count, right, referenced = _xero_check(xbox, settings.kantata_sync_service_name)
     assert right == len(eligible) and count >= right
     assert referenced == 0
+
+
+@pytest.mark.e2e
+def test_the_sandbox_command_serves_xero_and_prints_its_settings(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "connector.faces.cli", "sandbox", "--invoices", "2"]
+    command += ["--kantata-port", "0", "--noko-port", "0", "--xero-port", "0"]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(3)]
+        xero = next(line for line in lines if line.startswith("Xero:"))
+        values = dict(part.split("=", 1) for part in xero.split()[1:])
+        token = httpx.post(
+            values["XERO_TOKEN_URL"],
+            data={"grant_type": "client_credentials"},
+            auth=(values["XERO_CLIENT_ID"], values["XERO_CLIENT_SECRET"]),
+        ).json()["access_token"]
+        connections = httpx.get(
+            values["XERO_CONNECTIONS_URL"], headers={"Authorization": f"Bearer {token}"}
+        ).json()
+        organisation = httpx.get(
+            values["XERO_BASE_URL"] + "/Organisation",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "xero-tenant-id": connections[0]["tenantId"],
+            },
+        )
+        assert organisation.status_code == 200
+        assert organisation.headers["X-MinLimit-Remaining"] == "59"  # Xero's own limits
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=20)
 
 
 @pytest.mark.e2e

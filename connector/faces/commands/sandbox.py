@@ -77,7 +77,8 @@ def sandbox(
     kantata_admin = box.kantata_url.rsplit("/api/v1", 1)[0] + "/_sandbox"
     noko_admin = box.noko_url.rsplit("/v2", 1)[0] + "/_sandbox"
     typer.echo(
-        f"Admin:   {kantata_admin} and {noko_admin} (faults, corruption, hand edits: "
+        f"Admin:   {kantata_admin}, {noko_admin} and {box.xero_url}/_sandbox (faults, "
+        "corruption, hand edits: "
         "see `kantata-sync sandbox --help`)"
     )
     typer.echo("Ctrl-C stops it.")
