@@ -140,6 +140,13 @@ def test_the_refresh_token_of_xero_login_is_used_and_a_dead_one_named(
     assert ok, out
     assert "Xero granted a token (refresh token of `xero login`)" in out
     assert token_file.read_text().strip() in box.xero.refresh_tokens  # rotated and kept
+    token_file.chmod(0o644)
+    ok, out = _doctor(settings)
+    assert not ok
+    found, fix = _line(out, "readable by others")
+    assert found.startswith("FAIL") and "mode 644" in found
+    assert f"fix: chmod 600 {token_file}" in fix
+    token_file.chmod(0o600)
     box.xero.revoke_tokens()
     ok, out = _doctor(settings)
     assert not ok

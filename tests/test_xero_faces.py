@@ -132,6 +132,7 @@ def test_the_xero_section_of_the_config_file(tmp_path: Path) -> None:
         ({"XERO_MAX_CONCURRENT": "0"}, "", "XERO_MAX_CONCURRENT (environment)"),
         ({"XERO_BASE_URL": "ftp://api.xero.com"}, "", "XERO_BASE_URL (environment)"),
         ({"XERO_TOKEN_URL": "http://identity.example.com/token"}, "", "XERO_TOKEN_URL"),
+        ({"XERO_TENANT_ID": "my-org"}, "", "XERO_TENANT_ID (environment): 'my-org' is not"),
         ({}, '[xero]\nscopes = "all"\n', "[xero] scopes in"),
         ({}, '[sync]\ntarget = "quickbooks"\n', "[sync] target in"),
         ({}, '[xero]\nclient = "x"\n', "[xero] client in"),

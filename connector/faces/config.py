@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,7 @@ SECTION_PREFIX = {
 TARGET_NAMES = {"noko": "Noko", "xero": "Xero"}
 """How reports and messages name each target."""
 CONFIG_ENV = "KANTATA_SYNC_CONFIG"
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 
 class Settings(BaseSettings):
@@ -167,6 +169,15 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         return value.strip()
+
+    @field_validator("xero_tenant_id")
+    @classmethod
+    def _tenant_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _UUID.match(value):
+            raise ValueError(
+                f"{value!r} is not a Xero tenant id (a UUID, as `kantata-sync doctor` lists them)"
+            )
+        return value
 
     @field_validator(
         "kantata_base_url",

@@ -273,6 +273,17 @@ def check_xero(settings: Settings, profile: Profile | None) -> list[Check]:
         if isinstance(tokens, _DoctorClientCredentials | _DoctorRefreshTokenGrant):
             tokens.granted = granted  # this run's own record, not the class's
         refresh = isinstance(tokens, RefreshTokenGrant)
+        if isinstance(tokens, RefreshTokenGrant):
+            path = tokens.token_file.path
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                return [
+                    (
+                        False,
+                        f"XERO_TOKEN_FILE {path} is readable by others (mode {mode:o})",
+                        f"chmod 600 {path}",
+                    )
+                ]
         how = "refresh token of `xero login`" if refresh else "client credentials"
         token_host = _host(settings.xero_token_url)
         try:
