@@ -271,6 +271,24 @@ def test_target_xero_wires_the_xero_client_and_target_without_noko(
         assert connector.xero.base_url == xbox.xero_api_url
 
 
+@pytest.mark.parametrize("target", ["xero", "noko"])
+def test_missing_target_credentials_create_no_state_file(tmp_path: Path, target: str) -> None:
+    settings = load_settings(
+        None,
+        environ={
+            "KANTATA_TOKEN": "k",
+            "KANTATA_SYNC_TARGET": target,
+            "KANTATA_SYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'state.db'}",
+        },
+    )
+    with (
+        pytest.raises(ConfigError, match="XERO_CLIENT_ID" if target == "xero" else "NOKO_TOKEN"),
+        open_connector(settings),
+    ):
+        pass
+    assert not (tmp_path / "state.db").exists()
+
+
 # --------------------------------------------------------------------------- xero login
 
 

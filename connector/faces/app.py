@@ -62,10 +62,8 @@ def open_connector(
     profile = settings.profile()
     kantata_token = settings.kantata_secret()
     register_secret(kantata_token)
+    noko_token = settings.noko_secret() if settings.kantata_sync_target == "noko" else None
     with contextlib.ExitStack() as closing:
-        if store is None:
-            store = Store(settings.kantata_sync_database_url, create=create)
-            closing.callback(store.close)
         retry = retry_policy(settings)
         kantata = KantataClient(
             settings.kantata_base_url,
@@ -84,9 +82,6 @@ def open_connector(
         if settings.kantata_sync_target == "xero":
             # Imported here: a Noko run never loads the Xero package.
             from connector.faces.xero import build_client, counting_http, xero_section
-            from connector.targets.xero.target import (  # type: ignore[import-not-found, unused-ignore]
-                XeroTarget,
-            )
 
             stats = ApiStats()
             http = counting_http(stats, settings.xero_base_url)
@@ -94,10 +89,14 @@ def open_connector(
             secret = settings.xero_secret(required=False)
             if secret is not None:
                 register_secret(secret.get_secret_value())
-            xero = build_client(settings, stats, http=http)
+            xero = build_client(settings, stats, http=http)  # ConfigError: a setting missing
+            from connector.targets.xero.target import (  # type: ignore[import-not-found, unused-ignore]
+                XeroTarget,
+            )
+
             target = XeroTarget(xero, xero_section(profile))
         else:
-            noko_token = settings.noko_secret()
+            assert noko_token is not None
             register_secret(noko_token)
             noko = NokoClient(
                 settings.noko_base_url,
@@ -113,6 +112,11 @@ def open_connector(
             closing.callback(noko.close)
             stats = noko.stats
             target = NokoTarget(noko)
+        # The state file is opened once every credential is known to be there: a missing
+        # one creates no state file.
+        if store is None:
+            store = Store(settings.kantata_sync_database_url, create=create)
+            closing.callback(store.close)
         # The accounting system the sync writes to: the engine reaches it through `Target`.
         pusher: Any = getattr(target, "pusher", None)
         engine = SyncEngine(
