@@ -27,6 +27,7 @@ from connector.faces.commands.common import _summary
 from connector.faces.config import Settings, load_settings
 from connector.faces.demo import _xero_check, demo_settings, run_demo
 from connector.faces.logs import configure_logging
+from connector.faces.progress import EXPECTED_XERO_REQUESTS, Pace
 from connector.faces.report import action_for, build_report, render_table
 from connector.faces.report_html import render_html
 from connector.faces.xero import build_client, counting_http, token_source
@@ -518,6 +519,14 @@ def test_the_demo_runs_the_whole_job_with_xero(tmp_path: Path, capsys: Any) -> N
     assert run_demo(invoices=12, seed=7, workdir=tmp_path / "demo", target="xero") == 0
     out = capsys.readouterr().out
     assert "Xero requests" in out and "have exactly one Xero invoice" in out
+
+
+def test_a_xero_backfill_is_paced_by_kantata_not_by_xeros_60_a_minute() -> None:
+    # 1,000 invoices: Xero's 50 a request cost ~50 calls at 1 a second; Kantata's write-backs
+    # (one per invoice at 10 a second) take longer and set the time left.
+    xero = Pace(60 / 60.0, 10.0, expected=EXPECTED_XERO_REQUESTS)
+    assert xero.seconds_left(0, 1000) == pytest.approx(100.0)
+    assert Pace(2.0, 10.0).seconds_left(0, 1000) == pytest.approx(3000.0)  # Noko: 6 a piece
 
 
 # --------------------------------------------------------------------------- report

@@ -26,7 +26,7 @@ from connector.faces.commands.common import (
     _summary,
     app,
 )
-from connector.faces.progress import Pace, Progress
+from connector.faces.progress import EXPECTED_XERO_REQUESTS, Pace, Progress
 from connector.sync.engine import CycleResult
 
 
@@ -134,7 +134,14 @@ def backfill(
     settings = _settings()
     stop = threading.Event()
     _install_stop_handlers(stop)
-    pace = Pace(settings.noko_max_requests_per_second, settings.kantata_max_requests_per_second)
+    if settings.kantata_sync_target == "xero":
+        pace = Pace(
+            settings.xero_max_requests_per_minute / 60.0,
+            settings.kantata_max_requests_per_second,
+            expected=EXPECTED_XERO_REQUESTS,
+        )
+    else:
+        pace = Pace(settings.noko_max_requests_per_second, settings.kantata_max_requests_per_second)
     result = _run_once(
         settings,
         stop,
