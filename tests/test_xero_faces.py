@@ -550,7 +550,7 @@ LIMITED = (
 )
 
 
-@pytest.mark.parametrize("recorded", ["aborted", "interrupted", "failed", "degraded", "ok"])
+@pytest.mark.parametrize("recorded", ["aborted", "interrupted", "degraded", "ok"])
 def test_a_cycle_that_met_the_day_limit_is_shown_as_such_not_as_a_failure(
     tmp_path: Path, recorded: str
 ) -> None:
@@ -586,6 +586,33 @@ def test_the_cycle_summary_line_says_day_limit() -> None:
     assert line.endswith(LIMITED)
     result.error = "reading Kantata failed: HTTP 500"
     assert _summary(result).startswith("sync aborted: ")
+
+
+def test_a_cycle_with_failed_invoices_and_the_day_limit_stays_failed(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        _finished_run(store, "r1", "failed", LIMITED)
+        report = build_report(store, target="Xero")
+    finally:
+        store.close()
+    assert report["runs"][0]["outcome"] == "failed"
+    assert report["day_limit"]["resumes_after"] == "2026-12-06 00:00:00 UTC"
+    result = CycleResult(run_id="r", kind="sync")
+    result.failed["7"] = "refused"
+    result.error = LIMITED
+    assert _summary(result).startswith("sync failed: ")
+
+
+def test_the_engines_iso_moment_is_read_too(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        message = "Xero's daily limit reached; resumes after 2026-12-06T00:00:00+00:00"
+        _finished_run(store, "r1", "ok", message)
+        report = build_report(store, target="Xero")
+    finally:
+        store.close()
+    assert report["runs"][0]["outcome"] == "day-limit"
+    assert report["day_limit"]["resumes_after"] == "2026-12-06T00:00:00+00:00"
 
 
 def test_a_later_cycle_clears_the_day_limit_line(tmp_path: Path) -> None:

@@ -88,9 +88,10 @@ def _amount(record: InvoiceRecord) -> str | None:
 
 
 def _outcome(outcome: str, error: str | None) -> str:
-    """A finished cycle that ended on the target's day limit shows as `day-limit`, whatever
-    the engine recorded: no invoice failed for it, and the next cycle goes on."""
-    if outcome != "running" and day_limit(error) is not None:
+    """A finished cycle that ended on the target's day limit shows as `day-limit`: no invoice
+    failed for it, and the next cycle goes on. One whose invoices failed as well stays
+    `failed` (its failures are listed); the day-limit line says the rest."""
+    if outcome not in ("running", "failed") and day_limit(error) is not None:
         return DAY_LIMIT_OUTCOME
     return outcome
 
@@ -170,8 +171,8 @@ def build_report(
     ]
     last = next((run for run in runs if run["outcome"] != "running"), None)
     limited = None
-    if last is not None and last["outcome"] == DAY_LIMIT_OUTCOME:
-        message = str(last["error"])
+    message = str(last["error"] or "") if last is not None else ""
+    if last is not None and day_limit(message) is not None:
         limited = {
             "message": message,
             "resumes_after": day_limit(message) or None,

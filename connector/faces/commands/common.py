@@ -155,7 +155,9 @@ def _summary(result: CycleResult) -> str:
 
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()) if v) or "nothing"
     # A cycle that ran out of the target's day budget says so, as `status` does: not a failure.
-    outcome = DAY_LIMIT_OUTCOME if day_limit(result.error) is not None else result.final_outcome
+    outcome = result.final_outcome
+    if outcome != "failed" and day_limit(result.error) is not None:
+        outcome = DAY_LIMIT_OUTCOME
     line = f"{result.kind} {outcome}: {counts} in {result.duration:.1f} s"
     if result.failed:
         line += "; see `kantata-sync status`"
