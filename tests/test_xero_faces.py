@@ -68,6 +68,7 @@ def test_target_xero_needs_no_noko_setting_and_defaults_to_xeros_hosts() -> None
     assert settings.kantata_sync_target == "xero"
     assert settings.target_name == "Xero"
     assert settings.kantata_sync_service_name == "xero"  # the references Kantata shows
+    assert settings.kantata_sync_workers == 50  # a batch of 50 fills
     assert settings.xero_base_url == "https://api.xero.com/api.xro/2.0"
     assert settings.xero_token_url == "https://identity.xero.com/connect/token"
     assert settings.xero_connections_url == "https://api.xero.com/connections"
@@ -84,14 +85,18 @@ def test_noko_stays_the_default_and_needs_no_xero_setting() -> None:
     settings = load_settings(None, environ={"KANTATA_TOKEN": "k", "NOKO_TOKEN": "n"})
     assert settings.kantata_sync_target == "noko"
     assert settings.kantata_sync_service_name == "noko"
+    assert settings.kantata_sync_workers == 8
     assert settings.target_secret() == "n"
     with pytest.raises(ConfigError, match="XERO_CLIENT_ID is not set"):
         settings.xero_id()
 
 
-def test_an_explicit_service_name_is_kept_with_xero() -> None:
-    settings = load_settings(None, environ=_xero_env(KANTATA_SYNC_SERVICE_NAME="books"))
+def test_explicit_service_name_and_workers_are_kept_with_xero() -> None:
+    settings = load_settings(
+        None, environ=_xero_env(KANTATA_SYNC_SERVICE_NAME="books", KANTATA_SYNC_WORKERS="12")
+    )
     assert settings.kantata_sync_service_name == "books"
+    assert settings.kantata_sync_workers == 12
 
 
 def test_the_xero_section_of_the_config_file(tmp_path: Path) -> None:
@@ -463,9 +468,10 @@ def test_the_demo_check_counts_one_live_invoice_of_the_kantata_total(
     finally:
         http.close()
     assert all(r.ok for r in results), [r.errors for r in results]
-    count, right, referenced = _xero_check(xbox, settings.kantata_sync_service_name)
+    count, right, referenced, refused = _xero_check(xbox, settings.kantata_sync_service_name)
     assert right == len(eligible) and count >= right
     assert referenced == 0
+    assert refused == set()  # every invoice here is one Xero can hold
 
 
 @pytest.mark.e2e

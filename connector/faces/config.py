@@ -34,6 +34,9 @@ SECTION_PREFIX = {
     "sync": "kantata_sync_",
 }
 TARGET_NAMES = {"noko": "Noko", "xero": "Xero"}
+XERO_WORKERS = 50
+"""Workers with Xero as the target: one request takes up to 50 invoices, and a batch is sent
+when every worker waits in it."""
 """How reports and messages name each target."""
 CONFIG_ENV = "KANTATA_SYNC_CONFIG"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
@@ -149,14 +152,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _service_of_target(cls, data: Any) -> Any:
-        """The references written to Kantata are named after the target unless the operator
-        names them (`KANTATA_SYNC_SERVICE_NAME`): `noko` or `xero`."""
-        if isinstance(data, dict) and "kantata_sync_service_name" not in data:
-            target = data.get("kantata_sync_target")
-            if isinstance(target, str) and target.strip().lower() == "xero":
-                return {**data, "kantata_sync_service_name": "xero"}
-        return data
+    def _defaults_of_target(cls, data: Any) -> Any:
+        """Defaults that follow the target unless the operator sets them: the references
+        written to Kantata are named after it (`KANTATA_SYNC_SERVICE_NAME`: `noko` or `xero`),
+        and Xero gets as many workers as one of its requests takes invoices (50), so that
+        batches fill (`KANTATA_SYNC_WORKERS`)."""
+        if not isinstance(data, dict):
+            return data
+        target = data.get("kantata_sync_target")
+        if not (isinstance(target, str) and target.strip().lower() == "xero"):
+            return data
+        defaults = {"kantata_sync_service_name": "xero", "kantata_sync_workers": XERO_WORKERS}
+        return {**defaults, **data}
 
     @field_validator("kantata_sync_target", mode="before")
     @classmethod
