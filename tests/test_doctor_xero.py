@@ -22,6 +22,7 @@ from connector.state.store import Store
 from mappings.profile import parse_profile
 from sandbox import Sandbox, generate
 from sandbox.xero import Tenant
+from tests.e2e import cli_env, run_cli
 
 pytestmark = pytest.mark.e2e  # the connector against the sandbox over HTTP
 
@@ -153,6 +154,28 @@ def test_the_refresh_token_of_xero_login_is_used_and_a_dead_one_named(
     found, fix = _line(out, "granted no token")
     assert "invalid_grant" in found
     assert "fix: Run `kantata-sync xero login` again." in fix
+
+
+def test_the_doctor_command_with_xero_from_environment_variables_only(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    env = cli_env(box, tmp_path)
+    del env["NOKO_TOKEN"], env["NOKO_BASE_URL"]
+    env.update(
+        {
+            "KANTATA_SYNC_TARGET": "xero",
+            "XERO_CLIENT_ID": box.xero.client_id,
+            "XERO_CLIENT_SECRET": box.xero.client_secret,
+            "XERO_BASE_URL": box.xero_api_url,
+            "XERO_TOKEN_URL": box.xero_token_url,
+            "XERO_CONNECTIONS_URL": box.xero_connections_url,
+        }
+    )
+    Store(env["KANTATA_SYNC_DATABASE_URL"]).close()
+    done = run_cli(["doctor"], env, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Xero tax types exist" in done.stdout
+    assert box.xero.client_secret not in done.stdout + done.stderr
 
 
 # --------------------------------------------------------------------------- scopes
