@@ -348,6 +348,9 @@ def test_xero_login_keeps_a_refresh_token_the_next_runs_use_and_rotate(
     assert first in xbox.xero.refresh_tokens
     assert first not in result.output and xbox.xero.client_secret not in result.output
     assert str(path) in result.output
+    assert f"Organisation: Sandbox Org 1 (tenant id {xbox.xero.tenants[0].tenant_id})" in (
+        result.output
+    )
 
     # The next run uses the refresh token (not client credentials) and rotates it in place.
     settings = load_settings(None, environ=env)

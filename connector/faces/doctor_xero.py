@@ -116,7 +116,7 @@ def check_scopes(settings: Settings, granted: str | None, refresh: bool) -> Chec
     )
 
 
-def _connections(settings: Settings, http: httpx.Client, tokens: TokenSource) -> list[Any]:
+def connections(settings: Settings, http: httpx.Client, tokens: TokenSource) -> list[Any]:
     response = http.get(
         settings.xero_connections_url,
         headers={"Authorization": f"Bearer {tokens.access_token()}", "Accept": "application/json"},
@@ -308,7 +308,7 @@ def check_xero(settings: Settings, profile: Profile | None) -> list[Check]:
         checks: list[Check] = [(True, f"Xero granted a token ({how})", "")]
         checks.append(check_scopes(settings, granted.scope, refresh))
         try:
-            connections = _connections(settings, http, tokens)
+            reached = connections(settings, http, tokens)
         except (ApiError, ValueError, httpx.HTTPError) as exc:
             detail = exc.message if isinstance(exc, ApiError) else type(exc).__name__
             checks.append(
@@ -320,7 +320,7 @@ def check_xero(settings: Settings, profile: Profile | None) -> list[Check]:
                 )
             )
             return checks
-        tenant_check, tenant = check_tenant(settings, connections)
+        tenant_check, tenant = check_tenant(settings, reached)
         checks.append(tenant_check)
         if tenant is None:
             return checks

@@ -9,6 +9,7 @@ import typer
 
 from connector.errors import AuthError, ConfigError, ConnectorError
 from connector.faces.commands.common import _fail, _settings, app
+from connector.faces.config import Settings
 from connector.http.text import clean
 
 xero_app = typer.Typer(
@@ -72,4 +73,24 @@ def login(
         raise _fail(clean(str(exc)), code=1) from None
     except OSError as exc:
         raise _fail(f"xero login: cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
+    _say_organisations(settings)
     raise typer.Exit(0)
+
+
+def _say_organisations(settings: Settings) -> None:
+    """The organisations the new connection reaches, and whether XERO_TENANT_ID is needed."""
+    import httpx
+
+    from connector.faces.doctor_xero import connections
+    from connector.faces.xero import token_source
+
+    try:
+        with httpx.Client(timeout=30.0) as http:
+            rows = connections(settings, http, token_source(settings, http))
+    except (ConnectorError, httpx.HTTPError, ValueError) as exc:
+        typer.echo(f"(the organisations could not be listed: {clean(str(exc))})")
+        return
+    for row in rows:
+        typer.echo(f"Organisation: {row.get('tenantName')} (tenant id {row.get('tenantId')})")
+    if len(rows) > 1 and settings.xero_tenant_id is None:
+        typer.echo("Set XERO_TENANT_ID to the one to sync into.")
