@@ -217,6 +217,15 @@ def test_a_token_file_without_a_token_and_no_secret_asks_for_login(tmp_path: Pat
     assert "kantata-sync xero login" in str(info.value)
 
 
+def test_an_unreadable_token_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    directory = tmp_path / "refresh"
+    directory.mkdir()  # a directory cannot be read as a file, whoever runs the test
+    settings = load_settings(None, environ=_xero_env(XERO_TOKEN_FILE=str(directory)))
+    with httpx.Client() as http, pytest.raises(ConfigError) as info:
+        token_source(settings, http)
+    assert str(info.value).startswith(f"XERO_TOKEN_FILE: cannot read {directory}")
+
+
 @pytest.mark.e2e
 def test_the_client_reaches_the_sandboxs_xero_and_counts_its_requests(
     xbox: Sandbox, tmp_path: Path

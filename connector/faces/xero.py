@@ -57,10 +57,14 @@ def token_file(settings: Settings) -> TokenFile | None:
     return TokenFile(settings.xero_token_file) if settings.xero_token_file is not None else None
 
 
-def uses_refresh_token(settings: Settings) -> bool:
-    """Whether `xero login` was run: XERO_TOKEN_FILE names a file holding a refresh token."""
-    stored = token_file(settings)
-    return stored is not None and stored.read() is not None
+def _has_token(stored: TokenFile) -> bool:
+    """Whether `xero login` left a refresh token there (ConfigError if it cannot be read)."""
+    try:
+        return stored.read() is not None
+    except OSError as exc:
+        raise ConfigError(
+            f"XERO_TOKEN_FILE: cannot read {stored.path}: {exc.strerror or exc}"
+        ) from None
 
 
 def token_source(
@@ -73,7 +77,7 @@ def token_source(
 ) -> TokenSource:
     """The refresh token of `xero login` when there is one, else client credentials."""
     stored = token_file(settings)
-    if stored is not None and stored.read() is not None:
+    if stored is not None and _has_token(stored):
         # A public (PKCE) app has no secret; a confidential one sends it with each refresh.
         credentials = xero_credentials(settings, secret_required=False)
         return source[1](credentials, stored, http=http)
