@@ -98,6 +98,8 @@ _TOKEN_FIX = {
     "user with financial permission",
     "noko": "check NOKO_TOKEN (or NOKO_TOKEN_FILE): create a new personal access token in Noko "
     "(Integrations & Apps)",
+    "xero": "check XERO_CLIENT_ID and XERO_CLIENT_SECRET (a custom connection), or run "
+    "`kantata-sync xero login` again (XERO_TOKEN_FILE), and XERO_TENANT_ID",
 }
 
 
@@ -112,7 +114,14 @@ class AuthError(ApiError):
     def summary(self) -> str:
         """One line naming the API, what it answered and the fix."""
         what = "refused the token" if self.status == 401 else "denied access"
-        name = {"kantata": "Kantata", "noko": "Noko"}.get(self.service.lower(), self.service)
+        name = {"kantata": "Kantata", "noko": "Noko", "xero": "Xero"}.get(
+            self.service.lower(), self.service
+        )
+        if self.service.lower() == "xero":
+            # Xero's refusals come from its identity server too (HTTP 400, a login that did
+            # not complete): its own words say which; they never hold a secret.
+            status = f" (HTTP {self.status})" if self.status else ""
+            return f"Xero refused the credentials{status}: {self.message}; {self.fix}"
         return f"{name} {what} (HTTP {self.status}): {self.fix}"
 
 

@@ -1,4 +1,4 @@
-"""Fake Kantata OX and Noko v2 APIs on localhost, for the CLI's sandbox/demo and for tests.
+"""Fake Kantata OX, Noko v2 and Xero APIs on localhost, for the CLI's sandbox/demo and for tests.
 
     with Sandbox(noko_rate_limit=2.0) as sandbox:
         generate(sandbox.kantata, seed=7, invoices=50)
@@ -13,10 +13,12 @@ from sandbox.faults import FaultConfig, FaultInjector, RateLimiter
 from sandbox.kantata import FakeKantata
 from sandbox.noko import FakeNoko, NokoTotals
 from sandbox.server import Sandbox
+from sandbox.xero import FakeXero
 
 __all__ = [
     "FakeKantata",
     "FakeNoko",
+    "FakeXero",
     "FaultConfig",
     "FaultInjector",
     "NokoTotals",

@@ -1,4 +1,5 @@
-"""HTTP plumbing for the fakes: a keep-alive HTTP/1.1 server per fake, and `Sandbox` to run both.
+"""HTTP plumbing for the fakes: a keep-alive HTTP/1.1 server per fake, and `Sandbox` to run them
+(Kantata, Noko and Xero).
 
 Standard library only. Each response is written with one `sendall` (status line, headers,
 body) on a socket with Nagle disabled, so keep-alive clients get thousands of answers a second.
@@ -22,6 +23,8 @@ from sandbox._core import Request, Response, Service
 from sandbox.faults import FaultConfig
 from sandbox.kantata import FakeKantata
 from sandbox.noko import FakeNoko
+from sandbox.xero import API as XERO_API
+from sandbox.xero import FakeXero
 
 __all__ = ["Sandbox", "ServiceServer"]
 
@@ -234,7 +237,9 @@ class ServiceServer(ThreadingHTTPServer):
 
 
 class Sandbox:
-    """A fake Kantata and a fake Noko on loopback ports, started and stopped together."""
+    """A fake Kantata, a fake Noko and a fake Xero on loopback ports, started and stopped
+    together. Xero's identity, connections and Accounting API share one server, at the paths
+    of the real hosts (`xero_token_url`, `xero_connections_url`, `xero_api_url`, ...)."""
 
     def __init__(
         self,
@@ -250,6 +255,9 @@ class Sandbox:
         noko_burst: int = 5,
         kantata_rate_limit: float | None = None,
         kantata_burst: int = 5,
+        xero_port: int = 0,
+        xero_per_minute: int = 60,
+        xero_per_day: int = 5000,
     ) -> None:
         self.host = host
         self.kantata = FakeKantata(
@@ -261,30 +269,57 @@ class Sandbox:
         self.noko = FakeNoko(
             token=noko_token, faults=noko_faults, rate_limit=noko_rate_limit, burst=noko_burst
         )
-        self._ports = (kantata_port, noko_port)
+        self.xero = FakeXero(per_minute=xero_per_minute, per_day=xero_per_day)
+        self._ports = (kantata_port, noko_port, xero_port)
         self._servers: list[ServiceServer] = []
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
         self.kantata_url = ""
         self.noko_url = ""
+        self.xero_url = ""
+        """The fake Xero's root; the API, token, connections and authorize URLs are below."""
+
+    @property
+    def xero_api_url(self) -> str:
+        """XERO_BASE_URL for the fake Xero."""
+        return self.xero_url + XERO_API
+
+    @property
+    def xero_token_url(self) -> str:
+        return self.xero_url + "/connect/token"
+
+    @property
+    def xero_authorize_url(self) -> str:
+        return self.xero_url + "/connect/authorize"
+
+    @property
+    def xero_connections_url(self) -> str:
+        return self.xero_url + "/connections"
 
     def start(self) -> Sandbox:
-        """Bind both servers and serve them from background threads; returns self."""
+        """Bind the servers and serve them from background threads; returns self."""
         if self._servers:
             return self
         self._stopped.clear()
-        kantata = ServiceServer((self.host, self._ports[0]), self.kantata)
+        servers: list[ServiceServer] = []
         try:
-            noko = ServiceServer((self.host, self._ports[1]), self.noko)
+            for service, port in zip(
+                (self.kantata, self.noko, self.xero), self._ports, strict=True
+            ):
+                servers.append(ServiceServer((self.host, port), service))
         except OSError:
-            kantata.server_close()
+            for server in servers:
+                server.server_close()
             raise
-        self._servers = [kantata, noko]
+        kantata, noko, xero = servers
+        self._servers = servers
         url_host = f"[{self.host}]" if ":" in self.host else self.host
         self.kantata_url = f"http://{url_host}:{kantata.port}{FakeKantata.base_path}"
         self.noko_url = f"http://{url_host}:{noko.port}{FakeNoko.base_path}"
+        self.xero_url = f"http://{url_host}:{xero.port}"
         self.kantata.public_url = self.kantata_url
         self.noko.public_url = self.noko_url
+        self.xero.public_url = self.xero_url
         for server in self._servers:
             thread = threading.Thread(
                 target=server.serve_forever,

@@ -28,6 +28,7 @@ from connector.faces.commands import sync  # noqa: F401
 from connector.faces.commands import invoices  # noqa: F401
 from connector.faces.commands import ops  # noqa: F401
 from connector.faces.commands import sandbox  # noqa: F401
+from connector.faces.commands import xero  # noqa: F401
 
 # isort: on
 from connector.faces.commands.common import (

@@ -1,8 +1,12 @@
 """Settings: environment variables over an optional TOML file over defaults, validated at start.
 
-The TOML file has sections `[kantata]`, `[noko]` and `[sync]`; `[kantata] token = ...` is the same
-setting as `KANTATA_TOKEN`, `[sync] database_url` the same as `KANTATA_SYNC_DATABASE_URL`. Secrets
-can also come from files (`KANTATA_TOKEN_FILE`, `NOKO_TOKEN_FILE`), for container secrets.
+The TOML file has sections `[kantata]`, `[noko]`, `[xero]` and `[sync]`; `[kantata] token = ...` is
+the same setting as `KANTATA_TOKEN`, `[sync] database_url` the same as `KANTATA_SYNC_DATABASE_URL`.
+Secrets can also come from files (`KANTATA_TOKEN_FILE`, `NOKO_TOKEN_FILE`,
+`XERO_CLIENT_SECRET_FILE`), for container secrets.
+
+`KANTATA_SYNC_TARGET` (`[sync] target`) picks the accounting system the invoices go to: `noko`
+(the default) or `xero`. Only the chosen one's credentials are required.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,8 +29,19 @@ from mappings.profile import Profile, ProfileError, default_profile, parse_profi
 from mappings.targets.noko_profile import NokoSettings
 from mappings.targets.xero_profile import XeroSettings
 
-SECTION_PREFIX = {"kantata": "kantata_", "noko": "noko_", "sync": "kantata_sync_"}
+SECTION_PREFIX = {
+    "kantata": "kantata_",
+    "noko": "noko_",
+    "xero": "xero_",
+    "sync": "kantata_sync_",
+}
+TARGET_NAMES = {"noko": "Noko", "xero": "Xero"}
+XERO_WORKERS = 50
+"""Workers with Xero as the target: one request takes up to 50 invoices, and a batch is sent
+when every worker waits in it."""
+"""How reports and messages name each target."""
 CONFIG_ENV = "KANTATA_SYNC_CONFIG"
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 
 class Settings(BaseSettings):
@@ -62,6 +78,21 @@ class Settings(BaseSettings):
     noko_burst: int = Field(default=3, ge=1)
     noko_timeout: float = Field(default=60.0, gt=0)
 
+    xero_client_id: str | None = None
+    xero_client_secret: SecretStr | None = None
+    xero_client_secret_file: Path | None = None
+    xero_tenant_id: str | None = None
+    xero_base_url: str = "https://api.xero.com/api.xro/2.0"
+    xero_token_url: str = "https://identity.xero.com/connect/token"  # noqa: S105 (a URL)
+    xero_connections_url: str = "https://api.xero.com/connections"
+    xero_authorize_url: str = "https://login.xero.com/identity/connect/authorize"
+    xero_max_requests_per_minute: int = Field(default=60, ge=1, le=10_000)
+    xero_max_concurrent: int = Field(default=5, ge=1, le=64)
+    xero_token_file: Path | None = None
+    xero_scopes: Literal["granular", "broad"] = "granular"
+    """`granular` for Xero apps created since March 2026, `broad` for older ones."""
+
+    kantata_sync_target: Literal["noko", "xero"] = "noko"
     kantata_sync_database_url: str = "sqlite:///kantata-sync.db"
     kantata_sync_service_name: str = Field(default="noko", min_length=1)
     kantata_sync_retry_initial_delay: float = Field(default=2.0, ge=0)
@@ -121,7 +152,50 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("kantata_base_url", "noko_base_url")
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_of_target(cls, data: Any) -> Any:
+        """Defaults that follow the target unless the operator sets them: the references
+        written to Kantata are named after it (`KANTATA_SYNC_SERVICE_NAME`: `noko` or `xero`),
+        and Xero gets as many workers as one of its requests takes invoices (50), so that
+        batches fill (`KANTATA_SYNC_WORKERS`)."""
+        if not isinstance(data, dict):
+            return data
+        target = data.get("kantata_sync_target")
+        if not (isinstance(target, str) and target.strip().lower() == "xero"):
+            return data
+        defaults = {"kantata_sync_service_name": "xero", "kantata_sync_workers": XERO_WORKERS}
+        return {**defaults, **data}
+
+    @field_validator("kantata_sync_target", mode="before")
+    @classmethod
+    def _target_name(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("xero_client_id", "xero_tenant_id")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return value.strip()
+
+    @field_validator("xero_tenant_id")
+    @classmethod
+    def _tenant_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _UUID.match(value):
+            raise ValueError(
+                f"{value!r} is not a Xero tenant id (a UUID, as `kantata-sync doctor` lists them)"
+            )
+        return value
+
+    @field_validator(
+        "kantata_base_url",
+        "noko_base_url",
+        "xero_base_url",
+        "xero_token_url",
+        "xero_connections_url",
+        "xero_authorize_url",
+    )
     @classmethod
     def _url_shape(cls, value: str) -> str:
         parts = urlsplit(value)
@@ -160,7 +234,14 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "KANTATA_SYNC_WEBHOOK_URL uses plain http to a non-loopback host; use https"
                 )
-        for name in ("kantata_base_url", "noko_base_url"):
+        for name in (
+            "kantata_base_url",
+            "noko_base_url",
+            "xero_base_url",
+            "xero_token_url",
+            "xero_connections_url",
+            "xero_authorize_url",
+        ):
             url = getattr(self, name)
             parts = urlsplit(url)
             if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
@@ -190,6 +271,39 @@ class Settings(BaseSettings):
 
     def noko_secret(self) -> str:
         return self._secret(self.noko_token, self.noko_token_file, "NOKO_TOKEN")
+
+    @property
+    def target_name(self) -> str:
+        """The target as people read it: `Noko` or `Xero`."""
+        return TARGET_NAMES[self.kantata_sync_target]
+
+    def target_secret(self) -> str:
+        """The secret of the chosen target (Noko's token or Xero's client secret), for the
+        log redaction and the daemon's rotation check; '' when Xero runs without a secret."""
+        if self.kantata_sync_target == "xero":
+            secret = self.xero_secret(required=False)
+            return secret.get_secret_value() if secret is not None else ""
+        return self.noko_secret()
+
+    def xero_id(self) -> str:
+        if self.xero_client_id is None:
+            raise ConfigError(
+                "XERO_CLIENT_ID is not set (environment or [xero] client_id in the config file)"
+            )
+        return self.xero_client_id
+
+    def xero_secret(self, *, required: bool = True) -> SecretStr | None:
+        """XERO_CLIENT_SECRET (or the file named by XERO_CLIENT_SECRET_FILE). A custom
+        connection needs it; `xero login` of a public (PKCE) app does not."""
+        value = self.xero_client_secret
+        given = value is not None and bool(value.get_secret_value().strip())
+        if not required and not given and self.xero_client_secret_file is None:
+            return None
+        return SecretStr(
+            self._secret(
+                self.xero_client_secret, self.xero_client_secret_file, "XERO_CLIENT_SECRET"
+            )
+        )
 
     def profile(self) -> Profile:
         if self.kantata_sync_mapping_profile is None:
@@ -231,7 +345,8 @@ def _flatten_toml(
         if isinstance(value, Mapping):
             prefix = SECTION_PREFIX.get(key)
             if prefix is None:
-                raise ConfigError(f"{source}: unknown section [{key}] (known: kantata, noko, sync)")
+                known = ", ".join(SECTION_PREFIX)
+                raise ConfigError(f"{source}: unknown section [{key}] (known: {known})")
             for inner, inner_value in value.items():
                 name = f"{prefix}{inner}".lower()
                 out[name] = inner_value

@@ -66,11 +66,12 @@ class Daemon:
     # ------------------------------------------------------------------ clients
 
     def _read_tokens(self) -> tuple[str, str]:
-        return self.settings.kantata_secret(), self.settings.noko_secret()
+        return self.settings.kantata_secret(), self.settings.target_secret()
 
     @staticmethod
     def _stats_of(connector: Connector) -> dict[str, Any]:
-        return {"kantata": connector.kantata.stats, "noko": connector.noko.stats}
+        target = connector.settings.kantata_sync_target
+        return {"kantata": connector.kantata.stats, target: connector.target_stats}
 
     def _open(self, stack: contextlib.ExitStack) -> Connector:
         connector = stack.enter_context(
@@ -106,7 +107,9 @@ class Daemon:
             return []
         changed = [
             api
-            for api, old, new in zip(("kantata", "noko"), self._tokens, tokens, strict=True)
+            for api, old, new in zip(
+                ("kantata", self.settings.kantata_sync_target), self._tokens, tokens, strict=True
+            )
             if old != new
         ]
         if not changed:
@@ -116,6 +119,7 @@ class Daemon:
                     for name, path in (
                         ("KANTATA_TOKEN_FILE", self.settings.kantata_token_file),
                         ("NOKO_TOKEN_FILE", self.settings.noko_token_file),
+                        ("XERO_CLIENT_SECRET_FILE", self.settings.xero_client_secret_file),
                     )
                     if path is not None
                 ]

@@ -253,7 +253,16 @@ def run_checks(settings: Settings, console: Console) -> bool:
     checks.append(check_profile(settings))
     times: list[ServerTime] = []
     checks += check_kantata(settings, times)
-    checks += check_noko(settings, times)
+    if settings.kantata_sync_target == "xero":
+        from connector.faces.doctor_xero import check_xero
+
+        try:
+            profile = settings.profile()
+        except ConfigError:
+            profile = None  # named by the profile check above
+        checks += check_xero(settings, profile)
+    else:
+        checks += check_noko(settings, times)
     checks.append(check_database(settings))
     checks.append(check_clock(times))
     for passed, found, fix in checks:

@@ -346,6 +346,7 @@ def serve(
     metrics: Metrics | None = None,
     status_token_file: Path | None = None,
     exposed: bool = False,
+    target: str = "Noko",
 ) -> ThreadingHTTPServer:
     """Start the endpoint on a background thread; the caller shuts it down.
 
@@ -417,7 +418,7 @@ def serve(
             elif path in STATUS_PATHS and (path == "/status.json" or render_html is not None):
                 if self._refuse_status():
                     return
-                report = build_report(store)
+                report = build_report(store, target=target)
                 if path == "/status.json":
                     self._send(200, json.dumps(report).encode(), "application/json")
                 else:

@@ -14,6 +14,8 @@ from rich.console import Console
 # What one invoice costs on each side, before a backfill has measured it: about one Noko
 # request per line plus one for the invoice (a few lines each), one Kantata write-back.
 EXPECTED_NOKO_REQUESTS = 6.0
+# Xero takes 50 invoices a request (create, then approve): a few calls per hundred invoices.
+EXPECTED_XERO_REQUESTS = 0.05
 EXPECTED_KANTATA_REQUESTS = 1.0
 # How many invoices the expectation weighs against what the run has measured so far.
 PRIOR_WEIGHT = 10.0
@@ -30,8 +32,13 @@ class Pace:
         noko_rate: float,
         kantata_rate: float,
         requests: Any = None,
+        *,
+        expected: float = EXPECTED_NOKO_REQUESTS,
     ) -> None:
+        """`noko_rate`: the target's requests per second (Noko's or Xero's); `expected`: the
+        target requests one invoice is expected to cost before any is measured."""
         self.noko_rate = noko_rate
+        self.expected = expected
         self.kantata_rate = kantata_rate
         # () -> (Noko requests, Kantata requests) sent so far in this run.
         self.requests = requests
@@ -41,7 +48,7 @@ class Pace:
             return None
         remaining = max(total - done, 0)
         noko_sent, kantata_sent = self.requests() if self.requests is not None else (0, 0)
-        per_noko = (EXPECTED_NOKO_REQUESTS * PRIOR_WEIGHT + noko_sent) / (PRIOR_WEIGHT + done)
+        per_noko = (self.expected * PRIOR_WEIGHT + noko_sent) / (PRIOR_WEIGHT + done)
         per_kantata = (EXPECTED_KANTATA_REQUESTS * PRIOR_WEIGHT + kantata_sent) / (
             PRIOR_WEIGHT + done
         )

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,35 +25,54 @@ DAYS_CHARTED = 28
 ACTIONS = {
     "mapping": "Fix the field named in the error in Kantata; the invoice is retried as soon as "
     "it changes (or run `kantata-sync retry {id}`).",
-    "permanent": "Noko refused it: fix the cause named in the error, then run "
+    "permanent": "{target} refused it: fix the cause named in the error, then run "
     "`kantata-sync retry {id}`.",
     "transient": "Retried automatically{when}; if it keeps failing, run `kantata-sync doctor`.",
-    "writeback": "It is in Noko; writing the reference to Kantata is retried automatically{when}.",
-    "verify": "Noko's totals differ from Kantata's (the error names both, and whether the Noko "
-    "invoice just created was deleted again): find why Noko computes differently and correct "
-    "it (or the Noko invoice, if it is still there), then run `kantata-sync retry {id} --force`.",
-    "duplicate": "Delete the extra Noko invoices named in the error, then run "
+    "writeback": "It is in {target}; writing the reference to Kantata is retried "
+    "automatically{when}.",
+    "verify": "{target}'s totals differ from Kantata's (the error names both, and whether the "
+    "{target} invoice just created was deleted again): find why {target} computes differently "
+    "and correct it (or the {target} invoice, if it is still there), then run "
+    "`kantata-sync retry {id} --force`.",
+    "duplicate": "Delete the extra {target} invoices named in the error, then run "
     "`kantata-sync retry {id}`.",
-    "refused": "Kantata changed after Noko was paid or locked: correct the books in Noko by hand "
-    "(credit note), then run `kantata-sync resolve {id}`.",
-    "gone": "The Noko invoice was deleted in Noko: run `kantata-sync reconcile --apply` (or "
-    "`kantata-sync retry {id} --force`) to push the Kantata invoice again as a new Noko invoice.",
-    "noko-edited": "The Noko invoice was changed by hand: run `kantata-sync retry {id} --force` "
-    "(or `kantata-sync reconcile --apply`) to restore the Kantata version, or "
-    "`kantata-sync resolve {id}` to keep the hand edit.",
-    "lifecycle": "Void the Noko invoice (credit note or refund) and run "
-    "`kantata-sync resolve {id}`; or delete it in Noko and run `kantata-sync retry {id} --force`.",
+    "refused": "Kantata changed after {target} was paid or locked: correct the books in "
+    "{target} by hand (credit note), then run `kantata-sync resolve {id}`.",
+    "gone": "The {target} invoice was deleted in {target}: run `kantata-sync reconcile --apply` "
+    "(or `kantata-sync retry {id} --force`) to push the Kantata invoice again as a new "
+    "{target} invoice.",
+    "noko-edited": "The {target} invoice was changed by hand: run "
+    "`kantata-sync retry {id} --force` (or `kantata-sync reconcile --apply`) to restore the "
+    "Kantata version, or `kantata-sync resolve {id}` to keep the hand edit.",
+    "lifecycle": "Void the {target} invoice (credit note or refund) and run "
+    "`kantata-sync resolve {id}`; or delete it in {target} and run "
+    "`kantata-sync retry {id} --force`.",
 }
+ACTIONS["target-edited"] = ACTIONS["noko-edited"]
+
+DAY_LIMIT = re.compile(r"daily limit reached(?:; resumes after (?P<when>[^;]+))?", re.IGNORECASE)
+"""How a cycle that ran out of the target's day budget says so (`LimitReachedError`): not a
+failure; the next cycle tries again."""
+DAY_LIMIT_OUTCOME = "day-limit"
+
+
+def day_limit(error: str | None) -> str | None:
+    """The moment a day limit lifts, as announced ('' when not stated), or None when `error`
+    is not a day limit."""
+    match = DAY_LIMIT.search(error or "")
+    if match is None:
+        return None
+    return (match.group("when") or "").strip()
 
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
 
 
-def action_for(record: InvoiceRecord) -> str:
+def action_for(record: InvoiceRecord, target: str = "Noko") -> str:
     template = ACTIONS.get(record.error_kind or "", "Run `kantata-sync show {id}` for details.")
     when = f" at {_iso(record.next_attempt_at)}" if record.next_attempt_at else ""
-    return template.format(id=record.kantata_id, when=when)
+    return template.format(id=record.kantata_id, when=when, target=target)
 
 
 def _safe(text: str) -> str:
@@ -67,8 +87,20 @@ def _amount(record: InvoiceRecord) -> str | None:
     return format_money(record.total_minor, record.exponent, record.currency)
 
 
-def build_report(store: Store, *, now: datetime | None = None, limit: int = 200) -> dict[str, Any]:
-    """Everything `status` shows, as plain JSON-ready data."""
+def _outcome(outcome: str, error: str | None) -> str:
+    """A finished cycle that ended on the target's day limit shows as `day-limit`: no invoice
+    failed for it, and the next cycle goes on. One whose invoices failed as well stays
+    `failed` (its failures are listed); the day-limit line says the rest."""
+    if outcome not in ("running", "failed") and day_limit(error) is not None:
+        return DAY_LIMIT_OUTCOME
+    return outcome
+
+
+def build_report(
+    store: Store, *, now: datetime | None = None, limit: int = 200, target: str = "Noko"
+) -> dict[str, Any]:
+    """Everything `status` shows, as plain JSON-ready data; `target` names the accounting
+    system (`Noko`, `Xero`) in the texts."""
     now = now or datetime.now(UTC)
     counts = dict.fromkeys(STATES, 0)
     counts.update(store.counts())
@@ -86,7 +118,7 @@ def build_report(store: Store, *, now: datetime | None = None, limit: int = 200)
                 "next_attempt_at": _iso(record.next_attempt_at),
                 "noko_invoice_id": record.target_id,
                 "amount": _amount(record),
-                "action": action_for(record),
+                "action": action_for(record, target),
             }
         )
     conflicts = [
@@ -95,7 +127,7 @@ def build_report(store: Store, *, now: datetime | None = None, limit: int = 200)
             "reason": _safe(record.last_error or ""),
             "noko_invoice_id": record.target_id,
             "noko_link": record.target_link,
-            "action": action_for(record),
+            "action": action_for(record, target),
         }
         for record in store.invoices_with_status("conflict", limit=limit)
     ]
@@ -118,7 +150,7 @@ def build_report(store: Store, *, now: datetime | None = None, limit: int = 200)
             "duration_seconds": round((run.finished_at - run.started_at).total_seconds(), 3)
             if run.finished_at
             else None,
-            "outcome": run.outcome,
+            "outcome": _outcome(run.outcome, run.error),
             "seen": run.seen,
             "pushed": run.pushed,
             "updated": run.updated,
@@ -137,8 +169,19 @@ def build_report(store: Store, *, now: datetime | None = None, limit: int = 200)
         {"day": day, "synced": synced, "failed": failed, "open_failures": still_open}
         for day, synced, failed, still_open in store.daily_activity(first_day)
     ]
+    last = next((run for run in runs if run["outcome"] != "running"), None)
+    limited = None
+    message = str(last["error"] or "") if last is not None else ""
+    if last is not None and day_limit(message) is not None:
+        limited = {
+            "message": message,
+            "resumes_after": day_limit(message) or None,
+            "run_id": last["run_id"],
+        }
     return {
         "generated_at": _iso(now),
+        "target": target,
+        "day_limit": limited,
         "database": store.describe(),
         "counts": counts,
         "cursor": _iso(cursor),
@@ -174,6 +217,12 @@ def render_table(report: dict[str, Any], console: Console) -> None:
             + (f"  (lag {lag:.0f} s)" if lag is not None else "")
         )
     )
+    limited = report.get("day_limit")
+    if limited:
+        console.print(
+            Text(f"{limited['message']}", style="yellow")
+            + Text(" (not a failure: the next sync tries again with one request)")
+        )
     if report["runs"]:
         runs = Table(title="Last cycles", header_style="bold")
         counted = ("seen", "pushed", "updated", "conflicts", "failed")

@@ -47,6 +47,7 @@ def render_html(report: dict[str, Any], *, stale_after: float = STALE_AFTER_SECO
     warnings = _rows(report.get("warnings"))
     runs = _rows(report.get("runs"))
     state = "healthy" if healthy else "attention"
+    target = str(report.get("target") or "Noko")
     if healthy:
         headline = "Healthy"
         detail = '<p class="sub">No failed or conflicting invoices'
@@ -67,6 +68,12 @@ def render_html(report: dict[str, Any], *, stale_after: float = STALE_AFTER_SECO
             f'<p class="sub">{_e(_plural(len(warnings), "warning", "warnings"))} '
             "to review (see Warnings below).</p>"
         )
+    limited = report.get("day_limit")
+    if isinstance(limited, dict) and limited.get("message"):
+        detail += (
+            f'<p class="sub day-limit">{_e(limited["message"])} (not a failure: the next sync '
+            "tries again with one request).</p>"
+        )
     title = f"kantata-sync status: {headline.lower()}"
     return "".join(
         [
@@ -76,7 +83,7 @@ def render_html(report: dict[str, Any], *, stale_after: float = STALE_AFTER_SECO
             f"<title>{_e(title)}</title>",
             f"<style>{CSS}</style></head>",
             f'<body data-verdict="{state}"><main>',
-            "<h1>kantata-sync status: Kantata OX invoices into Noko</h1>",
+            f"<h1>kantata-sync status: Kantata OX invoices into {_e(target)}</h1>",
             f'<section id="verdict" class="verdict {state}" data-verdict="{state}" role="status">',
             f'<p class="headline">{_e(headline)}</p>{detail}</section>',
             _counts(report),
@@ -86,15 +93,15 @@ def render_html(report: dict[str, Any], *, stale_after: float = STALE_AFTER_SECO
             f'<span class="days-phone">last {PHONE_DAYS} days</span>)</span></h2>',
             "<figure>",
             render_chart(report),
-            "<figcaption>Green: invoices synced to Noko that day; red: invoices that failed "
-            "that day, each counted once however often it was tried; amber: invoices failed or "
-            "in conflict at the day's end (the backlog). Bar heights grow with the square root "
-            "of the figure, so that a backfill day does not flatten the others; the figures "
-            "are exact. Today's column counts so far.</figcaption></figure>",
+            f"<figcaption>Green: invoices synced to {_e(target)} that day; red: invoices that "
+            "failed that day, each counted once however often it was tried; amber: invoices "
+            "failed or in conflict at the day's end (the backlog). Bar heights grow with the "
+            "square root of the figure, so that a backfill day does not flatten the others; the "
+            "figures are exact. Today's column counts so far.</figcaption></figure>",
             f'<h2>Failed invoices <span class="n">({len(failures)})</span></h2>',
             _failures_table(failures),
             f'<h2>Conflicts <span class="n">({len(conflicts)})</span></h2>',
-            _conflicts_table(conflicts),
+            _conflicts_table(conflicts, target),
             f'<h2>Warnings <span class="n">({len(warnings)})</span></h2>',
             _warnings_table(warnings),
             f'<h2>Last cycles <span class="n">({len(runs)})</span></h2>',

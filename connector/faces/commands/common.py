@@ -43,7 +43,7 @@ TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="kantata-sync",
-    help="Sync Kantata OX invoices into Noko, exactly once and to the cent.",
+    help="Sync Kantata OX invoices into Noko or Xero, exactly once and to the cent.",
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -151,8 +151,14 @@ def _install_stop_handlers(stop: threading.Event, *, grace: float = STOP_GRACE) 
 
 
 def _summary(result: CycleResult) -> str:
+    from connector.faces.report import DAY_LIMIT_OUTCOME, day_limit
+
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()) if v) or "nothing"
-    line = f"{result.kind} {result.final_outcome}: {counts} in {result.duration:.1f} s"
+    # A cycle that ran out of the target's day budget says so, as `status` does: not a failure.
+    outcome = result.final_outcome
+    if outcome != "failed" and day_limit(result.error) is not None:
+        outcome = DAY_LIMIT_OUTCOME
+    line = f"{result.kind} {outcome}: {counts} in {result.duration:.1f} s"
     if result.failed:
         line += "; see `kantata-sync status`"
     if result.error:
@@ -189,7 +195,7 @@ def _run_once(
                 connector.engine.on_page = progress.page
                 connector.engine.on_progress = progress.advance
                 if progress.pace is not None:
-                    noko, kantata = connector.noko.stats, connector.kantata.stats
+                    noko, kantata = connector.target_stats, connector.kantata.stats
                     progress.pace.requests = lambda: (noko.requests, kantata.requests)
             if on_invoice is not None:
                 connector.engine.on_invoice = on_invoice(connector)

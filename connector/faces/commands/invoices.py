@@ -48,7 +48,7 @@ def status(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     try:
-        report = build_report(store)
+        report = build_report(store, target=settings.target_name)
     finally:
         store.close()
     if html is not None:
@@ -177,8 +177,10 @@ def show(kantata_invoice_id: Annotated[str, typer.Argument(help="Kantata invoice
         f"Kantata invoice {record.kantata_id}: {record.status}"
         + (f" ({record.skip_reason})" if record.skip_reason else ""),
         f"  Kantata:   {kantata_link}",
-        f"  Noko:      {record.target_id or '-'}  {record.target_link or ''}".rstrip(),
-        f"  reference: {record.reference or '-'}   Noko state: {record.target_state or '-'}",
+        f"  {settings.target_name + ':':<10} {record.target_id or '-'}  "
+        f"{record.target_link or ''}".rstrip(),
+        f"  reference: {record.reference or '-'}   {settings.target_name} state: "
+        f"{record.target_state or '-'}",
     ]
     if record.total_minor is not None and record.exponent is not None and record.currency:
         from mappings.money import format_money
@@ -189,7 +191,7 @@ def show(kantata_invoice_id: Annotated[str, typer.Argument(help="Kantata invoice
     if record.last_error:
         lines.append(f"  error:     {clean(record.last_error)}")
         lines.append(f"  attempts:  {record.attempts}, next retry {record.next_attempt_at or '-'}")
-        lines.append(f"  to do:     {action_for(record)}")
+        lines.append(f"  to do:     {action_for(record, settings.target_name)}")
     for line in lines:  # the Noko link and the error came from outside
         console.print(neutralise(redact(line)), highlight=False, markup=False)
     console.print("History:", highlight=False)

@@ -167,7 +167,8 @@ def reconcile(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
-    """List the differences between Kantata, Noko and the state database; optionally repair."""
+    """List the differences between Kantata, the target (Noko or Xero) and the state database;
+    optionally repair."""
     from connector.sync.reconcile import reconcile as run_reconcile
 
     start = _parse_day(since, "--since")
@@ -194,7 +195,8 @@ def reconcile(
     else:
         console = Console()
         console.print(
-            f"Compared {outcome.kantata_invoices} Kantata and {outcome.noko_invoices} Noko "
+            f"Compared {outcome.kantata_invoices} Kantata and {outcome.noko_invoices} "
+            f"{settings.target_name} "
             f"invoices: {len(outcome.differences)} "
             f"difference{'' if len(outcome.differences) == 1 else 's'}.",
             highlight=False,

@@ -26,7 +26,7 @@ from connector.faces.commands.common import (
     _summary,
     app,
 )
-from connector.faces.progress import Pace, Progress
+from connector.faces.progress import EXPECTED_XERO_REQUESTS, Pace, Progress
 from connector.sync.engine import CycleResult
 
 
@@ -65,7 +65,7 @@ def sync(
         full_refresh=full_refresh,
     )
     if dry_run and not as_json:
-        _print_plan(result)
+        _print_plan(result, settings.target_name)
     typer.echo(_summary(result), err=as_json)
     raise typer.Exit(result.exit_code)
 
@@ -134,7 +134,14 @@ def backfill(
     settings = _settings()
     stop = threading.Event()
     _install_stop_handlers(stop)
-    pace = Pace(settings.noko_max_requests_per_second, settings.kantata_max_requests_per_second)
+    if settings.kantata_sync_target == "xero":
+        pace = Pace(
+            settings.xero_max_requests_per_minute / 60.0,
+            settings.kantata_max_requests_per_second,
+            expected=EXPECTED_XERO_REQUESTS,
+        )
+    else:
+        pace = Pace(settings.noko_max_requests_per_second, settings.kantata_max_requests_per_second)
     result = _run_once(
         settings,
         stop,
@@ -145,17 +152,17 @@ def backfill(
         dry_run=dry_run,
     )
     if dry_run:
-        _print_plan(result)
+        _print_plan(result, settings.target_name)
     typer.echo(_summary(result))
     raise typer.Exit(result.exit_code)
 
 
-def _print_plan(result: CycleResult) -> None:
+def _print_plan(result: CycleResult, target: str = "Noko") -> None:
     """What a dry run would do, invoice by invoice, with the totals."""
     labels = {"would-push": "create", "would-update": "update", "would-cancel": "delete"}
     for kantata_id, (outcome, what) in sorted(result.planned.items(), key=lambda i: int(i[0])):
         label = labels.get(outcome, outcome)
-        typer.echo(f"would {label:<6} Noko invoice for Kantata invoice {kantata_id}: {what}")
+        typer.echo(f"would {label:<6} {target} invoice for Kantata invoice {kantata_id}: {what}")
     for kantata_id, why in sorted(result.failed.items(), key=lambda i: int(i[0])):
         typer.echo(f"would fail   Kantata invoice {kantata_id}: {why}")
     counts = dict.fromkeys(labels.values(), 0)
@@ -208,6 +215,7 @@ def run(
                     metrics=metrics,
                     status_token_file=settings.kantata_sync_status_token_file,
                     exposed=settings.status_exposed(),
+                    target=settings.target_name,
                 )
             except OSError as exc:
                 raise _fail(

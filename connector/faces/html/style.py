@@ -122,7 +122,8 @@ code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 13px
 .badge.outcome-ok { background: #dafbe1; color: var(--ok); }
 .badge.outcome-failed, .badge.outcome-aborted,
 .badge.outcome-degraded { background: #ffebe9; color: var(--bad); }
-.badge.outcome-interrupted, .badge.outcome-running { background: #fff8c5; color: var(--warn); }
+.badge.outcome-interrupted, .badge.outcome-running,
+.badge.outcome-day-limit { background: #fff8c5; color: var(--warn); }
 p.none { color: var(--muted); margin: 6px 0; }
 footer { margin-top: 36px; font-size: 13px; color: var(--muted); }
 @media print { body { padding: 0; } .scroll { overflow: visible; } }

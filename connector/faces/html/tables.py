@@ -22,6 +22,11 @@ from connector.faces.html.values import (
 
 def _counts(report: Mapping[str, Any]) -> str:
     counts = report.get("counts") or {}
+    target = str(report.get("target") or "Noko")
+
+    def hint(state: str) -> str:
+        return STATE_HINTS.get(state, "").replace("Noko", target)
+
     states = list(STATES) + [str(key) for key in counts if key not in STATES]
     cards = []
     for state in states:
@@ -32,7 +37,7 @@ def _counts(report: Mapping[str, Any]) -> str:
             f'<div class="{klass}" data-state="{_e(state)}">'
             f'<div class="figure" id="count-{_e(state)}" data-count="{value}">{value:,}</div>'
             f'<div class="label">{_e(STATE_LABELS.get(state, state))}</div>'
-            f'<div class="hint">{_e(STATE_HINTS.get(state, ""))}</div></div>'
+            f'<div class="hint">{_e(hint(state))}</div></div>'
         )
     return (
         '<section class="counts" id="counts" aria-label="invoices by state">'
@@ -163,14 +168,14 @@ def _failures_table(failures: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def _conflicts_table(conflicts: Sequence[Mapping[str, Any]]) -> str:
+def _conflicts_table(conflicts: Sequence[Mapping[str, Any]], target: str = "Noko") -> str:
     rows = []
     for row in conflicts:
         noko_id = row.get("noko_invoice_id")
         link = _safe_link(row.get("noko_link"))
         noko = _e(noko_id if noko_id is not None else "")
         if link:
-            noko = f'<a href="{_e(link)}" rel="noreferrer">{noko or "open in Noko"}</a>'
+            noko = f'<a href="{_e(link)}" rel="noreferrer">{noko or "open in " + _e(target)}</a>'
         rows.append(
             f'<tr data-kantata-id="{_e(row.get("kantata_invoice_id"))}">'
             f'<td class="nowrap id">{_e(row.get("kantata_invoice_id"))}</td>'
@@ -180,7 +185,7 @@ def _conflicts_table(conflicts: Sequence[Mapping[str, Any]]) -> str:
         )
     return _table(
         "conflicts",
-        ("Kantata id", "Noko invoice", "why", "what to do"),
+        ("Kantata id", f"{target} invoice", "why", "what to do"),
         rows,
         "No conflicts.",
         set(),
