@@ -43,7 +43,8 @@ def _target() -> tuple[NokoTarget, _Client]:
 def test_noko_target_reads_through_the_client() -> None:
     target, client = _target()
     as_target: Target = target
-    assert list(as_target.find("KS-")) == [{"id": 1, "reference": "KS-1"}]
+    # Answers in the neutral form: the id as text, `paid` from Noko's state.
+    assert list(as_target.find("KS-")) == [{"id": "1", "reference": "KS-1", "paid": False}]
     list(as_target.find(""))
     list(as_target.changes_since(None))
     list(as_target.changes_since(datetime(2024, 3, 1, 10, 0, 5, 900_000, tzinfo=UTC)))
@@ -55,8 +56,9 @@ def test_noko_target_reads_through_the_client() -> None:
         {},
         {"updated_from": "2024-03-01T10:00:05Z"},
     ]
-    assert as_target.get(7) == {"id": 7}
-    assert as_target.get(8) is None
+    assert as_target.get("7") == {"id": "7", "paid": False}
+    assert as_target.get("8") is None
+    assert as_target.get("not-a-noko-id") is None
     with pytest.raises(ValueError, match="timezone-aware"):
         list(as_target.changes_since(datetime(2024, 3, 1)))
 

@@ -53,8 +53,9 @@ class InvoiceRow(SQLModel, table=True):
     """Ledger fingerprint of the document in the target (or being pushed)."""
     source_fingerprint: str | None = None
     """Fingerprint of the Kantata invoice as last seen (also for unmappable ones)."""
-    target_id: int | None = Field(default=None, index=True)
-    """The accounting system's id of the invoice pushed for it."""
+    target_id: str | None = Field(default=None, index=True)
+    """The accounting system's id of the invoice pushed for it (text: Noko's "123", Xero's
+    UUID)."""
     target_link: str | None = None
     """The page a person opens to see that invoice."""
     target_state: str | None = None
@@ -99,7 +100,7 @@ class InvoiceRecord:
     reference: str | None = None
     fingerprint: str | None = None
     source_fingerprint: str | None = None
-    target_id: int | None = None
+    target_id: str | None = None
     target_link: str | None = None
     target_state: str | None = None
     target_lines: str | None = None

@@ -469,7 +469,7 @@ class Store:
         rows = self._rows_in(_INVOICES.c.reference, references)
         return {row.reference: row for row in rows if row.reference}
 
-    def by_target_ids(self, target_ids: Sequence[int]) -> dict[int, InvoiceRecord]:
+    def by_target_ids(self, target_ids: Sequence[str]) -> dict[str, InvoiceRecord]:
         """The invoices pushed as these ids of the accounting system."""
         rows = self._rows_in(_INVOICES.c.target_id, target_ids)
         return {row.target_id: row for row in rows if row.target_id}

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from connector.errors import ApiError, PermanentApiError, TransientApiError
 from connector.state.store import InvoiceRecord
 from connector.sync.values import fmt_total as _fmt_total
-from connector.sync.values import int_or_none as _int
 from connector.sync.values import parse_moment as _parse_moment
+from connector.sync.values import text_id as _id
 from connector.sync.writeback import Writeback
 from mappings.errors import MappingError
 from mappings.kantata import KantataInvoice, decode_invoices
@@ -115,11 +115,11 @@ class Changes(Writeback):
     ) -> list[str]:
         """Follow Noko's changes; returns the Kantata ids of invoices of the connector's (owner
         marker) that the state file does not know: it is older than Noko."""
-        ids = [i for i in (_int(inv.get("id")) for inv in invoices) if i is not None]
+        ids = [i for i in (_id(inv.get("id")) for inv in invoices) if i is not None]
         records = self.store.by_target_ids(ids)
         unknown: list[str] = []
         for invoice in invoices:
-            noko_id = _int(invoice.get("id"))
+            noko_id = _id(invoice.get("id"))
             record = records.get(noko_id) if noko_id is not None else None
             if record is None and noko_id is not None:
                 kantata_id = self._kantata_id_of(str(invoice.get("reference") or ""))

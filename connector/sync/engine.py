@@ -48,8 +48,8 @@ from connector.sync.pool import Runner
 from connector.sync.values import describe as _describe
 from connector.sync.values import done as _done
 from connector.sync.values import fmt_total as _fmt_total
-from connector.sync.values import int_or_none as _int
 from connector.sync.values import minor as _minor
+from connector.sync.values import text_id as _id
 from connector.sync.writeback import SERVICE_MODEL
 from connector.targets.base import Target
 from connector.targets.noko.push import (
@@ -66,7 +66,7 @@ from mappings.ledger import LedgerDocument
 from mappings.money import format_money, to_minor
 from mappings.profile import Profile
 from mappings.targets.noko import NokoInvoicePlan, check_totals, plan_invoice
-from mappings.to_ledger import to_ledger
+from mappings.to_ledger import reference_for, reference_for_id, to_ledger
 
 __all__ = ["CYCLE_OUTCOMES", "CycleResult", "EngineSettings", "Outcome", "SyncEngine"]
 
@@ -595,8 +595,9 @@ class SyncEngine(Changes):
 
     # ------------------------------------------------------------------ lost or old state
 
-    def _noko_id_in_kantata(self, inv: DecodedInvoice) -> int | None:
-        """The Noko invoice id our Kantata reference names, unless it says we deleted it."""
+    def _noko_id_in_kantata(self, inv: DecodedInvoice) -> str | None:
+        """The Noko invoice id our Kantata reference names, unless it says we deleted it (or
+        it names the invoice's natural key: a failure before any push writes that)."""
         if isinstance(inv, UndecodableInvoice):
             return None
         ref = inv.reference_for(self.settings.service_name)
@@ -604,7 +605,10 @@ class SyncEngine(Changes):
             return None
         if ref.service_model and ref.service_model != SERVICE_MODEL:
             return None
-        return _int(ref.service_model_ref)
+        named = _id(ref.service_model_ref)
+        if named in (reference_for(inv, self.profile), reference_for_id(inv.id, self.profile)):
+            return None
+        return named
 
     def _stale_signal(self, inv: DecodedInvoice, record: InvoiceRecord | None) -> bool:
         """Kantata carries our reference to a Noko invoice the state file does not have: the
@@ -646,7 +650,7 @@ class SyncEngine(Changes):
             return False
         return record is None or record.target_id is None or record.target_state == "deleted"
 
-    def _own_in_noko(self, reference: str, kantata_says: int | None) -> list[dict[str, Any]]:
+    def _own_in_noko(self, reference: str, kantata_says: str | None) -> list[dict[str, Any]]:
         index = self._index
         with index.lock:
             if not index.loaded:
@@ -688,7 +692,7 @@ class SyncEngine(Changes):
             record.status = "conflict"
             return self._fail(record, "duplicate", str(duplicate), run_id, log, retry=False)
         invoice = own[0]
-        noko_id = _int(invoice.get("id"))
+        noko_id = _id(invoice.get("id"))
         assert noko_id is not None
         if record is not None and record.target_id == noko_id:
             return record
@@ -904,7 +908,9 @@ class SyncEngine(Changes):
         try:
             named = self._noko_id_in_kantata(inv)
             pushed = self.pusher.push(
-                plan, recovering=recovering, known_ids=() if named is None else (named,)
+                plan,
+                recovering=recovering,
+                known_ids=() if named is None or not named.isdigit() else (int(named),),
             )
         except TransientApiError as exc:
             if isinstance(exc, WriteInDoubtError):
@@ -919,7 +925,7 @@ class SyncEngine(Changes):
             return self._fail(record, "duplicate", str(exc), run_id, log, retry=False)
 
         noko_invoice = pushed.invoice
-        noko_id = _int(noko_invoice.get("id"))
+        noko_id = _id(noko_invoice.get("id"))
         if noko_id is None:
             return self._fail(
                 record, "permanent", "Noko's answer has no invoice id", run_id, log, retry=True
@@ -962,7 +968,7 @@ class SyncEngine(Changes):
         run_id: str,
         log: Any,
         *,
-        created: int | None = None,
+        created: str | None = None,
     ) -> tuple[Outcome, str | None] | None:
         """None when Noko's totals are Kantata's to the minor unit; else the recorded failure.
         A mismatch is not retried by itself: it needs a person (or a change in Kantata).
@@ -984,7 +990,7 @@ class SyncEngine(Changes):
         message = f"{when}Noko's totals differ from Kantata's: " + "; ".join(problems)
         if created is not None:
             try:
-                removed = self.pusher.discard(plan.reference, created)
+                removed = self.pusher.discard(plan.reference, int(created))
             except (ApiError, NokoRefusedError) as exc:
                 message += (
                     f"; deleting Noko invoice {created} failed ({exc}): delete it in Noko, "
@@ -1056,7 +1062,7 @@ class SyncEngine(Changes):
             + (" (forced)" if force else ""),
         )
         try:
-            updated = self.pusher.update(plan, noko_id, remove_foreign=force)
+            updated = self.pusher.update(plan, int(noko_id), remove_foreign=force)
         except NokoRefusedError as exc:
             current = exc.invoice
             if (
@@ -1151,8 +1157,8 @@ class SyncEngine(Changes):
             # Pushing never finished: nothing may be left in Noko, whatever stage it reached.
             if record.reference:
                 found = self.pusher.find_invoice(record.reference)
-                if found is not None and _int(found.get("id")) is not None:
-                    record.target_id = _int(found.get("id"))
+                if found is not None and _id(found.get("id")) is not None:
+                    record.target_id = _id(found.get("id"))
             if record.target_id is None:
                 if record.reference:
                     self.pusher.sweep_reference(record.reference)
@@ -1178,7 +1184,7 @@ class SyncEngine(Changes):
             record, run_id=run_id, event="cancel-started", detail=f"Noko invoice {noko_id}"
         )
         try:
-            self.pusher.cancel(record.reference, noko_id)
+            self.pusher.cancel(record.reference, int(noko_id))
         except NokoRefusedError as exc:
             return self._conflict(
                 record,

@@ -35,6 +35,7 @@ from typing import Any
 
 from connector.state.store import InvoiceRecord
 from connector.sync.engine import SyncEngine
+from connector.sync.values import text_id as _id
 from mappings.errors import MappingError
 from mappings.kantata import KantataInvoice, UndecodableInvoice, decode_invoices
 from mappings.money import format_money, to_minor
@@ -56,7 +57,7 @@ WITHOUT_FORCE = {"reference_missing", "deleted_in_kantata"}
 class Difference:
     kind: str
     kantata_invoice_id: str | None
-    target_id: int | None
+    target_id: str | None
     detail: str
     repairable: bool = True
 
@@ -147,7 +148,7 @@ def reconcile(
 
     records = engine.store.get_invoices(list(kantata) + list(unreadable))
     seen_references: set[str] = set()
-    counted_foreign: set[int | None] = set()
+    counted_foreign: set[str | None] = set()
     for kid, inv in sorted(kantata.items(), key=lambda item: int(item[0])):
         record = records.get(kid)
         reference = profile.noko.reference.format(id=kid, number=inv.user_invoice_number)
@@ -155,14 +156,14 @@ def reconcile(
         ref = inv.reference_for(service)
         proven = {record.target_id if record is not None else None}
         if ref is not None and (ref.external_status or "") != "deleted":
-            proven.add(_int(ref.service_model_ref))
+            proven.add(_id(ref.service_model_ref))
         proven.discard(None)
         found = []
         for listed in by_reference.get(reference, []):
-            if _int(listed.get("id")) in proven or engine.pusher.owns(listed, reference):
+            if _id(listed.get("id")) in proven or engine.pusher.owns(listed, reference):
                 found.append(listed)
             else:
-                counted_foreign.add(_int(listed.get("id")))
+                counted_foreign.add(_id(listed.get("id")))
         eligible = not inv.draft and not inv.is_cancelled
         if (
             eligible
@@ -197,7 +198,7 @@ def reconcile(
             )
             continue
         noko_invoice: dict[str, Any] | None = found[0] if found else None
-        noko_id = _int(noko_invoice.get("id")) if noko_invoice else None
+        noko_id = _id(noko_invoice.get("id")) if noko_invoice else None
         if not eligible:
             if noko_invoice is not None:
                 state = "a draft" if inv.draft else "cancelled"
@@ -255,7 +256,7 @@ def reconcile(
     for kid, bad in sorted(unreadable.items(), key=lambda item: int(item[0])):
         found = by_kantata_id.get(kid, [])
         seen_references.update(str(f.get("reference") or "") for f in found)
-        noko_id = _int(found[0].get("id")) if len(found) == 1 else None
+        noko_id = _id(found[0].get("id")) if len(found) == 1 else None
         record = records.get(kid)
         if record is not None and record.status == "conflict":
             result.differences.append(
@@ -277,7 +278,7 @@ def reconcile(
                 Difference("unmappable", kid, noko_id, str(bad.error) + where, repairable=False)
             )
     if since is None and until is None:
-        orphans: set[int | None] = set()
+        orphans: set[str | None] = set()
         for record in _pushed_records(engine):
             if record.kantata_id in kantata or record.kantata_id in unreadable:
                 continue
@@ -294,16 +295,16 @@ def reconcile(
         for reference, found in sorted(by_reference.items()):
             if reference not in seen_references:
                 for extra in found:
-                    if _int(extra.get("id")) in orphans:
+                    if _id(extra.get("id")) in orphans:
                         continue  # listed above, with its Kantata id
                     if not engine.pusher.owns(extra, reference):
-                        counted_foreign.add(_int(extra.get("id")))
+                        counted_foreign.add(_id(extra.get("id")))
                         continue
                     result.differences.append(
                         Difference(
                             "not_in_kantata",
                             None,
-                            _int(extra.get("id")),
+                            _id(extra.get("id")),
                             f"{reference} matches no Kantata invoice",
                             repairable=False,
                         )
@@ -393,10 +394,3 @@ def _pushed_records(engine: SyncEngine) -> list[InvoiceRecord]:
             or r.stage in ("pushing", "pushed", "updating")
         )
     ]
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from connector.targets.base import TargetIndex, TargetInvoice
 from connector.targets.noko.client import NokoClient
@@ -25,10 +25,14 @@ class NokoTarget:
 
     def find(self, prefix: str) -> Iterator[dict[str, Any]]:
         # Noko's `reference` filter is "contains": the caller keeps exact matches only.
-        return self.client.list_invoices({"reference": prefix} if prefix else {})
+        listing = self.client.list_invoices({"reference": prefix} if prefix else {})
+        return (_neutral(invoice) for invoice in listing)
 
-    def get(self, target_id: int) -> dict[str, Any] | None:
-        return self.client.get_invoice(target_id)
+    def get(self, target_id: str) -> dict[str, Any] | None:
+        noko_id = _int(target_id)
+        if noko_id is None:
+            return None  # not an id Noko can have
+        return _neutral(self.client.get_invoice(noko_id))
 
     def changes_since(
         self,
@@ -42,7 +46,8 @@ class NokoTarget:
                 raise ValueError("timestamps sent to Noko must be timezone-aware")
             # Whole seconds, the fraction dropped: the window widens, never narrows.
             params["updated_from"] = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return self.client.list_invoices(params, on_server_time=on_server_time)
+        listing = self.client.list_invoices(params, on_server_time=on_server_time)
+        return (_neutral(invoice) for invoice in listing)
 
     def new_index(self, *, wanted: bool) -> TargetIndex:
         return NokoIndex(wanted=wanted)
@@ -77,6 +82,21 @@ class NokoTarget:
             if got is not None and got != wanted:
                 problems.append(f"{got} {label}, pushed {wanted}")
         return problems
+
+
+@overload
+def _neutral(invoice: dict[str, Any]) -> dict[str, Any]: ...
+@overload
+def _neutral(invoice: None) -> None: ...
+def _neutral(invoice: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Noko's invoice with the neutral fields the engine reads: `id` as text, `paid`."""
+    if invoice is None:
+        return None
+    out = dict(invoice)
+    if out.get("id") is not None:
+        out["id"] = str(out["id"])
+    out["paid"] = str(out.get("state") or "") == "paid"
+    return out
 
 
 def _int(value: Any) -> int | None:
