@@ -37,6 +37,7 @@ from connector.errors import (
     PermanentApiError,
     StateFileError,
     TransientApiError,
+    WriteInDoubtError,
 )
 from connector.kantata.client import ExternalReferenceWrite, KantataClient
 from connector.state.store import InvoiceRecord, Store, state_file_problem
@@ -57,7 +58,6 @@ from connector.targets.noko.push import (
     NokoGoneError,
     NokoPusher,
     NokoRefusedError,
-    WriteInDoubtError,
     header_differs,
 )
 from mappings.errors import MappingError

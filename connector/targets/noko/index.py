@@ -17,8 +17,12 @@ class NokoIndex:
     Only invoices whose reference starts with the profile's prefix are kept, each as its scalar
     fields (no line lists): enough to compare totals and header with what Kantata asks for."""
 
-    def __init__(self, *, wanted: bool) -> None:
+    def __init__(
+        self, *, wanted: bool, owns: Callable[[dict[str, Any], str], bool] | None = None
+    ) -> None:
         self.wanted = wanted
+        self.owns = owns
+        """Noko's full proof that an invoice is the connector's (used instead of the caller's)."""
         self.loaded = False
         self.lock = threading.Lock()
         self.by_reference: dict[str, list[dict[str, Any]]] = {}
@@ -46,8 +50,10 @@ class NokoIndex:
         kantata_says: str | None,
         owns: Callable[[dict[str, Any], str], bool],
     ) -> list[dict[str, Any]]:
-        """The connector's invoices for `reference`: those `owns` proves (the owner marker),
-        and the one its Kantata reference names (`kantata_says`) when that carries it."""
+        """The connector's invoices for `reference`: those `owns` proves (the owner marker;
+        the index's own proof when it has one), and the one its Kantata reference names
+        (`kantata_says`) when that carries it."""
+        owns = self.owns or owns
         found = {
             _text(inv.get("id")): inv
             for inv in self.by_reference.get(reference, [])

@@ -21,7 +21,7 @@ from connector.errors import (
     AmbiguousWriteError,
     NotFoundError,
     PermanentApiError,
-    TransientApiError,
+    WriteInDoubtError,
 )
 from mappings.targets.noko import (
     NokoEntryPlan,
@@ -73,26 +73,6 @@ class NokoApi(Protocol):
 
 class NokoGoneError(Exception):
     """The Noko invoice the connector pushed no longer exists."""
-
-
-class WriteInDoubtError(TransientApiError):
-    """A create got no answer, and what it creates is not in Noko yet. The server may still be
-    applying it (a request can land after the client gave up on it), so it is not sent again in
-    this attempt: the next attempt looks for it by its natural key first and reuses it."""
-
-    @classmethod
-    def after(cls, exc: AmbiguousWriteError, what: str) -> WriteInDoubtError:
-        return cls(
-            exc.service,
-            f"{exc.message}; {what} is not in Noko yet and is looked for again at the next "
-            "attempt before it is created again",
-            status=exc.status,
-            method=exc.method,
-            path=exc.path,
-            request_id=exc.request_id,
-            code=exc.code,
-            retry_after=exc.retry_after,
-        )
 
 
 class BillingIncrementError(PermanentApiError):
@@ -296,7 +276,7 @@ class NokoPusher:
         except AmbiguousWriteError as exc:
             found = self.find_invoice(plan.reference)
             if found is None:
-                raise WriteInDoubtError.after(exc, f"invoice {plan.reference}") from None
+                raise WriteInDoubtError.after(exc, f"invoice {plan.reference}", "Noko") from None
             invoice = found
         except PermanentApiError:
             # An earlier create that got no answer may have landed in the meantime and taken
@@ -345,7 +325,7 @@ class NokoPusher:
                 if _matches_entry(entry, planned):
                     return int(entry["id"])
             raise WriteInDoubtError.after(
-                exc, f"time entry {marker(reference, planned.line_key)}"
+                exc, f"time entry {marker(reference, planned.line_key)}", "Noko"
             ) from None
 
     def _create_expense(self, reference: str, planned: NokoExpensePlan, project_id: int) -> int:
@@ -362,7 +342,7 @@ class NokoPusher:
             if found is not None:
                 return found
             raise WriteInDoubtError.after(
-                exc, f"expense {marker(reference, planned.line_key)}"
+                exc, f"expense {marker(reference, planned.line_key)}", "Noko"
             ) from None
 
     def _find_expense(self, reference: str, planned: NokoExpensePlan) -> int | None:
