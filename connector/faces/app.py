@@ -78,11 +78,10 @@ def open_connector(
         max_body=settings.kantata_sync_http_max_body_bytes,
     )
     # The accounting system the sync writes to: the engine reaches it through `Target`.
-    target = NokoTarget(noko)
+    target = NokoTarget(noko, profile.noko)
     engine = SyncEngine(
         kantata=kantata,
         target=target,
-        pusher=target.pusher,
         store=store,
         profile=profile,
         settings=EngineSettings(

@@ -145,6 +145,13 @@ def reconcile(
             continue
         by_reference.setdefault(reference, []).append(listed)
     result.noko_invoices = sum(len(v) for v in by_reference.values())
+    # The target proves which of them are the connector's (its index, from this listing).
+    index = engine.target.new_index(wanted=True)
+    index.load((i for found in by_reference.values() for i in found), prefix)
+
+    def ours(reference: str) -> set[str | None]:
+        owned = index.own(reference, None, engine.target.carries_marker)
+        return {_id(invoice.get("id")) for invoice in owned}
 
     records = engine.store.get_invoices(list(kantata) + list(unreadable))
     seen_references: set[str] = set()
@@ -159,8 +166,9 @@ def reconcile(
             proven.add(_id(ref.service_model_ref))
         proven.discard(None)
         found = []
+        proven |= ours(reference) if by_reference.get(reference) else set()
         for listed in by_reference.get(reference, []):
-            if _id(listed.get("id")) in proven or engine.pusher.owns(listed, reference):
+            if _id(listed.get("id")) in proven:
                 found.append(listed)
             else:
                 counted_foreign.add(_id(listed.get("id")))
@@ -294,10 +302,11 @@ def reconcile(
             )
         for reference, found in sorted(by_reference.items()):
             if reference not in seen_references:
+                owned = ours(reference)
                 for extra in found:
                     if _id(extra.get("id")) in orphans:
                         continue  # listed above, with its Kantata id
-                    if not engine.pusher.owns(extra, reference):
+                    if _id(extra.get("id")) not in owned:
                         counted_foreign.add(_id(extra.get("id")))
                         continue
                     result.differences.append(
