@@ -9,8 +9,7 @@ each answers is the target's neutral `Written` / `Cancelled`, or one of the inte
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from connector.errors import (
@@ -22,9 +21,9 @@ from connector.errors import (
 from connector.kantata.client import ExternalReferenceWrite
 from connector.state.store import InvoiceRecord, Store
 from connector.sync.batch import Writes
+from connector.sync.late_writes import LateWrites
 from connector.sync.outcome import EngineSettings, Outcome
 from connector.sync.records import Records, forget_target, remember_kantata
-from connector.sync.values import done as _done
 from connector.sync.values import fmt_total as _fmt_total
 from connector.sync.values import text_id as _id
 from connector.sync.writeback import SERVICE_MODEL, Writeback
@@ -45,11 +44,6 @@ from mappings.money import format_money
 if TYPE_CHECKING:
     from connector.sync.recover import Recover
 
-# When a create was last left in doubt (no answer, or a process died mid-push): for a while
-# after it, each cycle removes leftovers that such creates made after their invoice was done.
-IN_DOUBT_MARK = "writes-in-doubt"
-LATE_WRITE_WINDOW = timedelta(minutes=15)
-
 
 class Apply:
     """Push, update and cancel one invoice in the target, and record how it went."""
@@ -64,7 +58,7 @@ class Apply:
         records: Records,
         writeback: Writeback,
         recover: Recover,
-        clock: Callable[[], datetime],
+        late: LateWrites,
         log: Any,
     ) -> None:
         self.target = target
@@ -75,7 +69,7 @@ class Apply:
         self.records = records
         self.writeback = writeback
         self.recover = recover
-        self.clock = clock
+        self.late = late
         self.log = log
 
     # ------------------------------------------------------------------ push
@@ -116,7 +110,7 @@ class Apply:
             + (f"; time as amounts: {doc.time_note}" if doc.time_note else ""),
         )
         if recovering:
-            self.note_in_doubt()  # the earlier attempt's last request may still land
+            self.late.note_in_doubt()  # the earlier attempt's last request may still land
         named = self.recover.target_id_in_kantata(inv)
         try:
             written = self.writes.create(
@@ -129,7 +123,7 @@ class Apply:
             )
         except TransientApiError as exc:
             if isinstance(exc, WriteInDoubtError):
-                self.note_in_doubt()
+                self.late.note_in_doubt()
             return self.records.fail(record, "transient", str(exc), run_id, log, retry=True)
         except (PermanentApiError, MappingError) as exc:
             outcome = self.records.fail(record, "permanent", str(exc), run_id, log, retry=False)
@@ -284,7 +278,7 @@ class Apply:
             )
         except TransientApiError as exc:
             if isinstance(exc, WriteInDoubtError):
-                self.note_in_doubt()
+                self.late.note_in_doubt()
             return self.records.fail(record, "transient", str(exc), run_id, log, retry=True)
         except (PermanentApiError, MappingError, DuplicateInTargetError) as exc:
             outcome = self.records.fail(record, "permanent", str(exc), run_id, log, retry=False)
@@ -503,33 +497,3 @@ class Apply:
         log.warning("invoice cannot be mapped", error=message)
         self.writeback.write_failure(kantata_id, record, message, run_id, log)
         return "failed", message
-
-    # ------------------------------------------------------------------ late writes
-
-    def note_in_doubt(self) -> None:
-        self.store.set_cursor(self.clock(), IN_DOUBT_MARK)
-
-    def sweep_late_writes(self, log: Any) -> None:
-        """Remove what creates left in doubt made after their invoice was done (synced, or
-        cancelled and deleted): a create that got no answer can be applied by the server after
-        the retry made its own. Runs only for a while after a create was left in doubt, so an
-        ordinary cycle sends no extra request."""
-        mark = self.store.get_cursor(IN_DOUBT_MARK)
-        if mark is None or self.clock() - mark > LATE_WRITE_WINDOW:
-            return
-
-        def done(reference: str) -> bool:
-            record = self.store.by_references([reference]).get(reference)
-            return record is not None and _done(record)
-
-        try:
-            deleted = self.target.sweep_late_writes(done)
-        except ApiError as exc:
-            log.warning(
-                "could not look for late writes; the next cycle looks again", error=str(exc)
-            )
-            return
-        if deleted:
-            log.info(
-                "removed leftovers of creates that landed after their invoice", deleted=deleted
-            )

@@ -100,7 +100,7 @@ class Cycle:
             if not dry_run and only_ids is None and not engine.halting():
                 try:
                     engine.changes.poll(run_id, log, result)
-                    self.apply.sweep_late_writes(log)
+                    engine.late.sweep(log)
                 except (AuthError, LimitReachedError) as exc:
                     engine.halt.api_stopped(exc)
                 except ApiError as exc:

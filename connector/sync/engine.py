@@ -33,11 +33,12 @@ from connector.errors import (
 )
 from connector.kantata.client import KantataClient
 from connector.state.store import InvoiceRecord, Store
-from connector.sync.apply import IN_DOUBT_MARK, LATE_WRITE_WINDOW, Apply
+from connector.sync.apply import Apply
 from connector.sync.batch import Writes
 from connector.sync.changes import Changes
 from connector.sync.cycle import Cycle
 from connector.sync.decide import Action, decide, decide_source
+from connector.sync.late_writes import IN_DOUBT_MARK, LATE_WRITE_WINDOW, LateWrites
 from connector.sync.outcome import CYCLE_OUTCOMES, CycleResult, EngineSettings, Outcome
 from connector.sync.records import Records, forget_target, remember_kantata
 from connector.sync.recover import Recover
@@ -156,6 +157,7 @@ class SyncEngine:
         self.halt = Halt(target.name, self.log)
         self.writes = Writes(target, workers=settings.workers)
         self.records = Records(store, settings, clock)
+        self.late = LateWrites(target, store, clock)
         self.writeback = Writeback(
             kantata=kantata,
             store=store,
@@ -182,7 +184,7 @@ class SyncEngine:
             records=self.records,
             writeback=self.writeback,
             recover=self.recover,
-            clock=clock,
+            late=self.late,
             log=self.log,
         )
         self.recover.apply = self.apply
