@@ -68,7 +68,7 @@ class Changes:
             unknown += self._apply(batch, run_id, log, result)
         if unknown:
             self._match_unknown(unknown, run_id, log, result)
-        # As for Kantata's cursor: Noko's clock at the first page when it gave it (every
+        # As for Kantata's cursor: the target's clock at the first page when it gave it (every
         # invoice changed before then was listed), else the newest change read.
         mark: datetime | None = None
         if target_time and target_time[0] is not None:
@@ -85,8 +85,8 @@ class Changes:
     def _apply(
         self, invoices: list[dict[str, Any]], run_id: str, log: Any, result: CycleResult
     ) -> list[str]:
-        """Follow Noko's changes; returns the Kantata ids of invoices of the connector's (owner
-        marker) that the state file does not know: it is older than Noko."""
+        """Follow the target's changes; returns the Kantata ids of invoices of the connector's
+        (owner marker) that the state file does not know: it is older than the target."""
         ids = [i for i in (_id(inv.get("id")) for inv in invoices) if i is not None]
         records = self.store.by_target_ids(ids)
         unknown: list[str] = []
@@ -123,9 +123,9 @@ class Changes:
     def _match_unknown(
         self, kantata_ids: list[str], run_id: str, log: Any, result: CycleResult
     ) -> None:
-        """Noko holds invoices of the connector's that the state file does not know (an old
+        """The target holds invoices of the connector's that the state file does not know (an old
         backup put back, and Kantata did not list them as changed): read those Kantata invoices
-        (200 a request) and handle them now, matched against Noko, so that none is created
+        (200 a request) and handle them now, matched against the target, so that none is created
         again when it next changes. Costs nothing when the state file is up to date."""
         ids = sorted(set(kantata_ids), key=lambda i: (len(i), i))
         log.warning(
@@ -154,7 +154,7 @@ class Changes:
     ) -> None:
         drift = self._drift(invoice, record)
         if drift and self._as_kantata_asks(invoice, record, run_id, log):
-            drift = None  # the record was older than Noko, which is as Kantata asks
+            drift = None  # the record was older than the target, which is as Kantata asks
         if drift:
             outcome, message = self.engine.apply.conflict(record, "noko-edited", drift, run_id, log)
             result.counts[outcome] += 1
@@ -163,7 +163,7 @@ class Changes:
                 self.engine.on_invoice(record.kantata_id, outcome, message or drift, None)
             return
         state = str(invoice.get("state") or "")
-        # A link Noko's create answer left out (or an API address an earlier release stored)
+        # A link the create's answer left out (or an API address an earlier release stored)
         # is taken from the listing: written with the next reference, at once if none is due.
         link = self.target.link(invoice)
         relinked = link is not None and link != record.target_link
@@ -191,8 +191,8 @@ class Changes:
     def _as_kantata_asks(
         self, invoice: dict[str, Any], record: InvoiceRecord, run_id: str, log: Any
     ) -> bool:
-        """A Noko invoice that differs from the record may still be exactly what Kantata asks
-        for now (the record is older than Noko, e.g. a restored state file): then it is synced,
+        """A target invoice that differs from the record may still be exactly what Kantata asks
+        for now (the record is older than the target, e.g. a restored state file): then it is synced,
         and the record is brought up to date. Only one matching neither is a hand edit. Costs
         one Kantata request, only for an invoice that differs from its record."""
         try:
@@ -225,7 +225,7 @@ class Changes:
         return True
 
     def _drift(self, invoice: dict[str, Any], record: InvoiceRecord) -> str | None:
-        """What changed by hand in Noko since the push, or None. A change of state (a payment)
+        """What changed by hand in the target since the push, or None. A change of state (a payment)
         or of `updated_at` alone is not drift."""
         problems = []
         if record.total_minor is not None and record.exponent is not None:
@@ -250,7 +250,7 @@ class Changes:
         )
 
     def _record_payment(self, record: InvoiceRecord, run_id: str, log: Any) -> None:
-        """Optionally mirror a Noko payment in full as a Kantata external payment, once."""
+        """Optionally mirror the target's payment in full as a Kantata external payment, once."""
         if not self.settings.record_payments or record.payment_recorded_at is not None:
             return
         if record.kantata_status != "new" or record.workspace_id is None:
