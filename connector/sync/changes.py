@@ -191,10 +191,10 @@ class Changes:
     def _as_kantata_asks(
         self, invoice: dict[str, Any], record: InvoiceRecord, run_id: str, log: Any
     ) -> bool:
-        """A target invoice that differs from the record may still be exactly what Kantata asks
-        for now (the record is older than the target, e.g. a restored state file): then it is synced,
-        and the record is brought up to date. Only one matching neither is a hand edit. Costs
-        one Kantata request, only for an invoice that differs from its record."""
+        """A target invoice that differs from the record may still be exactly what Kantata
+        asks for now (the record is older than the target, e.g. a restored state file): then
+        it is synced, and the record is brought up to date. Only one matching neither is a hand
+        edit. Costs one Kantata request, only for an invoice that differs from its record."""
         try:
             decoded = decode_invoices(self.kantata.get_invoices([record.kantata_id]))
         except ApiError as exc:
