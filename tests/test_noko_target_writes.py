@@ -19,9 +19,9 @@ from connector.targets.base import (
     Write,
     Written,
 )
+from connector.targets.noko.marked import Leftover
 from connector.targets.noko.push import (
     DuplicateInNokoError,
-    Leftover,
     NokoGoneError,
     NokoRefusedError,
     PushResult,
