@@ -123,6 +123,7 @@ def reconcile(
     """Compare and, with `apply`, repair (only the kinds in `apply_kinds` when given)."""
     profile = engine.profile
     service = engine.settings.service_name
+    name = engine.target.name
     result = Reconciliation()
 
     kantata: dict[str, KantataInvoice] = {}
@@ -200,7 +201,8 @@ def reconcile(
                     "duplicate_in_noko",
                     kid,
                     None,
-                    f"Noko invoices {dup_ids} all carry {reference}: delete the extra ones in Noko",
+                    f"{name} invoices {dup_ids} all carry {reference}: delete the extra ones in "
+                    f"{name}",
                     repairable=False,
                 )
             )
@@ -211,12 +213,12 @@ def reconcile(
             if noko_invoice is not None:
                 state = "a draft" if inv.draft else "cancelled"
                 result.differences.append(
-                    Difference("not_in_kantata", kid, noko_id, f"{state} in Kantata, in Noko")
+                    Difference("not_in_kantata", kid, noko_id, f"{state} in Kantata, in {name}")
                 )
             continue
         if noko_invoice is None:
             result.differences.append(
-                Difference("missing_in_noko", kid, None, f"no Noko invoice {reference}")
+                Difference("missing_in_noko", kid, None, f"no {name} invoice {reference}")
             )
             continue
         try:
@@ -237,7 +239,7 @@ def reconcile(
                     "total_mismatch",
                     kid,
                     noko_id,
-                    f"Noko {_money(noko_minor, total, doc.exponent, doc.currency)}, Kantata "
+                    f"{name} {_money(noko_minor, total, doc.exponent, doc.currency)}, Kantata "
                     f"{format_money(doc.total_minor, doc.exponent, doc.currency)}",
                     repairable=str(noko_invoice.get("state")) not in ("paid", "in_progress"),
                 )
@@ -274,11 +276,11 @@ def reconcile(
             if found:  # not for the books, malformed or not: the engine takes it out of Noko
                 state = "a draft" if bad.draft is True else "cancelled"
                 result.differences.append(
-                    Difference("not_in_kantata", kid, noko_id, f"{state} in Kantata, in Noko")
+                    Difference("not_in_kantata", kid, noko_id, f"{state} in Kantata, in {name}")
                 )
         else:
             where = (
-                "; its Noko invoice stays as it is until the field is fixed in Kantata"
+                f"; its {name} invoice stays as it is until the field is fixed in Kantata"
                 if found
                 else ""
             )
@@ -296,7 +298,7 @@ def reconcile(
                     "deleted_in_kantata",
                     record.kantata_id,
                     record.target_id,
-                    f"deleted in Kantata after its push; Noko invoice {record.target_id} "
+                    f"deleted in Kantata after its push; {name} invoice {record.target_id} "
                     "is deleted by `reconcile --apply` (left as a conflict if it is paid)",
                 )
             )
@@ -378,9 +380,10 @@ def _mark_gone(engine: SyncEngine, record: InvoiceRecord) -> str:
     (deleted by hand; one request, only for such an invoice): the record becomes a `gone`
     conflict, so that `status` shows it. Returns the reason."""
     noko_id = record.target_id
+    name = engine.target.name
     message = (
-        f"Noko invoice {noko_id} was deleted in Noko; run `kantata-sync reconcile --apply` "
-        f"(or `kantata-sync retry {record.kantata_id} --force`) to push it again as a new Noko "
+        f"{name} invoice {noko_id} was deleted in {name}; run `kantata-sync reconcile --apply` "
+        f"(or `kantata-sync retry {record.kantata_id} --force`) to push it again as a new {name} "
         "invoice"
     )
     with engine.lock_for(record.kantata_id):
