@@ -71,7 +71,7 @@ class LedgerDocument:
     """With `time.mode = "entries"`: the billing increment (minutes) the Noko projects the
     connector creates get. A setting of the profile, not part of the fingerprint."""
     issuer_name: str = ""
-    """The company issuing the invoice (the profile's `[noko] company_name`); the customer is
+    """The company issuing the invoice (the profile's `[ledger] issuer_name`); the customer is
     `customer_name`, the recipient."""
 
     def fingerprint(self) -> str:

@@ -2,27 +2,39 @@
 
 `parse_profile(text, source)` is pure; `default_profile()` reads the profile shipped inside the
 package. An invalid profile raises `ProfileError` naming the file, line and key at fault.
+
+The profile validates what is neutral: the line detail, time, the customer, the tax name, the
+ledger's own settings (`[ledger]`: the reference, the project lines are grouped on, the issuer)
+and the currencies. Each accounting system's section (`[noko]`, `[xero]`) is kept as written, for
+that system's settings model to validate (`Profile.target_settings`, called by e.g.
+`XeroSettings.from_profile`); this module imports none of them.
+
+Profiles written before `[ledger]` existed hold its keys under `[noko]` (`reference`,
+`project_name`, and `company_name` for `issuer_name`): they are read as before, with the same
+result and errors naming `noko.<key>`; one setting under both names is refused.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import string
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
 )
 
 from mappings.money import MoneyError, exponent_for_code
-from mappings.targets.xero_profile import XeroSettings
 
 
 class ProfileError(ValueError):
@@ -84,15 +96,21 @@ class TaxSettings(_Section):
         return value
 
 
-class NokoSettings(_Section):
-    project_name: str = Field(default="{workspace}", min_length=1)
-    reference: str = Field(default="KS-{id}", min_length=1)
-    company_name: str = Field(default="", max_length=255)
-    """The company issuing the invoices (Noko's `company_name`); empty: none is named."""
+class LedgerSettings(_Section):
+    """`[ledger]`: what the ledger document says whichever accounting system it goes to."""
 
-    @field_validator("company_name")
+    reference: str = Field(default="KS-{id}", min_length=1)
+    """The invoice's reference in the accounting system: the natural key that makes a retry
+    find what it created; {id} is the Kantata invoice id, {number} its user invoice number."""
+    project_name: str = Field(default="{workspace}", min_length=1)
+    """The project each line is booked on: {workspace} is the Kantata project title,
+    {workspace_id} its id."""
+    issuer_name: str = Field(default="", max_length=255)
+    """The company issuing the invoices; empty: none is named."""
+
+    @field_validator("issuer_name")
     @classmethod
-    def _company_name_plain(cls, value: str) -> str:
+    def _issuer_name_plain(cls, value: str) -> str:
         if value and not value.strip():
             raise ValueError("must not be blank; leave the key out to name no issuing company")
         if any(ch < " " or ch == "\x7f" for ch in value):
@@ -115,6 +133,17 @@ class NokoSettings(_Section):
         return value
 
 
+TARGET_SECTIONS = ("noko", "xero")
+"""The accounting systems' sections: kept as written, validated by each system's own model."""
+
+LEGACY_LEDGER_KEYS = {
+    "reference": "reference",
+    "project_name": "project_name",
+    "company_name": "issuer_name",
+}
+"""`[noko]` key of profiles written before `[ledger]` existed -> its `[ledger]` key."""
+
+
 class CurrencySettings(_Section):
     allowed: tuple[str, ...] = ()
 
@@ -129,18 +158,48 @@ class CurrencySettings(_Section):
         return value
 
 
+class _TargetSections:
+    """The accounting systems' sections as the file wrote them, and where they were written
+    (for errors naming the line). Equal when the sections are (an empty one as an absent one)."""
+
+    def __init__(
+        self,
+        sections: Mapping[str, Mapping[str, Any]] | None = None,
+        source: str = "<profile>",
+        text: str = "",
+    ) -> None:
+        self.sections = {name: dict(section) for name, section in (sections or {}).items()}
+        self.source = source
+        self.text = text
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _TargetSections):
+            return NotImplemented
+        return self._written() == other._written()
+
+    def _written(self) -> dict[str, dict[str, Any]]:
+        return {name: section for name, section in self.sections.items() if section}
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+SectionModel = TypeVar("SectionModel", bound=BaseModel)
+
+
 class Profile(_Section):
     lines: LinesSettings = LinesSettings()
     time: TimeSettings = TimeSettings()
     customer: CustomerSettings = CustomerSettings()
     tax: TaxSettings = TaxSettings()
-    noko: NokoSettings = NokoSettings()
+    ledger: LedgerSettings = LedgerSettings()
     currencies: CurrencySettings = CurrencySettings()
-    xero: XeroSettings = XeroSettings()
+    _targets: _TargetSections = PrivateAttr(default_factory=_TargetSections)
 
-    @field_validator("noko")
+    @field_validator("ledger")
     @classmethod
-    def _marker_survives_hashtags(cls, value: NokoSettings, info: ValidationInfo) -> NokoSettings:
+    def _marker_survives_hashtags(
+        cls, value: LedgerSettings, info: ValidationInfo
+    ) -> LedgerSettings:
         time = info.data.get("time")
         if isinstance(time, TimeSettings) and time.mode == "entries" and "#" in value.reference:
             raise ValueError(
@@ -148,6 +207,25 @@ class Profile(_Section):
                 "hashtags out of time entry descriptions, which end in the reference's marker"
             )
         return value
+
+    def target_section(self, name: str) -> dict[str, Any]:
+        """An accounting system's section (`[noko]`, `[xero]`) as written; empty when absent.
+        Keys `[ledger]` took over from `[noko]` are not in it."""
+        if name not in TARGET_SECTIONS:
+            raise ValueError(f"no accounting system section [{name}] in a profile")
+        return copy.deepcopy(self._targets.sections.get(name, {}))
+
+    def target_settings(self, name: str, model: type[SectionModel]) -> SectionModel:
+        """`model` validated from the section `[name]`; `ProfileError` naming the profile's
+        file, the line and `name.key` of every problem."""
+        section = self.target_section(name)
+        try:
+            return model.model_validate(section)
+        except ValidationError as exc:
+            targets = self._targets
+            raise ProfileError(
+                "; ".join(_problems(exc, targets.text, targets.source, within=(name,)))
+            ) from None
 
 
 def _check_placeholders(template: str, allowed: set[str]) -> set[str]:
@@ -211,6 +289,65 @@ def _toml_error_place(text: str, message: str) -> str:
     return f"line {line_no}, key {section + '.' if section else ''}{key}: "
 
 
+def _problems(
+    exc: ValidationError,
+    text: str,
+    source: str,
+    *,
+    within: tuple[str, ...] = (),
+    renamed: Mapping[tuple[str, ...], tuple[str, ...]] | None = None,
+) -> list[str]:
+    """One `source: line N, key section.key: message` per error of `exc`. `within` is the
+    section the validated data came from; `renamed` maps a place in the model to the place in
+    the file the value was read from."""
+    problems = []
+    for error in exc.errors():
+        loc = [*within, *(str(part) for part in error["loc"])]
+        for size in (2, 1):
+            place = (renamed or {}).get(tuple(loc[:size]))
+            if place is not None:
+                loc = [*place, *loc[size:]]
+                break
+        section = loc[0] if len(loc) > 1 else None
+        key = loc[1] if len(loc) > 1 else loc[0] if loc else "?"
+        line = _line_of(text, section, key)
+        where = f"line {line}, " if line else ""
+        dotted = ".".join(loc[:2])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{source}: {where}key {dotted}: {message}")
+    return problems
+
+
+def _legacy_ledger_keys(
+    data: dict[str, Any], noko: dict[str, Any], text: str, source: str
+) -> tuple[dict[tuple[str, ...], tuple[str, ...]], list[str]]:
+    """Move the `[ledger]` keys an old profile holds under `[noko]` into `data["ledger"]`:
+    (model place -> file place of each moved key, the problems of keys set in both)."""
+    renamed: dict[tuple[str, ...], tuple[str, ...]] = {}
+    problems: list[str] = []
+    ledger = data.setdefault("ledger", {})
+    if not isinstance(ledger, dict):
+        return renamed, problems  # the model names `ledger` as not a table
+    for old, new in LEGACY_LEDGER_KEYS.items():
+        if old not in noko:
+            continue
+        value = noko.pop(old)
+        if new in ledger:
+            line = _line_of(text, "noko", old)
+            problems.append(
+                f"{source}: {f'line {line}, ' if line else ''}key noko.{old}: also set as "
+                f"ledger.{new}; keep only [ledger] {new} ([noko] {old} is its old place)"
+            )
+            continue
+        ledger[new] = value
+        renamed[("ledger", new)] = ("noko", old)
+        if new == "reference":  # the check of the reference against time.mode
+            renamed[("ledger",)] = ("noko",)
+    return renamed, problems
+
+
 def parse_profile(text: str, source: str = "<profile>") -> Profile:
     """Validate a TOML profile; `ProfileError` names source, line and key on any problem."""
     try:
@@ -219,22 +356,30 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
         raise ProfileError(
             f"{source}: {_toml_error_place(text, str(exc))}not valid TOML: {exc}"
         ) from None
-    try:
-        return Profile.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            loc = [str(part) for part in error["loc"]]
-            section = loc[0] if len(loc) > 1 else None
-            key = loc[1] if len(loc) > 1 else loc[0] if loc else "?"
-            line = _line_of(text, section, key)
+    problems: list[str] = []
+    targets: dict[str, dict[str, Any]] = {}
+    for name in TARGET_SECTIONS:
+        if name not in data:
+            continue
+        section = data.pop(name)
+        if isinstance(section, dict):
+            targets[name] = section
+        else:
+            line = _line_of(text, None, name)
             where = f"line {line}, " if line else ""
-            dotted = ".".join(loc[:2])
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "unknown key"
-            problems.append(f"{source}: {where}key {dotted}: {message}")
-        raise ProfileError("; ".join(problems)) from None
+            problems.append(f"{source}: {where}key {name}: must be a table ([{name}])")
+    renamed: dict[tuple[str, ...], tuple[str, ...]] = {}
+    if "noko" in targets:
+        renamed, moved_problems = _legacy_ledger_keys(data, targets["noko"], text, source)
+        problems.extend(moved_problems)
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_problems(exc, text, source, renamed=renamed))
+    if problems:
+        raise ProfileError("; ".join(problems))
+    profile._targets = _TargetSections(targets, source, text)
+    return profile
 
 
 def default_profile_text() -> str:

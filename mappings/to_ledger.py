@@ -24,12 +24,12 @@ KIND_LABEL = {
 
 
 def reference_for(invoice: KantataInvoice, profile: Profile) -> str:
-    """The deterministic Noko reference of a Kantata invoice."""
-    return profile.noko.reference.format(id=invoice.id, number=invoice.user_invoice_number)
+    """The deterministic reference of a Kantata invoice (the profile's `[ledger] reference`)."""
+    return profile.ledger.reference.format(id=invoice.id, number=invoice.user_invoice_number)
 
 
 def reference_for_id(invoice_id: str, profile: Profile, number: str = "") -> str:
-    return profile.noko.reference.format(id=invoice_id, number=number)
+    return profile.ledger.reference.format(id=invoice_id, number=number)
 
 
 def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
@@ -56,7 +56,7 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
                 # Kantata did not say which of the invoice's projects the line is on (see
                 # mappings.kantata): it is booked on one project named after all of them,
                 # never on a guessed one.
-                name = profile.noko.project_name.format(
+                name = profile.ledger.project_name.format(
                     workspace=" + ".join(ws.title or ws.id for ws in invoice.workspaces),
                     workspace_id="+".join(ws.id for ws in invoice.workspaces),
                 )
@@ -66,7 +66,7 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
             if ws_id is None and default_workspace is not None:
                 ws_id = default_workspace.id
             title = workspace_titles.get(ws_id or "", "") or f"Kantata invoice {invoice.id}"
-            name = profile.noko.project_name.format(workspace=title, workspace_id=ws_id or "")
+            name = profile.ledger.project_name.format(workspace=title, workspace_id=ws_id or "")
             names[line.workspace_id] = name
         return name
 
@@ -108,7 +108,7 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
     due = _due_date(invoice)
     projects = tuple(dict.fromkeys(project_of(line) for line in billed)) or tuple(
         dict.fromkeys(
-            profile.noko.project_name.format(workspace=ws.title, workspace_id=ws.id)
+            profile.ledger.project_name.format(workspace=ws.title, workspace_id=ws.id)
             for ws in invoice.workspaces
         )
     )
@@ -141,7 +141,7 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
         billing_increment=profile.time.billing_increment
         if profile.time.mode == "entries"
         else None,
-        issuer_name=profile.noko.company_name,
+        issuer_name=profile.ledger.issuer_name,
     )
 
 

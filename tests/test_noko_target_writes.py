@@ -28,7 +28,6 @@ from connector.targets.noko.push import (
     UpdateResult,
 )
 from connector.targets.noko.target import NokoTarget
-from mappings.profile import NokoSettings
 from mappings.targets.noko import NokoInvoicePlan, plan_invoice
 from tests.xero_support import ledger
 
@@ -95,7 +94,7 @@ class _Pusher:
 
 
 def _target(client: _Client | None = None) -> tuple[NokoTarget, _Pusher]:
-    target = NokoTarget(client or _Client(), NokoSettings(reference="INV-{id}"))  # type: ignore[arg-type]
+    target = NokoTarget(client or _Client(), reference="INV-{id}")  # type: ignore[arg-type]
     pusher = _Pusher()
     target.pusher = pusher  # type: ignore[assignment]
     return target, pusher

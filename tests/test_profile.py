@@ -4,16 +4,20 @@ naming the file, the line and the key."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from mappings.profile import (
+    LEGACY_LEDGER_KEYS,
     Profile,
     ProfileError,
     default_profile,
     default_profile_text,
     parse_profile,
 )
+from mappings.targets.noko_profile import NokoSettings
+from mappings.targets.xero_profile import XeroSettings
 
 SOURCE = "ops/profile.toml"
 
@@ -33,19 +37,25 @@ def _assert_names(message: str, line: int, key: str) -> None:
 
 
 def test_default_profile_loads() -> None:
-    """The shipped profile parses, and its values are exactly the documented defaults."""
+    """The shipped profile parses, and its values are exactly the documented defaults, those
+    of each accounting system's section too."""
     profile = default_profile()
-    assert profile == Profile()
+    assert profile.model_dump() == Profile().model_dump()
     assert profile.lines.detail == "itemized"
     assert profile.lines.include_zero_amount is False
-    assert profile.noko.reference == "KS-{id}"
+    assert profile.ledger.reference == "KS-{id}"
     assert profile.currencies.allowed == ()
+    assert NokoSettings.from_profile(profile) == NokoSettings()
+    assert XeroSettings.from_profile(profile) == XeroSettings()
 
 
 def test_default_profile_text_shows_every_setting() -> None:
     """Every section of the model appears in the shipped file, so operators see all keys."""
     text = default_profile_text()
-    for section, model in Profile().model_dump().items():
+    sections = Profile().model_dump()
+    sections["noko"] = NokoSettings().model_dump()
+    sections["xero"] = XeroSettings().model_dump()
+    for section, model in sections.items():
         assert f"[{section}]" in text
         for key in model:
             shown = re.search(rf"^{key}\s*=", text, re.MULTILINE) or f"[{section}.{key}]" in text
@@ -60,7 +70,7 @@ def test_custom_profile_parses() -> None:
         SOURCE,
     )
     assert profile.lines.detail == "per_task"
-    assert profile.noko.reference == "INV/{number}/{id}"
+    assert profile.ledger.reference == "INV/{number}/{id}"
     assert profile.currencies.allowed == ("USD", "JPY", "KWD")
     assert profile.tax == Profile().tax
 
@@ -129,7 +139,7 @@ def test_reference_with_brackets_is_refused() -> None:
 def test_reference_with_escaped_braces_around_id_is_accepted() -> None:
     """Literal braces are fine when {id} is also a real placeholder."""
     profile = parse_profile('[noko]\nreference = "KS{{{id}}}"\n', SOURCE)
-    assert profile.noko.reference.format(id="7", number="") == "KS{7}"
+    assert profile.ledger.reference.format(id="7", number="") == "KS{7}"
 
 
 def test_unknown_placeholder_in_project_name_names_line_and_key() -> None:
@@ -204,8 +214,8 @@ def test_customer_table_names_the_company() -> None:
 def test_issuing_company_is_validated() -> None:
     """`[noko] company_name`: one line, not blank, at most 255 characters; trimmed."""
     ok = parse_profile('[noko]\ncompany_name = "  Northwind Consulting Ltd "\n', SOURCE)
-    assert ok.noko.company_name == "Northwind Consulting Ltd"
-    assert parse_profile("", SOURCE).noko.company_name == ""
+    assert ok.ledger.issuer_name == "Northwind Consulting Ltd"
+    assert parse_profile("", SOURCE).ledger.issuer_name == ""
     for bad, why in (
         ('"   "', "must not be blank"),
         ('"Northwind\\nLtd"', "one line of text"),
@@ -231,4 +241,99 @@ def test_time_entries_need_an_increment_noko_accepts_and_no_hash_in_the_referenc
     with pytest.raises(ProfileError) as caught:
         parse_profile(entries + '[noko]\nreference = "INV#{id}"\n', SOURCE)
     assert "key noko: reference must not contain #" in str(caught.value)
-    assert parse_profile('[noko]\nreference = "INV#{id}"\n', SOURCE).noko.reference == "INV#{id}"
+    assert parse_profile('[noko]\nreference = "INV#{id}"\n', SOURCE).ledger.reference == "INV#{id}"
+
+
+OLD_NOKO = (
+    '[noko]\nreference = "INV/{number}/{id}"\nproject_name = "{workspace_id}"\n'
+    'company_name = "Northwind Consulting Ltd"\n'
+)
+NEW_LEDGER = (
+    '[ledger]\nreference = "INV/{number}/{id}"\nproject_name = "{workspace_id}"\n'
+    'issuer_name = "Northwind Consulting Ltd"\n'
+)
+
+
+def test_ledger_section_holds_reference_project_and_issuer() -> None:
+    """`[ledger]` holds the reference, the project name and the issuer; a profile that holds
+    them under `[noko]` (written before `[ledger]` existed) gives the same profile, and the
+    moved keys are not left in the Noko section."""
+    new = parse_profile(NEW_LEDGER, SOURCE)
+    old = parse_profile(OLD_NOKO, SOURCE)
+    assert new.ledger.reference == "INV/{number}/{id}"
+    assert new.ledger.project_name == "{workspace_id}"
+    assert new.ledger.issuer_name == "Northwind Consulting Ltd"
+    assert old == new
+    assert old.target_section("noko") == {}
+    assert NokoSettings.from_profile(old) == NokoSettings()
+    assert set(LEGACY_LEDGER_KEYS) == {"reference", "project_name", "company_name"}
+
+
+def test_ledger_errors_name_the_ledger_keys() -> None:
+    """The checks the `[noko]` keys had hold for `[ledger]`, named as written."""
+    message = _error('[ledger]\nproject_name = "{workspace}"\nreference = "KS-{number}"\n')
+    _assert_names(message, 3, "ledger.reference")
+    assert "{id}" in message
+    _assert_names(_error('[ledger]\nproject_name = "{client}"\n'), 2, "ledger.project_name")
+    message = _error('[ledger]\nissuer_name = "  "\n')
+    _assert_names(message, 2, "ledger.issuer_name")
+    assert "must not be blank" in message
+    message = _error('[time]\nmode = "entries"\n[ledger]\nreference = "INV#{id}"\n')
+    assert "key ledger: reference must not contain #" in message
+
+
+def test_a_setting_under_both_its_names_is_refused() -> None:
+    """`[noko] reference` and `[ledger] reference` together: which one wins would be a guess."""
+    message = _error('[ledger]\nreference = "KS-{id}"\n[noko]\nreference = "INV-{id}"\n')
+    _assert_names(message, 4, "noko.reference")
+    assert "also set as ledger.reference" in message
+    message = _error('[ledger]\nissuer_name = "A"\n[noko]\ncompany_name = "B"\n')
+    _assert_names(message, 4, "noko.company_name")
+
+
+def test_accounting_system_sections_are_validated_by_their_own_models() -> None:
+    """The profile keeps `[noko]` and `[xero]` as written; each system's settings model
+    refuses a bad key, naming the file, the line and the key."""
+    profile = parse_profile('[lines]\ndetail = "itemized"\n[xero]\nsales_account = "!!"\n', SOURCE)
+    assert profile.target_section("xero") == {"sales_account": "!!"}
+    with pytest.raises(ProfileError) as caught:
+        XeroSettings.from_profile(profile)
+    message = str(caught.value)
+    assert message.startswith(f"{SOURCE}: ")
+    _assert_names(message, 4, "xero.sales_account")
+    profile = parse_profile('[noko]\nreference = "KS-{id}"\nburst = 3\n', SOURCE)
+    with pytest.raises(ProfileError) as caught:
+        NokoSettings.from_profile(profile)
+    _assert_names(str(caught.value), 3, "noko.burst")
+    assert "unknown key" in str(caught.value)
+    _assert_names(_error('noko = "yes"\n'), 1, "noko")
+    with pytest.raises(ValueError, match="no accounting system section"):
+        profile.target_section("ledger")
+
+
+def test_loading_the_settings_refuses_a_bad_key_of_an_accounting_system_section(
+    tmp_path: Path,
+) -> None:
+    """The connector's settings load the profile and have each accounting system's model
+    check its section then, so a bad `[xero]` or `[noko]` key stops the start, named."""
+    from connector.errors import ConfigError
+    from connector.faces.config import load_settings
+
+    path = tmp_path / "profile.toml"
+    for text, line, key in (
+        (
+            '[ledger]\nreference = "KS-{id}"\n[xero]\nsales_account = "!!"\n',
+            4,
+            "xero.sales_account",
+        ),
+        ('[noko]\nreference = "KS-{id}"\nrefrence = "KS-{id}"\n', 3, "noko.refrence"),
+    ):
+        path.write_text(text)
+        settings = load_settings(None, environ={"KANTATA_SYNC_MAPPING_PROFILE": str(path)})
+        with pytest.raises(ConfigError) as caught:
+            settings.profile()
+        assert str(caught.value).startswith(f"{path}: ")
+        _assert_names(str(caught.value), line, key)
+    path.write_text(OLD_NOKO)
+    settings = load_settings(None, environ={"KANTATA_SYNC_MAPPING_PROFILE": str(path)})
+    assert settings.profile() == parse_profile(NEW_LEDGER)

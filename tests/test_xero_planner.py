@@ -148,18 +148,20 @@ def test_payload_fields_and_markers_prove_ownership() -> None:
 
 
 def test_profile_xero_section() -> None:
-    profile = parse_profile(
-        '[xero]\nsales_account = "201"\nkeep_as_draft = true\n'
-        '[xero.accounts]\nexpense = "260"\n[xero.tax_types]\n"8.875" = "TAX001"\n'
+    xero = XeroSettings.from_profile(
+        parse_profile(
+            '[xero]\nsales_account = "201"\nkeep_as_draft = true\n'
+            '[xero.accounts]\nexpense = "260"\n[xero.tax_types]\n"8.875" = "TAX001"\n'
+        )
     )
-    assert profile.xero.account_for("expense") == "260"
-    assert profile.xero.account_for("time_entry") == "201"
-    assert profile.xero.tax_type_for(True, Decimal("8.8750")) == "TAX001"
-    assert profile.xero.tax_type_for(False, Decimal("8.875")) == "NONE"
-    assert profile.xero.keep_as_draft
-    assert parse_profile("").xero == XeroSettings()
-    with pytest.raises(ProfileError, match="unknown line kind"):
-        parse_profile('[xero.accounts]\nhours = "200"\n')
+    assert xero.account_for("expense") == "260"
+    assert xero.account_for("time_entry") == "201"
+    assert xero.tax_type_for(True, Decimal("8.8750")) == "TAX001"
+    assert xero.tax_type_for(False, Decimal("8.875")) == "NONE"
+    assert xero.keep_as_draft
+    assert XeroSettings.from_profile(parse_profile("")) == XeroSettings()
+    with pytest.raises(ProfileError, match=r"key xero\.accounts: unknown line kind"):
+        XeroSettings.from_profile(parse_profile('[xero.accounts]\nhours = "200"\n'))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

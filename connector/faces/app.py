@@ -17,6 +17,7 @@ from connector.state.store import Store
 from connector.sync.engine import EngineSettings, SyncEngine
 from connector.targets.noko.client import NokoClient
 from connector.targets.noko.target import NokoTarget
+from mappings.targets.noko_profile import NokoSettings
 
 USER_AGENT = f"kantata-sync/{__version__} (+https://github.com/kantata-sync/kantata-sync)"
 
@@ -78,7 +79,9 @@ def open_connector(
         max_body=settings.kantata_sync_http_max_body_bytes,
     )
     # The accounting system the sync writes to: the engine reaches it through `Target`.
-    target = NokoTarget(noko, profile.noko)
+    target = NokoTarget(
+        noko, NokoSettings.from_profile(profile), reference=profile.ledger.reference
+    )
     engine = SyncEngine(
         kantata=kantata,
         target=target,

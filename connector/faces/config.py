@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from connector.errors import ConfigError
 from mappings.profile import Profile, ProfileError, default_profile, parse_profile
+from mappings.targets.noko_profile import NokoSettings
+from mappings.targets.xero_profile import XeroSettings
 
 SECTION_PREFIX = {"kantata": "kantata_", "noko": "noko_", "sync": "kantata_sync_"}
 CONFIG_ENV = "KANTATA_SYNC_CONFIG"
@@ -200,9 +202,14 @@ class Settings(BaseSettings):
                 f"KANTATA_SYNC_MAPPING_PROFILE: cannot read {path}: {exc.strerror}"
             ) from None
         try:
-            return parse_profile(text, str(path))
+            profile = parse_profile(text, str(path))
+            # Each accounting system's section is its own model's to validate; a bad key is
+            # refused here, at load time, as the neutral sections' are.
+            NokoSettings.from_profile(profile)
+            XeroSettings.from_profile(profile)
         except ProfileError as exc:
             raise ConfigError(str(exc)) from None
+        return profile
 
 
 def _is_loopback(host: str) -> bool:

@@ -114,7 +114,7 @@ class Changes:
 
     def _kantata_id_of(self, reference: str) -> str | None:
         """The Kantata id in a reference made from the profile's template, if it is one."""
-        pattern = re.escape(self.profile.noko.reference)
+        pattern = re.escape(self.profile.ledger.reference)
         pattern = pattern.replace(re.escape("{id}"), "(?P<id>[0-9]+)", 1)
         pattern = pattern.replace(re.escape("{number}"), ".*?")
         match = re.fullmatch(pattern, reference)

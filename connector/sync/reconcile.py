@@ -138,7 +138,7 @@ def reconcile(
                 unreadable[inv.id] = inv
     result.kantata_invoices = len(kantata) + len(unreadable)
 
-    prefix = _reference_prefix(profile.noko.reference)
+    prefix = _reference_prefix(profile.ledger.reference)
     by_reference: dict[str, list[dict[str, Any]]] = {}
     for listed in engine.target.find(prefix):
         reference = str(listed.get("reference") or "")
@@ -159,7 +159,7 @@ def reconcile(
     counted_foreign: set[str | None] = set()
     for kid, inv in sorted(kantata.items(), key=lambda item: int(item[0])):
         record = records.get(kid)
-        reference = profile.noko.reference.format(id=kid, number=inv.user_invoice_number)
+        reference = profile.ledger.reference.format(id=kid, number=inv.user_invoice_number)
         seen_references.add(reference)
         ref = inv.reference_for(service)
         proven = {record.target_id if record is not None else None}
@@ -258,7 +258,7 @@ def reconcile(
                 )
             )
     by_kantata_id: dict[str, list[dict[str, Any]]] = {}
-    pattern = _reference_id(profile.noko.reference)
+    pattern = _reference_id(profile.ledger.reference)
     for reference, found in by_reference.items():
         matched = pattern.fullmatch(reference)
         if matched is not None:

@@ -115,7 +115,7 @@ class Recover:
         index = self.index
         with index.lock:
             if not index.loaded:
-                prefix = self.profile.noko.reference.split("{", 1)[0]
+                prefix = self.profile.ledger.reference.split("{", 1)[0]
                 count = index.load(self.target.find(prefix), prefix)
                 self.log.info(
                     f"listed the connector's {self.target.name} invoices to match a new or old "

@@ -24,6 +24,8 @@ from decimal import Decimal, InvalidOperation
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mappings.profile import Profile
+
 LINE_KINDS = ("time_entry", "expense", "additional_item", "fixed_fee_item", "billing_milestone")
 _ACCOUNT_CODE = re.compile(r"^[A-Za-z0-9._-]{1,10}$")
 _TAX_TYPE = re.compile(r"^[A-Z0-9_]{1,50}$")
@@ -44,6 +46,11 @@ class XeroSettings(BaseModel):
     contacts: dict[str, str] = Field(default_factory=dict)
     """Kantata client id or customer name -> an existing Xero ContactID."""
     keep_as_draft: bool = False
+
+    @classmethod
+    def from_profile(cls, profile: Profile) -> XeroSettings:
+        """The profile's `[xero]` section; `ProfileError` naming the line and key at fault."""
+        return profile.target_settings("xero", cls)
 
     @field_validator("sales_account")
     @classmethod

@@ -36,8 +36,8 @@ from connector.targets.noko.push import (
 )
 from mappings.errors import MappingError
 from mappings.ledger import LedgerDocument
-from mappings.profile import NokoSettings
 from mappings.targets.noko import check_totals, is_ours, plan_invoice
+from mappings.targets.noko_profile import NokoSettings
 
 
 class NokoTarget:
@@ -46,9 +46,18 @@ class NokoTarget:
     name = "Noko"
     batch_size = 1
 
-    def __init__(self, client: NokoClient, settings: NokoSettings | None = None) -> None:
+    def __init__(
+        self,
+        client: NokoClient,
+        settings: NokoSettings | None = None,
+        *,
+        reference: str = "KS-{id}",
+    ) -> None:
         self.client = client
         self.settings = settings or NokoSettings()
+        self.reference = reference
+        """The ledger's reference template (the profile's `[ledger] reference`): what the
+        markers of the connector's lines begin with."""
         self.pusher = NokoPusher(client)
 
     def find(self, prefix: str) -> Iterator[dict[str, Any]]:
@@ -214,7 +223,7 @@ class NokoTarget:
         """Delete uninvoiced expenses and time entries whose marker names an invoice that is
         done: a create that got no answer can be applied by Noko after the retry made its
         own. Two listings (expenses, entries) of the connector's uninvoiced items."""
-        prefix = "[" + self.settings.reference.split("{", 1)[0]
+        prefix = "[" + self.reference.split("{", 1)[0]
         deleted = 0
         for item in self.pusher.leftovers(prefix):
             if done(item.reference):
