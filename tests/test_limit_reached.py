@@ -8,9 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from connector.errors import LimitReachedError
 from connector.faces.app import open_connector
 from connector.sync.engine import SyncEngine
+from connector.sync.reconcile import reconcile
 from connector.targets.base import Write, Written
 from sandbox import Sandbox, generate
 from tests.e2e import check_books, settings_for
@@ -89,3 +92,23 @@ def test_limit_reached_ends_the_cycle_cleanly_and_the_next_one_goes_on(
     assert books.problems == []
     assert books.eligible == 12
     assert len(box.noko.state()["invoices"]) == 12
+
+
+def test_reconcile_does_not_count_invoices_left_by_the_limit_as_repaired(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """`reconcile --apply` whose repairs meet the limit says so instead of listing invoices
+    it never reached as repaired."""
+    generate(box.kantata, seed=62, invoices=4, draft_rate=0, cancelled_rate=0)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        engine = SyncEngine(
+            kantata=c.kantata,
+            target=_Limited(c.engine.target, allowed=0),  # type: ignore[arg-type]
+            store=c.store,
+            profile=c.engine.profile,
+            settings=c.engine.settings,
+        )
+        with pytest.raises(LimitReachedError):
+            reconcile(engine, since=None, until=None, apply=True)
+        assert c.store.counts().get("failed", 0) == 0
+    assert box.noko.state()["invoices"] == []

@@ -61,8 +61,9 @@ class InvoiceRow(SQLModel, table=True):
     target_state: str | None = None
     """The accounting system's state of that invoice as last seen ('unpaid', 'paid', ...)."""
     target_lines: str | None = None
-    """JSON object: line key -> the accounting system's id of that line of the pushed
-    document."""
+    """JSON: the keys of the lines of the pushed document (a list; files written before
+    target ids became text hold an object, line key -> the line's id in the accounting
+    system). Read for its keys only: the hand-edit check compares line counts."""
     currency: str | None = None
     exponent: int | None = None
     total_minor: int | None = None

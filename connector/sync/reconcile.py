@@ -339,6 +339,9 @@ def reconcile(
             cycle = engine.run_cycle(kind="sync", only_ids=ordered, force=force)
             if cycle.auth_error is not None:
                 raise cycle.auth_error  # nothing was repaired after it: say why, once
+            if cycle.limit_reached is not None:
+                # The invoices after it were left as they were: none is counted as repaired.
+                raise cycle.limit_reached
             result.still_failing.update(cycle.failed)
             result.repaired += [i for i in ordered if i not in cycle.failed]
     return result
