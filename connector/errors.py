@@ -7,8 +7,10 @@
     ├── LockHeldError                another live process holds the state database
     └── ApiError                     anything an API answered (or failed to answer)
         ├── TransientApiError        429, 5xx, timeouts, dropped connections: try again later
-        │   └── AmbiguousWriteError  a create whose outcome is unknown (sent, no answer):
-        │                            look the object up by its natural key before retrying
+        │   ├── AmbiguousWriteError  a create whose outcome is unknown (sent, no answer):
+        │   │                        look the object up by its natural key before retrying
+        │   └── WriteInDoubtError    such a create, looked for and not found: the next
+        │                            attempt looks again before creating it again
         ├── PermanentApiError        other 4xx, undecodable bodies: retrying will not help
         │   └── NotFoundError        404
         ├── AuthError                401/403: the token is refused; the cycle stops, the
@@ -83,6 +85,27 @@ class TransientApiError(ApiError):
 
 class AmbiguousWriteError(TransientApiError):
     """A non-idempotent request was sent but no answer came back: it may have been applied."""
+
+
+class WriteInDoubtError(TransientApiError):
+    """A create got no answer, and what it creates is not in the target yet. The server may
+    still be applying it (a request can land after the client gave up on it), so it is not
+    sent again in this attempt: the next attempt looks for it by its natural key first and
+    reuses it. For a while after one, the engine sweeps late writes (`sweep_late_writes`)."""
+
+    @classmethod
+    def after(cls, exc: AmbiguousWriteError, what: str, system: str) -> WriteInDoubtError:
+        return cls(
+            exc.service,
+            f"{exc.message}; {what} is not in {system} yet and is looked for again at the next "
+            "attempt before it is created again",
+            status=exc.status,
+            method=exc.method,
+            path=exc.path,
+            request_id=exc.request_id,
+            code=exc.code,
+            retry_after=exc.retry_after,
+        )
 
 
 class PermanentApiError(ApiError):

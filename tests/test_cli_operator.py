@@ -116,7 +116,7 @@ def test_sync_dry_run_and_json_lines(box: Sandbox, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(rows) == 13
     assert {r["action"] for r in rows} == {"pushed"}
-    noko_ids = {int(i["id"]) for i in box.noko.state()["invoices"]}
+    noko_ids = {str(i["id"]) for i in box.noko.state()["invoices"]}
     assert {r["noko_invoice_id"] for r in rows} == noko_ids
     mine = next(r for r in rows if r["kantata_invoice_id"] == str(one_line))
     assert (mine["total"], mine["currency"]) == ("1234.56", "USD")
@@ -212,7 +212,7 @@ def test_hand_edit_message_uses_one_money_format(box: Sandbox, tmp_path: Path) -
     rows = [json.loads(line) for line in second.stdout.splitlines()]
     # What Noko's changes brought is a line of its own too.
     (found,) = [r for r in rows if r["action"] == "conflict"]
-    assert found["noko_invoice_id"] == int(edited["id"])
+    assert found["noko_invoice_id"] == str(edited["id"])
     assert "changed by hand" in found["detail"]
     report = json.loads(run_cli(["status", "--json"], env, tmp_path).stdout)
     (conflict,) = report["conflicts"]

@@ -60,7 +60,7 @@ def _synced(**changes: object) -> InvoiceRecord:
         "status": "synced",
         "fingerprint": FP,
         "source_fingerprint": "source-1",
-        "target_id": 26601,
+        "target_id": "26601",
         "target_state": "unpaid",
     }
     values.update(changes)

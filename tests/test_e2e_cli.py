@@ -236,7 +236,7 @@ def test_logs_are_json_lines_with_run_and_invoice_ids(box: Sandbox, tmp_path: Pa
     assert None not in run_ids
     pushes = [line for line in lines if line["event"] == "pushed to Noko"]
     assert len(pushes) == 6
-    assert all(p["kantata_invoice_id"] and p["noko_invoice_id"] for p in pushes)
+    assert all(p["kantata_invoice_id"] and p["target_invoice_id"] for p in pushes)
 
 
 def test_sync_against_pages_capped_at_100_books_every_invoice(box: Sandbox, tmp_path: Path) -> None:

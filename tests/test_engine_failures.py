@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import connector.sync.engine as engine_module
+import connector.targets.noko.target as noko_target
 from connector.faces.app import open_connector
 from sandbox import FaultConfig, Sandbox, generate
 from tests.e2e import check_books, settings_for
@@ -104,14 +105,14 @@ def test_total_mismatch_is_recorded_not_hidden(
     Noko id: that was the bug), with its expenses."""
     generate(box.kantata, seed=44, invoices=3, draft_rate=0, cancelled_rate=0)
     victim = _eligible_ids(box)[0]
-    real = engine_module.check_totals
+    real = noko_target.check_totals
 
     def skewed(plan: Any, invoice: Any) -> list[str]:
         if plan.kantata_id == victim:
             return ["total_amount is 1.00, expected 2.00"]
         return real(plan, invoice)
 
-    monkeypatch.setattr(engine_module, "check_totals", skewed)
+    monkeypatch.setattr(noko_target, "check_totals", skewed)
     with open_connector(settings_for(box, tmp_path)) as c:
         first = c.engine.run_cycle()
         assert set(first.failed) == {victim}

@@ -8,8 +8,13 @@ from typing import Any
 
 import pytest
 
-from connector.errors import AmbiguousWriteError, PermanentApiError, TransientApiError
-from connector.targets.noko.push import NokoPusher, WriteInDoubtError
+from connector.errors import (
+    AmbiguousWriteError,
+    PermanentApiError,
+    TransientApiError,
+    WriteInDoubtError,
+)
+from connector.targets.noko.push import NokoPusher
 from mappings.targets.noko import NokoExpensePlan, NokoInvoicePlan, marker, owner_marker
 
 REFERENCE = "KS-7"

@@ -72,7 +72,7 @@ def test_reconcile_lists_each_invoice_once_and_never_a_draft_as_unmappable(
     broken = ids[0]
     box.kantata.corrupt_invoice(broken, "currency", "XX1")
     noko = {str(i["reference"]): i for i in box.noko.state()["invoices"]}
-    broken_noko = int(noko[f"KS-{broken}"]["id"])
+    broken_noko = str(noko[f"KS-{broken}"]["id"])
     assert run_cli(["sync"], env, tmp_path).returncode == 1  # the unmappable one fails
     edited = noko[f"KS-{ids[1]}"]
     box.noko.edit_invoice(

@@ -185,7 +185,7 @@ def test_every_field_round_trips_through_the_file(tmp_path: Path) -> None:
     store, url = _store(tmp_path)
     record = store.new_invoice("7", status="synced")
     when = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
-    record.target_id = 42
+    record.target_id = "42"
     record.total_minor = 123_456
     record.kantata_updated_at = when
     record.next_attempt_at = when

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from connector.faces.app import open_connector
+from connector.sync.engine import SyncEngine
 from connector.targets.base import Target
 from connector.targets.noko.target import NokoTarget
 from sandbox import Sandbox, generate
@@ -43,7 +44,8 @@ def _target() -> tuple[NokoTarget, _Client]:
 def test_noko_target_reads_through_the_client() -> None:
     target, client = _target()
     as_target: Target = target
-    assert list(as_target.find("KS-")) == [{"id": 1, "reference": "KS-1"}]
+    # Answers in the neutral form: the id as text, `paid` from Noko's state.
+    assert list(as_target.find("KS-")) == [{"id": "1", "reference": "KS-1", "paid": False}]
     list(as_target.find(""))
     list(as_target.changes_since(None))
     list(as_target.changes_since(datetime(2024, 3, 1, 10, 0, 5, 900_000, tzinfo=UTC)))
@@ -55,8 +57,9 @@ def test_noko_target_reads_through_the_client() -> None:
         {},
         {"updated_from": "2024-03-01T10:00:05Z"},
     ]
-    assert as_target.get(7) == {"id": 7}
-    assert as_target.get(8) is None
+    assert as_target.get("7") == {"id": "7", "paid": False}
+    assert as_target.get("8") is None
+    assert as_target.get("not-a-noko-id") is None
     with pytest.raises(ValueError, match="timezone-aware"):
         list(as_target.changes_since(datetime(2024, 3, 1)))
 
@@ -75,7 +78,8 @@ def test_engine_reads_changes_and_lists_through_the_target(box: Sandbox, tmp_pat
     generate(box.kantata, seed=5, invoices=3)
     with open_connector(settings_for(box, tmp_path)) as c:
         assert isinstance(c.engine.target, NokoTarget)
-        assert c.engine.pusher is c.engine.target.pusher
+        # No Noko pusher beside the target: every write goes through the interface.
+        assert not hasattr(c.engine, "pusher")
         calls: list[tuple[str, Any]] = []
         real = c.engine.target
 
@@ -96,13 +100,19 @@ def test_engine_reads_changes_and_lists_through_the_target(box: Sandbox, tmp_pat
             def __getattr__(self, name: str) -> Any:
                 return getattr(real, name)
 
-        c.engine.target = Spy()
-        assert c.engine.run_cycle().exit_code == 0
+        engine = SyncEngine(
+            kantata=c.kantata,
+            target=Spy(),  # type: ignore[arg-type]
+            store=c.store,
+            profile=c.engine.profile,
+            settings=c.engine.settings,
+        )
+        assert engine.run_cycle().exit_code == 0
         # A new state file: the connector's invoices are listed once by the reference's
         # prefix before anything is created; then the changes are read from the start.
         assert calls == [("find", "KS-"), ("changes", None)]
         calls.clear()
-        assert c.engine.run_cycle().exit_code == 0
+        assert engine.run_cycle().exit_code == 0
         ((kind, since),) = calls
         assert kind == "changes"
         assert isinstance(since, datetime)

@@ -19,6 +19,7 @@ from connector.state.store import Store
 from connector.sync.engine import EngineSettings, SyncEngine
 from connector.targets.noko.client import NokoClient
 from connector.targets.noko.target import NokoTarget
+from mappings.targets.noko_profile import NokoSettings
 
 USER_AGENT = f"kantata-sync/{__version__} (+https://github.com/kantata-sync/kantata-sync)"
 
@@ -81,7 +82,8 @@ def open_connector(
         target: Any
         if settings.kantata_sync_target == "xero":
             # Imported here: a Noko run never loads the Xero package.
-            from connector.faces.xero import build_client, counting_http, xero_section
+            from connector.faces.xero import build_client, counting_http
+            from mappings.targets.xero_profile import XeroSettings
 
             stats = ApiStats()
             http = counting_http(stats, settings.xero_base_url)
@@ -90,11 +92,9 @@ def open_connector(
             if secret is not None:
                 register_secret(secret.get_secret_value())
             xero = build_client(settings, stats, http=http)  # ConfigError: a setting missing
-            from connector.targets.xero.target import (  # type: ignore[import-not-found, unused-ignore]
-                XeroTarget,
-            )
+            from connector.targets.xero.target import XeroTarget
 
-            target = XeroTarget(xero, xero_section(profile))
+            target = XeroTarget(xero, XeroSettings.from_profile(profile))
         else:
             assert noko_token is not None
             register_secret(noko_token)
@@ -111,18 +111,18 @@ def open_connector(
             )
             closing.callback(noko.close)
             stats = noko.stats
-            target = NokoTarget(noko)
+            target = NokoTarget(
+                noko, NokoSettings.from_profile(profile), reference=profile.ledger.reference
+            )
         # The state file is opened once every credential is known to be there: a missing
         # one creates no state file.
         if store is None:
             store = Store(settings.kantata_sync_database_url, create=create)
             closing.callback(store.close)
         # The accounting system the sync writes to: the engine reaches it through `Target`.
-        pusher: Any = getattr(target, "pusher", None)
         engine = SyncEngine(
             kantata=kantata,
             target=target,
-            pusher=pusher,
             store=store,
             profile=profile,
             settings=EngineSettings(

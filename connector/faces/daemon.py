@@ -156,7 +156,11 @@ class Daemon:
                 with connector.store.writer(wait=0):
                     connector.store.close_stale_runs()
                     result = connector.engine.run_cycle(kind="sync")
-                    if result.outcome == "ok" and not self.stop.is_set():
+                    if (
+                        result.outcome == "ok"
+                        and result.limit_reached is None
+                        and not self.stop.is_set()
+                    ):
                         self._scheduled_reconcile(connector)
                     notify(connector.store, self.settings.webhook_url())
             except LockHeldError as exc:

@@ -53,15 +53,17 @@ class InvoiceRow(SQLModel, table=True):
     """Ledger fingerprint of the document in the target (or being pushed)."""
     source_fingerprint: str | None = None
     """Fingerprint of the Kantata invoice as last seen (also for unmappable ones)."""
-    target_id: int | None = Field(default=None, index=True)
-    """The accounting system's id of the invoice pushed for it."""
+    target_id: str | None = Field(default=None, index=True)
+    """The accounting system's id of the invoice pushed for it (text: Noko's "123", Xero's
+    UUID)."""
     target_link: str | None = None
     """The page a person opens to see that invoice."""
     target_state: str | None = None
     """The accounting system's state of that invoice as last seen ('unpaid', 'paid', ...)."""
     target_lines: str | None = None
-    """JSON object: line key -> the accounting system's id of that line of the pushed
-    document."""
+    """JSON: the keys of the lines of the pushed document (a list; files written before
+    target ids became text hold an object, line key -> the line's id in the accounting
+    system). Read for its keys only: the hand-edit check compares line counts."""
     currency: str | None = None
     exponent: int | None = None
     total_minor: int | None = None
@@ -99,7 +101,7 @@ class InvoiceRecord:
     reference: str | None = None
     fingerprint: str | None = None
     source_fingerprint: str | None = None
-    target_id: int | None = None
+    target_id: str | None = None
     target_link: str | None = None
     target_state: str | None = None
     target_lines: str | None = None

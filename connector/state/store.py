@@ -11,9 +11,7 @@ the file is created readable by its owner only.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import operator
-import os
 import sqlite3
 import threading
 import time
@@ -28,25 +26,34 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.util.exc import CommandError
 from sqlalchemy import Engine, event, func
-from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, col, create_engine, select
 
 from connector import __version__
-from connector.errors import ConfigError, LockHeldError, StateFileError
+from connector.errors import StateFileError
 from connector.http.text import clean
+from connector.state.activity import daily_activity
+from connector.state.files import WriterLock, prepare_file, sqlite_path, state_file_problem
 from connector.state.models import (
     CursorRecord,
     InvoiceEvent,
     InvoiceRecord,
     InvoiceRow,
     MetaRow,
-    NotificationRecord,
     RunRecord,
 )
+from connector.state.runs import RunLog
 
-__all__ = ["CursorRecord", "InvoiceEvent", "InvoiceRecord", "RunRecord", "Store"]
+__all__ = [
+    "CursorRecord",
+    "InvoiceEvent",
+    "InvoiceRecord",
+    "RunRecord",
+    "Store",
+    "sqlite_path",
+    "state_file_problem",
+]
 
 MAIN_CURSOR = "invoices"
 LAZY_BATCH = 256
@@ -55,47 +62,6 @@ LAZY_SECONDS = 1.0
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def sqlite_path(database_url: str) -> Path | None:
-    """File path of a `sqlite:///` URL, None for an in-memory database."""
-    try:
-        url = make_url(database_url)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises several types for bad URLs
-        raise ConfigError(f"KANTATA_SYNC_DATABASE_URL: not a database URL: {exc}") from None
-    if not url.drivername.startswith("sqlite"):
-        raise ConfigError(
-            "KANTATA_SYNC_DATABASE_URL: only sqlite:/// URLs are supported, "
-            f"got {url.drivername}://"
-        )
-    if not url.database or url.database == ":memory:":
-        return None
-    return Path(url.database)
-
-
-def state_file_problem(exc: BaseException, path: Path | None) -> str:
-    """One line for an error of the state file itself (corrupt, unwritable, disk full)."""
-    where = str(path) if path is not None else "the in-memory state database"
-    original = getattr(exc, "orig", None) or exc
-    reason = (
-        getattr(original, "strerror", None) or str(original).splitlines()[0] or type(exc).__name__
-    )
-    lowered = reason.lower()
-    if "not a database" in lowered or "malformed" in lowered:
-        return (
-            f"state file {where} is not a readable kantata-sync database ({reason}): move it "
-            "aside (the next sync rebuilds the records from Kantata and Noko, creating nothing "
-            "twice) or restore a backup"
-        )
-    if "full" in lowered or "no space" in lowered:
-        return (
-            f"state file {where}: the disk is full ({reason}): free some space; the next run "
-            "continues where this one stopped"
-        )
-    return (
-        f"state file {where} cannot be used ({reason}): check that it and its directory are "
-        "writable by this user"
-    )
 
 
 class Store:
@@ -121,13 +87,14 @@ class Store:
         self._pending_since = 0.0
         self._queued = 0
         self._committed = 0
-        self._lock_fd: int | None = None
+        self._lock = WriterLock(self.path)
+        self._runs = RunLog(self)
         # The connection the batched commits write on, checked out once and kept (under
         # `_write_lock`): a commit is then the driver's statements and its commit, without a
         # pool checkout, a transaction object and a reset on return each time.
         self._writer: Any = None
         if self.path is not None:
-            self._prepare_file(self.path)
+            prepare_file(self.path)
             self.engine: Engine = create_engine(
                 database_url, connect_args={"check_same_thread": False, "timeout": 30}
             )
@@ -163,21 +130,6 @@ class Store:
         )
 
     # ------------------------------------------------------------------ setup
-
-    @staticmethod
-    def _prepare_file(path: Path) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-            for suffix in ("", "-wal", "-shm"):
-                target = Path(f"{path}{suffix}")
-                if target.exists():
-                    target.chmod(0o600)
-        except OSError as exc:
-            raise StateFileError(
-                f"KANTATA_SYNC_DATABASE_URL: cannot create the state file {path}: {exc.strerror}"
-            ) from None
 
     def _migrate(self) -> None:
         """Bring the schema to head in one write transaction. `BEGIN IMMEDIATE` takes SQLite's
@@ -244,41 +196,16 @@ class Store:
 
     @property
     def lock_path(self) -> Path | None:
-        return None if self.path is None else Path(f"{self.path}.lock")
+        return self._lock.path
 
     def acquire_writer_lock(self, wait: float = 0.0) -> None:
-        """Take the database's writer lock; the OS drops it when the holder dies, even by
-        SIGKILL, so a crashed process never blocks the next one."""
-        if self.lock_path is None or self._lock_fd is not None:
-            return
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                    os.close(fd)
-                    raise LockHeldError(
-                        f"another kantata-sync process (pid {holder}) is working on "
-                        f"{self.path}; try again when it has finished"
-                    ) from None
-                time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._lock_fd = fd
-        with self._write_lock, self.engine.begin() as connection:
-            _write_meta(connection, "written_by", __version__)
+        """Take the database's writer lock (`LockHeldError` when another process holds it)."""
+        if self._lock.acquire(wait):
+            with self._write_lock, self.engine.begin() as connection:
+                _write_meta(connection, "written_by", __version__)
 
     def release_writer_lock(self) -> None:
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._lock_fd, 0)
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.release()
 
     @contextlib.contextmanager
     def writer(self, wait: float = 0.0) -> Iterator[None]:
@@ -469,7 +396,7 @@ class Store:
         rows = self._rows_in(_INVOICES.c.reference, references)
         return {row.reference: row for row in rows if row.reference}
 
-    def by_target_ids(self, target_ids: Sequence[int]) -> dict[int, InvoiceRecord]:
+    def by_target_ids(self, target_ids: Sequence[str]) -> dict[str, InvoiceRecord]:
         """The invoices pushed as these ids of the accounting system."""
         rows = self._rows_in(_INVOICES.c.target_id, target_ids)
         return {row.target_id: row for row in rows if row.target_id}
@@ -534,110 +461,37 @@ class Store:
     def all_invoices(self) -> Iterator[InvoiceRecord]:
         yield from self._iter_records(select(_INVOICES).order_by(_INVOICES.c.kantata_id))
 
-    # ------------------------------------------------------------------ runs
+    # ------------------------------------------------------------------ runs, notifications
 
     def start_run(self, run_id: str, kind: str, cursor: datetime | None) -> RunRecord:
-        run = RunRecord(run_id=run_id, kind=kind, started_at=utcnow(), cursor_before=cursor)
-        with self._tx() as session:
-            session.add(run)
-        return run
+        return self._runs.start_run(run_id, kind, cursor)
 
     def finish_run(self, run: RunRecord) -> None:
-        run.finished_at = run.finished_at or utcnow()
-        if run.error:
-            run.error = clean(run.error, 2000)
-        with self._tx() as session:
-            session.merge(run)
+        self._runs.finish_run(run)
 
     def runs(self, limit: int = 20) -> list[RunRecord]:
-        with self._session() as session:
-            rows = session.exec(select(RunRecord).order_by(col(RunRecord.id).desc()).limit(limit))
-            return list(rows)
+        return self._runs.runs(limit)
 
     def last_run_with_outcome(self, *outcomes: str) -> RunRecord | None:
         """The most recent finished run whose outcome is one of `outcomes`."""
-        with self._session() as session:
-            return session.exec(
-                select(RunRecord)
-                .where(col(RunRecord.outcome).in_(outcomes))
-                .order_by(col(RunRecord.id).desc())
-                .limit(1)
-            ).first()
-
-    # ------------------------------------------------------------------ notifications
-
-    def notified(self) -> dict[str, str]:
-        """Kantata id -> the status (failed | conflict) the webhook was last told about."""
-        with self._session() as session:
-            return {n.kantata_id: n.status for n in session.exec(select(NotificationRecord))}
-
-    def set_notified(self, told: dict[str, str], cleared: Sequence[str]) -> None:
-        """Record what the webhook was just told: problems now notified, problems cleared."""
-        now = utcnow()
-        with self._tx() as session:
-            for kantata_id in cleared:
-                row = session.get(NotificationRecord, kantata_id)
-                if row is not None:
-                    session.delete(row)
-            for kantata_id, status in told.items():
-                session.merge(
-                    NotificationRecord(kantata_id=kantata_id, status=status, notified_at=now)
-                )
-
-    def daily_activity(self, since: datetime) -> list[tuple[str, int, int, int]]:
-        """Per UTC day (`YYYY-MM-DD`) from `since` on, oldest first: invoices synced that day,
-        invoices that failed that day (each counted once however often it was tried), and the
-        open failures (failed or in conflict) at the day's end, from the invoice histories.
-        Days without activity are left out."""
-        first_day = since.astimezone(UTC).strftime("%Y-%m-%d")
-        # An invoice is open from a failure or conflict until it is synced, skipped,
-        # resolved, cancelled or gone; each change of that adds or takes one on its day.
-        changes_sql = (
-            "SELECT day, SUM(delta) FROM ("
-            " SELECT substr(at, 1, 10) AS day,"
-            "  (event IN ('failed', 'conflict'))"
-            "  - LAG(event IN ('failed', 'conflict'), 1, 0)"
-            "   OVER (PARTITION BY kantata_id ORDER BY id) AS delta"
-            " FROM invoice_events WHERE event IN"
-            "  ('failed', 'conflict', 'synced', 'skipped', 'resolved', 'cancelled', 'vanished')"
-            # Only invoices that ever failed can change the count: most never do.
-            "  AND kantata_id IN (SELECT kantata_id FROM invoice_events"
-            "   WHERE event IN ('failed', 'conflict'))"
-            ") GROUP BY day ORDER BY day"
-        )
-        counts_sql = (
-            "SELECT substr(at, 1, 10) AS day, event, COUNT(DISTINCT kantata_id)"
-            " FROM invoice_events WHERE event IN ('synced', 'failed') AND substr(at, 1, 10) >= ?"
-            " GROUP BY day, event"
-        )
-        with self._session() as session:
-            connection = session.connection()
-            changes = connection.exec_driver_sql(changes_sql)
-            deltas = [(str(day), int(delta or 0)) for day, delta in changes.all()]
-            per_day: dict[str, list[int]] = {}
-            for day, kind, count in connection.exec_driver_sql(counts_sql, (first_day,)).all():
-                per_day.setdefault(str(day), [0, 0])[0 if kind == "synced" else 1] = int(count)
-        open_now = 0
-        open_at: dict[str, int] = {}
-        for day, delta in deltas:
-            open_now += delta
-            open_at[day] = open_now
-        days = sorted({*per_day, *(day for day in open_at if day >= first_day)})
-        rows = []
-        carried = sum(delta for day, delta in deltas if day < first_day)
-        for day in days:
-            carried = open_at.get(day, carried)
-            synced, failed = per_day.get(day, [0, 0])
-            rows.append((day, synced, failed, carried))
-        return rows
+        return self._runs.last_run_with_outcome(*outcomes)
 
     def close_stale_runs(self) -> None:
         """Runs still marked running belong to a process that died: mark them interrupted."""
-        with self._tx() as session:
-            for run in session.exec(select(RunRecord).where(col(RunRecord.outcome) == "running")):
-                run.outcome = "interrupted"
-                run.finished_at = run.finished_at or utcnow()
-                session.add(run)
+        self._runs.close_stale_runs()
+
+    def notified(self) -> dict[str, str]:
+        """Kantata id -> the status (failed | conflict) the webhook was last told about."""
+        return self._runs.notified()
+
+    def set_notified(self, told: dict[str, str], cleared: Sequence[str]) -> None:
+        self._runs.set_notified(told, cleared)
+
+    def daily_activity(self, since: datetime) -> list[tuple[str, int, int, int]]:
+        """Per UTC day from `since` on: synced, failed, and open at the day's end (see
+        `connector.state.activity`)."""
+        with self._session() as session:
+            return daily_activity(session.connection(), since)
 
 
 _INVOICES = InvoiceRow.__table__  # type: ignore[attr-defined]

@@ -6,122 +6,94 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from connector.errors import ApiError, PermanentApiError, TransientApiError
 from connector.state.store import InvoiceRecord
+from connector.sync.records import remember_kantata
 from connector.sync.values import fmt_total as _fmt_total
-from connector.sync.values import int_or_none as _int
 from connector.sync.values import parse_moment as _parse_moment
-from connector.sync.writeback import Writeback
+from connector.sync.values import text_id as _id
 from mappings.errors import MappingError
 from mappings.kantata import KantataInvoice, decode_invoices
 from mappings.money import to_minor
 from mappings.to_ledger import to_ledger
 
 if TYPE_CHECKING:
-    from connector.sync.outcome import CycleResult, Outcome
-    from connector.targets.base import Target, TargetIndex
-    from mappings.kantata import DecodedInvoice
+    from connector.sync.engine import SyncEngine
+    from connector.sync.outcome import CycleResult
+    from connector.targets.base import Target
 
 
-NOKO_CURSOR = "noko"
-"""The store's cursor of the target's changes."""
+TARGET_CURSOR = "noko"
+"""The store's cursor of the target's changes (its name kept from the first release)."""
 
 
-class Changes(Writeback):
-    """The engine's reading of the target's changes (a part of `SyncEngine`)."""
+class Changes:
+    """The engine's reading of the target's changes (one per engine)."""
 
-    target: Target
-    stop: threading.Event
-    log: Any
-    _index: TargetIndex
-    on_invoice: Callable[[str, str, str | None, DecodedInvoice | None], None] | None
+    def __init__(self, engine: SyncEngine) -> None:
+        self.engine = engine
+        self.target: Target = engine.target
+        self.kantata = engine.kantata
+        self.store = engine.store
+        self.settings = engine.settings
+        self.profile = engine.profile
+        self.clock = engine.clock
+        self.stop = engine.stop
+        self.lock_for = engine.lock_for
+        self.writeback = engine.writeback
+        self.name = engine.target.name
 
-    if TYPE_CHECKING:
-
-        def _conflict(
-            self,
-            record: InvoiceRecord,
-            kind: str,
-            message: str,
-            run_id: str,
-            log: Any,
-            *,
-            write_back: bool = True,
-        ) -> tuple[Outcome, str | None]: ...
-
-        def _fetch_by_id(
-            self, ids: list[str], result: CycleResult | None = None
-        ) -> Iterator[DecodedInvoice]: ...
-
-        def lock_for(self, kantata_id: str) -> threading.Lock: ...
-
-        def handle(
-            self,
-            inv: DecodedInvoice,
-            run_id: str,
-            *,
-            dry_run: bool = False,
-            force: bool = False,
-            retry_now: bool = False,
-            record: InvoiceRecord | Literal[False] | None = False,
-        ) -> tuple[Outcome, str | None]: ...
-
-        @staticmethod
-        def _remember_kantata(record: InvoiceRecord, inv: KantataInvoice) -> None: ...
-
-    def _poll_noko(self, run_id: str, log: Any, result: CycleResult) -> None:
-        """Read Noko invoices changed since the last cycle (one request per 1,000): payment
-        states flow back to Kantata, hand edits become conflicts."""
-        cursor = self.store.get_cursor(NOKO_CURSOR)
+    def poll(self, run_id: str, log: Any, result: CycleResult) -> None:
+        """Read the target's invoices changed since the last cycle: payment states flow back
+        to Kantata, hand edits become conflicts."""
+        cursor = self.store.get_cursor(TARGET_CURSOR)
         started = self.clock()
         since = None if cursor is None else cursor - self.settings.lookback
         newest: datetime | None = None
-        noko_time: list[datetime | None] = []
+        target_time: list[datetime | None] = []
         batch: list[dict[str, Any]] = []
         unknown: list[str] = []
-        for invoice in self.target.changes_since(since, on_server_time=noko_time.append):
+        for invoice in self.target.changes_since(since, on_server_time=target_time.append):
             moment = _parse_moment(invoice.get("updated_at"))
             if moment is not None and (newest is None or moment > newest):
                 newest = moment
             batch.append(invoice)
             if len(batch) >= 500:
-                unknown += self._apply_noko(batch, run_id, log, result)
+                unknown += self._apply(batch, run_id, log, result)
                 batch = []
         if batch:
-            unknown += self._apply_noko(batch, run_id, log, result)
+            unknown += self._apply(batch, run_id, log, result)
         if unknown:
             self._match_unknown(unknown, run_id, log, result)
-        # As for Kantata's cursor: Noko's clock at the first page when it gave it (every
+        # As for Kantata's cursor: the target's clock at the first page when it gave it (every
         # invoice changed before then was listed), else the newest change read.
         mark: datetime | None = None
-        if noko_time and noko_time[0] is not None:
-            mark = min(started, noko_time[0]) - self.settings.clock_skew
+        if target_time and target_time[0] is not None:
+            mark = min(started, target_time[0]) - self.settings.clock_skew
         elif newest is not None:
             mark = min(newest, started - self.settings.clock_skew)
         if mark is not None and (cursor is None or mark > cursor):
-            self.store.set_cursor(mark, NOKO_CURSOR)
+            self.store.set_cursor(mark, TARGET_CURSOR)
         if self.settings.record_payments:
             for record in self.store.payments_due():
                 with self.lock_for(record.kantata_id):
                     self._record_payment(record, run_id, log)
 
-    def _apply_noko(
+    def _apply(
         self, invoices: list[dict[str, Any]], run_id: str, log: Any, result: CycleResult
     ) -> list[str]:
-        """Follow Noko's changes; returns the Kantata ids of invoices of the connector's (owner
-        marker) that the state file does not know: it is older than Noko."""
-        ids = [i for i in (_int(inv.get("id")) for inv in invoices) if i is not None]
+        """Follow the target's changes; returns the Kantata ids of invoices of the connector's
+        (owner marker) that the state file does not know: it is older than the target."""
+        ids = [i for i in (_id(inv.get("id")) for inv in invoices) if i is not None]
         records = self.store.by_target_ids(ids)
         unknown: list[str] = []
         for invoice in invoices:
-            noko_id = _int(invoice.get("id"))
-            record = records.get(noko_id) if noko_id is not None else None
-            if record is None and noko_id is not None:
+            target_id = _id(invoice.get("id"))
+            record = records.get(target_id) if target_id is not None else None
+            if record is None and target_id is not None:
                 kantata_id = self._kantata_id_of(str(invoice.get("reference") or ""))
                 if kantata_id is not None and self.target.carries_marker(
                     invoice, str(invoice.get("reference"))
@@ -131,11 +103,11 @@ class Changes(Writeback):
             if record is None or record.stage or record.status != "synced":
                 continue
             with self.lock_for(record.kantata_id):
-                self._observe_noko(
+                self._observe(
                     invoice,
                     record,
                     run_id,
-                    log.bind(kantata_invoice_id=record.kantata_id, noko_invoice_id=noko_id),
+                    log.bind(kantata_invoice_id=record.kantata_id, target_invoice_id=target_id),
                     result,
                 )
         return unknown
@@ -151,28 +123,28 @@ class Changes(Writeback):
     def _match_unknown(
         self, kantata_ids: list[str], run_id: str, log: Any, result: CycleResult
     ) -> None:
-        """Noko holds invoices of the connector's that the state file does not know (an old
+        """The target holds invoices of the connector's that the state file does not know (an old
         backup put back, and Kantata did not list them as changed): read those Kantata invoices
-        (200 a request) and handle them now, matched against Noko, so that none is created
+        (200 a request) and handle them now, matched against the target, so that none is created
         again when it next changes. Costs nothing when the state file is up to date."""
         ids = sorted(set(kantata_ids), key=lambda i: (len(i), i))
         log.warning(
-            "Noko holds invoices of the connector's that the state file does not know; "
+            f"{self.name} holds invoices of the connector's that the state file does not know; "
             "matching them",
             invoices=len(ids),
         )
-        self._index.wanted = True
-        for inv in self._fetch_by_id(ids, result):
+        self.engine.recover.index.wanted = True
+        for inv in self.engine.cycle.fetch_by_id(ids, result):
             if self.stop.is_set():
                 return
-            outcome, error = self.handle(inv, run_id, record=False)
+            outcome, error = self.engine.handle(inv, run_id, record=False)
             result.counts[outcome] += 1
             if outcome in ("failed", "waiting", "conflict"):
                 result.failed[inv.id] = error or outcome
             else:
                 result.failed.pop(inv.id, None)
 
-    def _observe_noko(
+    def _observe(
         self,
         invoice: dict[str, Any],
         record: InvoiceRecord,
@@ -182,16 +154,16 @@ class Changes(Writeback):
     ) -> None:
         drift = self._drift(invoice, record)
         if drift and self._as_kantata_asks(invoice, record, run_id, log):
-            drift = None  # the record was older than Noko, which is as Kantata asks
+            drift = None  # the record was older than the target, which is as Kantata asks
         if drift:
-            outcome, message = self._conflict(record, "noko-edited", drift, run_id, log)
+            outcome, message = self.engine.apply.conflict(record, "noko-edited", drift, run_id, log)
             result.counts[outcome] += 1
             result.failed[record.kantata_id] = message or drift
-            if self.on_invoice is not None:
-                self.on_invoice(record.kantata_id, outcome, message or drift, None)
+            if self.engine.on_invoice is not None:
+                self.engine.on_invoice(record.kantata_id, outcome, message or drift, None)
             return
         state = str(invoice.get("state") or "")
-        # A link Noko's create answer left out (or an API address an earlier release stored)
+        # A link the create's answer left out (or an API address an earlier release stored)
         # is taken from the listing: written with the next reference, at once if none is due.
         link = self.target.link(invoice)
         relinked = link is not None and link != record.target_link
@@ -200,29 +172,29 @@ class Changes(Writeback):
         if not state or state == record.target_state:
             if link is not None and relinked:
                 self.store.save_invoice(record, run_id=run_id, event="noko-link", detail=link)
-                self._write_reference(
-                    record.kantata_id, record, self._success_reference(record), run_id, log
+                self.writeback.write_reference(
+                    record.kantata_id, record, self.writeback.success_reference(record), run_id, log
                 )
             return
         record.target_state = state
         self.store.save_invoice(record, run_id=run_id, event="noko-state", detail=state)
-        log.info("Noko state changed", state=state)
-        if self._write_reference(
-            record.kantata_id, record, self._success_reference(record), run_id, log
+        log.info(f"{self.name} state changed", state=state)
+        if self.writeback.write_reference(
+            record.kantata_id, record, self.writeback.success_reference(record), run_id, log
         ):
             result.counts["state-written"] += 1
-            if self.on_invoice is not None:
-                self.on_invoice(record.kantata_id, "state-written", state, None)
+            if self.engine.on_invoice is not None:
+                self.engine.on_invoice(record.kantata_id, "state-written", state, None)
         if state == "paid":
             self._record_payment(record, run_id, log)
 
     def _as_kantata_asks(
         self, invoice: dict[str, Any], record: InvoiceRecord, run_id: str, log: Any
     ) -> bool:
-        """A Noko invoice that differs from the record may still be exactly what Kantata asks
-        for now (the record is older than Noko, e.g. a restored state file): then it is synced,
-        and the record is brought up to date. Only one matching neither is a hand edit. Costs
-        one Kantata request, only for an invoice that differs from its record."""
+        """A target invoice that differs from the record may still be exactly what Kantata
+        asks for now (the record is older than the target, e.g. a restored state file): then
+        it is synced, and the record is brought up to date. Only one matching neither is a hand
+        edit. Costs one Kantata request, only for an invoice that differs from its record."""
         try:
             decoded = decode_invoices(self.kantata.get_invoices([record.kantata_id]))
         except ApiError as exc:
@@ -241,19 +213,19 @@ class Changes(Writeback):
         record.balance_in_cents = doc.balance_in_cents
         record.fingerprint = doc.fingerprint()
         record.target_lines = None
-        self._remember_kantata(record, inv)
+        remember_kantata(record, inv)
         self.store.save_invoice(
             record,
             run_id=run_id,
             event="noko-as-kantata",
-            detail=f"Noko invoice {record.target_id} differs from the record but is as "
+            detail=f"{self.name} invoice {record.target_id} differs from the record but is as "
             "Kantata asks; record brought up to date",
         )
-        log.info("Noko invoice differs from the record but is as Kantata asks")
+        log.info(f"{self.name} invoice differs from the record but is as Kantata asks")
         return True
 
     def _drift(self, invoice: dict[str, Any], record: InvoiceRecord) -> str | None:
-        """What changed by hand in Noko since the push, or None. A change of state (a payment)
+        """What changed by hand in the target since the push, or None. A change of state (a payment)
         or of `updated_at` alone is not drift."""
         problems = []
         if record.total_minor is not None and record.exponent is not None:
@@ -271,14 +243,14 @@ class Changes(Writeback):
         if not problems:
             return None
         return (
-            f"Noko invoice {record.target_id} was changed by hand ({'; '.join(problems)}); "
+            f"{self.name} invoice {record.target_id} was changed by hand ({'; '.join(problems)}); "
             "it is left as it is: run `kantata-sync reconcile --apply` or "
             f"`kantata-sync retry {record.kantata_id} --force` to restore the Kantata version, "
             f"or `kantata-sync resolve {record.kantata_id}` to keep the hand edit"
         )
 
     def _record_payment(self, record: InvoiceRecord, run_id: str, log: Any) -> None:
-        """Optionally mirror a Noko payment in full as a Kantata external payment, once."""
+        """Optionally mirror the target's payment in full as a Kantata external payment, once."""
         if not self.settings.record_payments or record.payment_recorded_at is not None:
             return
         if record.kantata_status != "new" or record.workspace_id is None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from connector.errors import AuthError
+from connector.errors import AuthError, LimitReachedError
 
 Outcome = Literal[
     "pushed",
@@ -68,6 +68,9 @@ class CycleResult:
     """Dry runs: Kantata id -> (would-push | would-update | would-cancel, what)."""
     auth_error: AuthError | None = None
     """The refused token that stopped the cycle (the invoices not done were left as they were)."""
+    limit_reached: LimitReachedError | None = None
+    """The spent request budget that ended the cycle early: not an error (`error` says when
+    it resumes); the invoices not done were left as they were, the cursor stayed."""
 
     @property
     def final_outcome(self) -> str:

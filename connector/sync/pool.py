@@ -78,6 +78,8 @@ class Runner:
                     records.get(inv.id) if previous is None and fresh[inv.id] == 1 else False
                 )
                 self.slots.acquire()
+                # Queued: the writes' batcher counts it as one that may yet come to write.
+                self.engine.writes.enter()
                 # Not kept: `_work` records every outcome itself, and `drain` waits on the slots.
                 self.pool.submit(self._work, inv, known)
 
@@ -102,7 +104,7 @@ class Runner:
                     )
             except (SQLAlchemyError, sqlite3.Error) as exc:
                 # The state file, not the invoice: stop taking new ones (what this one did
-                # in Noko is found again from its intent on disk).
+                # in the target is found again from its intent on disk).
                 self.engine._store_failed(exc)
                 outcome, error = "stopped", None
             except Exception as exc:  # one invoice must never stop the others
@@ -128,6 +130,7 @@ class Runner:
                 if on_invoice is not None:
                     on_invoice(inv.id, outcome, error, inv)
         finally:
+            self.engine.writes.leave()
             self.slots.release()
 
     def drain(self) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 
 from connector.state.store import InvoiceRecord
 from connector.sync.engine import SyncEngine
+from connector.sync.values import text_id as _id
 from mappings.errors import MappingError
 from mappings.kantata import KantataInvoice, UndecodableInvoice, decode_invoices
 from mappings.money import format_money, to_minor
@@ -56,7 +57,7 @@ WITHOUT_FORCE = {"reference_missing", "deleted_in_kantata"}
 class Difference:
     kind: str
     kantata_invoice_id: str | None
-    target_id: int | None
+    target_id: str | None
     detail: str
     repairable: bool = True
 
@@ -122,6 +123,7 @@ def reconcile(
     """Compare and, with `apply`, repair (only the kinds in `apply_kinds` when given)."""
     profile = engine.profile
     service = engine.settings.service_name
+    name = engine.target.name
     result = Reconciliation()
 
     kantata: dict[str, KantataInvoice] = {}
@@ -144,10 +146,17 @@ def reconcile(
             continue
         by_reference.setdefault(reference, []).append(listed)
     result.noko_invoices = sum(len(v) for v in by_reference.values())
+    # The target proves which of them are the connector's (its index, from this listing).
+    index = engine.target.new_index(wanted=True)
+    index.load((i for found in by_reference.values() for i in found), prefix)
+
+    def ours(reference: str) -> set[str | None]:
+        owned = index.own(reference, None, engine.target.carries_marker)
+        return {_id(invoice.get("id")) for invoice in owned}
 
     records = engine.store.get_invoices(list(kantata) + list(unreadable))
     seen_references: set[str] = set()
-    counted_foreign: set[int | None] = set()
+    counted_foreign: set[str | None] = set()
     for kid, inv in sorted(kantata.items(), key=lambda item: int(item[0])):
         record = records.get(kid)
         reference = profile.ledger.reference.format(id=kid, number=inv.user_invoice_number)
@@ -155,14 +164,15 @@ def reconcile(
         ref = inv.reference_for(service)
         proven = {record.target_id if record is not None else None}
         if ref is not None and (ref.external_status or "") != "deleted":
-            proven.add(_int(ref.service_model_ref))
+            proven.add(_id(ref.service_model_ref))
         proven.discard(None)
         found = []
+        proven |= ours(reference) if by_reference.get(reference) else set()
         for listed in by_reference.get(reference, []):
-            if _int(listed.get("id")) in proven or engine.pusher.owns(listed, reference):
+            if _id(listed.get("id")) in proven:
                 found.append(listed)
             else:
-                counted_foreign.add(_int(listed.get("id")))
+                counted_foreign.add(_id(listed.get("id")))
         eligible = not inv.draft and not inv.is_cancelled
         if (
             eligible
@@ -191,23 +201,24 @@ def reconcile(
                     "duplicate_in_noko",
                     kid,
                     None,
-                    f"Noko invoices {dup_ids} all carry {reference}: delete the extra ones in Noko",
+                    f"{name} invoices {dup_ids} all carry {reference}: delete the extra ones in "
+                    f"{name}",
                     repairable=False,
                 )
             )
             continue
         noko_invoice: dict[str, Any] | None = found[0] if found else None
-        noko_id = _int(noko_invoice.get("id")) if noko_invoice else None
+        noko_id = _id(noko_invoice.get("id")) if noko_invoice else None
         if not eligible:
             if noko_invoice is not None:
                 state = "a draft" if inv.draft else "cancelled"
                 result.differences.append(
-                    Difference("not_in_kantata", kid, noko_id, f"{state} in Kantata, in Noko")
+                    Difference("not_in_kantata", kid, noko_id, f"{state} in Kantata, in {name}")
                 )
             continue
         if noko_invoice is None:
             result.differences.append(
-                Difference("missing_in_noko", kid, None, f"no Noko invoice {reference}")
+                Difference("missing_in_noko", kid, None, f"no {name} invoice {reference}")
             )
             continue
         try:
@@ -228,7 +239,7 @@ def reconcile(
                     "total_mismatch",
                     kid,
                     noko_id,
-                    f"Noko {_money(noko_minor, total, doc.exponent, doc.currency)}, Kantata "
+                    f"{name} {_money(noko_minor, total, doc.exponent, doc.currency)}, Kantata "
                     f"{format_money(doc.total_minor, doc.exponent, doc.currency)}",
                     repairable=str(noko_invoice.get("state")) not in ("paid", "in_progress"),
                 )
@@ -255,7 +266,7 @@ def reconcile(
     for kid, bad in sorted(unreadable.items(), key=lambda item: int(item[0])):
         found = by_kantata_id.get(kid, [])
         seen_references.update(str(f.get("reference") or "") for f in found)
-        noko_id = _int(found[0].get("id")) if len(found) == 1 else None
+        noko_id = _id(found[0].get("id")) if len(found) == 1 else None
         record = records.get(kid)
         if record is not None and record.status == "conflict":
             result.differences.append(
@@ -265,11 +276,11 @@ def reconcile(
             if found:  # not for the books, malformed or not: the engine takes it out of Noko
                 state = "a draft" if bad.draft is True else "cancelled"
                 result.differences.append(
-                    Difference("not_in_kantata", kid, noko_id, f"{state} in Kantata, in Noko")
+                    Difference("not_in_kantata", kid, noko_id, f"{state} in Kantata, in {name}")
                 )
         else:
             where = (
-                "; its Noko invoice stays as it is until the field is fixed in Kantata"
+                f"; its {name} invoice stays as it is until the field is fixed in Kantata"
                 if found
                 else ""
             )
@@ -277,7 +288,7 @@ def reconcile(
                 Difference("unmappable", kid, noko_id, str(bad.error) + where, repairable=False)
             )
     if since is None and until is None:
-        orphans: set[int | None] = set()
+        orphans: set[str | None] = set()
         for record in _pushed_records(engine):
             if record.kantata_id in kantata or record.kantata_id in unreadable:
                 continue
@@ -287,23 +298,24 @@ def reconcile(
                     "deleted_in_kantata",
                     record.kantata_id,
                     record.target_id,
-                    f"deleted in Kantata after its push; Noko invoice {record.target_id} "
+                    f"deleted in Kantata after its push; {name} invoice {record.target_id} "
                     "is deleted by `reconcile --apply` (left as a conflict if it is paid)",
                 )
             )
         for reference, found in sorted(by_reference.items()):
             if reference not in seen_references:
+                owned = ours(reference)
                 for extra in found:
-                    if _int(extra.get("id")) in orphans:
+                    if _id(extra.get("id")) in orphans:
                         continue  # listed above, with its Kantata id
-                    if not engine.pusher.owns(extra, reference):
-                        counted_foreign.add(_int(extra.get("id")))
+                    if _id(extra.get("id")) not in owned:
+                        counted_foreign.add(_id(extra.get("id")))
                         continue
                     result.differences.append(
                         Difference(
                             "not_in_kantata",
                             None,
-                            _int(extra.get("id")),
+                            _id(extra.get("id")),
                             f"{reference} matches no Kantata invoice",
                             repairable=False,
                         )
@@ -327,6 +339,9 @@ def reconcile(
             cycle = engine.run_cycle(kind="sync", only_ids=ordered, force=force)
             if cycle.auth_error is not None:
                 raise cycle.auth_error  # nothing was repaired after it: say why, once
+            if cycle.limit_reached is not None:
+                # The invoices after it were left as they were: none is counted as repaired.
+                raise cycle.limit_reached
             result.still_failing.update(cycle.failed)
             result.repaired += [i for i in ordered if i not in cycle.failed]
     return result
@@ -368,9 +383,10 @@ def _mark_gone(engine: SyncEngine, record: InvoiceRecord) -> str:
     (deleted by hand; one request, only for such an invoice): the record becomes a `gone`
     conflict, so that `status` shows it. Returns the reason."""
     noko_id = record.target_id
+    name = engine.target.name
     message = (
-        f"Noko invoice {noko_id} was deleted in Noko; run `kantata-sync reconcile --apply` "
-        f"(or `kantata-sync retry {record.kantata_id} --force`) to push it again as a new Noko "
+        f"{name} invoice {noko_id} was deleted in {name}; run `kantata-sync reconcile --apply` "
+        f"(or `kantata-sync retry {record.kantata_id} --force`) to push it again as a new {name} "
         "invoice"
     )
     with engine.lock_for(record.kantata_id):
@@ -393,10 +409,3 @@ def _pushed_records(engine: SyncEngine) -> list[InvoiceRecord]:
             or r.stage in ("pushing", "pushed", "updating")
         )
     ]
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None

@@ -26,6 +26,14 @@ def int_or_none(value: Any) -> int | None:
         return None
 
 
+def text_id(value: Any) -> str | None:
+    """A target's id as the text the engine keeps ("123" for Noko's 123); None when absent."""
+    if value is None or isinstance(value, bool):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
 def minor(value: Any, exponent: int) -> int | None:
     try:
         return to_minor(str(value), exponent)

@@ -7,13 +7,14 @@ import hashlib
 import json
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from connector.errors import ApiError, AuthError, PermanentApiError, TransientApiError
 from connector.http.text import clean
 from connector.kantata.client import ExternalReferenceWrite, KantataClient
 from connector.state.store import InvoiceRecord, Store
 from connector.sync.outcome import EngineSettings, Outcome
+from connector.sync.records import Records
 from mappings.kantata import KantataInvoice
 from mappings.money import format_money
 from mappings.profile import Profile
@@ -23,28 +24,28 @@ SERVICE_MODEL = "invoice"
 
 
 class Writeback:
-    """The engine's Kantata write-back (a part of `SyncEngine`)."""
+    """The engine's Kantata write-back: one per engine, shared by its parts."""
 
-    settings: EngineSettings
-    profile: Profile
-    kantata: KantataClient
-    store: Store
-    clock: Callable[[], datetime]
+    def __init__(
+        self,
+        *,
+        kantata: KantataClient,
+        store: Store,
+        settings: EngineSettings,
+        profile: Profile,
+        records: Records,
+        target_name: str,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.kantata = kantata
+        self.store = store
+        self.settings = settings
+        self.profile = profile
+        self.records = records
+        self.target_name = target_name
+        self.clock = clock
 
-    if TYPE_CHECKING:
-
-        def _fail(
-            self,
-            record: InvoiceRecord,
-            kind: str,
-            message: str,
-            run_id: str,
-            log: Any,
-            *,
-            retry: bool,
-        ) -> tuple[Outcome, str | None]: ...
-
-    def _success_reference(self, record: InvoiceRecord) -> ExternalReferenceWrite:
+    def success_reference(self, record: InvoiceRecord) -> ExternalReferenceWrite:
         total = (
             format_money(record.total_minor, record.exponent, record.currency)
             if record.total_minor is not None and record.exponent is not None and record.currency
@@ -57,26 +58,24 @@ class Writeback:
             status="successful",
             external_link=_people_link(record.target_link, self.settings.noko_base_url),
             external_status=record.target_state,
-            external_message=f"Noko invoice {record.reference} for {total}".strip(),
+            external_message=f"{self.target_name} invoice {record.reference} for {total}".strip(),
         )
 
-    def _reference_in_place(self, inv: KantataInvoice, record: InvoiceRecord) -> bool:
+    def reference_in_place(self, inv: KantataInvoice, record: InvoiceRecord) -> bool:
         current = inv.reference_for(self.settings.service_name)
         if current is None:
             # Kantata listed the invoice's references and ours is not among them: it was
             # removed, and is written again. Only when references were not sent at all is our
             # own record trusted.
             return bool(record.writeback_hash) and not inv.references_included
-        wanted = self._success_reference(record)
+        wanted = self.success_reference(record)
         return (
             current.status == "successful"
             and current.service_model_ref == wanted.service_model_ref
             and (not wanted.external_link or current.external_link == wanted.external_link)
         )
 
-    def _stale_reference(
-        self, inv: KantataInvoice, reference: ExternalReferenceWrite
-    ) -> str | None:
+    def stale_reference(self, inv: KantataInvoice, reference: ExternalReferenceWrite) -> str | None:
         """The id of our reference on the invoice as read when it names another object (an
         earlier Noko id, or the natural key a failure before any push wrote): it must be
         removed before the new one is written."""
@@ -90,7 +89,7 @@ class Writeback:
             return None
         return current.id
 
-    def _reference_same(self, inv: KantataInvoice, wanted: ExternalReferenceWrite) -> bool:
+    def reference_same(self, inv: KantataInvoice, wanted: ExternalReferenceWrite) -> bool:
         """Whether Kantata already holds exactly this reference (e.g. written before the state
         file was lost): then writing it again would change nothing."""
         current = inv.reference_for(self.settings.service_name)
@@ -104,29 +103,29 @@ class Writeback:
             and (current.external_message or None) == (wanted.external_message or None)
         )
 
-    def _write_success(
+    def write_success(
         self, inv: KantataInvoice, record: InvoiceRecord, run_id: str, log: Any
     ) -> tuple[Outcome, str | None]:
-        reference = self._success_reference(record)
+        reference = self.success_reference(record)
         digest = _hash_reference(reference)
         already = (
-            record.writeback_hash == digest and self._reference_in_place(inv, record)
-        ) or self._reference_same(inv, reference)
+            record.writeback_hash == digest and self.reference_in_place(inv, record)
+        ) or self.reference_same(inv, reference)
         try:
             if not already:
                 self.kantata.write_external_reference(
-                    inv.id, reference, replace=self._stale_reference(inv, reference)
+                    inv.id, reference, replace=self.stale_reference(inv, reference)
                 )
         except AuthError:
-            # In Noko; the write-back is done by the next cycle (the record says `pushed`).
+            # In the target; the write-back is done by the next cycle (the record says `pushed`).
             record.stage = "pushed"
             raise
         except (TransientApiError, PermanentApiError) as exc:
             record.stage = "pushed"
-            return self._fail(
+            return self.records.fail(
                 record,
                 "writeback",
-                f"in Noko as invoice {record.target_id}, but writing the Kantata "
+                f"in {self.target_name} as invoice {record.target_id}, but writing the Kantata "
                 f"reference failed: {exc}",
                 run_id,
                 log,
@@ -149,7 +148,7 @@ class Writeback:
         )
         return "pushed", None
 
-    def _write_failure(
+    def write_failure(
         self, kantata_id: str, record: InvoiceRecord, message: str, run_id: str, log: Any
     ) -> None:
         reference = ExternalReferenceWrite(
@@ -162,9 +161,9 @@ class Writeback:
             external_link=_people_link(record.target_link, self.settings.noko_base_url),
             external_message=clean(message, 1000),
         )
-        self._write_reference(kantata_id, record, reference, run_id, log)
+        self.write_reference(kantata_id, record, reference, run_id, log)
 
-    def _write_reference(
+    def write_reference(
         self,
         kantata_id: str,
         record: InvoiceRecord,

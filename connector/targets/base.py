@@ -140,7 +140,7 @@ class TargetIndex(Protocol):
     def own(
         self,
         reference: str,
-        kantata_says: int | None,
+        kantata_says: str | None,
         owns: Callable[[dict[str, Any], str], bool],
     ) -> list[dict[str, Any]]: ...
 

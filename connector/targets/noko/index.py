@@ -17,18 +17,22 @@ class NokoIndex:
     Only invoices whose reference starts with the profile's prefix are kept, each as its scalar
     fields (no line lists): enough to compare totals and header with what Kantata asks for."""
 
-    def __init__(self, *, wanted: bool) -> None:
+    def __init__(
+        self, *, wanted: bool, owns: Callable[[dict[str, Any], str], bool] | None = None
+    ) -> None:
         self.wanted = wanted
+        self.owns = owns
+        """Noko's full proof that an invoice is the connector's (used instead of the caller's)."""
         self.loaded = False
         self.lock = threading.Lock()
         self.by_reference: dict[str, list[dict[str, Any]]] = {}
-        self.by_id: dict[int, dict[str, Any]] = {}
+        self.by_id: dict[str, dict[str, Any]] = {}
 
     def load(self, invoices: Iterable[dict[str, Any]], prefix: str) -> int:
         count = 0
         for invoice in invoices:
             reference = invoice.get("reference")
-            noko_id = _int(invoice.get("id"))
+            noko_id = _text(invoice.get("id"))
             if noko_id is None or not isinstance(reference, str):
                 continue
             if prefix and not reference.startswith(prefix):
@@ -43,24 +47,27 @@ class NokoIndex:
     def own(
         self,
         reference: str,
-        kantata_says: int | None,
+        kantata_says: str | None,
         owns: Callable[[dict[str, Any], str], bool],
     ) -> list[dict[str, Any]]:
-        """The connector's invoices for `reference`: those `owns` proves (the owner marker),
-        and the one its Kantata reference names (`kantata_says`) when that carries it."""
+        """The connector's invoices for `reference`: those `owns` proves (the owner marker;
+        the index's own proof when it has one), and the one its Kantata reference names
+        (`kantata_says`) when that carries it."""
+        owns = self.owns or owns
         found = {
-            _int(inv.get("id")): inv
+            _text(inv.get("id")): inv
             for inv in self.by_reference.get(reference, [])
-            if _int(inv.get("id")) == kantata_says or owns(inv, reference)
+            if _text(inv.get("id")) == kantata_says or owns(inv, reference)
         }
         named = self.by_id.get(kantata_says) if kantata_says is not None else None
         if named is not None and named.get("reference") == reference:
             found[kantata_says] = named
-        return [inv for key, inv in sorted(found.items(), key=lambda kv: kv[0] or 0)]
+        # Oldest first: Noko's ids grow, so the shorter text is the smaller number.
+        ordered = sorted(found.items(), key=lambda kv: (len(kv[0] or ""), kv[0] or ""))
+        return [inv for _, inv in ordered]
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, bool):
         return None
+    return str(value).strip() or None

@@ -10,10 +10,9 @@ the server may still apply it: the invoice fails transiently and the next attemp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import structlog
 
@@ -21,7 +20,16 @@ from connector.errors import (
     AmbiguousWriteError,
     NotFoundError,
     PermanentApiError,
-    TransientApiError,
+    WriteInDoubtError,
+)
+from connector.targets.noko.marked import (
+    Leftover,
+    MarkedLines,
+    NokoApi,
+    decimal_or_none,
+    int_or_none,
+    matches_entry,
+    matches_expense,
 )
 from mappings.targets.noko import (
     NokoEntryPlan,
@@ -29,70 +37,15 @@ from mappings.targets.noko import (
     NokoInvoicePlan,
     is_ours,
     marker,
-    marker_prefix,
     parse_marker,
-    same_entry_text,
 )
-
-Kind = Literal["expense", "entry"]
 
 ENTRY_KEY = "entry:"
 """Prefix of time-entry keys in `PushResult.expense_ids` (and the store's `noko_lines`)."""
 
 
-class NokoApi(Protocol):
-    """What the pusher needs of `connector.targets.noko.client.NokoClient`."""
-
-    def ensure_project(self, name: str, billing_increment: int | None = None) -> int: ...
-    def project_billing_increment(self, name: str) -> int | None: ...
-    def create_expense(
-        self, *, project_id: int, date: str, price: Decimal, taxable: bool, description: str
-    ) -> int: ...
-    def list_expenses(self, params: Mapping[str, Any]) -> Any: ...
-    def delete_expense(self, expense_id: int) -> None: ...
-    def create_entry(
-        self, *, project_id: int, date: str, minutes: int, description: str
-    ) -> int: ...
-    def list_entries(self, params: Mapping[str, Any]) -> Any: ...
-    def delete_entry(self, entry_id: int) -> None: ...
-    def add_entries(self, invoice_id: int, entry_ids: Sequence[int]) -> None: ...
-    def remove_entries(self, invoice_id: int, entry_ids: Sequence[int]) -> None: ...
-    def create_invoice(self, payload: Mapping[str, Any]) -> dict[str, Any]: ...
-    def find_invoices_by_reference(self, reference: str) -> list[dict[str, Any]]: ...
-    def get_invoice(self, invoice_id: int) -> dict[str, Any] | None: ...
-    def update_invoice(self, invoice_id: int, payload: Mapping[str, Any]) -> dict[str, Any]: ...
-    def delete_invoice(self, invoice_id: int) -> None: ...
-    def add_expenses(self, invoice_id: int, expense_ids: Sequence[int]) -> None: ...
-    def remove_expenses(self, invoice_id: int, expense_ids: Sequence[int]) -> None: ...
-    def add_taxes(self, invoice_id: int, taxes: Sequence[Mapping[str, Any]]) -> None: ...
-    def remove_taxes(self, invoice_id: int, tax_ids: Sequence[int]) -> None: ...
-    def iter_pages(
-        self, path: str, params: Mapping[str, Any] | None = None, per_page: int = 1000
-    ) -> Iterator[list[dict[str, Any]]]: ...
-
-
 class NokoGoneError(Exception):
     """The Noko invoice the connector pushed no longer exists."""
-
-
-class WriteInDoubtError(TransientApiError):
-    """A create got no answer, and what it creates is not in Noko yet. The server may still be
-    applying it (a request can land after the client gave up on it), so it is not sent again in
-    this attempt: the next attempt looks for it by its natural key first and reuses it."""
-
-    @classmethod
-    def after(cls, exc: AmbiguousWriteError, what: str) -> WriteInDoubtError:
-        return cls(
-            exc.service,
-            f"{exc.message}; {what} is not in Noko yet and is looked for again at the next "
-            "attempt before it is created again",
-            status=exc.status,
-            method=exc.method,
-            path=exc.path,
-            request_id=exc.request_id,
-            code=exc.code,
-            retry_after=exc.retry_after,
-        )
 
 
 class BillingIncrementError(PermanentApiError):
@@ -156,15 +109,6 @@ class UpdateResult:
         )
 
 
-@dataclass(frozen=True)
-class Leftover:
-    """An uninvoiced expense or time entry carrying an invoice's marker."""
-
-    kind: str  # "expense" or "entry"
-    id: int
-    reference: str
-
-
 @dataclass
 class PushResult:
     invoice: dict[str, Any]
@@ -174,46 +118,12 @@ class PushResult:
     deleted: int = 0
 
 
-def _decimal(value: Any) -> Decimal | None:
-    try:
-        return Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-
-
-def _matches_entry(entry: Mapping[str, Any], planned: NokoEntryPlan) -> bool:
-    project = entry.get("project")
-    project_name = project.get("name") if isinstance(project, Mapping) else None
-    return (
-        _int_or_none(entry.get("minutes")) == planned.minutes
-        and (project_name is None or project_name == planned.project)
-        and same_entry_text(str(entry.get("description") or ""), planned.description)
-    )
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _matches(expense: Mapping[str, Any], planned: NokoExpensePlan) -> bool:
-    project = expense.get("project")
-    project_name = project.get("name") if isinstance(project, Mapping) else None
-    return (
-        _decimal(expense.get("price")) == planned.price
-        and bool(expense.get("taxable", True)) == planned.taxable
-        and (project_name is None or project_name == planned.project)
-        and str(expense.get("description") or "") == planned.description
-    )
-
-
 class NokoPusher:
     """Creates the expenses and the invoice of a plan; recovers what earlier attempts left."""
 
     def __init__(self, noko: NokoApi) -> None:
         self.noko = noko
+        self.lines = MarkedLines(noko)
         self.log = structlog.get_logger("kantata_sync.push")
 
     def find_invoice(
@@ -227,7 +137,7 @@ class NokoPusher:
             inv
             for inv in self.noko.find_invoices_by_reference(reference)
             if inv.get("reference") == reference
-            and (_int_or_none(inv.get("id")) in known_ids or self.owns(inv, reference))
+            and (int_or_none(inv.get("id")) in known_ids or self.owns(inv, reference))
         ]
         if len(found) > 1:
             raise DuplicateInNokoError(reference, [inv.get("id") for inv in found])
@@ -241,7 +151,7 @@ class NokoPusher:
         only for an invoice without the footer marker."""
         if is_ours(invoice, reference):
             return True
-        noko_id = _int_or_none(invoice.get("id"))
+        noko_id = int_or_none(invoice.get("id"))
         if noko_id is None or invoice.get("reference") != reference:
             return False
         for kind in ("expenses", "entries"):
@@ -263,12 +173,12 @@ class NokoPusher:
                 self.log.info(
                     "adopted invoice created by an earlier attempt", reference=plan.reference
                 )
-                _, deleted = self._sweep(plan, reuse=False)
+                _, deleted = self.lines.sweep(plan, reuse=False)
                 if plan.entries:
-                    deleted += self._sweep_entries(plan, reuse=False)[1]
+                    deleted += self.lines.sweep_entries(plan, reuse=False)[1]
                 return PushResult(existing, adopted=True, deleted=deleted)
-            reused, deleted = self._sweep(plan, reuse=True)
-            reused_entries, deleted_entries = self._sweep_entries(plan, reuse=True)
+            reused, deleted = self.lines.sweep(plan, reuse=True)
+            reused_entries, deleted_entries = self.lines.sweep_entries(plan, reuse=True)
             deleted += deleted_entries
         else:
             reused_entries = {}
@@ -296,7 +206,7 @@ class NokoPusher:
         except AmbiguousWriteError as exc:
             found = self.find_invoice(plan.reference)
             if found is None:
-                raise WriteInDoubtError.after(exc, f"invoice {plan.reference}") from None
+                raise WriteInDoubtError.after(exc, f"invoice {plan.reference}", "Noko") from None
             invoice = found
         except PermanentApiError:
             # An earlier create that got no answer may have landed in the meantime and taken
@@ -341,11 +251,11 @@ class NokoPusher:
                 description=planned.description,
             )
         except AmbiguousWriteError as exc:
-            for entry in self._marked("entry", marker(reference, planned.line_key)):
-                if _matches_entry(entry, planned):
+            for entry in self.lines.marked("entry", marker(reference, planned.line_key)):
+                if matches_entry(entry, planned):
                     return int(entry["id"])
             raise WriteInDoubtError.after(
-                exc, f"time entry {marker(reference, planned.line_key)}"
+                exc, f"time entry {marker(reference, planned.line_key)}", "Noko"
             ) from None
 
     def _create_expense(self, reference: str, planned: NokoExpensePlan, project_id: int) -> int:
@@ -358,90 +268,12 @@ class NokoPusher:
                 description=planned.description,
             )
         except AmbiguousWriteError as exc:
-            found = self._find_expense(reference, planned)
+            found = self.lines.find_expense(reference, planned)
             if found is not None:
                 return found
             raise WriteInDoubtError.after(
-                exc, f"expense {marker(reference, planned.line_key)}"
+                exc, f"expense {marker(reference, planned.line_key)}", "Noko"
             ) from None
-
-    def _find_expense(self, reference: str, planned: NokoExpensePlan) -> int | None:
-        for expense in self._marked("expense", marker(reference, planned.line_key)):
-            if parse_marker(str(expense.get("description"))) == (reference, planned.line_key) and (
-                _matches(expense, planned)
-            ):
-                return int(expense["id"])
-        return None
-
-    def _marked(self, kind: Kind, text: str) -> list[dict[str, Any]]:
-        """Uninvoiced expenses or time entries whose description holds `text` (a marker)."""
-        listing = self.noko.list_expenses if kind == "expense" else self.noko.list_entries
-        out = []
-        for item in listing({"description": text, "invoiced": "false"}):
-            if item.get("invoice") or item.get("invoiced_at"):
-                continue
-            if text in str(item.get("description") or ""):
-                out.append(item)
-        return out
-
-    def _sweep_kind(
-        self,
-        kind: Kind,
-        reference: str,
-        planned: Mapping[str, Any],
-        matches: Callable[[Mapping[str, Any], Any], bool],
-        *,
-        reuse: bool,
-        keep: set[str] | None = None,
-    ) -> tuple[dict[str, int], int]:
-        """Reuse the uninvoiced items an earlier attempt made for `reference` that fit the plan
-        (when `reuse`); delete the rest (duplicates, changed amounts), so no orphans pile up."""
-        reused: dict[str, int] = {}
-        deleted = 0
-        for item in self._marked(kind, marker_prefix(reference)):
-            parsed = parse_marker(str(item.get("description")))
-            if parsed is None or parsed[0] != reference:
-                continue
-            key = parsed[1]
-            wanted = planned.get(key)
-            if (
-                reuse
-                and wanted is not None
-                and key not in reused
-                and key not in (keep or set())
-                and matches(item, wanted)
-            ):
-                reused[key] = int(item["id"])
-                continue
-            if kind == "expense":
-                self.noko.delete_expense(int(item["id"]))
-            else:
-                self.noko.delete_entry(int(item["id"]))
-            deleted += 1
-        if reused or deleted:
-            self.log.info(
-                f"recovered {kind} items of an earlier attempt",
-                reference=reference,
-                reused=len(reused),
-                deleted=deleted,
-            )
-        return reused, deleted
-
-    def _sweep(
-        self, plan: NokoInvoicePlan, *, reuse: bool, keep: set[str] | None = None
-    ) -> tuple[dict[str, int], int]:
-        planned = {p.line_key: p for p in plan.expenses}
-        return self._sweep_kind(
-            "expense", plan.reference, planned, _matches, reuse=reuse, keep=keep
-        )
-
-    def _sweep_entries(
-        self, plan: NokoInvoicePlan, *, reuse: bool, keep: set[str] | None = None
-    ) -> tuple[dict[str, int], int]:
-        planned = {e.line_key: e for e in plan.entries}
-        return self._sweep_kind(
-            "entry", plan.reference, planned, _matches_entry, reuse=reuse, keep=keep
-        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -489,7 +321,7 @@ class NokoPusher:
                 continue
             key = parsed[1]
             wanted = planned.get(key)
-            if wanted is not None and key not in present and _matches(expense, wanted):
+            if wanted is not None and key not in present and matches_expense(expense, wanted):
                 present[key] = expense
             else:
                 stale.append(expense)
@@ -510,7 +342,7 @@ class NokoPusher:
         result.line_ids.update({key: int(e["id"]) for key, e in present.items()})
         missing = [p for key, p in planned.items() if key not in present]
         if missing:
-            reused, _ = self._sweep(plan, reuse=True, keep=set(present))
+            reused, _ = self.lines.sweep(plan, reuse=True, keep=set(present))
             project_ids = {
                 name: self._project(plan, name)
                 for name in dict.fromkeys(p.project for p in missing if p.line_key not in reused)
@@ -528,7 +360,7 @@ class NokoPusher:
         self._update_entries(plan, noko_id, result, remove_foreign=remove_foreign)
 
         have = sorted(
-            (str(t.get("name") or ""), _decimal(t.get("percentage")))
+            (str(t.get("name") or ""), decimal_or_none(t.get("percentage")))
             for t in current.get("taxes") or []
             if isinstance(t, Mapping)
         )
@@ -564,11 +396,7 @@ class NokoPusher:
                     foreign.append(entry)
                     continue
                 wanted = planned.get(parsed[1])
-                if (
-                    wanted is not None
-                    and parsed[1] not in present
-                    and _matches_entry(entry, wanted)
-                ):
+                if wanted is not None and parsed[1] not in present and matches_entry(entry, wanted):
                     present[parsed[1]] = entry
                 else:
                     stale.append(entry)
@@ -582,7 +410,7 @@ class NokoPusher:
         result.line_ids.update({ENTRY_KEY + key: int(e["id"]) for key, e in present.items()})
         missing = [e for key, e in planned.items() if key not in present]
         if missing:
-            reused, _ = self._sweep_entries(plan, reuse=True, keep=set(present))
+            reused, _ = self.lines.sweep_entries(plan, reuse=True, keep=set(present))
             new_ids = []
             creating = [e for e in missing if e.line_key not in reused]
             for name in dict.fromkeys(e.project for e in creating):
@@ -632,31 +460,14 @@ class NokoPusher:
         return self.sweep_reference(reference)
 
     def leftovers(self, text: str) -> list[Leftover]:
-        """Uninvoiced expenses and time entries whose description holds `text` and ends in a
-        marker: what a create applied after its invoice was done leaves behind."""
-        found = [
-            Leftover("expense", int(e["id"]), parsed[0])
-            for e in self._marked("expense", text)
-            if (parsed := parse_marker(str(e.get("description")))) is not None
-        ]
-        found += [
-            Leftover("entry", int(e["id"]), parsed[0])
-            for e in self._marked("entry", text)
-            if (parsed := parse_marker(str(e.get("description")))) is not None
-        ]
-        return found
+        return self.lines.leftovers(text)
 
     def delete_leftover(self, leftover: Leftover) -> None:
-        if leftover.kind == "entry":
-            self.noko.delete_entry(leftover.id)
-        else:
-            self.noko.delete_expense(leftover.id)
+        self.lines.delete_leftover(leftover)
 
     def sweep_reference(self, reference: str) -> int:
         """Delete every uninvoiced expense and time entry made for this reference."""
-        _, expenses = self._sweep_kind("expense", reference, {}, _matches, reuse=False)
-        _, entries = self._sweep_kind("entry", reference, {}, _matches_entry, reuse=False)
-        return expenses + entries
+        return self.lines.sweep_reference(reference)
 
 
 def _differs(current: Any, wanted: Any) -> bool:

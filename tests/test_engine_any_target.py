@@ -1,0 +1,185 @@
+"""The engine knows no accounting system: given any `Target`, here an in-memory one with ids
+that are not numbers and batches of three, it pushes, writes the references, stays quiet when
+nothing changed, updates in place and cancels, and never reaches Noko."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from connector.faces.app import open_connector
+from connector.sync.engine import SyncEngine
+from connector.targets.base import (
+    Cancel,
+    Cancelled,
+    TargetIndex,
+    TargetInvoice,
+    Write,
+    Written,
+)
+from connector.targets.noko.index import NokoIndex
+from mappings.ledger import LedgerDocument
+from sandbox import Sandbox, generate
+from tests.e2e import settings_for
+
+
+class _Ledgerly:
+    """An accounting system in memory: UUID ids, writes in batches of three."""
+
+    name = "Ledgerly"
+    batch_size = 3
+
+    def __init__(self) -> None:
+        self.invoices: dict[str, dict[str, Any]] = {}
+        self.batches: list[tuple[str, int]] = []
+        self.lock = threading.Lock()
+
+    def _answer(self, invoice: dict[str, Any]) -> Written:
+        return Written(
+            invoice=dict(invoice),
+            target_id=invoice["id"],
+            link=self.link(invoice),
+            state=invoice["state"],
+            lines=list(invoice["lines"]),
+            created=True,
+        )
+
+    @staticmethod
+    def _fields(doc: LedgerDocument) -> dict[str, Any]:
+        return {
+            "reference": doc.reference,
+            "total_amount": str(Decimal(doc.total_minor).scaleb(-doc.exponent)),
+            "total_minor": doc.total_minor,
+            "lines": [line.key for line in doc.lines],
+        }
+
+    def find(self, prefix: str) -> Iterator[dict[str, Any]]:
+        return iter([dict(i) for i in self.invoices.values() if i["reference"].startswith(prefix)])
+
+    def get(self, target_id: str) -> dict[str, Any] | None:
+        found = self.invoices.get(target_id)
+        return None if found is None else dict(found)
+
+    def changes_since(
+        self,
+        since: datetime | None,
+        *,
+        on_server_time: Callable[[datetime | None], None] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        return iter([])
+
+    def new_index(self, *, wanted: bool) -> TargetIndex:
+        return NokoIndex(wanted=wanted)
+
+    def link(self, invoice: TargetInvoice) -> str | None:
+        return f"https://ledgerly.example/invoices/{invoice['id']}"
+
+    def carries_marker(self, invoice: TargetInvoice, reference: str) -> bool:
+        return invoice.get("reference") == reference
+
+    def as_asked(self, doc: LedgerDocument, invoice: TargetInvoice) -> bool:
+        return bool(invoice.get("total_minor") == doc.total_minor)
+
+    def line_drift(self, invoice: TargetInvoice, pushed: Sequence[str]) -> list[str]:
+        return []
+
+    def create(self, items: Sequence[Write]) -> list[Written | Exception]:
+        with self.lock:
+            self.batches.append(("create", len(items)))
+            out: list[Written | Exception] = []
+            for item in items:
+                invoice = {"id": str(uuid.uuid4()), "state": "AUTHORISED", "paid": False}
+                invoice.update(self._fields(item.doc))
+                self.invoices[invoice["id"]] = invoice
+                out.append(self._answer(invoice))
+            return out
+
+    def update(self, items: Sequence[Write]) -> list[Written | Exception]:
+        with self.lock:
+            self.batches.append(("update", len(items)))
+            out: list[Written | Exception] = []
+            for item in items:
+                assert item.target_id is not None
+                invoice = self.invoices[item.target_id]
+                invoice.update(self._fields(item.doc))
+                out.append(self._answer(invoice))
+            return out
+
+    def cancel(self, items: Sequence[Cancel]) -> list[Cancelled | Exception]:
+        with self.lock:
+            self.batches.append(("cancel", len(items)))
+            for item in items:
+                self.invoices[item.target_id]["state"] = "VOIDED"
+            return [Cancelled(item.target_id, "VOIDED") for item in items]
+
+    def discard(self, reference: str, target_id: str) -> int:
+        self.invoices.pop(target_id, None)
+        return 0
+
+    def find_one(self, reference: str) -> TargetInvoice | None:
+        found = [i for i in self.invoices.values() if i["reference"] == reference]
+        return found[0] if found else None
+
+    def sweep(self, reference: str) -> int:
+        return 0
+
+    def sweep_late_writes(self, done: Callable[[str], bool]) -> int:
+        return 0
+
+    def header_differs(self, doc: LedgerDocument, invoice: TargetInvoice) -> bool:
+        return False
+
+
+def test_the_engine_works_any_target_through_the_interface(box: Sandbox, tmp_path: Path) -> None:
+    generate(box.kantata, seed=71, invoices=10, draft_rate=0, cancelled_rate=0)
+    ledgerly = _Ledgerly()
+    with open_connector(settings_for(box, tmp_path, kantata_sync_workers=4)) as c:
+        engine = SyncEngine(
+            kantata=c.kantata,
+            target=ledgerly,
+            store=c.store,
+            profile=c.engine.profile,
+            settings=c.engine.settings,
+        )
+        first = engine.run_cycle()
+        assert first.exit_code == 0, first.failed
+        assert first.counts["pushed"] == 10
+        creates = [n for kind, n in ledgerly.batches if kind == "create"]
+        assert sum(creates) == 10 and max(creates) <= 3, creates
+        for kantata_id in box.kantata.invoice_ids():
+            record = c.store.get_invoice(str(kantata_id))
+            assert record is not None and record.status == "synced"
+            assert record.target_id in ledgerly.invoices  # a UUID, kept as text
+            (ref,) = box.kantata.external_references(kantata_id)
+            assert ref["status"] == "successful"
+            assert ref["service_model_ref"] == record.target_id
+            assert ref["external_message"].startswith("Ledgerly invoice KS-")
+
+        ledgerly.batches.clear()
+        quiet = engine.run_cycle()
+        assert quiet.exit_code == 0 and ledgerly.batches == []
+
+        first_id, second_id = box.kantata.invoice_ids()[:2]
+        record = c.store.get_invoice(str(first_id))
+        assert record is not None
+        kept_id = record.target_id
+        box.kantata.update_invoice(first_id, purchase_order="PO-2026-9")
+        box.kantata.cancel(second_id)
+        changed = engine.run_cycle()
+        assert changed.exit_code == 0, changed.failed
+        assert (changed.counts["updated"], changed.counts["cancelled"]) == (1, 1)
+        updated = c.store.get_invoice(str(first_id))
+        assert updated is not None and updated.target_id == kept_id  # in place, same id
+        assert ("update", 1) in ledgerly.batches
+        cancelled = c.store.get_invoice(str(second_id))
+        assert cancelled is not None and cancelled.status == "skipped"
+        assert ledgerly.invoices[str(cancelled.target_id)]["state"] == "VOIDED"
+        assert ("cancel", 1) in ledgerly.batches
+    # Noko was never asked for anything.
+    assert box.noko.state()["invoices"] == []
+    assert kept_id in ledgerly.invoices
