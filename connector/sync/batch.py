@@ -6,7 +6,9 @@ which keeps one invoice's story in one place. A target that takes many invoices 
 hands its one write to a lane (create, update, cancel) and waits; a lane sends what it holds
 in one call when it is full, when every invoice the engine has in hand is waiting in a lane
 (or as many as it has workers: nothing more can come), or after `linger` seconds (a safety
-net), and hands each worker its own result. With `batch_size == 1` (Noko) each write is sent
+net, long enough for workers busy with Kantata's paced write-backs to come back: a batch sent
+early is a request of the target's budget spent on a few invoices), and hands each worker its
+own result. With `batch_size == 1` (Noko) each write is sent
 at once in the worker's own thread.
 
 An exception the whole call raised (a refused token, a spent day budget) reaches every worker
@@ -158,7 +160,7 @@ class Writes:
         target: Target,
         *,
         workers: int = 1,
-        linger: float = 0.5,
+        linger: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.shared = _Shared(workers=max(1, workers))
