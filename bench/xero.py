@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
+from bench.workload import populate
 from connector.faces.demo import (
     SANDBOX_XERO_CLIENT_ID,
     SANDBOX_XERO_CLIENT_SECRET,
@@ -36,6 +37,7 @@ from connector.kantata.client import REFERENCE_UPSERT
 from sandbox import FaultConfig, Sandbox
 from sandbox._core import Request, Response, loads
 from sandbox.xero import API
+from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN
 
 __all__ = ["XERO_LIMITS", "XeroRun", "xero_run", "xero_targets"]
 
@@ -330,6 +332,8 @@ def check_xero_books(box: Sandbox, service_name: str = "xero") -> tuple[int, lis
             problems.append(f"{reference}: {len(docs)} live documents")
             continue
         doc = docs[0]
+        if not doc.get("_by_app", True):
+            problems.append(f"{reference}: its live document was not made by the connector")
         base = int(invoice["currency_base_unit"])
         expected = Decimal(int(invoice["balance_in_cents"])) / Decimal(base)
         credit = doc.get("Type") == "ACCRECCREDIT"
@@ -401,9 +405,6 @@ def xero_run(
     timeout: float = 1800,
 ) -> XeroRun:
     """A backfill into the fake Xero over HTTP at `limits`, then the quiet cycles."""
-    from bench.run import KANTATA_TOKEN, NOKO_TOKEN  # the benchmark's fixed tokens
-    from bench.workload import populate
-
     box = Sandbox(
         kantata_faults=FaultConfig(latency_ms=limits.latency_ms),
         noko_faults=FaultConfig(latency_ms=limits.latency_ms),
