@@ -839,6 +839,13 @@ def main(argv: list[str] | None = None) -> int:
             print(_tap_line(tap))
         print()
         print(_notes([*http_runs, *([wide] if wide else ())], started))
+        if xero is not None:
+            print(
+                "  Xero rows: the Noko/Xero column holds Xero's requests; bound s: the longer of\n"
+                "  Kantata's (pages of 200 + one write-back per invoice, at 10/s) and Xero's\n"
+                "  (the requests the fake answered, at 60 a minute); the requests by what they\n"
+                "  were for are the fake's own counts."
+            )
         if profile_path is not None:
             print()
             print_profile(profile_path)
