@@ -8,19 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import _spawn
+from bench.launch import spawn
 from bench.workload import populate
-from bench.xero import (
-    XERO_CURRENCIES,
-    Breakdown,
-    Call,
-    Timeline,
-    XeroLimits,
-    check_xero_books,
-    classify,
-    xero_run,
-    xero_targets,
-)
+from bench.xero import XERO_CURRENCIES, check_xero_books, xero_run, xero_targets
+from bench.xero_requests import Breakdown, Call, Timeline, XeroLimits, classify
 from sandbox import Sandbox
 from sandbox._core import Request
 from sandbox.xero import API
@@ -133,7 +124,7 @@ def test_books_check_finds_missing_duplicate_and_wrong_documents() -> None:
 
 def test_a_small_run_checks_the_books_and_counts_every_xero_request(tmp_path: Path) -> None:
     limits = XeroLimits(per_minute=10_000, in_flight=5, kantata=1_000.0, latency_ms=0)
-    run = xero_run(20, tmp_path, seed=3, spawn=_spawn, limits=limits, timeout=300)
+    run = xero_run(20, tmp_path, seed=3, spawn=spawn, limits=limits, timeout=300)
     assert run.problems == []
     backfill = run.breakdowns[0]
     assert backfill.documents["creates"] == run.eligible == 20
