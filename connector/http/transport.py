@@ -1,25 +1,20 @@
 """The transport: one API's `httpx.Client` over a `PacedTransport` (`paced.py`), the retry
-loop around each request, redirects followed by hand; failures become typed errors in
-`failures.py`."""
+loop around each request, redirects followed by hand; requests and each redirect's next hop
+are built in `build.py`, failures become typed errors in `failures.py`."""
 
 from __future__ import annotations
 
-import functools
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import msgspec
 import structlog
 from pydantic import SecretStr
 
-from connector.errors import (
-    PermanentApiError,
-)
+from connector.http.build import REDIRECT_STATUSES, RequestBuilder
 from connector.http.codec import decode_json, decode_typed, encode_json
 from connector.http.failures import _Failure, _RedirectRefused, api_error, status_failure
 from connector.http.paced import (
@@ -41,9 +36,6 @@ BODY_SNIPPET = 200
 
 # Header names whose values are credentials; matched case-insensitively.
 _SECRET_HEADER_HINTS = ("authorization", "token", "api-key", "apikey", "secret", "cookie")
-_NUMERIC_SEGMENT = re.compile(r"(?<=/)\d+(?=/|\.|$)")
-
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 def _secrets_of(headers: Mapping[str, str]) -> tuple[SecretStr, ...]:
@@ -58,25 +50,6 @@ def _secrets_of(headers: Mapping[str, str]) -> tuple[SecretStr, ...]:
             found.append(SecretStr(credential.strip()))
     # Longest first, so a whole "Bearer x" is replaced before its credential alone.
     return tuple(sorted(found, key=lambda s: -len(s.get_secret_value())))
-
-
-# A path made of these characters only reads the same after httpx's percent-encoding and
-# dot-segment removal; any other is left to httpx's client to merge with the base URL.
-_PLAIN_PATH = re.compile(r"[A-Za-z0-9._~/-]*")
-
-
-# Parsing an URL costs httpx some 20 us; most requests go to a few URLs (POST /expenses, ...),
-# and an `httpx.URL` is immutable, so the last 1,024 are kept.
-_parse_url = functools.lru_cache(maxsize=1024)(httpx.URL)
-
-
-def _query_text(value: Any) -> str:
-    """A query value as httpx writes it (`true`/`false` for booleans, empty for None)."""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    return "" if value is None else str(value)
 
 
 class _NoCookies(httpx.Cookies):
@@ -146,7 +119,6 @@ class ApiTransport:
         self._log = logger if logger is not None else structlog.get_logger("kantata_sync.http")
         self._secrets = _secrets_of(headers)
         self._secret_values = tuple(s.get_secret_value() for s in self._secrets)
-        self._base_text = str(self.base_url)
         if transport is None:
             transport = httpx.HTTPTransport(proxy=_environment_proxy(self.base_url))
         self._client = _Client(
@@ -166,17 +138,7 @@ class ApiTransport:
             trust_env=False,  # the proxy, if any, is the inner transport's: every hop paced
         )
         self._timeouts = self._client.timeout.as_dict()
-        # The client's headers, merged once: each request is built from these directly.
-        self._headers = httpx.Headers(self._client.headers)
-        self._json_headers = httpx.Headers(self._client.headers)
-        self._json_headers["Content-Type"] = "application/json"
-        # The same with the Host header httpx adds, for requests to the base URL's origin.
-        self._netloc = self.base_url.netloc
-        self._host_headers = httpx.Headers([(b"Host", self._netloc), *self._headers.raw])
-        self._host_json_headers = httpx.Headers([(b"Host", self._netloc), *self._json_headers.raw])
-        self._host_empty_headers = httpx.Headers(
-            [(b"Host", self._netloc), (b"Content-Length", b"0"), *self._headers.raw]
-        )
+        self._build = RequestBuilder(service, self.base_url, self._client)
 
     def __repr__(self) -> str:
         return f"ApiTransport(service={self.service!r}, base_url={str(self.base_url)!r})"
@@ -241,34 +203,17 @@ class ApiTransport:
 
     def get_url(self, absolute_url: str) -> httpx.Response:
         """GET a URL the API handed out (a Link next page); only on the base URL's host."""
-        response, _ = self._call("GET", self._own_url(absolute_url), None, None, True, False)
+        response, _ = self._call("GET", self._build.own_url(absolute_url), None, None, True, False)
         return response
 
     def get_url_json(self, absolute_url: str) -> tuple[httpx.Response, Any]:
         """`get_url`, decoded like `request_json` (a proxy page is retried, not returned)."""
-        return self._call("GET", self._own_url(absolute_url), None, None, True, True)
+        return self._call("GET", self._build.own_url(absolute_url), None, None, True, True)
 
     def close(self) -> None:
         self._client.close()
 
     # -- internals ----------------------------------------------------------------------------
-
-    def _own_url(self, absolute_url: str) -> httpx.URL:
-        url = httpx.URL(absolute_url)
-        if not self._same_origin(url):
-            raise PermanentApiError(
-                self.service,
-                f"refusing to follow a link to another host ({url.host or 'no host'})",
-                method="GET",
-            )
-        return url
-
-    def _same_origin(self, url: httpx.URL) -> bool:
-        return (url.scheme, url.host, url.port) == (
-            self.base_url.scheme,
-            self.base_url.host,
-            self.base_url.port,
-        )
 
     def _pause(self, seconds: float) -> None:
         """Wait `seconds` (pacing, backoff); a stop request ends the wait at once."""
@@ -277,42 +222,6 @@ class ApiTransport:
             stop.wait(seconds)
         elif seconds > 0:
             self._sleep(seconds)
-
-    def _url(self, target: str | httpx.URL, query: Mapping[str, Any] | None) -> httpx.URL:
-        """The absolute URL of a path under the base URL with its query, as httpx's client
-        merges them. A plain path and scalar params (nearly every request) are written out and
-        parsed once, where the client would parse the path, the merge and the params apart."""
-        if isinstance(target, httpx.URL):
-            return target.copy_merge_params(query) if query else target
-        if (
-            _PLAIN_PATH.fullmatch(target)
-            and not target.startswith(".")
-            and "/." not in target
-            and not (query and any(isinstance(v, list | tuple) for v in query.values()))
-        ):
-            text = self._base_text + target.lstrip("/")
-            if query:
-                text += "?" + urlencode([(k, _query_text(v)) for k, v in query.items()])
-            return _parse_url(text)
-        return self._client.build_request("GET", target, params=query).url
-
-    def _request(self, method: str, url: httpx.URL, content: bytes | None) -> httpx.Request:
-        """The request as httpx builds it from `content=` (Host, then the client's headers,
-        the content's type and length), its headers copied from ones made once: httpx would
-        normalise them all again and build them twice."""
-        if url.netloc != self._netloc:
-            headers = self._json_headers if content is not None else self._headers
-            return httpx.Request(method, url, content=content, headers=headers)
-        if content is not None:
-            headers = httpx.Headers(self._host_json_headers)
-            headers["Content-Length"] = str(len(content))
-        else:
-            content = b""
-            bodiless = method in ("POST", "PUT", "PATCH")
-            headers = self._host_empty_headers if bodiless else self._host_headers
-        request = httpx.Request(method, url, headers=headers, stream=httpx.ByteStream(content))
-        request.read()
-        return request
 
     def _record_attempt(self, request: httpx.Request, waited: float) -> None:
         self.stats.record_request(self._template(request.method, request.url), waited)
@@ -350,7 +259,8 @@ class ApiTransport:
         template = self._template(method, target)
         content = encode_json(body) if body is not None else None
         query = {k: v for k, v in params.items() if v is not None} if params else None
-        request = self._request(method, self._url(target, query), content)
+        build = self._build
+        request = build.request(method, build.url(target, query), content)
         started = self._clock()
         give_up_at = started + self.retry.max_total
         attempt = 0
@@ -496,48 +406,10 @@ class ApiTransport:
         for _ in range(MAX_REDIRECTS + 1):
             current.extensions = {"timeout": self._timeouts, _DEADLINE: (self.timeout, give_up_at)}
             response = self._client.send(current)
-            if response.status_code not in _REDIRECT_STATUSES or "Location" not in response.headers:
+            if response.status_code not in REDIRECT_STATUSES or "Location" not in response.headers:
                 return response
-            current = self._redirect(current, response)
+            current = self._build.redirect(current, response)
         return response  # the last redirect itself: reported as an unexpected status
-
-    def _redirect(self, request: httpx.Request, response: httpx.Response) -> httpx.Request:
-        """The next hop: the same request, verbatim, to the Location on the same origin.
-
-        Noko documents 301, 302 and 307 as "repeat the request verbatim"; a 308 says the same
-        by its RFC. A 303 means "GET this instead": followed for a GET or HEAD only, since
-        turning a write into a GET would report the write done when it was not."""
-        status = response.status_code
-        if status == 303 and request.method not in ("GET", "HEAD"):
-            raise _RedirectRefused(
-                f"redirect 303 would turn the {request.method} into a GET; not followed",
-                sent=True,
-            )
-        try:
-            url = httpx.URL(response.headers["Location"])
-        except httpx.InvalidURL as exc:
-            raise httpx.RemoteProtocolError(
-                f"Invalid URL in location header: {exc}.", request=request
-            ) from None
-        if url.scheme and not url.host:
-            url = url.copy_with(host=request.url.host)
-        if url.is_relative_url:
-            url = request.url.join(url)
-        if request.url.fragment and not url.fragment:
-            url = url.copy_with(fragment=request.url.fragment)
-        if not self._same_origin(url):
-            # Refused, not stripped: the request means nothing to another host without its
-            # credentials, and sending them there would hand the token away.
-            raise _RedirectRefused(
-                f"redirect to another host refused ({url.host or 'no host'})", sent=False
-            )
-        return httpx.Request(
-            request.method,
-            url,
-            headers=request.headers,
-            content=request.content,
-            extensions=request.extensions,
-        )
 
     def _transport_message(self, exc: httpx.TransportError) -> str:
         detail = str(exc).strip()
