@@ -25,16 +25,17 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.util.exc import CommandError
-from sqlalchemy import Engine, event, func
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Session, col, create_engine, select
+from sqlmodel import Session, create_engine
 
 from connector import __version__
 from connector.errors import StateFileError
 from connector.http.text import clean
 from connector.state.activity import daily_activity
 from connector.state.files import WriterLock, prepare_file, sqlite_path, state_file_problem
+from connector.state.lookups import InvoiceLookups
 from connector.state.models import (
     CursorRecord,
     InvoiceEvent,
@@ -89,6 +90,7 @@ class Store:
         self._committed = 0
         self._lock = WriterLock(self.path)
         self._runs = RunLog(self)
+        self._lookups = InvoiceLookups(self)
         # The connection the batched commits write on, checked out once and kept (under
         # `_write_lock`): a commit is then the driver's statements and its commit, without a
         # pool checkout, a transaction object and a reset on return each time.
@@ -247,33 +249,14 @@ class Store:
             session.add(row)
 
     # ------------------------------------------------------------------ invoices
+    # The reads are `InvoiceLookups`'s (`lookups.py`); the writes queue here and are
+    # committed together (`save_invoice`, `flush`).
 
     def get_invoice(self, kantata_id: str) -> InvoiceRecord | None:
-        rows = self._records(select(_INVOICES).where(_INVOICES.c.kantata_id == kantata_id))
-        return rows[0] if rows else None
-
-    def _records(self, statement: Any) -> list[InvoiceRecord]:
-        """Run a Core select of whole invoice rows; each row as a plain `InvoiceRecord`."""
-        return list(self._iter_records(statement))
-
-    def _iter_records(self, statement: Any) -> Iterator[InvoiceRecord]:
-        self._settle()
-        with self.engine.connect() as connection:
-            for row in connection.execute(statement):
-                yield InvoiceRecord(**row._asdict())
-
-    def _rows_in(self, column: Any, values: Sequence[Any]) -> list[InvoiceRecord]:
-        """Invoices whose `column` is one of `values`, queried in chunks SQLite accepts."""
-        wanted = list(dict.fromkeys(values))
-        out: list[InvoiceRecord] = []
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            out.extend(self._records(select(_INVOICES).where(column.in_(chunk))))
-        return out
+        return self._lookups.get_invoice(kantata_id)
 
     def get_invoices(self, kantata_ids: Sequence[str]) -> dict[str, InvoiceRecord]:
-        rows = self._rows_in(_INVOICES.c.kantata_id, kantata_ids)
-        return {row.kantata_id: row for row in rows}
+        return self._lookups.get_invoices(kantata_ids)
 
     def save_invoice(
         self,
@@ -376,90 +359,34 @@ class Store:
         )
 
     def retry_candidates(self, now: datetime) -> list[InvoiceRecord]:
-        """Invoices a cycle must look at even if Kantata did not list them as changed: failures
-        whose retry time has come, and any work left half-done by an earlier process."""
-        c = _INVOICES.c
-        return self._records(
-            select(_INVOICES).where(
-                (c.stage != "")
-                | (
-                    (c.status == "failed")
-                    & c.next_attempt_at.is_not(None)
-                    & (c.next_attempt_at <= now)
-                )
-                | (c.status == "pending")
-            )
-        )
+        return self._lookups.retry_candidates(now)
 
     def by_references(self, references: Sequence[str]) -> dict[str, InvoiceRecord]:
-        """The invoices pushed (or being pushed) under these references."""
-        rows = self._rows_in(_INVOICES.c.reference, references)
-        return {row.reference: row for row in rows if row.reference}
+        return self._lookups.by_references(references)
 
     def by_target_ids(self, target_ids: Sequence[str]) -> dict[str, InvoiceRecord]:
-        """The invoices pushed as these ids of the accounting system."""
-        rows = self._rows_in(_INVOICES.c.target_id, target_ids)
-        return {row.target_id: row for row in rows if row.target_id}
+        return self._lookups.by_target_ids(target_ids)
 
     def payments_due(self) -> list[InvoiceRecord]:
-        """Paid in the target, still pending in Kantata, payment not yet recorded there."""
-        c = _INVOICES.c
-        return self._records(
-            select(_INVOICES).where(
-                (c.target_state == "paid")
-                & c.payment_recorded_at.is_(None)
-                & (c.kantata_status == "new")
-                & c.workspace_id.is_not(None)
-            )
-        )
+        return self._lookups.payments_due()
 
     def failed_ids(self) -> list[str]:
-        with self._session() as session:
-            rows = session.exec(
-                select(InvoiceRow.kantata_id).where(col(InvoiceRow.status) == "failed")
-            )
-            return list(rows)
+        return self._lookups.failed_ids()
 
     def counts(self) -> dict[str, int]:
-        with self._session() as session:
-            rows = session.exec(
-                select(InvoiceRow.status, func.count()).group_by(col(InvoiceRow.status))
-            )
-            return {status: int(count) for status, count in rows}
+        return self._lookups.counts()
 
     def invoices_with_status(self, *statuses: str, limit: int = 500) -> list[InvoiceRecord]:
-        c = _INVOICES.c
-        return self._records(
-            select(_INVOICES)
-            .where(c.status.in_(statuses))
-            .order_by(c.updated_at.desc())
-            .limit(limit)
-        )
+        return self._lookups.invoices_with_status(*statuses, limit=limit)
 
     def balance_warnings(self, limit: int = 200) -> list[InvoiceRecord]:
-        c = _INVOICES.c
-        return self._records(
-            select(_INVOICES)
-            .where(
-                c.balance_in_cents.is_not(None)
-                & c.total_minor.is_not(None)
-                & (c.balance_in_cents != c.total_minor)
-            )
-            .limit(limit)
-        )
+        return self._lookups.balance_warnings(limit)
 
     def events(self, kantata_id: str, limit: int = 200) -> list[InvoiceEvent]:
-        with self._session() as session:
-            rows = session.exec(
-                select(InvoiceEvent)
-                .where(col(InvoiceEvent.kantata_id) == kantata_id)
-                .order_by(col(InvoiceEvent.id))
-                .limit(limit)
-            )
-            return list(rows)
+        return self._lookups.events(kantata_id, limit)
 
     def all_invoices(self) -> Iterator[InvoiceRecord]:
-        yield from self._iter_records(select(_INVOICES).order_by(_INVOICES.c.kantata_id))
+        yield from self._lookups.all_invoices()
 
     # ------------------------------------------------------------------ runs, notifications
 
