@@ -844,3 +844,45 @@ def test_an_invoice_xero_puts_on_another_clients_contact_is_never_approved() -> 
     assert isinstance(result, Written) and result.problems
     assert "client 999" in result.problems[0]
     assert fake.docs["Invoices"][result.target_id]["Status"] == "DRAFT"
+
+
+def test_a_first_cycles_read_of_all_of_ours_is_answered_from_what_it_listed_and_wrote() -> None:
+    target, fake, transport = target_for()
+    listing_time = fake.clock.now()
+    assert list(target.find("KS-")) == []  # the engine's look-up of a new state file
+    listed = fake.clock.now()
+    fake.advance_clock(1)
+    results = target.create(writes(range(1, 51)))
+    fake.advance_clock(30)
+    fake.pay(results[0].target_id, Decimal("5.00"))  # type: ignore[union-attr]  # by hand
+    fake.advance_clock(30)
+    results += target.create(writes(range(51, 101)))
+    before = len(api_calls(transport))
+    seen: list[datetime | None] = []
+    everything = list(target.changes_since(None, on_server_time=seen.append))
+    assert len(api_calls(transport)) == before  # no request: this process listed and wrote them
+    assert sorted(d["id"] for d in everything) == sorted(r.target_id for r in results)  # type: ignore[union-attr]
+    assert {d["state"] for d in everything} == {"AUTHORISED"}
+    assert all(d["by_app"] and d["reference"].startswith("KS-") for d in everything)
+    # the time reported is the listing's: the next read brings what changed since, the payment
+    assert len(seen) == 1 and seen[0] is not None and listing_time <= seen[0] <= listed
+    changed = {d["id"]: d for d in target.changes_since(seen[0])}
+    assert changed[results[0].target_id]["part_paid"] is True  # type: ignore[union-attr]
+
+
+def test_a_first_cycles_read_lists_what_this_process_did_not_list_or_left_in_doubt() -> None:
+    target, fake, transport = target_for()
+    made = only(target.create([Write("1", doc("1"))]))
+    fresh, _f, transport2 = target_for(fake)  # another process: nothing listed
+    [seen_doc] = list(fresh.changes_since(None))
+    assert seen_doc["id"] == made.target_id
+    assert api_calls(transport2).count(("GET", "Invoices")) == 1
+    assert api_calls(transport2).count(("GET", "CreditNotes")) == 1
+    target.ours.forget_listing("Invoices")  # a write left in doubt
+    before = api_calls(transport).count(("GET", "Invoices"))
+    seen: list[datetime | None] = []
+    assert [d["id"] for d in target.changes_since(None, on_server_time=seen.append)] == [
+        made.target_id
+    ]
+    assert api_calls(transport).count(("GET", "Invoices")) == before + 1
+    assert seen and seen[0] is not None
