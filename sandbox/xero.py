@@ -22,6 +22,9 @@ What it does, and where the docs are silent the stricter choice it makes (docs/X
   back without line items; every list answer carries Xero's clock as `DateTimeUTC`.
 - Limits: 60 a minute (fixed window), 5 in flight, a day limit; 429 with `Retry-After` and
   `X-Rate-Limit-Problem`; `X-MinLimit-Remaining`/`X-DayLimit-Remaining` on every answer.
+- Contacts: an invoice's `Contact` without `ContactID` is taken by `Name` or made (then with
+  the `ContactNumber` sent; `invoice_contact_numbers`/`invoice_makes_contacts` give the other
+  readings); POST `/Contacts` with a `ContactID` updates its Name or ContactNumber.
 - Faults: `drop_answers(n)` commits the next n writes and drops their answers.
 """
 
@@ -128,6 +131,10 @@ class FakeXero(Service):
         self.per_day = per_day
         self.token_lifetime = token_lifetime
         self.allow_authorised_edits = allow_authorised_edits
+        self.invoice_makes_contacts = True
+        """False: an invoice naming a contact that does not exist is refused."""
+        self.invoice_contact_numbers = True
+        """False: a contact an invoice makes drops the ContactNumber it was sent with."""
         self.accounts = {
             "200": ("Sales", "REVENUE", "OUTPUT"),
             "260": ("Other Revenue", "REVENUE", "OUTPUT"),
@@ -387,20 +394,23 @@ class FakeXero(Service):
         return Response.json(200, {"Contacts": rows})
 
     def _save_contacts(self, request: Request, params: dict[str, str]) -> Response:
-        return self._batch(request, "Contacts", self._save_contact)
+        return self._batch(request, "Contacts", self._save_contact, request.method == "POST")
 
     def _save_contact(self, element: dict[str, Any], update: bool) -> dict[str, Any]:
+        if update and element.get("ContactID"):
+            found = self.contacts.get(str(element["ContactID"]))
+            if found is None:
+                raise ValueError("The contact could not be found")
+            if "Name" in element and str(element["Name"]).lower() != found["Name"].lower():
+                self._name_free(str(element["Name"]), found["ContactID"])
+                found["Name"] = str(element["Name"])
+            if "ContactNumber" in element:
+                found["ContactNumber"] = str(element["ContactNumber"] or "")
+            return found
         name = element.get("Name")
         if not isinstance(name, str) or not name.strip():
             raise ValueError("The contact name is required")
-        for other in self.contacts.values():
-            if other["Name"].lower() == name.lower() and other["ContactID"] != element.get(
-                "ContactID"
-            ):
-                raise ValueError(
-                    f"The contact name {name} is already assigned to another contact. The "
-                    "contact name must be unique across all active contacts."
-                )
+        self._name_free(name, element.get("ContactID"))
         contact = {
             "ContactID": str(uuid.uuid4()),
             "Name": name,
@@ -410,7 +420,20 @@ class FakeXero(Service):
         self.contacts[contact["ContactID"]] = contact
         return contact
 
+    def _name_free(self, name: str, contact_id: Any) -> None:
+        for other in self.contacts.values():
+            if other["Name"].lower() == name.lower() and other["ContactID"] != contact_id:
+                raise ValueError(
+                    f"The contact name {name} is already assigned to another contact. The "
+                    "contact name must be unique across all active contacts."
+                )
+
     def _contact_of(self, value: Any) -> dict[str, Any]:
+        """The contact an invoice names: by ContactID; else by Name, taken if a contact has
+        it (case-insensitive, whatever ContactNumber is sent) or made (xero.md §4); else by
+        an existing ContactNumber. Where the docs are silent: a contact made this way keeps
+        the ContactNumber sent unless `invoice_contact_numbers` is False, and with
+        `invoice_makes_contacts` False the invoice is refused instead."""
         if not isinstance(value, dict):
             raise ValueError("A Contact must be specified")
         if value.get("ContactID"):
@@ -418,11 +441,25 @@ class FakeXero(Service):
             if found is None:
                 raise ValueError("The contact could not be found")
             return found
-        for key in ("ContactNumber", "Name"):
+        name = value.get("Name")
+        if isinstance(name, str) and name.strip():
             for contact in self.contacts.values():
-                if value.get(key) and contact[key] == value[key]:
+                if contact["Name"].lower() == name.lower():
                     return contact
-        return self._save_contact(value, False)
+            if not self.invoice_makes_contacts:
+                raise ValueError(f"The contact {name} could not be found")
+            element = dict(value)
+            if not self.invoice_contact_numbers:
+                element.pop("ContactNumber", None)
+            return self._save_contact(element, False)
+        number = value.get("ContactNumber")
+        for contact in self.contacts.values():
+            if number and contact["ContactNumber"] == number:
+                return contact
+        raise ValueError(
+            "The Contact must contain at least 1 of the following elements to identify the "
+            "contact: Name, ContactID, ContactNumber"
+        )
 
     # ----- invoices and credit notes ---------------------------------------------------------
     def _lister(self, kind: str) -> Any:
@@ -607,7 +644,11 @@ class FakeXero(Service):
                 )
         if "Contact" in element or new:
             contact = self._contact_of(element.get("Contact"))
-            doc["Contact"] = {"ContactID": contact["ContactID"], "Name": contact["Name"]}
+            doc["Contact"] = {
+                "ContactID": contact["ContactID"],
+                "ContactNumber": contact["ContactNumber"],
+                "Name": contact["Name"],
+            }
         for field in ("Date", "DueDate", "Reference"):
             if field in element:
                 doc[field] = element[field]

@@ -372,7 +372,7 @@ def test_a_validation_error_fails_that_invoice_alone_with_xeros_message() -> Non
     assert [isinstance(r, Written) for r in results] == [True, False, True]
 
 
-def test_contacts_are_listed_once_found_by_number_or_name_and_made_in_one_batch() -> None:
+def test_contacts_are_listed_once_found_by_number_or_name_and_made_by_the_invoices() -> None:
     target, fake, transport = target_for(FakeXero(output_rate=RATE))
     beta = "00000000-0000-0000-0000-0000000000b2"
     fake.contacts[beta] = {"ContactID": beta, "Name": "Beta", "ContactNumber": ""}
@@ -385,8 +385,11 @@ def test_contacts_are_listed_once_found_by_number_or_name_and_made_in_one_batch(
     contacts = [fake.docs["Invoices"][r.target_id]["Contact"]["ContactID"] for r in results]  # type: ignore[union-attr]
     assert contacts[1] == beta and contacts[0] == contacts[3] and len(set(contacts)) == 3
     target.create([Write("9", dataclasses.replace(doc("9"), customer_name="Gamma"))])
+    assert len(fake.contacts) == 3
     calls = api_calls(transport)
-    assert calls.count(("GET", "Contacts")) == 1 and calls.count(("PUT", "Contacts")) == 1
+    # the invoices carry the new contacts (Xero makes them by name): no request of their own
+    assert calls.count(("GET", "Contacts")) == 1 and calls.count(("PUT", "Contacts")) == 0
+    assert calls.count(("POST", "Contacts")) == 0
 
 
 def test_mapped_contact_from_the_profile_is_used() -> None:
@@ -668,7 +671,9 @@ def test_a_contact_made_by_hand_since_the_listing_is_found_by_listing_again() ->
     made = only(target.create([Write("2", dataclasses.replace(doc("2"), customer_name="Zeta"))]))
     assert fake.docs["Invoices"][made.target_id]["Contact"]["ContactID"] == zeta
     assert len(fake.contacts) == 2
-    assert api_calls(transport).count(("GET", "Contacts")) == 2
+    # the invoice names the contact and Xero takes the one of that name: no new listing
+    assert api_calls(transport).count(("GET", "Contacts")) == 1
+    assert ("PUT", "Contacts") not in api_calls(transport)
 
 
 def test_a_listing_stops_at_xeros_page_count(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -725,7 +730,7 @@ def test_two_clients_of_one_name_get_two_contacts_by_contact_number() -> None:
     assert contact_of(fake, again)["ContactID"] == second["ContactID"]
     assert len(fake.contacts) == 2
     calls = api_calls(transport)
-    assert calls.count(("GET", "Contacts")) == 1 and calls.count(("PUT", "Contacts")) == 1
+    assert calls.count(("GET", "Contacts")) == 1 and calls.count(("PUT", "Contacts")) == 0
 
 
 def test_an_existing_contact_with_the_client_id_as_contact_number_is_reused() -> None:
@@ -755,3 +760,129 @@ def test_the_name_is_the_fallback_but_never_another_clients_contact() -> None:
     beta = contact_of(fake, made[1])
     assert beta["ContactID"] != other
     assert (beta["Name"], beta["ContactNumber"]) == ("Beta (502)", "502")
+
+
+def client_of(kantata_id: int) -> str:
+    """Four invoices a client, so each batch of 50 meets new clients; 500 and 501 are both
+    named "Acme"."""
+    return str(500 + kantata_id // 4)
+
+
+def client_batch(ids: range) -> list[Write]:
+    return [
+        client_doc_write(str(i), client_of(i), "Acme" if i < 8 else f"C{client_of(i)}") for i in ids
+    ]
+
+
+def test_new_clients_across_batches_cost_no_contact_request_and_keep_their_numbers() -> None:
+    target, fake, transport = target_for(FakeXero(output_rate=RATE))
+    results: list[Any] = []
+    for start in (1, 51, 101):  # new clients in each batch, as in a backfill
+        results += target.create(client_batch(range(start, start + 50)))
+    assert all(isinstance(r, Written) and r.state == "AUTHORISED" for r in results)
+    calls = api_calls(transport)
+    assert ("PUT", "Contacts") not in calls and ("POST", "Contacts") not in calls
+    assert calls.count(("GET", "Contacts")) == 1 and calls.count(("PUT", "Invoices")) == 3
+    by_number = {c["ContactNumber"]: c for c in fake.contacts.values()}
+    assert len(fake.contacts) == len(by_number) == 38  # one contact per client
+    for result in results:
+        stored = fake.docs["Invoices"][result.target_id]
+        client = client_of(int(stored["Reference"][3:]))
+        assert stored["Contact"]["ContactID"] == by_number[client]["ContactID"]
+    assert (by_number["500"]["Name"], by_number["501"]["Name"]) == ("Acme", "Acme (501)")
+    # another process finds every one by its number and makes none
+    fresh, _f, transport2 = target_for(fake)
+    again = fresh.update(
+        [
+            dataclasses.replace(w, target_id=r.target_id)
+            for w, r in zip(client_batch(range(101, 151)), results[100:], strict=True)
+        ]
+    )
+    assert all(isinstance(r, Written) for r in again) and len(fake.contacts) == 38
+    assert all(c[1] != "Contacts" or c[0] == "GET" for c in api_calls(transport2))
+
+
+def test_where_xero_drops_the_contact_number_it_is_set_in_one_request_a_batch() -> None:
+    fake = FakeXero(output_rate=RATE)
+    fake.invoice_contact_numbers = False  # the reading the docs leave open
+    target, fake, transport = target_for(fake)
+    for start in (1, 51):
+        assert all(
+            isinstance(r, Written) for r in target.create(client_batch(range(start, start + 50)))
+        )
+    assert api_calls(transport).count(("POST", "Contacts")) == 2  # one a batch
+    assert sorted(c["ContactNumber"] for c in fake.contacts.values()) == sorted(
+        {client_of(i) for i in range(1, 101)}
+    )
+    # a later process: a new client of a taken name still gets a contact of its own
+    fresh, _f, _t = target_for(fake)
+    [made] = fresh.create([client_doc_write("200", "999", "Acme")])
+    assert contact_of(fake, made)["Name"] == "Acme (999)"
+
+
+def test_where_xero_will_not_make_a_contact_from_an_invoice_it_is_made_first() -> None:
+    fake = FakeXero(output_rate=RATE)
+    fake.invoice_makes_contacts = False
+    target, fake, transport = target_for(fake)
+    results = target.create([client_doc_write("1", "501"), client_doc_write("2", "502", "Beta")])
+    assert all(isinstance(r, Written) and r.state == "AUTHORISED" for r in results)
+    assert {(c["Name"], c["ContactNumber"]) for c in fake.contacts.values()} == {
+        ("Acme", "501"),
+        ("Beta", "502"),
+    }
+    calls = api_calls(transport)
+    assert calls.count(("PUT", "Contacts")) == 1 and calls.count(("PUT", "Invoices")) == 2
+    assert len(live(fake)) == 2
+
+
+def test_an_invoice_xero_puts_on_another_clients_contact_is_never_approved() -> None:
+    target, fake, _t = target_for(FakeXero(output_rate=RATE))
+    target.create([client_doc_write("1", "400", "Other")])  # contacts listed now
+    taken = "00000000-0000-0000-0000-0000000000c9"
+    fake.contacts[taken] = {"ContactID": taken, "Name": "Acme", "ContactNumber": "999"}
+    [result] = target.create([client_doc_write("2", "501")])
+    assert isinstance(result, Written) and result.problems
+    assert "client 999" in result.problems[0]
+    assert fake.docs["Invoices"][result.target_id]["Status"] == "DRAFT"
+
+
+def test_a_first_cycles_read_of_all_of_ours_is_answered_from_what_it_listed_and_wrote() -> None:
+    target, fake, transport = target_for()
+    listing_time = fake.clock.now()
+    assert list(target.find("KS-")) == []  # the engine's look-up of a new state file
+    listed = fake.clock.now()
+    fake.advance_clock(1)
+    results = target.create(writes(range(1, 51)))
+    fake.advance_clock(30)
+    fake.pay(results[0].target_id, Decimal("5.00"))  # type: ignore[union-attr]  # by hand
+    fake.advance_clock(30)
+    results += target.create(writes(range(51, 101)))
+    before = len(api_calls(transport))
+    seen: list[datetime | None] = []
+    everything = list(target.changes_since(None, on_server_time=seen.append))
+    assert len(api_calls(transport)) == before  # no request: this process listed and wrote them
+    assert sorted(d["id"] for d in everything) == sorted(r.target_id for r in results)  # type: ignore[union-attr]
+    assert {d["state"] for d in everything} == {"AUTHORISED"}
+    assert all(d["by_app"] and d["reference"].startswith("KS-") for d in everything)
+    # the time reported is the listing's: the next read brings what changed since, the payment
+    assert len(seen) == 1 and seen[0] is not None and listing_time <= seen[0] <= listed
+    changed = {d["id"]: d for d in target.changes_since(seen[0])}
+    assert changed[results[0].target_id]["part_paid"] is True  # type: ignore[union-attr]
+
+
+def test_a_first_cycles_read_lists_what_this_process_did_not_list_or_left_in_doubt() -> None:
+    target, fake, transport = target_for()
+    made = only(target.create([Write("1", doc("1"))]))
+    fresh, _f, transport2 = target_for(fake)  # another process: nothing listed
+    [seen_doc] = list(fresh.changes_since(None))
+    assert seen_doc["id"] == made.target_id
+    assert api_calls(transport2).count(("GET", "Invoices")) == 1
+    assert api_calls(transport2).count(("GET", "CreditNotes")) == 1
+    target.ours.forget_listing("Invoices")  # a write left in doubt
+    before = api_calls(transport).count(("GET", "Invoices"))
+    seen: list[datetime | None] = []
+    assert [d["id"] for d in target.changes_since(None, on_server_time=seen.append)] == [
+        made.target_id
+    ]
+    assert api_calls(transport).count(("GET", "Invoices")) == before + 1
+    assert seen and seen[0] is not None

@@ -1,9 +1,9 @@
 """Creating: drafts 50 to a request, each checked to the minor unit, then approved.
 
 Before anything is made, the references are looked up in what the process has listed of ours
-(`documents.Ours`): a live document of ours is adopted, not made again. Contacts come first
-(`contacts.py`). A draft whose totals are wrong is left unapproved and reported
-(`Written.problems`): the engine discards it.
+(`documents.Ours`): a live document of ours is adopted, not made again. Contacts are found
+or carried by the invoices (`contacts.py`). A draft whose totals (or contact) are wrong is
+left unapproved and reported (`Written.problems`): the engine discards it.
 """
 
 from __future__ import annotations
@@ -25,12 +25,25 @@ log = structlog.get_logger(__name__)
 
 
 def make_drafts(
-    parts: Parts, plans: dict[int, XeroPlan], docs: Mapping[int, LedgerDocument]
+    parts: Parts,
+    plans: dict[int, XeroPlan],
+    docs: Mapping[int, LedgerDocument],
+    problems: dict[int, list[str]],
+    *,
+    inline: bool = True,
 ) -> dict[int, dict[str, Any] | Exception]:
-    """Create drafts of the plans (contacts first), one request per collection and 50."""
+    """Create drafts of the plans, one request per collection and 50. A customer without a
+    contact yet is carried by its invoice (`inline`, see `contacts.py`); where Xero refuses
+    that, its contact is made first and the invoice sent once more. A draft whose contact is
+    not its client's gets a problem in `problems`."""
     out: dict[int, dict[str, Any] | Exception] = {}
     ours = parts.ours
-    contacts = parts.contacts.for_docs({pos: docs[pos] for pos in plans})
+    wanted = {pos: docs[pos] for pos in plans}
+    contacts: Mapping[int, str | dict[str, Any] | Exception] = (
+        parts.contacts.inline(wanted) if inline else parts.contacts.for_docs(wanted)
+    )
+    retry: dict[int, XeroPlan] = {}
+    fixes: dict[str, str] = {}
     for collection in COLLECTIONS:
         chosen: list[tuple[int, XeroPlan, dict[str, Any]]] = []
         for pos, plan in plans.items():
@@ -43,6 +56,10 @@ def make_drafts(
                 out[pos] = PermanentApiError(
                     "xero", f"{plan.reference}: no Xero contact for the customer"
                 )
+            elif isinstance(contact, dict):
+                body = plan.payload("", status="DRAFT")
+                body["Contact"] = dict(contact)
+                chosen.append((pos, plan, body))
             else:
                 chosen.append((pos, plan, plan.payload(contact, status="DRAFT")))
         if not chosen:
@@ -63,15 +80,29 @@ def make_drafts(
             for pos, _plan, _body in chosen:
                 out[pos] = exc
             continue
-        for (pos, plan, _body), result in zip(chosen, results, strict=True):
+        for (pos, plan, body), result in zip(chosen, results, strict=True):
+            new_contact = isinstance(contacts.get(pos), dict)
             if result.ok and result.document is not None:
                 with ours.lock:
                     ours.put(result.document)
                     if collection == CREDIT_NOTES:
                         ours.credit_notes = True
                 out[pos] = dict(result.document)
+                if new_contact:
+                    answer = result.document.get("Contact")
+                    problem, unnumbered = parts.contacts.learn(docs[pos], body["Contact"], answer)
+                    if problem:
+                        problems.setdefault(pos, []).append(problem)
+                    elif unnumbered and isinstance(answer, Mapping):
+                        fixes[str(answer["ContactID"])] = str(body["Contact"]["ContactNumber"])
+            elif new_contact and any("contact" in e.lower() for e in result.errors):
+                retry[pos] = plan  # Xero would not make the contact from the invoice
             else:
                 out[pos] = item_error(plan, result, "PUT")
+    parts.contacts.fix_numbers(fixes)
+    if retry:
+        log.info("xero.contacts_made_first", invoices=len(retry))
+        out.update(make_drafts(parts, retry, docs, problems, inline=False))
     return out
 
 
@@ -102,13 +133,19 @@ def create(parts: Parts, items: Sequence[Write]) -> list[Written | Exception]:
                 adopted[pos] = dict(live[0])
             else:
                 to_make[pos] = plan
-    made = make_drafts(parts, to_make, {pos: items[pos].doc for pos in to_make}) if to_make else {}
+    contact_problems: dict[int, list[str]] = {}
+    made = (
+        make_drafts(parts, to_make, {pos: items[pos].doc for pos in to_make}, contact_problems)
+        if to_make
+        else {}
+    )
     checked: dict[int, tuple[XeroPlan, dict[str, Any], list[str]]] = {}
     for pos, outcome in made.items():
         if isinstance(outcome, Exception):
             results[pos] = outcome
         else:
-            checked[pos] = (plans[pos], outcome, check_totals(plans[pos], outcome))
+            problems = contact_problems.get(pos, []) + check_totals(plans[pos], outcome)
+            checked[pos] = (plans[pos], outcome, problems)
     for pos, doc in adopted.items():
         log.info("xero.adopted", reference=plans[pos].reference, id=id_of(doc))
         checked[pos] = (plans[pos], doc, check_totals(plans[pos], doc))

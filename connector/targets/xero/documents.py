@@ -170,6 +170,8 @@ class Ours:
         self.docs: dict[str, dict[str, dict[str, Any]]] = {c: {} for c in COLLECTIONS}
         self.listed: set[str] = set()
         """Collections listed in full (our prefix): the look-up before creating uses them."""
+        self.listed_at: dict[str, datetime] = {}
+        """Xero's clock (`DateTimeUTC`) at the first page of each listing in `listed`."""
         self.by_reference: dict[str, set[tuple[str, str]]] = {}
         self.held: dict[str, str] = {}
         """Reference -> the id this process last handed the engine for it."""
@@ -252,16 +254,50 @@ class Ours:
                     self.credit_notes = True
         return neutral(doc, by_app=True if ours and collection == INVOICES else by_app)
 
-    def list(self, collection: str, prefix: str, **kwargs: Any) -> list[dict[str, Any]]:
-        rows = self.client.list_ours(collection, prefix, **kwargs)
+    def list(
+        self,
+        collection: str,
+        prefix: str,
+        on_answer: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        clocks: list[datetime | None] = []
+
+        def answered(answer: Mapping[str, Any]) -> None:
+            clocks.append(parse_xero_time(answer.get("DateTimeUTC")))
+            if on_answer is not None:
+                on_answer(answer)
+
+        rows = self.client.list_ours(collection, prefix, on_answer=answered)
         by_app = True if collection == INVOICES else None
         out = [self.remember(row, by_app=by_app) for row in rows]
         if self.prefix.startswith(prefix):
             with self.lock:
                 self.listed.add(collection)
+                if clocks and clocks[0] is not None:
+                    self.listed_at[collection] = clocks[0]
+                else:
+                    self.listed_at.pop(collection, None)
                 if collection == CREDIT_NOTES:
                     self.credit_notes = bool(self.docs[CREDIT_NOTES])
         return out
+
+    def recalled(self, collection: str) -> tuple[datetime, Sequence[dict[str, Any]]] | None:
+        """(Xero's clock at the listing, every document of ours in the collection as this
+        process last saw it) when the collection was listed in full and not forgotten since;
+        None otherwise. Each document is as Xero listed it at that time or as a later answer to
+        this process showed it: what changed otherwise since then is what an
+        `If-Modified-Since` read from that time returns."""
+        with self.lock:
+            when = self.listed_at.get(collection)
+            if collection not in self.listed or when is None:
+                return None
+            by_app = True if collection == INVOICES else None
+            docs = [
+                neutral(doc, by_app=by_app)
+                for doc in self.docs[collection].values()
+                if str(doc.get("Reference") or "").startswith(self.prefix)
+            ]
+        return when, docs
 
     def ensure_listed(self, collections: Iterable[str]) -> None:
         with self.lock:
@@ -274,6 +310,7 @@ class Ours:
         """A write left in doubt: the next create lists the collection again."""
         with self.lock:
             self.listed.discard(collection)
+            self.listed_at.pop(collection, None)
 
     def current(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The documents as Xero holds them now: invoices 50 ids to a request, credit notes

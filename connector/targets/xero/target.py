@@ -124,8 +124,7 @@ class XeroTarget:
         if since is not None and (since.tzinfo is None or since.utcoffset() is None):
             raise ValueError("timestamps sent to Xero must be timezone-aware")
         if since is None:
-            yield from self.ours.list(INVOICES, self.prefix, on_answer=clock)
-            yield from self.ours.list(CREDIT_NOTES, self.prefix)
+            yield from self._everything(on_server_time, clock)
             return
         for row in self.client.changed_since(since, INVOICES, on_answer=clock):
             yield self.ours.remember(row, by_app=True)
@@ -140,6 +139,30 @@ class XeroTarget:
         elif known:
             for row in self.client.changed_since(since, CREDIT_NOTES):
                 yield self.ours.remember(row, by_app=None)
+
+    def _everything(
+        self,
+        on_server_time: Callable[[datetime | None], None] | None,
+        clock: Callable[[Mapping[str, Any]], None],
+    ) -> Iterator[dict[str, Any]]:
+        """All of ours (a first cycle: no cursor yet). A collection this process listed in full
+        at Xero's time T, and wrote only with answers it kept since, is answered from memory
+        with T as the server time: the engine's next read is `If-Modified-Since` T, which
+        brings whatever changed since the listing (a hand edit, a write left in doubt). The
+        earliest of the times used is reported, first."""
+        invoices = self.ours.recalled(INVOICES)
+        notes = self.ours.recalled(CREDIT_NOTES)
+        times = [r[0] for r in (invoices, notes) if r is not None]
+        if times and on_server_time is not None:
+            on_server_time(min(times))
+        if invoices is not None:
+            yield from invoices[1]
+        else:
+            yield from self.ours.list(INVOICES, self.prefix, on_answer=clock)
+        if notes is not None:
+            yield from notes[1]
+        else:
+            yield from self.ours.list(CREDIT_NOTES, self.prefix)
 
     def new_index(self, *, wanted: bool) -> XeroIndex:
         return XeroIndex(wanted=wanted)
