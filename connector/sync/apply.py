@@ -286,6 +286,12 @@ class Apply:
                 inv.id, record, f"{name} refused the update: {exc}", run_id, log
             )
             return outcome
+        if written.target_id and written.target_id != target_id:
+            # The target refused the edit and made the invoice again (the old one voided): the
+            # record and the Kantata reference follow the new one.
+            record.target_id = target_id = written.target_id
+            record.target_link = None
+            log = log.bind(target_invoice_id=target_id)
         record.target_state = written.state or record.target_state
         record.target_link = written.link or record.target_link
         record.target_lines = None if written.lines is None else json.dumps(written.lines)
