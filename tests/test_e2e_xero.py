@@ -341,6 +341,9 @@ def test_answers_dropped_after_xero_committed_a_batch_duplicate_nothing(
     xbox.xero.drop_answers(4)
     sync(env, tmp_path, expect=None)
     assert xbox.xero.drop_next_writes == 0
+    dropped = [w for w in xbox.xero.stats.snapshot()["writes"] if w["dropped"]]
+    assert len(dropped) == 4
+    assert any("Invoices" in w["template"] for w in dropped), dropped
     sync(env, tmp_path, expect=None)
     sync(env, tmp_path)
     assert_exact(xbox, env, tmp_path)
@@ -365,6 +368,8 @@ def test_sigkill_mid_backfill_then_a_new_sync_duplicates_nothing(
         )
         process.kill()
     assert process.proc.returncode == -signal.SIGKILL
+    made = len(xbox.xero.state()["invoices"])
+    assert 0 < made < len(_eligible_ids(xbox))  # killed mid-backfill
     xbox.xero.set_faults(None)
     sync(env, tmp_path)
     assert_exact(xbox, env, tmp_path)
