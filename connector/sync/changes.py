@@ -56,6 +56,11 @@ class Changes:
         target_time: list[datetime | None] = []
         batch: list[dict[str, Any]] = []
         unknown: list[str] = []
+        # A target that keeps credits apart (Xero's credit notes) reads them only when the
+        # books hold one: a quiet cycle stays one request. Optional hook.
+        expect_credits = getattr(self.target, "expect_credits", None)
+        if since is not None and expect_credits is not None:
+            expect_credits(self.store.has_credits())
         for invoice in self.target.changes_since(since, on_server_time=target_time.append):
             moment = _parse_moment(invoice.get("updated_at"))
             if moment is not None and (newest is None or moment > newest):
@@ -165,7 +170,15 @@ class Changes:
         state = str(invoice.get("state") or "")
         # A link the create's answer left out (or an API address an earlier release stored)
         # is taken from the listing: written with the next reference, at once if none is due.
-        link = self.target.link(invoice)
+        # A target whose link costs a request (Xero's organisation short code) is asked only
+        # when a reference is written anyway or none has a link: a quiet cycle stays quiet.
+        link = None
+        if (
+            not getattr(self.target, "link_costs_a_request", False)
+            or record.target_link is None
+            or (state and state != record.target_state)
+        ):
+            link = self.target.link(invoice)
         relinked = link is not None and link != record.target_link
         if link is not None and relinked:
             record.target_link = link
