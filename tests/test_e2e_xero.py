@@ -333,12 +333,15 @@ def test_a_hand_edit_in_xero_is_a_conflict_left_alone(xbox: Sandbox, tmp_path: P
 def test_429s_with_retry_after_leave_everything_exactly_once(xbox: Sandbox, tmp_path: Path) -> None:
     _generate(xbox, 19, 60)
     env = xero_env(xbox, tmp_path)
-    xbox.xero.set_faults(FaultConfig(seed=5, rate_429=0.3, only_paths=(API,)))
-    for _ in range(3):
-        sync(env, tmp_path, expect=None)
-    assert xbox.xero.stats.snapshot()["faults"].get("429", 0) > 3
+    # Every Xero endpoint answers 429 (Retry-After: 1) to three requests in ten, the token
+    # endpoint too: each sync still ends well, and the books are exact while the faults last.
+    xbox.xero.set_faults(FaultConfig(seed=5, rate_429=0.3))
+    for _ in range(2):
+        sync(env, tmp_path)
+    faults = xbox.xero.stats.snapshot()["faults"].get("429", 0)
+    assert faults > 3
+    assert check_books(xbox).problems == []
     xbox.xero.set_faults(None)
-    sync(env, tmp_path)
     assert_exact(xbox, env, tmp_path)
 
 
