@@ -156,7 +156,14 @@ class XeroTransport:
                 sent["xero-tenant-id"] = self.tenant()
             if content is not None:
                 sent["Content-Type"] = "application/json"
-            sent["Authorization"] = "Bearer " + self.tokens.access_token()
+            try:
+                sent["Authorization"] = "Bearer " + self.tokens.access_token()
+            except TransientApiError:
+                # The token endpoint busy (429, 5xx) or unreachable: retried as the call is.
+                if attempt >= self._max_attempts:
+                    raise
+                self._sleep(min(2.0**attempt, 30.0))
+                continue
             request = self._http.build_request(
                 method, url, params=params, content=content, headers=sent
             )
