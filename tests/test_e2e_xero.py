@@ -449,7 +449,20 @@ def test_the_day_limit_mid_backfill_ends_the_cycle_cleanly(xbox: Sandbox, tmp_pa
     status = run_cli(["status"], env, tmp_path)
     assert "Xero's daily limit reached; resumes after" in status.stdout
     pushed = len([d for d in xbox.xero.state()["invoices"] if d["Status"] in LIVE])
-    assert pushed > 0
+    assert 0 < pushed < len(_eligible_ids(xbox))  # mid-backfill
+    failed_refs = [
+        r
+        for i in xbox.kantata.state()["invoices"]
+        for r in i.get("external_references", [])
+        if r.get("status") == "failed"
+    ]
+    assert failed_refs == []
+    # Still spent: the next sync tries Xero with one call, ends cleanly again.
+    reset_stats(xbox)
+    out = sync(env, tmp_path)
+    assert "Xero's daily limit reached; resumes after" in out
+    assert sum(xero_requests(xbox).values()) == 1, xero_requests(xbox)
+    assert xero_writes(xbox) == {}
     # Tomorrow: the limit is lifted, the next sync finishes the job.
     xbox.xero.per_day = 100_000
     sync(env, tmp_path)
