@@ -364,8 +364,10 @@ class Apply:
         self.store.save_invoice(
             record, run_id=run_id, event="cancel-started", detail=f"{name} invoice {target_id}"
         )
+        gone = "deleted"
         try:
-            self.writes.cancel(Cancel(kantata_id, record.reference, target_id))
+            cancelled = self.writes.cancel(Cancel(kantata_id, record.reference, target_id))
+            gone = cancelled.state or gone  # the target's own word (Xero: VOIDED, DELETED)
         except TargetRefusedError as exc:
             return self.conflict(
                 record,
@@ -401,9 +403,9 @@ class Apply:
             service_model=SERVICE_MODEL,
             service_model_ref=str(target_id),
             status="successful",
-            external_status="deleted",
+            external_status=gone,
             external_message=f"{why.capitalize()} in Kantata; {name} invoice {record.reference} "
-            "deleted",
+            f"{gone.lower()}",
         )
         self.writeback.write_reference(kantata_id, record, reference, run_id, log)
         return "cancelled", None

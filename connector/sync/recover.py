@@ -22,6 +22,10 @@ from mappings.money import format_money
 from mappings.profile import Profile
 from mappings.to_ledger import reference_for, reference_for_id
 
+TAKEN_OUT = frozenset({"deleted", "DELETED", "VOIDED"})
+"""What a reference says of an invoice the connector took out of the target's books (the
+target's own word for it: Noko's `deleted`, Xero's `DELETED` and `VOIDED`)."""
+
 if TYPE_CHECKING:
     from connector.sync.apply import Apply
 
@@ -63,6 +67,8 @@ class Recover:
         ref = inv.reference_for(self.settings.service_name)
         if ref is None or (ref.external_status or "") == "deleted":
             return None
+        if (inv.draft or inv.is_cancelled) and (ref.external_status or "") in TAKEN_OUT:
+            return None  # taken out of the target's books when it was cancelled in Kantata
         if ref.service_model and ref.service_model != SERVICE_MODEL:
             return None
         named = _id(ref.service_model_ref)
