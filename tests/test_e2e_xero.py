@@ -199,6 +199,10 @@ def test_first_sync_is_exact_and_a_rerun_writes_nothing(xbox: Sandbox, tmp_path:
     books = assert_exact(xbox, env, tmp_path)
     # 50 invoices a request: a first sync of N makes at most 0.1 N + 10 Xero calls.
     assert sum(first.values()) <= 0.1 * books.eligible + 10, first
+    # Ours listed once (the look-up before creating); the change poll after the pushes reads
+    # what that listing and the writes' answers said, not a second listing.
+    assert first["GET /api.xro/2.0/Invoices"] == 1, first
+    assert first["GET /api.xro/2.0/CreditNotes"] == 1, first
     credits = [d for d in books.docs.values() if d["Type"] == "ACCRECCREDIT"]
     assert credits  # the generated books carry credits: they are checked too
 
