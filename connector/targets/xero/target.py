@@ -295,6 +295,8 @@ class XeroTarget:
         """Lower-cased `number:<ContactNumber>` / `name:<Name>` -> ContactID."""
         self._credit_notes: bool | None = None
         """Whether the connector has credit notes in Xero (None: not known yet)."""
+        self._listed_at: dict[str, datetime | None] = {}
+        """Xero's clock when a collection was last listed in full (`DateTimeUTC`)."""
 
     # ================================================================== settings (read once)
 
@@ -346,12 +348,21 @@ class XeroTarget:
         return neutral(doc, by_app=True if ours and collection == INVOICES else by_app)
 
     def _list(self, collection: str, prefix: str, **kwargs: Any) -> list[dict[str, Any]]:
-        rows = self.client.list_ours(collection, prefix, **kwargs)
+        outer = kwargs.pop("on_answer", None)
+        times: list[datetime | None] = []
+
+        def seen(answer: Mapping[str, Any]) -> None:
+            times.append(parse_xero_time(answer.get("DateTimeUTC")))
+            if outer is not None:
+                outer(answer)
+
+        rows = self.client.list_ours(collection, prefix, on_answer=seen, **kwargs)
         by_app = True if collection == INVOICES else None
         out = [self._remember(row, by_app=by_app) for row in rows]
         if self.prefix.startswith(prefix):
             with self._lock:
                 self._ours.listed.add(collection)
+                self._listed_at[collection] = times[0] if times else None
                 if collection == CREDIT_NOTES:
                     self._credit_notes = bool(self._ours.docs[CREDIT_NOTES])
         return out
@@ -403,8 +414,24 @@ class XeroTarget:
         if since is not None and (since.tzinfo is None or since.utcoffset() is None):
             raise ValueError("timestamps sent to Xero must be timezone-aware")
         if since is None:
-            yield from self._list(INVOICES, self.prefix, on_answer=clock)
-            yield from self._list(CREDIT_NOTES, self.prefix)
+            for collection in COLLECTIONS:
+                with self._lock:
+                    at = self._listed_at.get(collection)
+                    kept = None
+                    if collection in self._ours.listed and at is not None:
+                        kept = [dict(d) for d in self._ours.docs[collection].values()]
+                if kept is None:
+                    yield from self._list(
+                        collection, self.prefix, on_answer=clock if collection == INVOICES else None
+                    )
+                    continue
+                # Listed in full by this process's look-up before creating, every write since
+                # known from its answer: no second listing. Xero's clock at that listing is
+                # when this one stands for, so the next poll reads everything after it.
+                if collection == INVOICES and on_server_time is not None:
+                    on_server_time(at)
+                for doc in kept:
+                    yield neutral(doc, by_app=True if collection == INVOICES else None)
             return
         for row in self.client.changed_since(since, INVOICES, on_answer=clock):
             yield self._remember(row, by_app=True)
