@@ -478,3 +478,32 @@ def test_the_day_limit_mid_backfill_ends_the_cycle_cleanly(xbox: Sandbox, tmp_pa
     xbox.xero.per_day = 100_000
     sync(env, tmp_path)
     assert_exact(xbox, env, tmp_path)
+
+
+def test_an_invoice_voided_by_hand_in_xero_is_a_conflict_then_pushed_again(
+    xbox: Sandbox, tmp_path: Path
+) -> None:
+    """Voided in Xero while Kantata's invoice stands: not `synced` any more, a conflict in
+    `status` at once; `reconcile` lists it; `reconcile --apply` makes it again, once."""
+    _generate(xbox, 53, 8, draft_rate=0, cancelled_rate=0, paid_rate=0)
+    env = xero_env(xbox, tmp_path)
+    sync(env, tmp_path)
+    kid = _eligible_ids(xbox)[0]
+    doc = check_books(xbox).docs[str(kid)]
+    with xbox.xero.mutex:
+        voided = xbox.xero.docs["Invoices"][doc["InvoiceID"]]
+        voided["Status"] = "VOIDED"
+        voided["_updated"] = xbox.xero.clock.now()
+    reset_stats(xbox)
+    sync(env, tmp_path, expect=1)
+    assert xero_writes(xbox) == {}
+    report = status_json(env, tmp_path)
+    assert [c["kantata_invoice_id"] for c in report["conflicts"]] == [str(kid)]
+    assert "was voided in Xero by hand" in report["conflicts"][0]["reason"]
+    listed = run_cli(["reconcile"], env, tmp_path)
+    assert str(kid) in listed.stdout, listed.stdout
+    repaired = run_cli(["reconcile", "--apply"], env, tmp_path)
+    assert_no_traceback(repaired.stdout, repaired.stderr)
+    books = assert_exact(xbox, env, tmp_path)
+    assert books.docs[str(kid)]["InvoiceID"] != doc["InvoiceID"]
+    assert xbox.xero.docs["Invoices"][doc["InvoiceID"]]["Status"] == "VOIDED"

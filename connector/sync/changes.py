@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from connector.errors import ApiError, PermanentApiError, TransientApiError
 from connector.state.store import InvoiceRecord
 from connector.sync.records import remember_kantata
+from connector.sync.values import TAKEN_OUT
 from connector.sync.values import fmt_total as _fmt_total
 from connector.sync.values import parse_moment as _parse_moment
 from connector.sync.values import text_id as _id
@@ -168,6 +169,21 @@ class Changes:
                 self.engine.on_invoice(record.kantata_id, outcome, message or drift, None)
             return
         state = str(invoice.get("state") or "")
+        if state in TAKEN_OUT and state != record.target_state:
+            # Voided or deleted in the target by hand while Kantata's invoice stands: not
+            # synced any more; `reconcile --apply` (or `retry --force`) pushes it again.
+            message = (
+                f"{self.name} invoice {record.target_id} was {state.lower()} in {self.name} by "
+                f"hand; run `kantata-sync reconcile --apply` (or `kantata-sync retry "
+                f"{record.kantata_id} --force`) to push it again as a new {self.name} invoice"
+            )
+            record.target_state = state
+            outcome, _ = self.engine.apply.conflict(record, "gone", message, run_id, log)
+            result.counts[outcome] += 1
+            result.failed[record.kantata_id] = message
+            if self.engine.on_invoice is not None:
+                self.engine.on_invoice(record.kantata_id, outcome, message, None)
+            return
         # A link the create's answer left out (or an API address an earlier release stored)
         # is taken from the listing: written with the next reference, at once if none is due.
         # A target whose link costs a request (Xero's organisation short code) is asked only

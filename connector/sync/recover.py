@@ -12,6 +12,7 @@ from connector.state.store import InvoiceRecord, Store
 from connector.sync.decide import IN_FLIGHT_STAGES
 from connector.sync.outcome import EngineSettings, Outcome
 from connector.sync.records import Records, remember_kantata
+from connector.sync.values import TAKEN_OUT
 from connector.sync.values import minor as _minor
 from connector.sync.values import text_id as _id
 from connector.sync.writeback import SERVICE_MODEL, Writeback
@@ -21,10 +22,6 @@ from mappings.ledger import LedgerDocument
 from mappings.money import format_money
 from mappings.profile import Profile
 from mappings.to_ledger import reference_for, reference_for_id
-
-TAKEN_OUT = frozenset({"deleted", "DELETED", "VOIDED"})
-"""What a reference says of an invoice the connector took out of the target's books (the
-target's own word for it: Noko's `deleted`, Xero's `DELETED` and `VOIDED`)."""
 
 if TYPE_CHECKING:
     from connector.sync.apply import Apply
