@@ -182,7 +182,10 @@ def _advance_clocks(job: dict[str, Any], conn: Any, seconds: float) -> None:
 
     from sandbox._core import ADMIN_PREFIX
 
-    for name, url in (("kantata", job["kantata_url"]), ("noko", job["noko_url"])):
+    services = [("kantata", job["kantata_url"]), ("noko", job["noko_url"])]
+    if job.get("xero"):
+        services.append(("xero", job["xero"]["api_url"]))
+    for name, url in services:
         root = httpx.URL(url).copy_with(path=f"{ADMIN_PREFIX}/clock", query=None)
         transport: httpx.BaseTransport | None = None
         if job.get("dispatch"):
@@ -202,6 +205,19 @@ def _run_connector(job: dict[str, Any]) -> dict[str, Any]:
 
     if job.get("dispatch"):
         _use_transports(job["dispatch"])
+    xero: dict[str, Any] = {}
+    if job.get("xero"):
+        # KANTATA_SYNC_TARGET=xero, as the demo configures it against the fake Xero.
+        given = job["xero"]
+        xero = {
+            "kantata_sync_target": "xero",
+            "xero_client_id": given["client_id"],
+            "xero_client_secret": SecretStr(given["client_secret"]),
+            "xero_base_url": given["api_url"],
+            "xero_token_url": given["token_url"],
+            "xero_connections_url": given["connections_url"],
+            "kantata_sync_mapping_profile": Path(given["profile"]),
+        }
     settings = Settings(
         kantata_base_url=job["kantata_url"],
         noko_base_url=job["noko_url"],
@@ -209,8 +225,11 @@ def _run_connector(job: dict[str, Any]) -> dict[str, Any]:
         noko_token=SecretStr(job["noko_token"]),
         kantata_sync_database_url=f"sqlite:///{job['database']}",
         kantata_sync_log_format="json",
+        **xero,
         **job.get("settings", {}),
     )
+    # The target's counters (Noko's or Xero's), reported under its name.
+    side = "xero" if xero else "noko"
     configure_logging(settings.kantata_sync_log_format, settings.kantata_sync_log_level)
     stop = threading.Event()
     cycles: list[dict[str, Any]] = []
@@ -230,10 +249,11 @@ def _run_connector(job: dict[str, Any]) -> dict[str, Any]:
                 timer.daemon = True
                 timer.start()
             k_before = conn.kantata.stats.snapshot()
-            n_before = conn.noko.stats.snapshot()
+            n_before = conn.target_stats.snapshot()
             profiles = _ThreadProfiles() if job.get("profile") and kind == "backfill" else None
             sampler = _RssSampler(conn.engine) if kind == "backfill" else None
             handoff = _handoff_cpu()
+            started_at = time.time()
             meter = _Meter()
             if profiles is not None:
                 with profiles:
@@ -241,6 +261,7 @@ def _run_connector(job: dict[str, Any]) -> dict[str, Any]:
             else:
                 result = conn.engine.run_cycle(kind)
             measured = meter.done()
+            measured["started_at"], measured["ended_at"] = started_at, time.time()
             measured["handoff_cpu"] = _handoff_cpu() - handoff
             if sampler is not None:
                 measured["rss_series"] = sampler.close()
@@ -258,12 +279,26 @@ def _run_connector(job: dict[str, Any]) -> dict[str, Any]:
                     "failed": len(result.failed),
                     "pages": result.pages,
                     "kantata": _delta(conn.kantata.stats.snapshot(), k_before),
-                    "noko": _delta(conn.noko.stats.snapshot(), n_before),
+                    side: _delta(conn.target_stats.snapshot(), n_before),
                 }
             )
             stop.clear()
             later = 0.0
-    return {"startup": startup, "cycles": cycles, "workers": settings.kantata_sync_workers}
+    return {
+        "startup": startup,
+        "cycles": cycles,
+        "workers": settings.kantata_sync_workers,
+        "settings": {
+            key: getattr(settings, key)
+            for key in (
+                "kantata_max_requests_per_second",
+                "xero_max_requests_per_minute",
+                "xero_max_concurrent",
+            )
+        }
+        if xero
+        else {},
+    }
 
 
 def _run_naive(job: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@
     python -m bench.run --quick    # a one-minute subset with smaller N
     python -m bench.run --only inprocess --no-cap   # one part, without the time budget
     python -m bench.run --profile  # also profile the connector (cProfile, every thread)
+    python -m bench.run --only xero   # the backfill into the fake Xero at Xero's real limits
 
 The sandbox (fake Kantata and fake Noko) runs in this process; the connector runs in a child
 process (`bench.child`) opened with `Settings` and `open_connector`, so its CPU time and peak
@@ -33,6 +34,7 @@ from typing import Any
 from bench.dispatch import DispatchServer
 from bench.tap import TapCheck, check_tap
 from bench.workload import Workload, populate
+from bench.xero import XERO_LIMITS, XeroRun, xero_run, xero_targets
 from connector.kantata.client import REFERENCE_UPSERT
 from sandbox import FakeKantata, FakeNoko, FaultConfig, Sandbox
 from tests.e2e import KANTATA_TOKEN, NOKO_TOKEN, check_books
@@ -444,7 +446,7 @@ HEADER = [
     "wall s",
     "invoices/s",
     "Kantata req (/inv)",
-    "Noko req (/inv)",
+    "Noko/Xero req (/inv)",
     "429s (share)",
     "bound s",
     "of bound",
@@ -654,13 +656,48 @@ class Plan:
     side: int
     dispatch: tuple[int, ...]
     budget: float
+    xero: int = 1_000
 
 
 FULL = Plan(real=20, scaled=(1_000, 10_000), side=200, dispatch=(10_000, 100_000), budget=1200)
-QUICK = Plan(real=2, scaled=(100,), side=20, dispatch=(300, 1_000), budget=70)
+QUICK = Plan(real=2, scaled=(100,), side=20, dispatch=(300, 1_000), budget=70, xero=100)
 
 
-SECTIONS = ("real", "scaled", "side", "tap", "inprocess")
+SECTIONS = ("real", "scaled", "side", "tap", "inprocess", "xero")
+
+
+def _xero_rows(run: XeroRun) -> list[Row]:
+    """The Xero run's lines of the table: the Xero requests in the Noko/Xero column, the bound
+    the longer of Kantata's (pages and write-backs / 10 per s) and Xero's (requests / 1 per s)."""
+    rows = []
+    for index, cycle in enumerate(run.cycles):
+        quiet = cycle["kind"] != "backfill"
+        label = run.label
+        if quiet:
+            label = (
+                f"  sync {cycle['later'] / 60:.0f} min later (reads the write-backs)"
+                if index == 1 and cycle.get("later")
+                else "  sync again, nothing new"
+            )
+        seen = run.breakdowns[index]
+        pushed = int(cycle["counts"].get("pushed", 0))
+        row = Row(
+            scenario=label,
+            n=run.eligible if quiet else pushed,
+            wall=cycle["wall"],
+            kantata=cycle["kantata"]["requests"],
+            noko=cycle["xero"]["requests"],
+            status_429=cycle["kantata"]["status_429"] + seen.limited,
+            cpu=cycle["cpu"],
+            rss_peak_kb=cycle["rss_peak_kb"],
+            rss_start_kb=cycle.get("rss_start_kb"),
+            quiet=quiet,
+            pushed=pushed,
+        )
+        if not quiet:
+            row.bound = max(run.bounds())
+        rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -691,6 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     side: tuple[Run, Run] | None = None
     tap: TapCheck | None = None
     dispatch_runs: list[Run] = []
+    xero: XeroRun | None = None
     with tempfile.TemporaryDirectory(prefix="kantata-sync-bench-") as name:
         tmp = Path(name)
         if "real" in sections:
@@ -756,6 +794,11 @@ def main(argv: list[str] | None = None) -> int:
             if index == 0 and CPUS != "all":
                 _progress(f"in-process backfill of {n:,} invoices, connector on CPUs all", started)
                 dispatch_runs.append(dispatch_run(n, tmp, seed=seed, time_cap=None, cpus="all"))
+        if "xero" in sections:
+            _progress(
+                f"backfill of {plan.xero:,} invoices into Xero at {XERO_LIMITS.label()}", started
+            )
+            xero = xero_run(plan.xero, tmp, seed=seed, spawn=_child)
         profile_path = None
         if args.profile:
             profile_path = str(tmp / "connector.prof")
@@ -764,16 +807,29 @@ def main(argv: list[str] | None = None) -> int:
         _progress("done", started)
 
         runs = [*http_runs, *([wide] if wide else ()), *(side or ()), *dispatch_runs]
-        print(table([row for run in runs for row in run.rows]))
+        rows = [row for run in runs for row in run.rows]
+        if xero is not None:
+            rows += _xero_rows(xero)
+        print(table(rows))
         print()
         workers = next((run.workers for run in runs if run.workers), None)
-        print(
-            f"Targets (kantata_sync_workers={workers}, the default; "
-            f"connector on CPUs {CPUS}"
-            + (", placed as deployed):" if CPUS_REFUSED is None else ", the default):")
-        )
-        for line in targets(http_runs, real, dispatch_runs, wide):
-            print(f"  {line}")
+        if runs:
+            print(
+                f"Targets (kantata_sync_workers={workers}, the default; "
+                f"connector on CPUs {CPUS}"
+                + (", placed as deployed):" if CPUS_REFUSED is None else ", the default):")
+            )
+            for line in targets(http_runs, real, dispatch_runs, wide):
+                print(f"  {line}")
+            print()
+        if xero is not None:
+            print(
+                f"Xero ({XERO_LIMITS.label()}; the connector with "
+                + ", ".join(f"{k}={v}" for k, v in xero.settings.items())
+                + f", {xero.workers} workers):"
+            )
+            for line in xero_targets(xero):
+                print(f"  {line}")
         if side is not None:
             print()
             for line in side_by_side(*side):
@@ -783,6 +839,13 @@ def main(argv: list[str] | None = None) -> int:
             print(_tap_line(tap))
         print()
         print(_notes([*http_runs, *([wide] if wide else ())], started))
+        if xero is not None:
+            print(
+                "  Xero rows: the Noko/Xero column holds Xero's requests; bound s: the longer of\n"
+                "  Kantata's (pages of 200 + one write-back per invoice, at 10/s) and Xero's\n"
+                "  (the requests the fake answered, at 60 a minute); the requests by what they\n"
+                "  were for are the fake's own counts."
+            )
         if profile_path is not None:
             print()
             print_profile(profile_path)

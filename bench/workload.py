@@ -100,10 +100,22 @@ def _line(rng: random.Random, kind: str, unit: int, workspace: int, day: str) ->
     }
 
 
-def populate(kantata: FakeKantata, noko: FakeNoko, invoices: int, *, seed: int = 6) -> Workload:
+def populate(
+    kantata: FakeKantata,
+    noko: FakeNoko | None,
+    invoices: int,
+    *,
+    seed: int = 6,
+    currencies: tuple[str, ...] | None = None,
+) -> Workload:
     """Add `invoices` eligible invoices (plus one skipped per 20) to `kantata`, and the Noko
-    projects they book on to `noko`. The same arguments give the same data."""
+    projects they book on to `noko` (none without one). `currencies` keeps only those of the
+    four (an accounting system that has not enabled the others: Xero's organisation). The same
+    arguments give the same data."""
     rng = random.Random(seed)
+    enabled = tuple(c for c in _CURRENCIES if currencies is None or c[0] in currencies)
+    if not enabled or enabled[0][0] != "USD":
+        raise ValueError("the workload needs USD among its currencies")
     now = kantata.now()
     n_clients = max(3, min(200, invoices // 15 + 3))
     n_workspaces = max(4, min(400, invoices // 6 + 4))
@@ -114,19 +126,20 @@ def populate(kantata: FakeKantata, noko: FakeNoko, invoices: int, *, seed: int =
     staff = [kantata.add_user(f"Consultant {i}", f"c{i}@consultancy.example") for i in range(4)]
     by_currency: dict[str, list[tuple[int, int]]] = {}
     for index in range(n_workspaces):
-        code, unit = ("USD", 100) if index == 0 else _pick_currency(rng)
+        code, unit = ("USD", 100) if index == 0 else _pick_currency(rng, enabled)
         title = f"Client {index % n_clients} — {_PROJECT_KINDS[index % 4]} {index}"
         workspace = kantata.add_workspace(
             title, currency=code, client_id=clients[index % n_clients]
         )
         by_currency.setdefault(code, []).append((workspace, unit))
-        noko.add_project(title)
+        if noko is not None:
+            noko.add_project(title)
 
     skipped = 0
     lines = 0
     total = invoices + invoices // SKIPPED_EVERY
     for index in range(total):
-        code, _unit = _pick_currency(rng)
+        code, _unit = _pick_currency(rng, enabled)
         pool = by_currency.get(code) or by_currency["USD"]
         workspace, unit = rng.choice(pool)
         spaces = [workspace]
@@ -160,8 +173,10 @@ def populate(kantata: FakeKantata, noko: FakeNoko, invoices: int, *, seed: int =
     return Workload(total - skipped, skipped, lines, n_workspaces)
 
 
-def _pick_currency(rng: random.Random) -> tuple[str, int]:
-    code, unit, _ = rng.choices(_CURRENCIES, weights=[c[2] for c in _CURRENCIES])[0]
+def _pick_currency(
+    rng: random.Random, pool: tuple[tuple[str, int, int], ...] = _CURRENCIES
+) -> tuple[str, int]:
+    code, unit, _ = rng.choices(pool, weights=[c[2] for c in pool])[0]
     return code, unit
 
 

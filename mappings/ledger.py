@@ -73,6 +73,11 @@ class LedgerDocument:
     issuer_name: str = ""
     """The company issuing the invoice (the profile's `[ledger] issuer_name`); the customer is
     `customer_name`, the recipient."""
+    customer_id: str | None = None
+    """Kantata's id of the customer (the invoice's recipient, its client lead) when
+    `customer_name` names the recipient; None when the name comes from the projects or the
+    fallback. Targets that keep customers (Xero's `ContactNumber`) find them by it. Not part of
+    the fingerprint: who the customer is does not change what the document says."""
 
     def fingerprint(self) -> str:
         """sha256 of everything the document says except Kantata's untrusted balance."""
@@ -80,6 +85,7 @@ class LedgerDocument:
         data.pop("balance_in_cents")
         data.pop("time_note")
         data.pop("billing_increment")
+        data.pop("customer_id")
         # Fields added after the first release are left out while unset, so that documents
         # pushed before them keep their fingerprints (and are not pushed again).
         if data["hourly_rate_minor"] is None:

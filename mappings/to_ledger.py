@@ -104,7 +104,7 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
                 for line in lines
             ]
 
-    customer = _customer(invoice, profile)
+    customer, customer_id = _customer(invoice, profile)
     due = _due_date(invoice)
     projects = tuple(dict.fromkeys(project_of(line) for line in billed)) or tuple(
         dict.fromkeys(
@@ -142,6 +142,7 @@ def to_ledger(invoice: KantataInvoice, profile: Profile) -> LedgerDocument:
         if profile.time.mode == "entries"
         else None,
         issuer_name=profile.ledger.issuer_name,
+        customer_id=customer_id,
     )
 
 
@@ -199,21 +200,24 @@ def _due_date(invoice: KantataInvoice) -> date | None:
     return invoice.due_date
 
 
-def _customer(invoice: KantataInvoice, profile: Profile) -> str:
+def _customer(invoice: KantataInvoice, profile: Profile) -> tuple[str, str | None]:
+    """(the customer's name, Kantata's id of the customer when the name is the recipient's)."""
+    recipient = invoice.recipient
     table = profile.customer.names
     if table:
-        keys = [ws.id for ws in invoice.workspaces]
-        if invoice.recipient is not None:
-            keys = [invoice.recipient.email_address, invoice.recipient.id, *keys]
-        for key in keys:
-            if key and key in table:
-                return table[key]
+        if recipient is not None:
+            for key in (recipient.email_address, recipient.id):
+                if key and key in table:
+                    return table[key], recipient.id
+        for ws in invoice.workspaces:
+            if ws.id and ws.id in table:
+                return table[ws.id], None
     titles = ", ".join(ws.title for ws in invoice.workspaces if ws.title)
-    if profile.customer.source == "recipient" and invoice.recipient is not None:
-        name = invoice.recipient.full_name.strip()
+    if profile.customer.source == "recipient" and recipient is not None:
+        name = recipient.full_name.strip()
         if name:
-            return name
-    return titles or profile.customer.fallback
+            return name, recipient.id
+    return titles or profile.customer.fallback, None
 
 
 def _describe(line: KantataLine, exponent: int) -> str:

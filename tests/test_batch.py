@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -177,3 +178,32 @@ def test_close_sends_what_waits() -> None:
     writes.close()
     thread.join(timeout=10)
     assert got["w"].target_id == "T1"
+
+
+def test_invoice_locks_keep_one_thread_per_invoice_and_never_tie_two_invoices() -> None:
+    """A worker waiting in a batch holds its invoice's lock: another invoice's worker must
+    never wait for it (a shared, hashed lock could), the same invoice's must."""
+    from connector.sync.pool import InvoiceLocks
+
+    locks = InvoiceLocks()
+    # Many ids held at once by one thread: none waits for another (a hashed stripe would).
+    with contextlib.ExitStack() as stack:
+        for n in range(5000):
+            stack.enter_context(locks.hold(str(n)))
+        assert len(locks) == 5000
+    assert len(locks) == 0  # nothing kept per invoice once it is done
+    entered = threading.Event()
+    order: list[str] = []
+    with locks.hold("7"):
+        thread = threading.Thread(target=lambda: (entered.set(), _hold(locks, "7", order)))
+        thread.start()
+        entered.wait(5)
+        order.append("first done")
+    thread.join(5)
+    assert order == ["first done", "second"]
+    assert len(locks) == 0
+
+
+def _hold(locks: Any, key: str, order: list[str]) -> None:
+    with locks.hold(key):
+        order.append("second")

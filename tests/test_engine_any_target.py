@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from connector.faces.app import open_connector
+from connector.faces.report import build_report
 from connector.sync.engine import SyncEngine
 from connector.targets.base import (
     Cancel,
@@ -23,6 +24,7 @@ from connector.targets.base import (
     Written,
 )
 from connector.targets.noko.index import NokoIndex
+from mappings.errors import MappingError
 from mappings.ledger import LedgerDocument
 from sandbox import Sandbox, generate
 from tests.e2e import settings_for
@@ -34,7 +36,9 @@ class _Ledgerly:
     name = "Ledgerly"
     batch_size = 3
 
-    def __init__(self) -> None:
+    def __init__(self, cannot_hold: str = "") -> None:
+        self.cannot_hold = cannot_hold
+        """A currency this system cannot hold: such an invoice fails alone, nothing sent."""
         self.invoices: dict[str, dict[str, Any]] = {}
         self.batches: list[tuple[str, int]] = []
         self.lock = threading.Lock()
@@ -93,6 +97,15 @@ class _Ledgerly:
             self.batches.append(("create", len(items)))
             out: list[Written | Exception] = []
             for item in items:
+                if item.doc.currency == self.cannot_hold:
+                    out.append(
+                        MappingError(
+                            item.kantata_id,
+                            "currency",
+                            f"{self.cannot_hold} is not enabled in Ledgerly",
+                        )
+                    )
+                    continue
                 invoice = {"id": str(uuid.uuid4()), "state": "AUTHORISED", "paid": False}
                 invoice.update(self._fields(item.doc))
                 self.invoices[invoice["id"]] = invoice
@@ -183,3 +196,39 @@ def test_the_engine_works_any_target_through_the_interface(box: Sandbox, tmp_pat
     # Noko was never asked for anything.
     assert box.noko.state()["invoices"] == []
     assert kept_id in ledgerly.invoices
+
+
+def test_an_invoice_the_target_cannot_hold_fails_alone_with_the_reason(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """A per-invoice MappingError from the target (what it cannot hold exactly) fails that
+    invoice as `unfit`, says so in Kantata and in the report's advice, and the rest of the
+    batch is pushed."""
+    generate(box.kantata, seed=72, invoices=8, draft_rate=0, cancelled_rate=0)
+    currency = {i: box.kantata._invoices[i].currency for i in box.kantata.invoice_ids()}
+    refused = sorted(set(currency.values()))[0]
+    ledgerly = _Ledgerly(cannot_hold=refused)
+    with open_connector(settings_for(box, tmp_path, kantata_sync_workers=4)) as c:
+        engine = SyncEngine(
+            kantata=c.kantata,
+            target=ledgerly,
+            store=c.store,
+            profile=c.engine.profile,
+            settings=c.engine.settings,
+        )
+        result = engine.run_cycle()
+        unfit = [i for i, code in currency.items() if code == refused]
+        assert unfit and result.counts["failed"] == len(unfit)
+        assert result.counts["pushed"] == 8 - len(unfit)
+        for kantata_id in unfit:
+            record = c.store.get_invoice(str(kantata_id))
+            assert record is not None and record.status == "failed"
+            assert record.error_kind == "unfit" and record.target_id is None
+            assert f"{refused} is not enabled" in (record.last_error or "")
+            (ref,) = box.kantata.external_references(kantata_id)
+            assert ref["status"] == "failed"
+            assert ref["external_message"].startswith("Ledgerly cannot hold this invoice")
+        report = build_report(c.store, target="Ledgerly")
+        advice = {row["kantata_invoice_id"]: row["action"] for row in report["failures"]}
+        assert "enable the currency in Ledgerly" in advice[str(unfit[0])]
+    assert len(ledgerly.invoices) == 8 - len(unfit)

@@ -230,6 +230,7 @@ def _fingerprint_as_first_released(doc: LedgerDocument) -> str:
     if not data["issuer_name"]:  # added later: left out while unset, as hourly_rate_minor
         data.pop("issuer_name")
     data.pop("billing_increment")  # added later: a profile setting, never fingerprinted
+    data.pop("customer_id")  # added later: who the customer is, never fingerprinted
     for line in data["lines"]:
         if line["minutes"] is None:
             line.pop("minutes")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
@@ -478,15 +478,36 @@ def test_token_file_replaced_while_running_is_used_at_the_next_cycle(
 # --------------------------------------------------------------------------- the daemon
 
 
+_LINES: dict[int, queue.Queue[str | None]] = {}
+
+
+def _lines_of(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
+    """The process's stderr lines, read by a thread of their own (a select() on the pipe
+    misses lines already taken into the file object's buffer)."""
+    if proc.pid not in _LINES:
+        lines: queue.Queue[str | None] = queue.Queue()
+        stream = proc.stderr
+        assert stream is not None
+
+        def pump() -> None:
+            for line in stream:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        _LINES[proc.pid] = lines
+    return _LINES[proc.pid]
+
+
 def _read_json_line(proc: subprocess.Popen[str], want: str, seen: list[str]) -> dict[str, Any]:
-    assert proc.stderr is not None
+    lines = _lines_of(proc)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 1.0)
-        if not ready:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
             continue
-        line = proc.stderr.readline()
-        if not line:
+        if line is None:
             break
         seen.append(line)
         parsed: dict[str, Any] = json.loads(line)
@@ -554,8 +575,9 @@ def _drive_daemon(proc: subprocess.Popen[str], seen: list[str]) -> None:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.stderr is not None
-    seen += proc.stderr.read().splitlines()
+    lines = _lines_of(proc)
+    while (line := lines.get(timeout=30)) is not None:
+        seen.append(line)
 
 
 def test_webhook_setting_is_checked_without_repeating_the_url() -> None:

@@ -68,7 +68,7 @@ def test_target_xero_needs_no_noko_setting_and_defaults_to_xeros_hosts() -> None
     assert settings.kantata_sync_target == "xero"
     assert settings.target_name == "Xero"
     assert settings.kantata_sync_service_name == "xero"  # the references Kantata shows
-    assert settings.kantata_sync_workers == 50  # a batch of 50 fills
+    assert settings.kantata_sync_workers == 100  # one batch fills while the last writes back
     assert settings.xero_base_url == "https://api.xero.com/api.xro/2.0"
     assert settings.xero_token_url == "https://identity.xero.com/connect/token"
     assert settings.xero_connections_url == "https://api.xero.com/connections"

@@ -697,3 +697,61 @@ def test_a_payment_landing_between_the_read_and_the_edit_is_refused_not_voided()
     assert isinstance(result, TargetRefusedError)
     assert fake.docs["Invoices"][made.target_id]["Status"] == "AUTHORISED"
     assert len(fake.docs["Invoices"]) == 1
+
+
+def client_doc(kantata_id: str, client_id: str | None, name: str = "Acme") -> LedgerDocument:
+    return dataclasses.replace(doc(kantata_id), customer_name=name, customer_id=client_id)
+
+
+def client_doc_write(kantata_id: str, client_id: str | None, name: str = "Acme") -> Write:
+    return Write(kantata_id, client_doc(kantata_id, client_id, name))
+
+
+def contact_of(fake: FakeXero, result: Any) -> dict[str, Any]:
+    assert isinstance(result, Written), result
+    contact_id = fake.docs["Invoices"][result.target_id]["Contact"]["ContactID"]
+    contact: dict[str, Any] = fake.contacts[contact_id]
+    return contact
+
+
+def test_two_clients_of_one_name_get_two_contacts_by_contact_number() -> None:
+    target, fake, transport = target_for(FakeXero(output_rate=RATE))
+    results = target.create([client_doc_write(i, c) for i, c in (("1", "501"), ("2", "502"))])
+    first, second = (contact_of(fake, r) for r in results)
+    assert (first["ContactNumber"], second["ContactNumber"]) == ("501", "502")
+    assert first["ContactID"] != second["ContactID"]
+    assert (first["Name"], second["Name"]) == ("Acme", "Acme (502)")  # Xero: names are unique
+    [again] = target.create([client_doc_write("3", "502")])
+    assert contact_of(fake, again)["ContactID"] == second["ContactID"]
+    assert len(fake.contacts) == 2
+    calls = api_calls(transport)
+    assert calls.count(("GET", "Contacts")) == 1 and calls.count(("PUT", "Contacts")) == 1
+
+
+def test_an_existing_contact_with_the_client_id_as_contact_number_is_reused() -> None:
+    fake = FakeXero(output_rate=RATE)
+    books = "00000000-0000-0000-0000-000000000501"
+    fake.contacts[books] = {"ContactID": books, "Name": "Acme Holdings", "ContactNumber": "501"}
+    hand = "00000000-0000-0000-0000-0000000000a1"
+    fake.contacts[hand] = {"ContactID": hand, "Name": "Acme", "ContactNumber": ""}
+    target, fake, transport = target_for(fake)
+    [made] = target.create([client_doc_write("1", "501")])
+    assert contact_of(fake, made)["ContactID"] == books  # by number, before the name
+    assert len(fake.contacts) == 2 and ("PUT", "Contacts") not in api_calls(transport)
+    current = fake.docs["Invoices"][made.target_id]  # type: ignore[union-attr]
+    assert not target.header_differs(client_doc("1", "501"), current)
+    assert target.header_differs(client_doc("1", "777"), current)  # 777's contact: Acme
+
+
+def test_the_name_is_the_fallback_but_never_another_clients_contact() -> None:
+    fake = FakeXero(output_rate=RATE)
+    hand = "00000000-0000-0000-0000-0000000000a1"
+    fake.contacts[hand] = {"ContactID": hand, "Name": "Acme", "ContactNumber": ""}
+    other = "00000000-0000-0000-0000-0000000000b1"
+    fake.contacts[other] = {"ContactID": other, "Name": "Beta", "ContactNumber": "999"}
+    target, fake, _t = target_for(fake)
+    made = target.create([client_doc_write("1", "501"), client_doc_write("2", "502", "Beta")])
+    assert contact_of(fake, made[0])["ContactID"] == hand  # made by hand, no number: by name
+    beta = contact_of(fake, made[1])
+    assert beta["ContactID"] != other
+    assert (beta["Name"], beta["ContactNumber"]) == ("Beta (502)", "502")

@@ -36,9 +36,10 @@ SECTION_PREFIX = {
     "sync": "kantata_sync_",
 }
 TARGET_NAMES = {"noko": "Noko", "xero": "Xero"}
-XERO_WORKERS = 50
+XERO_WORKERS = 100
 """Workers with Xero as the target: one request takes up to 50 invoices, and a batch is sent
-when every worker waits in it."""
+when 50 wait in it (or every worker does). Twice a batch, so that the next batch fills while
+the workers of the last one write their references back to Kantata."""
 """How reports and messages name each target."""
 CONFIG_ENV = "KANTATA_SYNC_CONFIG"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
@@ -101,7 +102,7 @@ class Settings(BaseSettings):
     kantata_sync_http_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     kantata_sync_interval: float = Field(default=300.0, gt=0)
     kantata_sync_reconcile_interval: float = Field(default=86400.0, ge=0)
-    kantata_sync_workers: int = Field(default=8, ge=1, le=64)
+    kantata_sync_workers: int = Field(default=8, ge=1, le=128)
     kantata_sync_lookback_seconds: float = Field(default=300.0, ge=0)
     kantata_sync_clock_skew_seconds: float = Field(default=60.0, ge=0)
     kantata_sync_mapping_profile: Path | None = None
@@ -157,8 +158,8 @@ class Settings(BaseSettings):
     def _defaults_of_target(cls, data: Any) -> Any:
         """Defaults that follow the target unless the operator sets them: the references
         written to Kantata are named after it (`KANTATA_SYNC_SERVICE_NAME`: `noko` or `xero`),
-        and Xero gets as many workers as one of its requests takes invoices (50), so that
-        batches fill (`KANTATA_SYNC_WORKERS`)."""
+        and Xero gets as many workers as two of its requests take invoices (100), so that
+        batches fill while the last one's references are written back (`KANTATA_SYNC_WORKERS`)."""
         if not isinstance(data, dict):
             return data
         target = data.get("kantata_sync_target")

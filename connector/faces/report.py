@@ -25,6 +25,9 @@ DAYS_CHARTED = 28
 ACTIONS = {
     "mapping": "Fix the field named in the error in Kantata; the invoice is retried as soon as "
     "it changes (or run `kantata-sync retry {id}`).",
+    "unfit": "{target} cannot hold it exactly (the error names why): enable the currency in "
+    "{target}, or name the account or tax type in the profile, then run "
+    "`kantata-sync retry {id}`.",
     "permanent": "{target} refused it: fix the cause named in the error, then run "
     "`kantata-sync retry {id}`.",
     "transient": "Retried automatically{when}; if it keeps failing, run `kantata-sync doctor`.",

@@ -170,6 +170,13 @@ class ApiTransport:
         self._headers = httpx.Headers(self._client.headers)
         self._json_headers = httpx.Headers(self._client.headers)
         self._json_headers["Content-Type"] = "application/json"
+        # The same with the Host header httpx adds, for requests to the base URL's origin.
+        self._netloc = self.base_url.netloc
+        self._host_headers = httpx.Headers([(b"Host", self._netloc), *self._headers.raw])
+        self._host_json_headers = httpx.Headers([(b"Host", self._netloc), *self._json_headers.raw])
+        self._host_empty_headers = httpx.Headers(
+            [(b"Host", self._netloc), (b"Content-Length", b"0"), *self._headers.raw]
+        )
 
     def __repr__(self) -> str:
         return f"ApiTransport(service={self.service!r}, base_url={str(self.base_url)!r})"
@@ -289,6 +296,24 @@ class ApiTransport:
             return _parse_url(text)
         return self._client.build_request("GET", target, params=query).url
 
+    def _request(self, method: str, url: httpx.URL, content: bytes | None) -> httpx.Request:
+        """The request as httpx builds it from `content=` (Host, then the client's headers,
+        the content's type and length), its headers copied from ones made once: httpx would
+        normalise them all again and build them twice."""
+        if url.netloc != self._netloc:
+            headers = self._json_headers if content is not None else self._headers
+            return httpx.Request(method, url, content=content, headers=headers)
+        if content is not None:
+            headers = httpx.Headers(self._host_json_headers)
+            headers["Content-Length"] = str(len(content))
+        else:
+            content = b""
+            bodiless = method in ("POST", "PUT", "PATCH")
+            headers = self._host_empty_headers if bodiless else self._host_headers
+        request = httpx.Request(method, url, headers=headers, stream=httpx.ByteStream(content))
+        request.read()
+        return request
+
     def _record_attempt(self, request: httpx.Request, waited: float) -> None:
         self.stats.record_request(self._template(request.method, request.url), waited)
 
@@ -325,12 +350,7 @@ class ApiTransport:
         template = self._template(method, target)
         content = encode_json(body) if body is not None else None
         query = {k: v for k, v in params.items() if v is not None} if params else None
-        request = httpx.Request(
-            method,
-            self._url(target, query),
-            content=content,
-            headers=self._json_headers if content is not None else self._headers,
-        )
+        request = self._request(method, self._url(target, query), content)
         started = self._clock()
         give_up_at = started + self.retry.max_total
         attempt = 0

@@ -125,7 +125,9 @@ class Apply:
             if isinstance(exc, WriteInDoubtError):
                 self.late.note_in_doubt()
             return self.records.fail(record, "transient", str(exc), run_id, log, retry=True)
-        except (PermanentApiError, MappingError) as exc:
+        except MappingError as exc:
+            return self._unfit(inv.id, record, exc, run_id, log)
+        except PermanentApiError as exc:
             outcome = self.records.fail(record, "permanent", str(exc), run_id, log, retry=False)
             self.writeback.write_failure(
                 inv.id, record, f"{self.name} refused the invoice: {exc}", run_id, log
@@ -280,7 +282,9 @@ class Apply:
             if isinstance(exc, WriteInDoubtError):
                 self.late.note_in_doubt()
             return self.records.fail(record, "transient", str(exc), run_id, log, retry=True)
-        except (PermanentApiError, MappingError, DuplicateInTargetError) as exc:
+        except MappingError as exc:
+            return self._unfit(inv.id, record, exc, run_id, log)
+        except (PermanentApiError, DuplicateInTargetError) as exc:
             outcome = self.records.fail(record, "permanent", str(exc), run_id, log, retry=False)
             self.writeback.write_failure(
                 inv.id, record, f"{name} refused the update: {exc}", run_id, log
@@ -467,6 +471,24 @@ class Apply:
             record, durable=False, run_id=run_id, event="skipped", detail=reason
         )
         return "skipped", None
+
+    def _unfit(
+        self,
+        kantata_id: str,
+        record: InvoiceRecord,
+        exc: MappingError,
+        run_id: str,
+        log: Any,
+    ) -> tuple[Outcome, str | None]:
+        """The target cannot hold the invoice exactly (a currency it has not enabled or
+        rounds differently, an account or tax type it lacks): nothing was sent for it. Not
+        retried by itself: the fix is in the target or the profile, then `retry`."""
+        message = str(exc)
+        outcome = self.records.fail(record, "unfit", message, run_id, log, retry=False)
+        self.writeback.write_failure(
+            kantata_id, record, f"{self.name} cannot hold this invoice: {message}", run_id, log
+        )
+        return outcome
 
     def fail_unmappable(
         self,

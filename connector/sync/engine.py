@@ -19,6 +19,7 @@ import dataclasses
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ from connector.sync.cycle import Cycle
 from connector.sync.decide import Action, decide, decide_source
 from connector.sync.late_writes import IN_DOUBT_MARK, LATE_WRITE_WINDOW, LateWrites
 from connector.sync.outcome import CYCLE_OUTCOMES, CycleResult, EngineSettings, Outcome
+from connector.sync.pool import InvoiceLocks
 from connector.sync.records import Records, forget_target, remember_kantata
 from connector.sync.recover import Recover
 from connector.sync.values import describe as _describe
@@ -61,8 +63,6 @@ __all__ = [
     "Outcome",
     "SyncEngine",
 ]
-
-ID_LOCK_STRIPES = 1024
 
 
 def utcnow() -> datetime:
@@ -145,9 +145,8 @@ class SyncEngine:
         self.clock = clock
         self.stop = stop or threading.Event()
         self.log = structlog.get_logger("kantata_sync.engine")
-        # One invoice is worked on by one thread at a time. A fixed set of locks, picked by the
-        # id's hash, serves every id: nothing is kept per invoice, and no code path holds two.
-        self._id_locks = tuple(threading.Lock() for _ in range(ID_LOCK_STRIPES))
+        # One invoice is worked on by one thread at a time; no code path holds two.
+        self._id_locks = InvoiceLocks()
         self.on_progress: Callable[[Counter[str]], None] | None = None
         self.on_page: Callable[[int, int], None] | None = None
         """Called with (page number, Kantata's total count for the query) as pages arrive."""
@@ -231,8 +230,8 @@ class SyncEngine:
 
     # ================================================================== one invoice
 
-    def lock_for(self, kantata_id: str) -> threading.Lock:
-        return self._id_locks[hash(kantata_id) % ID_LOCK_STRIPES]
+    def lock_for(self, kantata_id: str) -> AbstractContextManager[None]:
+        return self._id_locks.hold(kantata_id)
 
     def handle(
         self,

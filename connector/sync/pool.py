@@ -3,6 +3,7 @@ bounded number in flight (`Slots`), each worked on by `SyncEngine.handle` in a w
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections import Counter
@@ -23,6 +24,38 @@ if TYPE_CHECKING:
     from connector.sync.engine import SyncEngine
 
 PREFETCH = 200  # records read from the store in one query, a page's worth
+
+
+class InvoiceLocks:
+    """One invoice is worked on by one thread at a time: a lock per invoice id, kept only
+    while some thread holds or waits for it. Two different invoices never wait for each other
+    (a worker waiting in a batch of writes holds its invoice's lock; a shared lock would keep
+    another invoice's worker from ever joining that batch)."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, kantata_id: str) -> Iterator[None]:
+        with self._mutex:
+            lock, users = self._held.get(kantata_id, (None, 0))
+            lock = lock or threading.Lock()
+            self._held[kantata_id] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._mutex:
+                users = self._held[kantata_id][1] - 1
+                if users:
+                    self._held[kantata_id] = (lock, users)
+                else:
+                    del self._held[kantata_id]
+
+    def __len__(self) -> int:
+        with self._mutex:
+            return len(self._held)
 
 
 class Runner:
