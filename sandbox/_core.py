@@ -188,6 +188,16 @@ class Stats:
             if write is not None and len(self.writes) < MAX_WRITES_KEPT:
                 self.writes.append(write)
 
+    def mark_dropped(self, method: str, path: str, fault: str = "drop") -> None:
+        """The latest recorded write of `method path` had its answer dropped after all."""
+        with self._lock:
+            self.faults[fault] += 1
+            for write in reversed(self.writes):
+                if write["method"] == method and write["path"] == path and not write["dropped"]:
+                    write["dropped"] = True
+                    write["fault"] = fault
+                    return
+
     def reset(self) -> None:
         """Forget every counter and recorded write."""
         with self._lock:

@@ -206,6 +206,7 @@ class FakeXero(Service):
             ):
                 self.drop_next_writes -= 1
                 response.drop = True
+                self.stats.mark_dropped(request.method, request.path)
             response.headers.extend(self._limit_headers())
             return response
         finally:

@@ -103,6 +103,16 @@ class InvoiceLookups:
             )
             return {status: int(count) for status, count in rows}
 
+    def has_credits(self) -> bool:
+        """Whether any invoice in the target is a credit (a negative total)."""
+        with self._store._session() as session:
+            row = session.exec(
+                select(InvoiceRow.kantata_id)
+                .where(col(InvoiceRow.target_id).is_not(None) & (col(InvoiceRow.total_minor) < 0))
+                .limit(1)
+            ).first()
+            return row is not None
+
     def invoices_with_status(self, *statuses: str, limit: int = 500) -> list[InvoiceRecord]:
         c = _INVOICES.c
         return self._records(

@@ -376,6 +376,9 @@ class Store:
     def counts(self) -> dict[str, int]:
         return self._lookups.counts()
 
+    def has_credits(self) -> bool:
+        return self._lookups.has_credits()
+
     def invoices_with_status(self, *statuses: str, limit: int = 500) -> list[InvoiceRecord]:
         return self._lookups.invoices_with_status(*statuses, limit=limit)
 

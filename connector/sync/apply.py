@@ -290,6 +290,12 @@ class Apply:
                 inv.id, record, f"{name} refused the update: {exc}", run_id, log
             )
             return outcome
+        if written.target_id and written.target_id != target_id:
+            # The target refused the edit and made the invoice again (the old one voided): the
+            # record and the Kantata reference follow the new one.
+            record.target_id = target_id = written.target_id
+            record.target_link = None
+            log = log.bind(target_invoice_id=target_id)
         record.target_state = written.state or record.target_state
         record.target_link = written.link or record.target_link
         record.target_lines = None if written.lines is None else json.dumps(written.lines)
@@ -362,8 +368,10 @@ class Apply:
         self.store.save_invoice(
             record, run_id=run_id, event="cancel-started", detail=f"{name} invoice {target_id}"
         )
+        gone = "deleted"
         try:
-            self.writes.cancel(Cancel(kantata_id, record.reference, target_id))
+            cancelled = self.writes.cancel(Cancel(kantata_id, record.reference, target_id))
+            gone = cancelled.state or gone  # the target's own word (Xero: VOIDED, DELETED)
         except TargetRefusedError as exc:
             return self.conflict(
                 record,
@@ -399,9 +407,9 @@ class Apply:
             service_model=SERVICE_MODEL,
             service_model_ref=str(target_id),
             status="successful",
-            external_status="deleted",
+            external_status=gone,
             external_message=f"{why.capitalize()} in Kantata; {name} invoice {record.reference} "
-            "deleted",
+            f"{gone.lower()}",
         )
         self.writeback.write_reference(kantata_id, record, reference, run_id, log)
         return "cancelled", None

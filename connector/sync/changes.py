@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from connector.errors import ApiError, PermanentApiError, TransientApiError
 from connector.state.store import InvoiceRecord
 from connector.sync.records import remember_kantata
+from connector.sync.values import TAKEN_OUT
 from connector.sync.values import fmt_total as _fmt_total
 from connector.sync.values import parse_moment as _parse_moment
 from connector.sync.values import text_id as _id
@@ -56,6 +57,11 @@ class Changes:
         target_time: list[datetime | None] = []
         batch: list[dict[str, Any]] = []
         unknown: list[str] = []
+        # A target that keeps credits apart (Xero's credit notes) reads them only when the
+        # books hold one: a quiet cycle stays one request. Optional hook.
+        expect_credits = getattr(self.target, "expect_credits", None)
+        if since is not None and expect_credits is not None:
+            expect_credits(self.store.has_credits())
         for invoice in self.target.changes_since(since, on_server_time=target_time.append):
             moment = _parse_moment(invoice.get("updated_at"))
             if moment is not None and (newest is None or moment > newest):
@@ -163,9 +169,32 @@ class Changes:
                 self.engine.on_invoice(record.kantata_id, outcome, message or drift, None)
             return
         state = str(invoice.get("state") or "")
+        if state in TAKEN_OUT and state != record.target_state:
+            # Voided or deleted in the target by hand while Kantata's invoice stands: not
+            # synced any more; `reconcile --apply` (or `retry --force`) pushes it again.
+            message = (
+                f"{self.name} invoice {record.target_id} was {state.lower()} in {self.name} by "
+                f"hand; run `kantata-sync reconcile --apply` (or `kantata-sync retry "
+                f"{record.kantata_id} --force`) to push it again as a new {self.name} invoice"
+            )
+            record.target_state = state
+            outcome, _ = self.engine.apply.conflict(record, "gone", message, run_id, log)
+            result.counts[outcome] += 1
+            result.failed[record.kantata_id] = message
+            if self.engine.on_invoice is not None:
+                self.engine.on_invoice(record.kantata_id, outcome, message, None)
+            return
         # A link the create's answer left out (or an API address an earlier release stored)
         # is taken from the listing: written with the next reference, at once if none is due.
-        link = self.target.link(invoice)
+        # A target whose link costs a request (Xero's organisation short code) is asked only
+        # when a reference is written anyway or none has a link: a quiet cycle stays quiet.
+        link = None
+        if (
+            not getattr(self.target, "link_costs_a_request", False)
+            or record.target_link is None
+            or (state and state != record.target_state)
+        ):
+            link = self.target.link(invoice)
         relinked = link is not None and link != record.target_link
         if link is not None and relinked:
             record.target_link = link

@@ -35,6 +35,7 @@ from typing import Any
 
 from connector.state.store import InvoiceRecord
 from connector.sync.engine import SyncEngine
+from connector.sync.values import TAKEN_OUT
 from connector.sync.values import text_id as _id
 from mappings.errors import MappingError
 from mappings.kantata import KantataInvoice, UndecodableInvoice, decode_invoices
@@ -169,6 +170,8 @@ def reconcile(
         found = []
         proven |= ours(reference) if by_reference.get(reference) else set()
         for listed in by_reference.get(reference, []):
+            if str(listed.get("state") or "") in TAKEN_OUT:
+                continue  # voided or deleted: no longer in the books
             if _id(listed.get("id")) in proven:
                 found.append(listed)
             else:
@@ -184,7 +187,7 @@ def reconcile(
             and record.target_state != "deleted"
         ):
             still = engine.target.get(record.target_id)
-            if still is None:
+            if still is None or str(still.get("state") or "") in TAKEN_OUT:
                 gone = _mark_gone(engine, record)
                 result.differences.append(Difference("missing_in_noko", kid, None, gone))
                 continue

@@ -12,6 +12,7 @@ from connector.state.store import InvoiceRecord, Store
 from connector.sync.decide import IN_FLIGHT_STAGES
 from connector.sync.outcome import EngineSettings, Outcome
 from connector.sync.records import Records, remember_kantata
+from connector.sync.values import TAKEN_OUT
 from connector.sync.values import minor as _minor
 from connector.sync.values import text_id as _id
 from connector.sync.writeback import SERVICE_MODEL, Writeback
@@ -63,6 +64,8 @@ class Recover:
         ref = inv.reference_for(self.settings.service_name)
         if ref is None or (ref.external_status or "") == "deleted":
             return None
+        if (inv.draft or inv.is_cancelled) and (ref.external_status or "") in TAKEN_OUT:
+            return None  # taken out of the target's books when it was cancelled in Kantata
         if ref.service_model and ref.service_model != SERVICE_MODEL:
             return None
         named = _id(ref.service_model_ref)

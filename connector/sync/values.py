@@ -62,3 +62,8 @@ def fmt_total(total_minor: int | None, record: InvoiceRecord) -> str:
     if total_minor is None or record.exponent is None or not record.currency:
         return "unknown"
     return format_money(total_minor, record.exponent, record.currency)
+
+
+TAKEN_OUT = frozenset({"deleted", "DELETED", "VOIDED"})
+"""States of an invoice taken out of the target's books (the target's own word: Noko's
+`deleted`, Xero's `DELETED` and `VOIDED`)."""

@@ -259,6 +259,7 @@ class Ours:
         collection: str,
         prefix: str,
         on_answer: Callable[[Mapping[str, Any]], None] | None = None,
+        **kwargs: Any,
     ) -> list[dict[str, Any]]:
         clocks: list[datetime | None] = []
 
@@ -267,7 +268,7 @@ class Ours:
             if on_answer is not None:
                 on_answer(answer)
 
-        rows = self.client.list_ours(collection, prefix, on_answer=answered)
+        rows = self.client.list_ours(collection, prefix, on_answer=answered, **kwargs)
         by_app = True if collection == INVOICES else None
         out = [self.remember(row, by_app=by_app) for row in rows]
         if self.prefix.startswith(prefix):

@@ -60,6 +60,8 @@ class XeroTarget:
 
     name = "Xero"
     batch_size = BATCH
+    link_costs_a_request = True
+    """The deep link needs the organisation's short code (one request a process)."""
 
     def __init__(
         self,
@@ -106,6 +108,14 @@ class XeroTarget:
             if doc is not None:
                 return self.ours.remember(doc, by_app=None)
         return None
+
+    def expect_credits(self, known: bool) -> None:
+        """The engine's word on whether its books hold credits (credit notes here): when not,
+        the change poll reads invoices alone (a quiet cycle is one request). A credit note made
+        or seen by this process counts whatever is said."""
+        with self.ours.lock:
+            if not self.ours.credit_notes:
+                self.ours.credit_notes = known
 
     def changes_since(
         self,

@@ -59,6 +59,11 @@ class XeroDailyLimitReached(LimitReachedError):
         return self.message
 
 
+DAY_LIMIT_HOLD = 10.0
+"""Seconds after Xero's day-limit answer in which this client sends nothing more (the rest of
+that cycle); then one call tries again."""
+
+
 class PauseGate:
     """One pause shared by every Xero client of the process (a 429 stops them all)."""
 
@@ -120,6 +125,8 @@ class XeroTransport:
         self._http = http or httpx.Client(timeout=60.0)
         self._gate = gate or PROCESS_GATE
         self._bucket = TokenBucket(per_minute / 60.0, 1, clock=clock, sleep=sleep)
+        self._day_spent: tuple[datetime, datetime] | None = None
+        """Xero said the day's budget is spent: (hold until, the resume time announced)."""
         self._flight = threading.BoundedSemaphore(max(1, concurrent))
         self._sleep = sleep
         self._wall = wall
@@ -151,12 +158,24 @@ class XeroTransport:
         while True:
             attempt += 1
             self._gate.wait()
+            spent = self._day_spent
+            if spent is not None and self._wall() < spent[0]:
+                # The other calls of the cycle that met the day limit stop without a request;
+                # the next cycle tries again with one call, whatever reset time was announced.
+                raise XeroDailyLimitReached(spent[1], path=shown)
             sent = {"Accept": "application/json", **(headers or {})}
             if absolute is None:
                 sent["xero-tenant-id"] = self.tenant()
             if content is not None:
                 sent["Content-Type"] = "application/json"
-            sent["Authorization"] = "Bearer " + self.tokens.access_token()
+            try:
+                sent["Authorization"] = "Bearer " + self.tokens.access_token()
+            except TransientApiError:
+                # The token endpoint busy (429, 5xx) or unreachable: retried as the call is.
+                if attempt >= self._max_attempts:
+                    raise
+                self._sleep(min(2.0**attempt, 30.0))
+                continue
             request = self._http.build_request(
                 method, url, params=params, content=content, headers=sent
             )
@@ -187,6 +206,8 @@ class XeroTransport:
                 problem = response.headers.get("X-Rate-Limit-Problem", "").lower()
                 if problem == "day":
                     resume = self._wall() + timedelta(seconds=wait or 0)
+                    held = self._wall() + timedelta(seconds=DAY_LIMIT_HOLD)
+                    self._day_spent = (held, resume)
                     log.warning("xero.day_limit", resume_at=resume.isoformat())
                     raise XeroDailyLimitReached(resume, path=shown)
                 self._gate.pause(wait if wait is not None else 1.0)
