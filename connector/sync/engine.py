@@ -296,7 +296,7 @@ class SyncEngine:
                 error = exc
             else:
                 return self._handle_mapped(inv, doc, record, run_id, log, dry_run, force, retry_now)
-        return self.apply.fail_unmappable(
+        return self._fail_unmappable(
             inv.id,
             record,
             inv.source_fingerprint,
@@ -307,6 +307,44 @@ class SyncEngine:
             dry_run,
             force,
         )
+
+    def _fail_unmappable(
+        self,
+        kantata_id: str,
+        record: InvoiceRecord | None,
+        source_fingerprint: str,
+        updated_at: datetime | None,
+        error: MappingError,
+        run_id: str,
+        log: Any,
+        dry_run: bool,
+        force: bool,
+    ) -> tuple[Outcome, str | None]:
+        message = str(error)
+        if dry_run:
+            return "failed", message
+        if (
+            record is not None
+            and record.status == "failed"
+            and record.source_fingerprint == source_fingerprint
+            and record.last_error == message
+            and not force
+        ):
+            return "waiting", message
+        # Also when it is in the target already (a later edit made it unmappable): failed, not
+        # a conflict, so that fixing the field in Kantata is enough to update it.
+        record = record or self.store.new_invoice(kantata_id)
+        record.status = "failed"
+        record.attempts += 1
+        record.last_error = message
+        record.error_kind = "mapping"
+        record.next_attempt_at = None
+        record.source_fingerprint = source_fingerprint
+        record.kantata_updated_at = updated_at
+        self.store.save_invoice(record, run_id=run_id, event="failed", detail=message)
+        log.warning("invoice cannot be mapped", error=message)
+        self.writeback.write_failure(kantata_id, record, message, run_id, log)
+        return "failed", message
 
     def _handle_mapped(
         self,
