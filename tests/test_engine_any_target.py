@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -232,3 +232,21 @@ def test_an_invoice_the_target_cannot_hold_fails_alone_with_the_reason(
         advice = {row["kantata_invoice_id"]: row["action"] for row in report["failures"]}
         assert "enable the currency in Ledgerly" in advice[str(unfit[0])]
     assert len(ledgerly.invoices) == 8 - len(unfit)
+
+
+def test_a_clock_set_on_the_engine_is_the_one_every_part_reads(
+    box: Sandbox, tmp_path: Path
+) -> None:
+    """The parts (changes, records, write-back, late writes) read the engine's clock at each
+    use: time moved on for the engine is moved on for all of them (the target's changes
+    cursor is set from it)."""
+    moment = datetime(2031, 5, 4, 3, 2, 1, tzinfo=UTC)
+    with open_connector(settings_for(box, tmp_path)) as c:
+        engine = c.engine
+        engine.clock = lambda: moment
+        assert engine.changes.clock() == moment
+        assert engine.writeback.clock() == moment
+        assert engine.late.clock() == moment
+        assert engine.records.retry_at(1) - moment == timedelta(
+            seconds=engine.settings.retry_initial_delay
+        )

@@ -41,7 +41,7 @@ class Changes:
         self.store = engine.store
         self.settings = engine.settings
         self.profile = engine.profile
-        self.clock = engine.clock
+        self.clock = engine.now
         self.stop = engine.stop
         self.lock_for = engine.lock_for
         self.writeback = engine.writeback

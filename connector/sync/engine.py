@@ -155,8 +155,11 @@ class SyncEngine:
         detail, and the Kantata invoice read (None for what the target's changes brought)."""
         self.halt = Halt(target.name, self.log)
         self.writes = Writes(target, workers=settings.workers)
-        self.records = Records(store, settings, clock)
-        self.late = LateWrites(target, store, clock)
+        # The parts read the time through the engine, so a clock set on it later (a test, the
+        # benchmark moving time on) is the one every part sees.
+        now = self.now
+        self.records = Records(store, settings, now)
+        self.late = LateWrites(target, store, now)
         self.writeback = Writeback(
             kantata=kantata,
             store=store,
@@ -164,7 +167,7 @@ class SyncEngine:
             profile=profile,
             records=self.records,
             target_name=target.name,
-            clock=clock,
+            clock=now,
         )
         self.recover = Recover(
             target=target,
@@ -189,6 +192,10 @@ class SyncEngine:
         self.recover.apply = self.apply
         self.cycle = Cycle(self, self.apply)
         self.changes = Changes(self)
+
+    def now(self) -> datetime:
+        """The engine's clock, as every part reads it."""
+        return self.clock()
 
     def halting(self) -> bool:
         """Whether invoices not yet started must be left for the next cycle."""
