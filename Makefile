@@ -24,8 +24,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy connector mappings sandbox
 
+# One pytest worker more than CPUs: the end-to-end tests spend much of their time waiting on
+# subprocesses and sockets (4 min 24 s against 5 min 16 s with one per CPU on 2 CPUs).
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print((os.cpu_count() or 1) + 1)")
+
 unit: $(STAMP)
-	$(BIN)/pytest -n auto -q
+	$(BIN)/pytest -n $(TEST_WORKERS) -q
 
 test: lint typecheck unit
 
