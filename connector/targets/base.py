@@ -234,3 +234,76 @@ class Target(Protocol):
     def header_differs(self, doc: LedgerDocument, invoice: TargetInvoice) -> bool:
         """Whether the invoice's header fields (dates, customer, ...) differ from `doc`."""
         ...
+
+
+class ReferenceIndex:
+    """A `TargetIndex` by reference and id, kept in memory: the connector's invoices listed in
+    bulk at most once a cycle (a new or restored state file). A target narrows it: `keep`
+    (which listed invoices count), `slim` (what of each is kept), `order` (of the matches, by
+    id text), `proof` (its own proof of ownership, used instead of the caller's)."""
+
+    def __init__(
+        self,
+        *,
+        wanted: bool,
+        keep: Callable[[dict[str, Any]], bool] | None = None,
+        slim: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        order: Callable[[str], Any] | None = None,
+        proof: Callable[[dict[str, Any], str], bool] | None = None,
+    ) -> None:
+        self.wanted = wanted
+        self.loaded = False
+        self.lock = threading.Lock()
+        self.by_reference: dict[str, list[dict[str, Any]]] = {}
+        self.by_id: dict[str, dict[str, Any]] = {}
+        self._keep = keep
+        self._slim = slim
+        self._order = order
+        self.owns = proof
+
+    def load(self, invoices: Iterable[dict[str, Any]], prefix: str) -> int:
+        count = 0
+        for invoice in invoices:
+            reference = invoice.get("reference")
+            target_id = id_text(invoice.get("id"))
+            if target_id is None or not isinstance(reference, str):
+                continue
+            if prefix and not reference.startswith(prefix):
+                continue
+            if self._keep is not None and not self._keep(invoice):
+                continue
+            kept = self._slim(invoice) if self._slim is not None else invoice
+            self.by_reference.setdefault(reference, []).append(kept)
+            self.by_id[target_id] = kept
+            count += 1
+        self.loaded = True
+        return count
+
+    def own(
+        self,
+        reference: str,
+        kantata_says: str | None,
+        owns: Callable[[dict[str, Any], str], bool],
+    ) -> list[dict[str, Any]]:
+        """The connector's invoices for `reference`: those `owns` proves (the owner marker;
+        the index's own proof when it has one), and the one its Kantata reference names
+        (`kantata_says`) when that carries it."""
+        owns = self.owns or owns
+        said = id_text(kantata_says)
+        found = {
+            id_text(inv.get("id")) or "": inv
+            for inv in self.by_reference.get(reference, [])
+            if id_text(inv.get("id")) == said or owns(inv, reference)
+        }
+        named = self.by_id.get(said) if said is not None else None
+        if said is not None and named is not None and named.get("reference") == reference:
+            found[said] = named
+        order = self._order or (lambda key: key)
+        return [inv for _, inv in sorted(found.items(), key=lambda kv: order(kv[0]))]
+
+
+def id_text(value: Any) -> str | None:
+    """A target id as text (None for none, a bool or blank)."""
+    if value is None or isinstance(value, bool):
+        return None
+    return str(value).strip() or None

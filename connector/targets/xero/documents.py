@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from connector.targets.base import ReferenceIndex
 from connector.targets.xero.client import XeroClient
 from mappings.targets.xero import parse_marker
 
@@ -333,47 +334,9 @@ class Ours:
         return found
 
 
-class XeroIndex:
+class XeroIndex(ReferenceIndex):
     """The connector's documents in Xero, listed in bulk at most once a cycle (a new or
-    restored state file); `own` answers from it."""
+    restored state file), live ones only; `own` answers from it."""
 
     def __init__(self, *, wanted: bool) -> None:
-        self.wanted = wanted
-        self.loaded = False
-        self.lock = threading.Lock()
-        self.by_reference: dict[str, list[dict[str, Any]]] = {}
-        self.by_id: dict[str, dict[str, Any]] = {}
-
-    def load(self, invoices: Iterable[dict[str, Any]], prefix: str) -> int:
-        count = 0
-        for invoice in invoices:
-            reference = invoice.get("reference")
-            doc_id = str(invoice.get("id") or "")
-            if not doc_id or not isinstance(reference, str):
-                continue
-            if prefix and not reference.startswith(prefix):
-                continue
-            if invoice.get("state") not in LIVE:
-                continue
-            self.by_reference.setdefault(reference, []).append(invoice)
-            self.by_id[doc_id] = invoice
-            count += 1
-        self.loaded = True
-        return count
-
-    def own(
-        self,
-        reference: str,
-        kantata_says: Any,
-        owns: Callable[[dict[str, Any], str], bool],
-    ) -> list[dict[str, Any]]:
-        said = str(kantata_says) if kantata_says is not None else None
-        found = {
-            str(inv.get("id")): inv
-            for inv in self.by_reference.get(reference, [])
-            if str(inv.get("id")) == said or owns(inv, reference)
-        }
-        named = self.by_id.get(said) if said is not None else None
-        if named is not None and named.get("reference") == reference and said is not None:
-            found[said] = named
-        return [inv for _key, inv in sorted(found.items())]
+        super().__init__(wanted=wanted, keep=lambda invoice: invoice.get("state") in LIVE)
