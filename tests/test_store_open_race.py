@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy.exc
 
+from connector.errors import StateFileError
+from connector.state import store as store_module
 from connector.state.store import Store
-
-pytestmark = pytest.mark.e2e  # four processes migrating one file
 
 # Each child waits for the go file, then opens the store (which migrates it) and prints the
 # schema revision; every child reaches the go file long before it appears.
@@ -28,6 +30,7 @@ store.close()
 """
 
 
+@pytest.mark.e2e  # four processes migrating one file
 def test_simultaneous_first_opens_all_end_at_the_head_revision(tmp_path: Path) -> None:
     """Four processes migrate a fresh file at once: no 'table already exists', all at head."""
     reference = Store("sqlite://")
@@ -61,3 +64,63 @@ def test_simultaneous_first_opens_all_end_at_the_head_revision(tmp_path: Path) -
         for child, (out, err) in zip(children, results, strict=True):
             assert child.returncode == 0, err[-2000:]
             assert out.split() == [head], out
+
+
+def _refusing_migrate(refusals: list[str]) -> tuple[list[int], object]:
+    """A `Store._migrate` that answers each of `refusals` in turn, then migrates."""
+    calls = [0]
+    migrate = Store._migrate
+
+    def refusing(self: Store) -> None:
+        calls[0] += 1
+        if calls[0] <= len(refusals):
+            raise sqlalchemy.exc.OperationalError(
+                "PRAGMA journal_mode=WAL", {}, sqlite3.OperationalError(refusals[calls[0] - 1])
+            )
+        migrate(self)
+
+    return calls, refusing
+
+
+def test_an_open_refused_as_locked_is_tried_again_on_a_fresh_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite answers "database is locked" at once, without its busy wait, when another
+    process is switching the new file to WAL: the open starts again rather than fail."""
+    calls, refusing = _refusing_migrate(["database is locked", "database is locked"])
+    monkeypatch.setattr(Store, "_migrate", refusing)
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        assert calls[0] == 3
+        assert store.schema_revision() == _head()
+    finally:
+        store.close()
+
+
+def test_an_open_refused_for_another_reason_is_reported_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls, refusing = _refusing_migrate(["disk I/O error"])
+    monkeypatch.setattr(Store, "_migrate", refusing)
+    with pytest.raises(StateFileError, match="disk I/O error"):
+        Store(f"sqlite:///{tmp_path / 'state.db'}")
+    assert calls[0] == 1
+
+
+def test_a_file_locked_past_the_wait_is_reported_as_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls, refusing = _refusing_migrate(["database is locked"] * 1000)
+    monkeypatch.setattr(Store, "_migrate", refusing)
+    monkeypatch.setattr(store_module, "OPEN_WAIT_SECONDS", 0.2)
+    with pytest.raises(StateFileError, match="database is locked"):
+        Store(f"sqlite:///{tmp_path / 'state.db'}")
+    assert 2 <= calls[0] < 1000
+
+
+def _head() -> str | None:
+    reference = Store("sqlite://")
+    try:
+        return reference.schema_revision()
+    finally:
+        reference.close()

@@ -59,6 +59,9 @@ __all__ = [
 MAIN_CURSOR = "invoices"
 LAZY_BATCH = 256
 LAZY_SECONDS = 1.0
+# How long an open waits for other processes setting up the same file (switching it to WAL,
+# migrating it) before it reports the file locked.
+OPEN_WAIT_SECONDS = 30.0
 
 
 def utcnow() -> datetime:
@@ -106,7 +109,7 @@ class Store:
             )
         event.listen(self.engine, "connect", _configure_connection)
         try:
-            self._migrate()
+            self._migrate_when_free()
         except (SQLAlchemyError, OSError) as exc:
             self.engine.dispose()
             raise StateFileError(state_file_problem(exc, self.path)) from None
@@ -132,6 +135,25 @@ class Store:
         )
 
     # ------------------------------------------------------------------ setup
+
+    def _migrate_when_free(self) -> None:
+        """Migrate, starting again while another process holds the new file. SQLite's busy
+        timeout covers most waits, but not all of them: switching a file to WAL, or reading
+        one while another connection is recovering or converting it, answers "database is
+        locked" at once. Processes opening one new file at the same moment then retry here,
+        on fresh connections, until `OPEN_WAIT_SECONDS` have passed."""
+        deadline = time.monotonic() + OPEN_WAIT_SECONDS
+        pause = 0.01
+        while True:
+            try:
+                self._migrate()
+                return
+            except (SQLAlchemyError, sqlite3.Error) as exc:
+                if not _is_busy(exc) or time.monotonic() + pause > deadline:
+                    raise
+            self.engine.dispose()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     def _migrate(self) -> None:
         """Bring the schema to head in one write transaction. `BEGIN IMMEDIATE` takes SQLite's
@@ -444,6 +466,12 @@ def _write_meta(connection: Any, key: str, value: str) -> None:
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+
+
+def _is_busy(exc: BaseException) -> bool:
+    """Whether SQLite refused because another connection holds the file."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return "database is locked" in text or "database is busy" in text
 
 
 def _configure_connection(dbapi_connection: Any, _record: Any) -> None:
