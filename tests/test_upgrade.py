@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 
-from connector.state.store import Store
+from connector.state.store import HEAD_REVISION, Store
 from sandbox import Sandbox
 from tests.e2e import run_cli, status_json
 from tests.state_v0 import books, build, env
@@ -111,3 +116,27 @@ def test_a_state_file_of_the_release_before_upgrades_without_a_write(
     assert counts["synced"] == 5
     assert counts["conflict"] == 1
     assert counts["skipped"] == 3
+
+
+def test_the_head_revision_the_store_knows_is_alembics_head() -> None:
+    """The store opens a file at `HEAD_REVISION` without Alembic: it must be Alembic's head."""
+    config = Config()
+    config.set_main_option(
+        "script_location", str(resources.files("connector.state").joinpath("migrations"))
+    )
+    assert ScriptDirectory.from_config(config).get_current_head() == HEAD_REVISION
+
+
+def test_a_file_at_head_opens_without_loading_the_migrations(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    Store(url).close()
+    probe = (
+        "import sys\n"
+        "from connector.state.store import Store\n"
+        f"Store({url!r}).close()\n"
+        "print(sorted(m for m in sys.modules if m.startswith('alembic')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]", done.stdout

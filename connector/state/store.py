@@ -21,10 +21,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.util.exc import CommandError
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -62,6 +58,14 @@ LAZY_SECONDS = 1.0
 # How long an open waits for other processes setting up the same file (switching it to WAL,
 # migrating it) before it reports the file locked.
 OPEN_WAIT_SECONDS = 30.0
+HEAD_REVISION = "0006"
+"""The newest schema revision (the last file in `migrations/versions`). A file already at it is
+opened without loading Alembic and its migration scripts, which is most of the cost of a
+short command such as `status`; `tests/test_store_open_race.py` checks it is Alembic's head."""
+
+
+class UnknownSchemaError(Exception):
+    """The state file's schema revision is not one of this version's migrations."""
 
 
 def utcnow() -> datetime:
@@ -113,7 +117,7 @@ class Store:
         except (SQLAlchemyError, OSError) as exc:
             self.engine.dispose()
             raise StateFileError(state_file_problem(exc, self.path)) from None
-        except CommandError as exc:  # a schema revision this version does not know
+        except UnknownSchemaError as exc:  # a schema revision this version does not know
             self.engine.dispose()
             raise StateFileError(
                 f"state file {self.path or 'in memory'} has a schema this version of "
@@ -158,22 +162,33 @@ class Store:
     def _migrate(self) -> None:
         """Bring the schema to head in one write transaction. `BEGIN IMMEDIATE` takes SQLite's
         write lock first, so processes opening a new file at the same moment migrate one after
-        the other (the later ones wait, then find the schema at head) instead of racing."""
+        the other (the later ones wait, then find the schema at head) instead of racing. A file
+        at head already is only read (no write lock, no Alembic)."""
+        with self.engine.connect() as connection:
+            if _revision(connection) == HEAD_REVISION:
+                return
+        from alembic import command
+        from alembic.config import Config
+        from alembic.util.exc import CommandError
+
         script_location = str(resources.files("connector.state").joinpath("migrations"))
         config = Config()
         config.set_main_option("script_location", script_location)
         with self._write_lock, self.engine.begin() as connection:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-            before = MigrationContext.configure(connection).get_current_revision()
+            before = _revision(connection)
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-            if MigrationContext.configure(connection).get_current_revision() != before:
+            try:
+                command.upgrade(config, "head")
+            except CommandError as exc:
+                raise UnknownSchemaError(str(exc)) from None
+            if _revision(connection) != before:
                 # Created or migrated: this version wrote its schema.
                 _write_meta(connection, "written_by", __version__)
 
     def schema_revision(self) -> str | None:
         with self.engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            return _revision(connection)
 
     def written_by(self) -> str | None:
         """The version of kantata-sync that last opened the state file to write."""
@@ -466,6 +481,17 @@ def _write_meta(connection: Any, key: str, value: str) -> None:
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+
+
+def _revision(connection: Any) -> str | None:
+    """The schema revision Alembic recorded in the file (None: a new file)."""
+    known = connection.exec_driver_sql(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+    ).first()
+    if known is None:
+        return None
+    row = connection.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+    return None if row is None else str(row[0])
 
 
 def _is_busy(exc: BaseException) -> bool:
