@@ -14,6 +14,7 @@ from typing import Any
 
 from connector.faces.config import Settings
 from sandbox import Sandbox
+from tests import cli_zygote
 
 KANTATA_TOKEN = "sandbox-kantata-token"
 NOKO_TOKEN = "sandbox-noko-token"
@@ -60,6 +61,11 @@ def settings_for(box: Sandbox, tmp_path: Path, **extra: Any) -> Settings:
 def run_cli(
     args: list[str], env: Mapping[str, str], cwd: Path, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
+    """`python -m connector.faces.cli *args` in its own process, to its end: forked from a
+    zygote that has imported the CLI already (`tests/cli_zygote.py`), or started plainly."""
+    forked = cli_zygote.run(args, env, cwd, timeout)
+    if forked is not None:
+        return forked
     return subprocess.run(
         [sys.executable, "-m", "connector.faces.cli", *args],
         env=dict(env),
