@@ -4,8 +4,8 @@ A write that protects a remote call is committed (fsync'd) before the call is ma
 log), so a killed process leaves a record of what it may have created; writes made at the same
 moment by several workers share one commit. Writes a crash may lose without harm (an invoice
 synced or skipped: the cycle that made them is repeated, the cursor moving only after them) are
-not waited for: they join the next commit. The schema is migrated with Alembic at every open;
-the file is created readable by its owner only.
+not waited for: they join the next commit. Every open reads the schema revision, and a file
+behind this version's is migrated with Alembic; the file is created readable by its owner only.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ OPEN_WAIT_SECONDS = 30.0
 HEAD_REVISION = "0006"
 """The newest schema revision (the last file in `migrations/versions`). A file already at it is
 opened without loading Alembic and its migration scripts, which is most of the cost of a
-short command such as `status`; `tests/test_store_open_race.py` checks it is Alembic's head."""
+short command such as `status`; `tests/test_upgrade.py` checks it is Alembic's head."""
 
 
 class UnknownSchemaError(Exception):
