@@ -92,15 +92,15 @@ def test_a_full_disk_at_start_is_one_line(tmp_path: Path, monkeypatch: pytest.Mo
     db.close()
     # The migration needs a page more than the file may have.
     store_pages = sqlite3.connect(database).execute("PRAGMA page_count").fetchone()[0]
-    import connector.state.store as store_module
+    from connector.state import schema
 
-    original = store_module._configure_connection
+    original = schema.configure_connection
 
     def limited(dbapi_connection: object, record: object) -> None:
         original(dbapi_connection, record)
         dbapi_connection.execute(f"PRAGMA max_page_count={store_pages}")  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(store_module, "_configure_connection", limited)
+    monkeypatch.setattr(schema, "configure_connection", limited)
     with pytest.raises(StateFileError, match="disk is full"):
         Store(f"sqlite:///{database}")
 

@@ -7,12 +7,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy.exc
 
 from connector.errors import StateFileError
-from connector.state import store as store_module
+from connector.state import schema
 from connector.state.store import Store
 
 # Each child waits for the go file, then opens the store (which migrates it) and prints the
@@ -67,17 +68,17 @@ def test_simultaneous_first_opens_all_end_at_the_head_revision(tmp_path: Path) -
 
 
 def _refusing_migrate(refusals: list[str]) -> tuple[list[int], object]:
-    """A `Store._migrate` that answers each of `refusals` in turn, then migrates."""
+    """A `schema.migrate` that answers each of `refusals` in turn, then migrates."""
     calls = [0]
-    migrate = Store._migrate
+    migrate = schema.migrate
 
-    def refusing(self: Store) -> None:
+    def refusing(engine: Any, write_lock: Any) -> None:
         calls[0] += 1
         if calls[0] <= len(refusals):
             raise sqlalchemy.exc.OperationalError(
                 "PRAGMA journal_mode=WAL", {}, sqlite3.OperationalError(refusals[calls[0] - 1])
             )
-        migrate(self)
+        migrate(engine, write_lock)
 
     return calls, refusing
 
@@ -88,7 +89,7 @@ def test_an_open_refused_as_locked_is_tried_again_on_a_fresh_connection(
     """SQLite answers "database is locked" at once, without its busy wait, when another
     process is switching the new file to WAL: the open starts again rather than fail."""
     calls, refusing = _refusing_migrate(["database is locked", "database is locked"])
-    monkeypatch.setattr(Store, "_migrate", refusing)
+    monkeypatch.setattr(schema, "migrate", refusing)
     store = Store(f"sqlite:///{tmp_path / 'state.db'}")
     try:
         assert calls[0] == 3
@@ -101,7 +102,7 @@ def test_an_open_refused_for_another_reason_is_reported_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls, refusing = _refusing_migrate(["disk I/O error"])
-    monkeypatch.setattr(Store, "_migrate", refusing)
+    monkeypatch.setattr(schema, "migrate", refusing)
     with pytest.raises(StateFileError, match="disk I/O error"):
         Store(f"sqlite:///{tmp_path / 'state.db'}")
     assert calls[0] == 1
@@ -111,8 +112,8 @@ def test_a_file_locked_past_the_wait_is_reported_as_locked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls, refusing = _refusing_migrate(["database is locked"] * 1000)
-    monkeypatch.setattr(Store, "_migrate", refusing)
-    monkeypatch.setattr(store_module, "OPEN_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(schema, "migrate", refusing)
+    monkeypatch.setattr(schema, "OPEN_WAIT_SECONDS", 0.2)
     with pytest.raises(StateFileError, match="database is locked"):
         Store(f"sqlite:///{tmp_path / 'state.db'}")
     assert 2 <= calls[0] < 1000

@@ -18,7 +18,8 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from connector.state.store import HEAD_REVISION, Store
+from connector.state.schema import HEAD_REVISION
+from connector.state.store import Store
 from sandbox import Sandbox
 from tests.e2e import run_cli, status_json
 from tests.state_v0 import books, build, env

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from sqlmodel import Session, create_engine
 from connector import __version__
 from connector.errors import StateFileError
 from connector.http.text import clean
+from connector.state import schema
 from connector.state.activity import daily_activity
 from connector.state.files import WriterLock, prepare_file, sqlite_path, state_file_problem
 from connector.state.lookups import InvoiceLookups
@@ -55,17 +55,6 @@ __all__ = [
 MAIN_CURSOR = "invoices"
 LAZY_BATCH = 256
 LAZY_SECONDS = 1.0
-# How long an open waits for other processes setting up the same file (switching it to WAL,
-# migrating it) before it reports the file locked.
-OPEN_WAIT_SECONDS = 30.0
-HEAD_REVISION = "0006"
-"""The newest schema revision (the last file in `migrations/versions`). A file already at it is
-opened without loading Alembic and its migration scripts, which is most of the cost of a
-short command such as `status`; `tests/test_upgrade.py` checks it is Alembic's head."""
-
-
-class UnknownSchemaError(Exception):
-    """The state file's schema revision is not one of this version's migrations."""
 
 
 def utcnow() -> datetime:
@@ -111,13 +100,13 @@ class Store:
             self.engine = create_engine(
                 "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
             )
-        event.listen(self.engine, "connect", _configure_connection)
+        event.listen(self.engine, "connect", schema.configure_connection)
         try:
-            self._migrate_when_free()
+            schema.migrate_when_free(self.engine, self._write_lock)
         except (SQLAlchemyError, OSError) as exc:
             self.engine.dispose()
             raise StateFileError(state_file_problem(exc, self.path)) from None
-        except UnknownSchemaError as exc:  # a schema revision this version does not know
+        except schema.UnknownSchemaError as exc:  # a schema revision this version does not know
             self.engine.dispose()
             raise StateFileError(
                 f"state file {self.path or 'in memory'} has a schema this version of "
@@ -140,55 +129,9 @@ class Store:
 
     # ------------------------------------------------------------------ setup
 
-    def _migrate_when_free(self) -> None:
-        """Migrate, starting again while another process holds the new file. SQLite's busy
-        timeout covers most waits, but not all of them: switching a file to WAL, or reading
-        one while another connection is recovering or converting it, answers "database is
-        locked" at once. Processes opening one new file at the same moment then retry here,
-        on fresh connections, until `OPEN_WAIT_SECONDS` have passed."""
-        deadline = time.monotonic() + OPEN_WAIT_SECONDS
-        pause = 0.01
-        while True:
-            try:
-                self._migrate()
-                return
-            except (SQLAlchemyError, sqlite3.Error) as exc:
-                if not _is_busy(exc) or time.monotonic() + pause > deadline:
-                    raise
-            self.engine.dispose()
-            time.sleep(pause)
-            pause = min(pause * 2, 0.5)
-
-    def _migrate(self) -> None:
-        """Bring the schema to head in one write transaction. `BEGIN IMMEDIATE` takes SQLite's
-        write lock first, so processes opening a new file at the same moment migrate one after
-        the other (the later ones wait, then find the schema at head) instead of racing. A file
-        at head already is only read (no write lock, no Alembic)."""
-        with self.engine.connect() as connection:
-            if _revision(connection) == HEAD_REVISION:
-                return
-        from alembic import command
-        from alembic.config import Config
-        from alembic.util.exc import CommandError
-
-        script_location = str(resources.files("connector.state").joinpath("migrations"))
-        config = Config()
-        config.set_main_option("script_location", script_location)
-        with self._write_lock, self.engine.begin() as connection:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-            before = _revision(connection)
-            config.attributes["connection"] = connection
-            try:
-                command.upgrade(config, "head")
-            except CommandError as exc:
-                raise UnknownSchemaError(str(exc)) from None
-            if _revision(connection) != before:
-                # Created or migrated: this version wrote its schema.
-                _write_meta(connection, "written_by", __version__)
-
     def schema_revision(self) -> str | None:
         with self.engine.connect() as connection:
-            return _revision(connection)
+            return schema.revision(connection)
 
     def written_by(self) -> str | None:
         """The version of kantata-sync that last opened the state file to write."""
@@ -241,7 +184,7 @@ class Store:
         """Take the database's writer lock (`LockHeldError` when another process holds it)."""
         if self._lock.acquire(wait):
             with self._write_lock, self.engine.begin() as connection:
-                _write_meta(connection, "written_by", __version__)
+                schema.write_meta(connection, "written_by", __version__)
 
     def release_writer_lock(self) -> None:
         self._lock.release()
@@ -473,37 +416,3 @@ _UPSERT_SQL = f"INSERT INTO invoices ({_COLUMNS}) VALUES ({_VALUES}) ON CONFLICT
 _EVENT_SQL = (
     "INSERT INTO invoice_events (kantata_id, run_id, at, event, detail) VALUES (?, ?, ?, ?, ?)"
 )
-
-
-def _write_meta(connection: Any, key: str, value: str) -> None:
-    connection.exec_driver_sql(
-        "INSERT INTO meta (key, value) VALUES (?, ?) "
-        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (key, value),
-    )
-
-
-def _revision(connection: Any) -> str | None:
-    """The schema revision Alembic recorded in the file (None: a new file)."""
-    known = connection.exec_driver_sql(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
-    ).first()
-    if known is None:
-        return None
-    row = connection.exec_driver_sql("SELECT version_num FROM alembic_version").first()
-    return None if row is None else str(row[0])
-
-
-def _is_busy(exc: BaseException) -> bool:
-    """Whether SQLite refused because another connection holds the file."""
-    text = str(getattr(exc, "orig", None) or exc).lower()
-    return "database is locked" in text or "database is busy" in text
-
-
-def _configure_connection(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
