@@ -101,7 +101,10 @@ class PacedTransport(httpx.BaseTransport):
             response = self._inner.handle_request(request)
             try:
                 read = self._read(request, response, deadline)
-            finally:
+            except BaseException:
+                response.close()
+                raise
+            if read is not response:
                 response.close()
             status = read.status_code
             return read
@@ -141,10 +144,14 @@ class PacedTransport(httpx.BaseTransport):
                 raise StoppedError(
                     "stopped while the answer was arriving", request=request, sent=True
                 )
-        headers = response.headers
-        if encoded:
-            headers = httpx.Headers(headers)
-            headers.pop("Content-Encoding", None)  # the body below is decoded already
+        if not encoded:
+            # The body as it came: the transport's stream is closed (its connection goes back
+            # to the pool) and the response keeps the bytes read, for the client to take.
+            response.stream.close()  # type: ignore[union-attr]
+            response.stream = httpx.ByteStream(b"".join(chunks))
+            return response
+        headers = httpx.Headers(response.headers)
+        headers.pop("Content-Encoding", None)  # the body below is decoded already
         return httpx.Response(
             response.status_code,
             headers=headers,
