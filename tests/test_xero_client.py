@@ -26,10 +26,12 @@ from mappings.targets.xero_profile import XeroSettings
 from sandbox.server import ServiceServer
 from sandbox.xero import API, FakeXero
 from tests.xero_support import (
+    BASE,
     CONTACT,
     FakeClock,
     FakeTransport,
     ValidatingTransport,
+    credentials_for,
     fake_with_contact,
     ledger,
     make_client,
@@ -378,3 +380,42 @@ def test_paced_to_60_a_minute_and_at_most_5_in_flight() -> None:
     for thread in threads:
         thread.join()
     assert flying["most"] == 5
+
+
+class _BusyTokenEndpoint(FakeTransport):
+    """The token endpoint answers its first request 429 with `Retry-After: 7`."""
+
+    def __init__(self, fake: FakeXero) -> None:
+        super().__init__(fake)
+        self.token_requests = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/connect/token"):
+            self.token_requests += 1
+            if self.token_requests == 1:
+                return httpx.Response(429, headers={"Retry-After": "7"})
+        return super().handle_request(request)
+
+
+def test_a_429_from_the_token_endpoint_pauses_every_xero_call_until_its_retry_after() -> None:
+    fake = fake_with_contact(Decimal(10))
+    fake.set_clock(datetime(2026, 12, 1, 9, 0, 0, tzinfo=UTC))
+    transport = _BusyTokenEndpoint(fake)
+    http = httpx.Client(transport=transport)
+    clock = FakeClock(fake)
+    gate = PauseGate(clock, clock.sleep)
+    client = XeroClient(
+        ClientCredentials(credentials_for(fake), http=http, clock=clock),
+        base_url=BASE + API,
+        connections_url=BASE + "/connections",
+        http=http,
+        gate=gate,
+        clock=clock,
+        sleep=clock.sleep,
+        wall=fake.clock.now,
+    )
+    start = clock.now
+    client.accounts()
+    assert transport.token_requests == 2
+    assert clock.now - start >= 7  # waited out the Retry-After, not a shorter backoff
+    assert gate.wait() == 0.0  # and the pause is over for every client sharing the gate

@@ -37,6 +37,7 @@ import structlog
 from pydantic import SecretStr
 
 from connector.errors import AuthError, TransientApiError
+from connector.http import parse_retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -150,7 +151,12 @@ def token_request(
         ) from None
     if response.status_code >= 500 or response.status_code == 429:
         raise TransientApiError(
-            "xero", "token endpoint busy", status=response.status_code, method="POST", path=path
+            "xero",
+            "token endpoint busy",
+            status=response.status_code,
+            method="POST",
+            path=path,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
     try:
         body = response.json()

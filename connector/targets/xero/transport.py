@@ -170,11 +170,15 @@ class XeroTransport:
                 sent["Content-Type"] = "application/json"
             try:
                 sent["Authorization"] = "Bearer " + self.tokens.access_token()
-            except TransientApiError:
+            except TransientApiError as exc:
                 # The token endpoint busy (429, 5xx) or unreachable: retried as the call is.
+                # A Retry-After holds every Xero call of the process, as an API 429 does.
                 if attempt >= self._max_attempts:
                     raise
-                self._sleep(min(2.0**attempt, 30.0))
+                if exc.retry_after is not None:
+                    self._gate.pause(exc.retry_after)
+                else:
+                    self._sleep(min(2.0**attempt, 30.0))
                 continue
             request = self._http.build_request(
                 method, url, params=params, content=content, headers=sent
