@@ -60,11 +60,15 @@ def targets(
         )
         if run.noko_needed is not None:
             sent = backfill["noko"]["requests"]
-            extra = sent - run.noko_needed
+            # A request answered 429 was refused, not applied, and is sent again: it is counted
+            # apart (the 429s column), not as a request the connector chose to make.
+            refused = backfill["noko"]["status_429"]
+            extra = sent - refused - run.noko_needed
             lookups = _endpoint(backfill, "noko", "GET /projects")
             lines.append(
                 f"{verdict(extra <= math.ceil(pushed / 1000) + 1 and lookups == run.projects)} "
-                f"Noko requests, N={pushed:,}: {sent:,} sent, {run.noko_needed:,} needed "
+                f"Noko requests, N={pushed:,}: {sent:,} sent ({refused} of them answered 429), "
+                f"{run.noko_needed:,} needed "
                 f"(expenses + invoices + {run.projects} project lookups), {extra:+,} "
                 f"({lookups} project lookups for {run.projects} projects)"
             )
