@@ -149,7 +149,8 @@ class _Zygote:
                 if code_line is None:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(pid, signal.SIGKILL)
-                    self._line(process, 30)
+                    if self._line(process, 30) is None:
+                        self._give_up()  # out of step with its child: plain runs from now on
                     raise subprocess.TimeoutExpired(
                         [sys.executable, "-m", MODULE, *args], timeout, _read(out), _read(err)
                     )
