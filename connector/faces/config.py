@@ -36,12 +36,22 @@ SECTION_PREFIX = {
     "sync": "kantata_sync_",
 }
 TARGET_NAMES = {"noko": "Noko", "xero": "Xero"}
+"""How reports and messages name each target."""
 XERO_WORKERS = 100
 """Workers with Xero as the target: one request takes up to 50 invoices, and a batch is sent
 when 50 wait in it (or every worker does). Twice a batch, so that the next batch fills while
 the workers of the last one write their references back to Kantata."""
-"""How reports and messages name each target."""
 CONFIG_ENV = "KANTATA_SYNC_CONFIG"
+_API_URLS = (
+    "kantata_base_url",
+    "noko_base_url",
+    "xero_base_url",
+    "xero_token_url",
+    "xero_connections_url",
+    "xero_authorize_url",
+)
+"""The settings naming an API's address: each must be an http(s) URL, and https unless it is
+on loopback (or KANTATA_SYNC_ALLOW_INSECURE_HTTP)."""
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 
@@ -189,14 +199,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator(
-        "kantata_base_url",
-        "noko_base_url",
-        "xero_base_url",
-        "xero_token_url",
-        "xero_connections_url",
-        "xero_authorize_url",
-    )
+    @field_validator(*_API_URLS)
     @classmethod
     def _url_shape(cls, value: str) -> str:
         parts = urlsplit(value)
@@ -235,14 +238,7 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "KANTATA_SYNC_WEBHOOK_URL uses plain http to a non-loopback host; use https"
                 )
-        for name in (
-            "kantata_base_url",
-            "noko_base_url",
-            "xero_base_url",
-            "xero_token_url",
-            "xero_connections_url",
-            "xero_authorize_url",
-        ):
+        for name in _API_URLS:
             url = getattr(self, name)
             parts = urlsplit(url)
             if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
